@@ -1,0 +1,253 @@
+"""The bridge's MQTT loop: connect, subscribe, batch, commit, ack, reconnect, shut down cleanly.
+
+Group commit: whatever has arrived (up to the batch size) is parsed and
+written in one transaction on a writer thread, then acknowledged in arrival
+order. While one batch commits, the next one gathers, so light load gives
+one-message batches and heavy load large ones. The broker's in-flight window
+(MQTT 5 receive maximum) bounds how much is ever held unacknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.broker import make_client
+from bridge.event import Event, parse_message
+from bridge.inbox import Inbox, Received
+from bridge.settings import BridgeSettings
+from bridge.store import BatchOutcome, Refused, Store, StoreUnavailable, open_store
+
+logger = logging.getLogger("logagg.bridge")
+
+HEARTBEAT_S = 5.0
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Capped exponential back-off with full jitter."""
+
+    first: float = 0.5
+    cap: float = 30.0
+    _next: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self._next = self.first
+
+    def delay(self) -> float:
+        current, self._next = self._next, min(self._next * 2, self.cap)
+        return random.uniform(current / 2, current)
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+@dataclass(slots=True)
+class DuplicateLog:
+    """Logs each duplicate by name, up to `per_s` a second; past that it says how many it
+    summarised, so the log stays truthful without costing throughput at full load."""
+
+    per_s: int
+    _window: float = 0.0
+    _logged: int = 0
+    _skipped: int = 0
+
+    def __call__(self, duplicates: Sequence[tuple[str, str]]) -> None:
+        now = time.monotonic()
+        if now - self._window >= 1.0:
+            if self._skipped:
+                logger.info("%d more duplicates dropped, not logged one by one", self._skipped)
+            self._window, self._logged, self._skipped = now, 0, 0
+        for topic, event_id in duplicates:
+            if self._logged < self.per_s:
+                logger.info("duplicate dropped: topic=%s event_id=%s", topic, event_id)
+                self._logged += 1
+            else:
+                self._skipped += 1
+
+
+def parse_batch(
+    batch: Sequence[Received], prefix: str, max_payload_bytes: int
+) -> tuple[list[Event], list[Refused]]:
+    events: list[Event] = []
+    refused: list[Refused] = []
+    for message in batch:
+        result = parse_message(
+            message.topic, message.body, prefix=prefix, max_payload_bytes=max_payload_bytes
+        )
+        if isinstance(result, Event):
+            events.append(result)
+        else:
+            refused.append(Refused(message.topic, message.body, result))
+    return events, refused
+
+
+class Bridge:
+    """Subscribes to the log topics and stores every event exactly once."""
+
+    def __init__(self, settings: BridgeSettings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.started_at = time.time()
+        self.committed = 0
+        # One writer thread: SQLite has one writer, and parsing there keeps the loop free
+        # to read the socket while a batch commits.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logagg-writer")
+        self._log_duplicates = DuplicateLog(settings.duplicate_log_per_s)
+        self._last_heartbeat = 0.0
+
+    def _client(self) -> aiomqtt.Client:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self.settings.session_expiry_s
+        # Our in-flight window: two batches, one committing while the next gathers.
+        properties.ReceiveMaximum = min(2 * self.settings.batch_size, 65535)
+        return make_client(
+            self.settings.address,
+            self.settings.credentials,
+            identifier=self.settings.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            # False on every connect: aiomqtt re-arms paho's "clean on first connect only"
+            # each time, which would wipe the session we rely on.
+            clean_start=False,
+            properties=properties,
+            timeout=CONNECT_TIMEOUT_S,
+            logger=logging.getLogger("logagg.bridge.mqtt"),
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; reconnects with back-off whenever the broker goes."""
+        client = self._client()
+        inbox = Inbox(client)
+        backoff = Backoff()
+        await self._heartbeat(force=True)
+        logger.info(
+            "bridge %s: broker %s, store %s, topics %s",
+            self.settings.client_id,
+            self.settings.address,
+            self.settings.store.split("?")[0],
+            self.settings.topic_filter,
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    async with client:
+                        inbox.connected()
+                        await client.subscribe(self.settings.topic_filter, qos=1)
+                        logger.info("connected to %s", self.settings.address)
+                        backoff.reset()
+                        await self._consume(client, inbox, stop)
+                except aiomqtt.MqttError as exc:
+                    # A commit may be done while the socket is gone; its acks were skipped.
+                    await self._drain(inbox)
+                    delay = backoff.delay()
+                    logger.warning("broker unreachable (%s); retrying in %.1fs", exc, delay)
+                    await _sleep_unless(stop, delay)
+        finally:
+            self._writer.shutdown(wait=True)
+            logger.info("bridge stopped after %d committed messages", self.committed)
+
+    async def _consume(self, client: aiomqtt.Client, inbox: Inbox, stop: asyncio.Event) -> None:
+        watcher = asyncio.create_task(inbox.watch(client))
+        try:
+            while not stop.is_set() and inbox.lost is None:
+                batch = await inbox.take(self.settings.batch_size, timeout=1.0)
+                if batch:
+                    await self._commit(batch, stop)
+                    inbox.ack(batch)
+                await self._heartbeat()
+            if inbox.lost is not None:
+                raise inbox.lost
+            # Stopping: store and ack what has arrived, then disconnect cleanly.
+            await self._drain(inbox)
+        finally:
+            watcher.cancel()
+
+    async def _drain(self, inbox: Inbox) -> None:
+        """Commit what is waiting; acks go out only where the connection still stands."""
+        while len(inbox):
+            batch = await inbox.take(self.settings.batch_size, timeout=0)
+            if not await self._commit(batch, None):
+                return
+            inbox.ack(batch)
+
+    async def _commit(self, batch: list[Received], stop: asyncio.Event | None) -> bool:
+        """Write one batch, retrying while the store is unavailable. Nothing is acked until
+        this returns True; False means we are stopping and the broker will redeliver."""
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(first=0.2, cap=10.0)
+        while True:
+            try:
+                outcome = await loop.run_in_executor(self._writer, self._write, batch)
+            except StoreUnavailable as exc:
+                delay = backoff.delay()
+                logger.error(
+                    "store unavailable, holding %d unacknowledged messages: %s; retrying in %.1fs",
+                    len(batch),
+                    exc,
+                    delay,
+                )
+                if stop is None or stop.is_set():
+                    return False
+                await _sleep_unless(stop, delay)
+                continue
+            self.committed += len(batch)
+            self._log_duplicates(outcome.duplicates)
+            return True
+
+    def _write(self, batch: list[Received]) -> BatchOutcome:
+        """Runs on the writer thread."""
+        events, refused = parse_batch(
+            batch, self.settings.topic_prefix, self.settings.max_payload_bytes
+        )
+        outcome = self.store.record(events, refused)
+        for r in refused:
+            logger.warning(
+                "rejected message on %s: %s (%s)",
+                r.mqtt_topic,
+                r.rejection.reason,
+                r.rejection.code,
+            )
+        return outcome
+
+    async def _heartbeat(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_heartbeat < HEARTBEAT_S:
+            return
+        self._last_heartbeat = now
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                self._writer, self.store.heartbeat, self.settings.client_id, self.started_at
+            )
+        except StoreUnavailable as exc:
+            logger.error("store unavailable for heartbeat: %s", exc)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def run_bridge(settings: BridgeSettings) -> None:
+    """Run one bridge until SIGTERM or SIGINT; the batch in hand is committed and acked."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    store = open_store(settings.store, durability=settings.durability)
+    try:
+        await Bridge(settings, store).run(stop)
+    finally:
+        store.close()

@@ -1,0 +1,65 @@
+"""Settings for the bridge: flags, then `LOGAGG_*` environment variables, then defaults."""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bridge.broker import DEFAULT_BROKER, BrokerAddress, Credentials
+from bridge.event import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TOPIC_PREFIX
+
+DEFAULT_STORE = "sqlite:///data/logagg.db"
+
+
+class MqttSettings(BaseSettings):
+    """Broker address and credentials, shared by every process that speaks MQTT."""
+
+    model_config = SettingsConfigDict(env_prefix="LOGAGG_", extra="forbid")
+
+    broker: str = DEFAULT_BROKER
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_ca_file: str | None = None
+    mqtt_cert_file: str | None = None
+    mqtt_key_file: str | None = None
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        BrokerAddress.from_url(value)
+        return value
+
+    @property
+    def address(self) -> BrokerAddress:
+        return BrokerAddress.from_url(self.broker)
+
+    @property
+    def credentials(self) -> Credentials:
+        return Credentials(
+            username=self.mqtt_username,
+            password=self.mqtt_password.get_secret_value() if self.mqtt_password else None,
+            ca_file=self.mqtt_ca_file,
+            cert_file=self.mqtt_cert_file,
+            key_file=self.mqtt_key_file,
+        )
+
+
+class BridgeSettings(MqttSettings):
+    store: str = DEFAULT_STORE
+    client_id: str = Field(default_factory=lambda: f"logagg-bridge-{socket.gethostname()}")
+    group: str | None = None
+    batch_size: int = Field(default=1000, ge=1, le=10_000)
+    max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=64)
+    durability: Literal["full", "normal", "off"] = "full"
+    # Long enough to ride out any outage a supervisor fixes; the broker keeps our queue meanwhile.
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=1, le=0xFFFFFFFE)
+    duplicate_log_per_s: int = Field(default=100, ge=0)
+
+    @property
+    def topic_filter(self) -> str:
+        base = f"{self.topic_prefix}#"
+        return f"$share/{self.group}/{base}" if self.group else base

@@ -1,0 +1,309 @@
+"""SQLite store: WAL, one writer (the bridge), many readers (the sidecar, other processes)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bridge.event import Event
+from bridge.store.base import (
+    BRIDGE_ALIVE_SECONDS,
+    SCHEMA_VERSION,
+    BatchOutcome,
+    EventKey,
+    Refused,
+    SchemaTooNew,
+    Stats,
+    StoredEvent,
+    StoredRejection,
+    StoreUnavailable,
+    TopicStats,
+)
+
+# Rows per multi-row INSERT: 6 parameters each stays far below SQLite's variable limit.
+_CHUNK = 500
+# The rejected table keeps the newest rows and a prefix of each body: bad input is bounded.
+KEEP_REJECTED = 10_000
+KEEP_BODY_BYTES = 2048
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    source TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    UNIQUE (topic, event_id)
+);
+CREATE INDEX IF NOT EXISTS events_topic_seq ON events (topic, seq);
+CREATE TABLE IF NOT EXISTS topic_stats (
+    topic TEXT PRIMARY KEY,
+    unique_processed INTEGER NOT NULL,
+    duplicate_dropped INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejection_stats (code TEXT PRIMARY KEY, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rejected (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    mqtt_topic TEXT NOT NULL,
+    code TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    body TEXT NOT NULL,
+    received_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bridges (
+    client_id TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    seen_at REAL NOT NULL
+);
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+class SQLiteStore:
+    """The default store. `durability` is SQLite's `synchronous`: FULL survives power loss."""
+
+    def __init__(self, path: Path, *, durability: str = "full", readonly: bool = False) -> None:
+        self.path = path
+        self._readonly = readonly
+        self._durability = durability.upper()
+        if self._durability not in {"FULL", "NORMAL", "OFF"}:
+            raise ValueError(f"durability must be full, normal or off, not {durability!r}")
+        self._writer: sqlite3.Connection | None = None
+        if not readonly:
+            self._writer = self._open_writer()
+
+    @classmethod
+    def from_url(cls, url: str, *, durability: str = "full", readonly: bool = False) -> SQLiteStore:
+        path = url.removeprefix("sqlite://")
+        if not path.startswith("/"):
+            raise ValueError(
+                f"store URL {url!r} needs a path: sqlite:///relative or sqlite:////abs"
+            )
+        # sqlite:///data/x.db is relative (three slashes), sqlite:////abs/x.db absolute.
+        return cls(Path(path[1:]), durability=durability, readonly=readonly)
+
+    def _open_writer(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._durability}")
+            self._migrate(conn)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+        return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                conn.execute(statement)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"store schema version {version} is newer than this logagg's "
+                    f"{SCHEMA_VERSION}: upgrade logagg"
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A short-lived read-only connection: readers never block the writer in WAL mode."""
+        if not self.path.exists():
+            raise StoreUnavailable(f"{self.path} does not exist yet: the bridge creates it")
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
+        with closing(conn):
+            try:
+                yield conn
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
+
+    def _write(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise RuntimeError("this store was opened read-only")
+        return self._writer
+
+    def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome:
+        conn = self._write()
+        received_at = now_iso()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                outcome = self._record(conn, events, refused, received_at)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot write {self.path}: {exc}") from exc
+        return outcome
+
+    @staticmethod
+    def _record(
+        conn: sqlite3.Connection,
+        events: Sequence[Event],
+        refused: Sequence[Refused],
+        received_at: str,
+    ) -> BatchOutcome:
+        inserted: set[EventKey] = set()
+        for start in range(0, len(events), _CHUNK):
+            chunk = events[start : start + _CHUNK]
+            rows = ",".join(["(?,?,?,?,?,?)"] * len(chunk))
+            params: list[str] = []
+            for e in chunk:
+                params += (
+                    e.topic,
+                    e.event_id,
+                    e.timestamp.isoformat(),
+                    e.source,
+                    json.dumps(e.payload, separators=(",", ":"), ensure_ascii=False),
+                    received_at,
+                )
+            cur = conn.execute(
+                "INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
+                f" VALUES {rows} ON CONFLICT DO NOTHING RETURNING topic, event_id",
+                params,
+            )
+            inserted.update(cur.fetchall())
+        outcome = BatchOutcome(rejected=len(refused))
+        new: Counter[str] = Counter()
+        dup: Counter[str] = Counter()
+        for e in events:
+            key = (e.topic, e.event_id)
+            if key in inserted:
+                inserted.discard(key)  # a second copy in the same batch is a duplicate
+                new[e.topic] += 1
+            else:
+                dup[e.topic] += 1
+                outcome.duplicates.append(key)
+        outcome.stored = sum(new.values())
+        conn.executemany(
+            "INSERT INTO topic_stats (topic, unique_processed, duplicate_dropped) VALUES (?, ?, ?)"
+            " ON CONFLICT (topic) DO UPDATE SET"
+            " unique_processed = unique_processed + excluded.unique_processed,"
+            " duplicate_dropped = duplicate_dropped + excluded.duplicate_dropped",
+            [(t, new[t], dup[t]) for t in new.keys() | dup.keys()],
+        )
+        if refused:
+            conn.executemany(
+                "INSERT INTO rejected (mqtt_topic, code, reason, body, received_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.mqtt_topic,
+                        r.rejection.code,
+                        r.rejection.reason,
+                        r.body[:KEEP_BODY_BYTES].decode("utf-8", "backslashreplace"),
+                        received_at,
+                    )
+                    for r in refused
+                ],
+            )
+            codes = Counter(r.rejection.code for r in refused)
+            conn.executemany(
+                "INSERT INTO rejection_stats (code, count) VALUES (?, ?)"
+                " ON CONFLICT (code) DO UPDATE SET count = count + excluded.count",
+                list(codes.items()),
+            )
+            conn.execute(
+                "DELETE FROM rejected WHERE seq <= (SELECT max(seq) FROM rejected) - ?",
+                (KEEP_REJECTED,),
+            )
+        return outcome
+
+    def heartbeat(self, client_id: str, started_at: float) -> None:
+        try:
+            self._write().execute(
+                "INSERT INTO bridges (client_id, started_at, seen_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (client_id) DO UPDATE SET"
+                " started_at = excluded.started_at, seen_at = excluded.seen_at",
+                (client_id, started_at, time.time()),
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot write {self.path}: {exc}") from exc
+
+    def stats(self) -> Stats:
+        with self._read() as conn:
+            topics = {
+                t: TopicStats(u, d)
+                for t, u, d in conn.execute(
+                    "SELECT topic, unique_processed, duplicate_dropped FROM topic_stats"
+                    " ORDER BY topic"
+                )
+            }
+            codes = dict(conn.execute("SELECT code, count FROM rejection_stats ORDER BY code"))
+            now = time.time()
+            row = conn.execute(
+                "SELECT min(started_at) FROM bridges WHERE seen_at > ?",
+                (now - BRIDGE_ALIVE_SECONDS,),
+            ).fetchone()
+        return Stats(
+            unique_processed=sum(t.unique_processed for t in topics.values()),
+            duplicate_dropped=sum(t.duplicate_dropped for t in topics.values()),
+            rejected=sum(codes.values()),
+            topics=topics,
+            rejected_by_code=codes,
+            uptime_s=None if row[0] is None else round(now - row[0], 3),
+        )
+
+    def events(self, *, topic: str | None, after: int, limit: int) -> list[StoredEvent]:
+        sql = (
+            "SELECT seq, topic, event_id, timestamp, source, payload, received_at FROM events"
+            " WHERE seq > ?"
+        )
+        params: list[object] = [after]
+        if topic is not None:
+            sql += " AND topic = ?"
+            params.append(topic)
+        sql += " ORDER BY seq LIMIT ?"
+        params.append(limit)
+        with self._read() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [
+            StoredEvent(seq, t, eid, ts, src, json.loads(payload), rat)
+            for seq, t, eid, ts, src, payload, rat in rows
+        ]
+
+    def rejected(self, *, after: int, limit: int) -> list[StoredRejection]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT seq, mqtt_topic, code, reason, body, received_at FROM rejected"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        return [StoredRejection(*row) for row in rows]
+
+    def ping(self) -> None:
+        with self._read() as conn:
+            conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

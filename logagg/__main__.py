@@ -1,0 +1,3 @@
+from logagg.cli import main
+
+main()

@@ -1,0 +1,115 @@
+"""Running a Mosquitto of our own: for `logagg up`, the tests and the benchmark.
+
+All of them use the project's `mosquitto/mosquitto.conf`, with the port,
+persistence location and log destination replaced, so what is tested is what
+is shipped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "mosquitto" / "mosquitto.conf"
+_REPLACED = ("listener", "persistence_location", "log_dest", "pid_file")
+
+
+def find_mosquitto() -> str | None:
+    """The `mosquitto` binary on PATH or in /usr/sbin (where Debian puts it)."""
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+
+
+def render_config(
+    port: int,
+    data_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    base: Path = PROJECT_CONFIG,
+    extra: str = "",
+) -> str:
+    if not base.exists():
+        raise FileNotFoundError(f"{base} is missing: run logagg from a checkout of the project")
+    kept = [
+        line for line in base.read_text().splitlines() if not line.strip().startswith(_REPLACED)
+    ]
+    ours = [
+        f"listener {port} {host}",
+        f"persistence_location {data_dir.resolve()}/",
+        f"log_dest file {data_dir.resolve()}/mosquitto.log",
+    ]
+    return "\n".join([*kept, *ours, extra, ""])
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class Mosquitto:
+    """A Mosquitto process on `port` with its data in `data_dir`; stop() always reaps it."""
+
+    def __init__(self, port: int, data_dir: Path, *, extra_config: str = "") -> None:
+        binary = find_mosquitto()
+        if binary is None:
+            raise FileNotFoundError(
+                "mosquitto is not installed (Debian: apt-get install mosquitto)"
+            )
+        self.binary = binary
+        self.port = port
+        self.data_dir = data_dir
+        self.config = data_dir / "mosquitto.conf"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(render_config(port, data_dir, extra=extra_config))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "-c", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while not port_open("127.0.0.1", self.port):
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"mosquitto exited with {self.process.returncode}: {err}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"mosquitto did not listen on {self.port} within {timeout}s")
+            time.sleep(0.05)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """SIGTERM saves the persistence file; SIGKILL simulates a crash."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        if self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+
+    def log(self) -> str:
+        path = self.data_dir / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""

@@ -109,21 +109,28 @@ class Bridge:
         self._last_heartbeat = 0.0
 
     def _client(self) -> aiomqtt.Client:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self.settings.session_expiry_s
-        # Our in-flight window: two batches, one committing while the next gathers.
-        properties.ReceiveMaximum = min(2 * self.settings.batch_size, 65535)
+        session: dict[str, object]
+        if self.settings.mqtt_version == "3.1.1":
+            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
+        else:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = self.settings.session_expiry_s
+            # Our in-flight window: two batches, one committing while the next gathers.
+            properties.ReceiveMaximum = min(2 * self.settings.batch_size, 65535)
+            session = {
+                "protocol": aiomqtt.ProtocolVersion.V5,
+                # False on every connect: aiomqtt re-arms paho's "clean on first connect
+                # only" each time, which would wipe the session we rely on.
+                "clean_start": False,
+                "properties": properties,
+            }
         return make_client(
             self.settings.address,
             self.settings.credentials,
             identifier=self.settings.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            # False on every connect: aiomqtt re-arms paho's "clean on first connect only"
-            # each time, which would wipe the session we rely on.
-            clean_start=False,
-            properties=properties,
             timeout=CONNECT_TIMEOUT_S,
             logger=logging.getLogger("logagg.bridge.mqtt"),
+            **session,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -142,10 +149,14 @@ class Bridge:
         try:
             while not stop.is_set():
                 try:
+                    inbox.connecting()
                     async with client:
-                        inbox.connected()
                         await client.subscribe(self.settings.topic_filter, qos=1)
-                        logger.info("connected to %s", self.settings.address)
+                        logger.info(
+                            "subscribed to %s on %s",
+                            self.settings.topic_filter,
+                            self.settings.address,
+                        )
                         backoff.reset()
                         await self._consume(client, inbox, stop)
                 except aiomqtt.MqttError as exc:

@@ -43,9 +43,11 @@ class Inbox:
         self._connection = 0
         self.lost: Exception | None = None
 
-    def connected(self) -> None:
-        """A new connection: messages from older ones can no longer be acked (their ids are
-        void); the broker redelivers them and the store counts the copies as duplicates."""
+    def connecting(self) -> None:
+        """Call before each connect: the broker sends queued messages right after CONNACK,
+        before `async with client` returns. Messages from older connections can no longer
+        be acked (their ids are void); the broker redelivers them, and the store counts the
+        copies as duplicates."""
         self._connection += 1
         self.lost = None
 

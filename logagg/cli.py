@@ -8,6 +8,7 @@ function. A flag left out is `None` here, so the environment can fill it.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -63,6 +64,9 @@ def bridge(
     max_payload_bytes: Annotated[
         int | None, typer.Option(help="Larger messages are rejected")
     ] = None,
+    mqtt_version: Annotated[
+        str | None, typer.Option(help="5, or 3.1.1 for brokers without MQTT 5")
+    ] = None,
     log_level: LogLevel = "info",
     log_format: LogFormat = "text",
 ) -> None:
@@ -78,9 +82,171 @@ def bridge(
         batch_size=batch_size,
         durability=durability,
         max_payload_bytes=max_payload_bytes,
+        mqtt_version=mqtt_version,
     )
     logs.configure(log_level, log_format)
     asyncio.run(run_bridge(config))
+
+
+@app.command()
+def up(
+    broker: Broker = None,
+    store: Store = None,
+    host: Annotated[str | None, typer.Option(help="HTTP sidecar address")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP sidecar port")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where a broker started here keeps its data")
+    ] = None,
+    log_level: LogLevel = "info",
+    log_format: LogFormat = "text",
+) -> None:
+    """Run the whole system: broker (if none is running), bridge and HTTP sidecar."""
+    from logagg.up import UpSettings, run_up
+
+    config = settings(
+        UpSettings, broker=broker, store=store, host=host, port=port, data_dir=data_dir
+    )
+    logs.configure(log_level, log_format)
+    raise typer.Exit(run_up(config))
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Listen address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (default 8080)")] = None,
+    broker: Broker = None,
+    store: Store = None,
+    max_batch: Annotated[int | None, typer.Option(help="Most events per POST /publish")] = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option(help="Larger request bodies get 413")
+    ] = None,
+    max_payload_bytes: Annotated[
+        int | None, typer.Option(help="Larger events get 422 (the bridge would reject them)")
+    ] = None,
+    publish_timeout_s: Annotated[
+        float | None, typer.Option(help="Longest a publish waits for the broker before 503")
+    ] = None,
+    max_inflight: Annotated[
+        int | None, typer.Option(help="Most unacknowledged QoS 1 messages, all requests together")
+    ] = None,
+    read_limit_max: Annotated[
+        int | None, typer.Option(help="Largest `limit` for /events and /rejected")
+    ] = None,
+    log_level: LogLevel = "info",
+    log_format: LogFormat = "text",
+) -> None:
+    """Serve HTTP: POST /publish through the broker, GET /stats, /events, /rejected, /healthz."""
+    import uvicorn
+
+    from api import ApiSettings, create_app
+
+    config = settings(
+        ApiSettings,
+        host=host,
+        port=port,
+        broker=broker,
+        store=store,
+        max_batch=max_batch,
+        max_body_bytes=max_body_bytes,
+        max_payload_bytes=max_payload_bytes,
+        publish_timeout_s=publish_timeout_s,
+        max_inflight=max_inflight,
+        read_limit_max=read_limit_max,
+    )
+    logs.configure(log_level, log_format)
+    # log_config=None: uvicorn's loggers go through ours, in the same format.
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_config=None,
+        log_level=log_level.lower(),
+    )
+
+
+@app.command()
+def publish(
+    count: Annotated[int | None, typer.Option(help="Messages to send, repeats included")] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Events per second, 0 = as fast as acknowledged")
+    ] = None,
+    topics: Annotated[
+        str | None, typer.Option(help="Comma-separated topics, published under logs/")
+    ] = None,
+    dup_ratio: Annotated[
+        float | None, typer.Option(help="Fraction of sends that repeat an event already sent")
+    ] = None,
+    out_of_order: Annotated[
+        float | None, typer.Option(help="Fraction of events stamped up to 5 minutes early")
+    ] = None,
+    via: Annotated[str | None, typer.Option(help="mqtt, or http through the sidecar")] = None,
+    broker: Broker = None,
+    api_url: Annotated[
+        str | None, typer.Option(help="Sidecar URL for --via http (env LOGAGG_API_URL)")
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Events per POST for --via http (env LOGAGG_HTTP_BATCH_SIZE)"),
+    ] = None,
+    payload_bytes: Annotated[int | None, typer.Option(help="Approximate payload size")] = None,
+    seed: Annotated[int | None, typer.Option(help="Same seed, same stream (new ids)")] = None,
+    source: Annotated[str | None, typer.Option(help="The events' source field")] = None,
+    ack_timeout: Annotated[
+        float | None, typer.Option(help="Give up after this many seconds unacknowledged")
+    ] = None,
+    mqtt_version: Annotated[
+        str | None, typer.Option(help="5, or 3.1.1 for brokers without MQTT 5")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bar on a terminal")] = True,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object")
+    ] = False,
+    log_level: LogLevel = "warning",
+    log_format: LogFormat = "text",
+) -> None:
+    """Send simulated log events, with duplicates and late timestamps; print a summary."""
+    import json
+
+    from publisher import (
+        PublishError,
+        PublisherSettings,
+        Summary,
+        run_publisher,
+        terminal_progress,
+    )
+
+    config = settings(
+        PublisherSettings,
+        count=count,
+        rate=rate,
+        topics=topics,
+        dup_ratio=dup_ratio,
+        out_of_order=out_of_order,
+        via=via,
+        broker=broker,
+        api_url=api_url,
+        http_batch_size=batch_size,
+        payload_bytes=payload_bytes,
+        seed=seed,
+        source=source,
+        ack_timeout_s=ack_timeout,
+        mqtt_version=mqtt_version,
+    )
+    logs.configure(log_level, log_format)
+    summary: Summary | None
+    error: str | None = None
+    with terminal_progress(config.count, enabled=progress) as on_progress:
+        try:
+            summary = run_publisher(config, on_progress=on_progress)
+        except PublishError as exc:
+            summary, error = exc.summary, str(exc)
+    if json_output:
+        typer.echo(json.dumps({**(summary.as_dict() if summary else {}), "error": error}))
+    elif summary is not None:
+        typer.echo(str(summary))
+    if error is not None:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ is shipped.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import signal
 import socket
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "mosquitto" / "mosquitto.conf"
-_REPLACED = ("listener", "persistence_location", "log_dest", "pid_file")
+_REPLACED = ("listener", "persistence_location", "log_dest", "pid_file", "user")
 
 
 def find_mosquitto() -> str | None:
@@ -38,6 +39,9 @@ def render_config(
     ]
     ours = [
         f"listener {port} {host}",
+        # Started as root, Mosquitto switches to the `mosquitto` user, which cannot write
+        # our data directory: stay whoever we are.
+        f"user {getpass.getuser()}",
         f"persistence_location {data_dir.resolve()}/",
         f"log_dest file {data_dir.resolve()}/mosquitto.log",
     ]

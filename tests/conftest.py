@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 
 from bridge.store import Stats, StoreUnavailable, open_store
@@ -40,9 +44,16 @@ class BridgeProcess:
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, *, wait: bool = True) -> None:
+        """Start it; by default wait until it has subscribed (its session exists)."""
+        already = self.output().count("subscribed to")
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while wait and self.output().count("subscribed to") == already:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"bridge did not subscribe:\n{self.output()}")
+            time.sleep(0.05)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 20.0) -> int | None:
         if self.process is None:
@@ -73,7 +84,7 @@ def bridge_factory(
 ) -> Iterator[Callable[..., BridgeProcess]]:
     started: list[BridgeProcess] = []
 
-    def start(**flags: str) -> BridgeProcess:
+    def start(*, wait: bool = True, **flags: str) -> BridgeProcess:
         flags.setdefault("client_id", f"test-bridge-{os.getpid()}")
         proc = BridgeProcess(
             broker.url,
@@ -81,8 +92,8 @@ def bridge_factory(
             tmp_path / f"bridge-{len(started)}.log",
             **flags,
         )
-        proc.start()
         started.append(proc)
+        proc.start(wait=wait)
         return proc
 
     yield start
@@ -104,3 +115,57 @@ def wait_for_stats(store_url: str, done: Callable[[Stats], bool], timeout: float
             return last
         time.sleep(0.1)
     raise AssertionError(f"store did not reach the expected state in {timeout}s: {last}")
+
+
+Message = tuple[str, bytes]
+
+
+def make_stream(count: int, dup_ratio: float, *, seed: int = 1, topics: int = 5) -> list[Message]:
+    """`count` messages of which `dup_ratio` repeat an earlier one; shuffled, seeded."""
+    rng = random.Random(seed)
+    distinct = count - round(count * dup_ratio)
+    run = uuid.UUID(int=rng.getrandbits(128)).hex[:8]
+    events = [
+        (
+            f"logs/t{i % topics}",
+            json.dumps(
+                {
+                    "event_id": f"{run}-{i}",
+                    "timestamp": "2026-11-26T12:00:00+00:00",
+                    "source": "test",
+                    "payload": {"i": i},
+                }
+            ).encode(),
+        )
+        for i in range(distinct)
+    ]
+    repeats = [rng.choice(events) for _ in range(count - distinct)]
+    stream = events + repeats
+    rng.shuffle(stream)
+    return stream
+
+
+def publish_raw(port: int, messages: list[Message], *, window: int = 500) -> None:
+    """Publish with QoS 1 and return once the broker acknowledged every message."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex}")
+    client.max_inflight_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        pending: list[paho.MQTTMessageInfo] = []
+        for topic, body in messages:
+            pending.append(client.publish(topic, body, qos=1))
+            if len(pending) >= window:
+                _wait_acked(pending)
+                pending = []
+        _wait_acked(pending)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _wait_acked(infos: list[paho.MQTTMessageInfo]) -> None:
+    for info in infos:
+        info.wait_for_publish(30)
+        if not info.is_published():
+            raise AssertionError(f"broker did not acknowledge message {info.mid} in 30s")

@@ -1,0 +1,169 @@
+"""`logagg up`: the whole system in one command, stopped in order by one Ctrl-C.
+
+Starts the broker when none answers at `--broker` (Mosquitto with the
+project's config, or the embedded amqtt fallback, loudly), then the bridge and
+the HTTP sidecar as child processes. Children run in their own sessions so a
+Ctrl-C reaches only us; we stop them in order: sidecar, bridge (which commits
+and acks what it holds), broker (which saves its queue).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from pydantic import Field
+
+from bridge.settings import BridgeSettings
+from logagg.embedded import WARNING as EMBEDDED_WARNING
+from logagg.mosquitto import Mosquitto, find_mosquitto, port_open
+
+logger = logging.getLogger("logagg.up")
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+STOP_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 15.0
+EXAMPLE_MQTT = (
+    '{"event_id":"e1","timestamp":"2026-11-26T12:00:00Z","source":"cli","payload":{"msg":"hi"}}'
+)
+EXAMPLE_HTTP = EXAMPLE_MQTT.replace('{"event_id"', '{"topic":"auth.prod","event_id"', 1)
+
+
+class UpSettings(BridgeSettings):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    data_dir: Path = Path("data")
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        logger.info("starting %s", self.name)
+        self.process = subprocess.Popen(self.args, start_new_session=True)
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            logger.error("%s did not stop in %.0fs; killing it", self.name, STOP_TIMEOUT_S)
+            self.process.kill()
+            self.process.wait(STOP_TIMEOUT_S)
+
+
+def _logagg(*args: str) -> list[str]:
+    return [sys.executable, "-m", "logagg", *args]
+
+
+def _broker(settings: UpSettings) -> tuple[Child | Mosquitto | None, str]:
+    """The broker to start, if any, and the MQTT version the bridge should speak to it."""
+    address = settings.address
+    if port_open(address.host, address.port):
+        logger.info("using the broker already listening at %s", address)
+        return None, settings.mqtt_version
+    if address.host not in LOCAL_HOSTS:
+        raise SystemExit(f"error: no broker answers at {address}, and it is not this machine")
+    if find_mosquitto():
+        logger.info("no broker at %s: starting Mosquitto with mosquitto/mosquitto.conf", address)
+        return Mosquitto(address.port, settings.data_dir / "mosquitto"), settings.mqtt_version
+    try:
+        import amqtt  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            f"error: no broker at {address} and no mosquitto on PATH: install it "
+            "(apt-get install mosquitto), or pip install 'logagg[embedded]' to try logagg"
+        ) from None
+    for _ in range(3):
+        logger.warning(EMBEDDED_WARNING)
+    embedded = Child(
+        "embedded broker", [sys.executable, "-m", "logagg.embedded", str(address.port)]
+    )
+    return embedded, "3.1.1"
+
+
+def _wait_for_port(host: str, port: int, what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not port_open(host, port):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"error: {what} did not listen on {host}:{port} in time")
+        time.sleep(0.1)
+
+
+def run_up(settings: UpSettings) -> int:
+    stopping = False
+
+    def request_stop(_sig: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    broker, mqtt_version = _broker(settings)
+    address = settings.address
+    common = ["--broker", settings.broker, "--store", settings.store]
+    bridge = Child(
+        "bridge",
+        _logagg(
+            "bridge", *common, "--client-id", settings.client_id, "--mqtt-version", mqtt_version
+        ),
+    )
+    api = Child(
+        "api",
+        _logagg("api", *common, "--host", settings.host, "--port", str(settings.port)),
+    )
+    children: list[Child] = [bridge, api]
+    code = 0
+    try:
+        if broker is not None:
+            broker.start()
+            _wait_for_port(address.host, address.port, "the broker")
+        for child in children:
+            child.start()
+        _wait_for_port(settings.host, settings.port, "the HTTP sidecar")
+        base = f"http://{settings.host}:{settings.port}"
+        logger.info(
+            "logagg is up: broker %s, store %s\n"
+            "  publish:  mosquitto_pub -h %s -p %d -q 1 -t logs/auth.prod -m '%s'\n"
+            "            curl -X POST %s/publish -H 'content-type: application/json' -d '%s'\n"
+            "            logagg publish --count 1000 --dup-ratio 0.2\n"
+            "  read:     %s/stats  %s/events  %s/rejected  %s/docs\n"
+            "  Ctrl-C stops everything; running it again resumes on the same store.",
+            address,
+            settings.store,
+            address.host,
+            address.port,
+            EXAMPLE_MQTT,
+            base,
+            EXAMPLE_HTTP,
+            *[base] * 4,
+        )
+        while not stopping:
+            for child in children:
+                if (rc := child.exited()) is not None:
+                    logger.error("%s exited with code %d; stopping everything", child.name, rc)
+                    code = rc or 1
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        logger.info("stopping")
+        for child in reversed(children):
+            child.stop()
+        if broker is not None:
+            broker.stop()
+    return code

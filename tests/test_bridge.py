@@ -1,0 +1,184 @@
+"""The bridge end to end: a real Mosquitto, the real `logagg bridge` process, a real store."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bridge.store import open_store
+from logagg.mosquitto import Mosquitto
+from tests.conftest import BridgeProcess, make_stream, publish_raw, wait_for_stats
+
+pytestmark = pytest.mark.broker
+
+StartBridge = Callable[..., BridgeProcess]
+
+
+def distinct(stream: list[tuple[str, bytes]]) -> int:
+    return len({(t, json.loads(b)["event_id"]) for t, b in stream})
+
+
+def assert_exactly_once(store_url: str, stream: list[tuple[str, bytes]]) -> None:
+    """Every distinct event stored once, nothing else, and the counters agree."""
+    store = open_store(store_url, readonly=True)
+    stored = store.events(topic=None, after=0, limit=len(stream) + 1)
+    keys = [(f"logs/{e.topic}", e.event_id) for e in stored]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == {(t, json.loads(b)["event_id"]) for t, b in stream}
+    stats = store.stats()
+    assert stats.unique_processed == len(stored)
+    assert stats.received == stats.unique_processed + stats.duplicate_dropped + stats.rejected
+
+
+def test_bridge_drops_and_counts_duplicates(
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
+) -> None:
+    """5,000 events with 20% duplicates: exact counts, per topic too."""
+    bridge_factory()
+    stream = make_stream(5000, 0.2)
+    publish_raw(broker.port, stream)
+    stats = wait_for_stats(store_url, lambda s: s.received >= 5000)
+    assert (stats.unique_processed, stats.duplicate_dropped, stats.rejected) == (4000, 1000, 0)
+    assert sum(t.unique_processed for t in stats.topics.values()) == 4000
+    assert set(stats.topics) == {f"t{i}" for i in range(5)}
+    assert_exactly_once(store_url, stream)
+
+
+def test_bridge_logs_each_duplicate_by_name(
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
+) -> None:
+    """A duplicate is logged with its topic and event_id."""
+    bridge = bridge_factory()
+    (message,) = make_stream(1, 0.0)
+    publish_raw(broker.port, [message, message])
+    wait_for_stats(store_url, lambda s: s.received == 2)
+    event_id = json.loads(message[1])["event_id"]
+    bridge.stop()
+    assert f"duplicate dropped: topic=t0 event_id={event_id}" in bridge.output()
+
+
+def test_bridge_restart_keeps_dedup(
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
+) -> None:
+    """Dedup lives in the store: events re-sent after a restart are duplicates."""
+    stream = make_stream(500, 0.0)
+    first = bridge_factory()
+    publish_raw(broker.port, stream)
+    wait_for_stats(store_url, lambda s: s.received == 500)
+    assert first.stop() == 0
+    bridge_factory()
+    publish_raw(broker.port, stream)
+    stats = wait_for_stats(store_url, lambda s: s.received == 1000)
+    assert (stats.unique_processed, stats.duplicate_dropped) == (500, 500)
+
+
+def test_bridge_rejects_malformed_messages_and_keeps_going(
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
+) -> None:
+    """Bad input is recorded with a reason and acked; valid events around it are stored."""
+    bridge = bridge_factory()
+    good = make_stream(2, 0.0)
+    bad = [
+        ("logs/t0", b"\xff\xfe"),
+        ("logs/t0", b"not json"),
+        ("logs/t0", b'{"event_id": "x"}'),
+        ("logs/t0", json.dumps({**json.loads(good[0][1]), "topic": "elsewhere"}).encode()),
+        ("logs/t0", b"x" * 300_000),
+    ]
+    publish_raw(broker.port, [good[0], *bad, good[1]])
+    stats = wait_for_stats(store_url, lambda s: s.received == 7)
+    assert (stats.unique_processed, stats.rejected) == (2, 5)
+    assert stats.rejected_by_code == {
+        "not_utf8": 1,
+        "not_json": 1,
+        "schema": 1,
+        "topic_mismatch": 1,
+        "too_large": 1,
+    }
+    rejected = open_store(store_url, readonly=True).rejected(after=0, limit=10)
+    assert "timestamp: Field required" in rejected[2].reason
+    assert bridge.process is not None and bridge.process.poll() is None
+    # Acked: a restart does not bring them back.
+    bridge.stop()
+    bridge_factory()
+    time.sleep(2)
+    assert open_store(store_url, readonly=True).stats().received == 7
+
+
+def test_bridge_stores_backlog_queued_while_it_was_down(
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
+) -> None:
+    """The persistent session keeps what was published while the bridge was away."""
+    bridge = bridge_factory()
+    wait_for_stats(store_url, lambda s: s.uptime_s is not None)
+    assert bridge.stop() == 0
+    stream = make_stream(3000, 0.1)
+    publish_raw(broker.port, stream)
+    bridge_factory()
+    wait_for_stats(store_url, lambda s: s.received >= 3000)
+    assert_exactly_once(store_url, stream)
+
+
+def test_bridge_acks_only_after_commit(
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str, tmp_path: Path
+) -> None:
+    """Killed between receive and commit, the bridge gets the message back: no ack went out.
+
+    A held write lock on the database keeps the bridge from committing; it is then
+    SIGKILLed. Had it acked on receipt, the broker would not redeliver.
+    """
+    bridge = bridge_factory()
+    wait_for_stats(store_url, lambda s: s.uptime_s is not None)
+    db = store_url.removeprefix("sqlite:///")
+    blocker = sqlite3.connect(db, timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        stream = make_stream(50, 0.0)
+        publish_raw(broker.port, stream)
+        deadline = time.monotonic() + 20
+        while "store unavailable" not in bridge.output():
+            assert time.monotonic() < deadline, bridge.output()
+            time.sleep(0.1)
+        bridge.stop(signal.SIGKILL)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert open_store(store_url, readonly=True).stats().received == 0
+    bridge_factory()
+    wait_for_stats(store_url, lambda s: s.received >= 50)
+    assert_exactly_once(store_url, stream)
+
+
+def test_bridge_waits_out_a_locked_store_and_loses_nothing(
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
+) -> None:
+    """Store unavailable: the bridge holds the batch unacked, retries, then commits it."""
+    bridge = bridge_factory()
+    wait_for_stats(store_url, lambda s: s.uptime_s is not None)
+    blocker = sqlite3.connect(store_url.removeprefix("sqlite:///"), timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")
+    stream = make_stream(200, 0.0)
+    publish_raw(broker.port, stream)
+    time.sleep(6)
+    blocker.rollback()
+    blocker.close()
+    wait_for_stats(store_url, lambda s: s.received >= 200)
+    assert_exactly_once(store_url, stream)
+    assert "store unavailable" in bridge.output()
+
+
+def test_bridge_sigterm_finishes_cleanly(
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
+) -> None:
+    """SIGTERM: the batch in hand is committed and acked, and the exit code is 0."""
+    bridge = bridge_factory()
+    publish_raw(broker.port, make_stream(100, 0.0))
+    wait_for_stats(store_url, lambda s: s.received == 100)
+    assert bridge.stop(signal.SIGTERM) == 0
+    assert "bridge stopped after 100 committed messages" in bridge.output()

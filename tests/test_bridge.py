@@ -103,7 +103,8 @@ def test_bridge_rejects_malformed_messages_and_keeps_going(
     }
     rejected = open_store(store_url, readonly=True).rejected(after=0, limit=10)
     assert "timestamp: Field required" in rejected[2].reason
-    assert bridge.process is not None and bridge.process.poll() is None
+    assert bridge.process is not None
+    assert bridge.process.poll() is None
     # Acked: a restart does not bring them back.
     bridge.stop()
     bridge_factory()

@@ -28,11 +28,11 @@ app = typer.Typer(
 S = TypeVar("S", bound=BaseSettings)
 
 Broker = Annotated[
-    str | None, typer.Option(help="Broker URL, mqtt://host:port [env LOGAGG_BROKER]")
+    str | None, typer.Option(help="Broker URL, mqtt://host:port (env LOGAGG_BROKER)")
 ]
 Store = Annotated[
     str | None,
-    typer.Option(help="Store URL, sqlite:///relative/path or sqlite:////abs [env LOGAGG_STORE]"),
+    typer.Option(help="Store URL, sqlite:///relative/path or sqlite:////abs (env LOGAGG_STORE)"),
 ]
 LogLevel = Annotated[str, typer.Option(help="debug, info, warning or error")]
 LogFormat = Annotated[logs.LogFormat, typer.Option(help="text or json (one object a line)")]
@@ -153,10 +153,15 @@ def api(
         max_inflight=max_inflight,
         read_limit_max=read_limit_max,
     )
+    try:
+        application = create_app(config)
+    except ValueError as exc:  # a store URL open_store does not know
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     logs.configure(log_level, log_format)
     # log_config=None: uvicorn's loggers go through ours, in the same format.
     uvicorn.run(
-        create_app(config),
+        application,
         host=config.host,
         port=config.port,
         log_config=None,

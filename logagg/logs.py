@@ -31,5 +31,7 @@ def configure(level: str = "INFO", fmt: LogFormat = "text") -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    # paho logs every packet at DEBUG through aiomqtt's logger; keep that opt-in.
-    logging.getLogger("logagg.bridge.mqtt").setLevel(logging.WARNING)
+    # paho logs every packet at DEBUG, and a lost socket at ERROR, through aiomqtt's logger;
+    # our own code reports connection loss once, with what it does about it.
+    for name in ("logagg.bridge.mqtt", "logagg.api.mqtt"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)

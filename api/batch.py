@@ -1,0 +1,93 @@
+"""From a `POST /publish` body to MQTT messages, or to errors naming each failing item.
+
+Every item is checked before anything is published: one bad item refuses the
+whole batch, so a client never has to work out which part got through.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import HTTPException, Request
+from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
+
+from api.models import ItemError
+from api.publishing import Message
+from bridge.event import Event
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limit` bytes: from
+    Content-Length when declared, and while reading, for chunked bodies or a lying header."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"body is {declared} bytes, limit {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _refuse_constant(name: str) -> object:
+    """Python's parser accepts NaN and Infinity; JSON (and the bridge) do not."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _invalid(*errors: ItemError) -> HTTPException:
+    return HTTPException(422, [e.model_dump() for e in errors])
+
+
+def to_messages(
+    body: bytes, *, prefix: str, max_batch: int, max_payload_bytes: int
+) -> list[Message]:
+    """One event object or a JSON array of them, as `(mqtt_topic, compact JSON)` pairs.
+
+    Raises 422 listing every failing item's index and field, or 413 past `max_batch`.
+    """
+    try:
+        data = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise _invalid(
+            ItemError(index=None, field=None, message=f"body is not JSON: {exc}")
+        ) from None
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise _invalid(
+            ItemError(index=None, field=None, message="empty batch: send 1 or more events")
+        )
+    if len(items) > max_batch:
+        raise HTTPException(413, f"batch has {len(items)} events, limit {max_batch}")
+    errors: list[ItemError] = []
+    messages: list[Message] = []
+    for index, item in enumerate(items):
+        try:
+            event = Event.model_validate(item)
+            message = event.model_dump_json().encode()
+        except ValidationError as exc:
+            errors += (
+                ItemError(
+                    index=index,
+                    field=".".join(str(part) for part in e["loc"]) or None,
+                    message=e["msg"],
+                )
+                for e in exc.errors(include_url=False)
+            )
+            continue
+        except PydanticSerializationError as exc:  # a payload nested past the serialiser's depth
+            errors.append(ItemError(index=index, field="payload", message=str(exc)))
+            continue
+        if len(message) > max_payload_bytes:
+            errors.append(
+                ItemError(
+                    index=index,
+                    field="payload",
+                    message=f"event is {len(message)} bytes as JSON, limit {max_payload_bytes}",
+                )
+            )
+        messages.append((prefix + event.topic, message))
+    if errors:
+        raise _invalid(*errors)
+    return messages

@@ -1,0 +1,68 @@
+"""What the HTTP endpoints answer: pydantic models, so /docs and the OpenAPI schema are exact.
+
+Stored rows are the store's own dataclasses (`StoredEvent`, `StoredRejection`,
+`TopicStats`), which pydantic validates and documents as they are.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from bridge.store import StoredEvent, StoredRejection, TopicStats
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class ItemError(BaseModel):
+    index: int | None = Field(
+        description="Position in the batch (0 for a single event); null for the body as a whole"
+    )
+    field: str | None = Field(description="The failing field, dotted; null for the whole item")
+    message: str
+
+
+class PublishInvalid(BaseModel):
+    """422: nothing of the batch was published."""
+
+    detail: list[ItemError]
+
+
+class PublishAccepted(BaseModel):
+    """Every event was acknowledged by the broker; the bridge stores it from there."""
+
+    accepted: int
+
+
+class PublishFailed(BaseModel):
+    """503: the first `accepted` events were acknowledged. Resending the whole batch is safe:
+    `(topic, event_id)` copies are counted as duplicates, not stored twice."""
+
+    detail: str
+    accepted: int
+
+
+class StatsReport(BaseModel):
+    received: int
+    unique_processed: int
+    duplicate_dropped: int
+    rejected: int
+    topics: dict[str, TopicStats]
+    rejected_by_code: dict[str, int]
+    uptime_s: float | None = Field(description="The oldest live bridge's; null when none is")
+
+
+class EventPage(BaseModel):
+    events: list[StoredEvent]
+    next_after: int | None = Field(description="Pass as `after` for the next page; null if empty")
+
+
+class RejectedPage(BaseModel):
+    rejected: list[StoredRejection]
+    next_after: int | None = Field(description="Pass as `after` for the next page; null if empty")
+
+
+class Health(BaseModel):
+    store: str = Field(description='"ok", or why the store cannot be read')
+    broker: str = Field(description='"ok", or why the broker cannot be reached')

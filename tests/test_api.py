@@ -1,0 +1,408 @@
+"""The HTTP sidecar against a real Mosquitto and a real bridge: HTTP in, MQTT through, store out.
+
+The app runs under uvicorn, as `logagg api` runs it, on a thread of the test process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from api import ApiSettings, create_app
+from logagg.mosquitto import Mosquitto, free_port
+from tests.conftest import BridgeProcess, publish_raw, wait_for_stats
+
+Sidecar = Callable[..., httpx.Client]
+
+
+def event(event_id: str, topic: str = "app", **fields: Any) -> dict[str, Any]:
+    return {
+        "topic": topic,
+        "event_id": event_id,
+        "timestamp": "2026-11-26T12:00:00+00:00",
+        "source": "test",
+        "payload": {"msg": f"hello {event_id}"},
+        **fields,
+    }
+
+
+def nowhere() -> str:
+    """A broker URL nothing listens on."""
+    return f"mqtt://127.0.0.1:{free_port()}"
+
+
+@contextmanager
+def serving(settings: ApiSettings) -> Iterator[httpx.Client]:
+    """uvicorn on a thread and a client for it; the server is stopped (lifespan and all) after."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+    )
+    thread = threading.Thread(target=server.run, name="sidecar")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive(), "the sidecar exited while starting"
+            assert time.monotonic() < deadline, "the sidecar did not start in 10s"
+            time.sleep(0.02)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        assert not thread.is_alive(), "the sidecar did not stop in 30s"
+
+
+@pytest.fixture
+def sidecar(store_url: str) -> Iterator[Sidecar]:
+    """Starts sidecars on `store_url`; every one is stopped after the test."""
+    with ExitStack() as stack:
+
+        def start(broker_url: str, **overrides: Any) -> httpx.Client:
+            settings = ApiSettings(broker=broker_url, store=store_url, **overrides)
+            return stack.enter_context(serving(settings))
+
+        yield start
+
+
+@pytest.mark.broker
+def test_publish_single_and_batch_are_stored_by_the_bridge(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    sidecar: Sidecar,
+    store_url: str,
+) -> None:
+    """Events posted over HTTP reach the store through the broker; a resent one is a duplicate."""
+    bridge_factory()
+    client = sidecar(broker.url)
+
+    single = client.post("/publish", json=event("e1"))
+    assert (single.status_code, single.json()) == (200, {"accepted": 1})
+    batch = [event("e2"), event("e3", topic="db"), event("e1", source="resent")]
+    answer = client.post("/publish", json=batch)
+    assert (answer.status_code, answer.json()) == (200, {"accepted": 3})
+
+    wait_for_stats(store_url, lambda s: s.received == 4 and s.uptime_s is not None)
+    stats = client.get("/stats").json()
+    assert stats["uptime_s"] >= 0
+    assert {k: v for k, v in stats.items() if k != "uptime_s"} == {
+        "received": 4,
+        "unique_processed": 3,
+        "duplicate_dropped": 1,
+        "rejected": 0,
+        "topics": {
+            "app": {"unique_processed": 2, "duplicate_dropped": 1},
+            "db": {"unique_processed": 1, "duplicate_dropped": 0},
+        },
+        "rejected_by_code": {},
+    }
+
+    page = client.get("/events").json()
+    stored = page["events"]
+    assert [(e["topic"], e["event_id"], e["source"]) for e in stored] == [
+        ("app", "e1", "test"),  # the first copy wins
+        ("app", "e2", "test"),
+        ("db", "e3", "test"),
+    ]
+    assert stored[1]["payload"] == {"msg": "hello e2"}
+    assert stored[1]["timestamp"] == "2026-11-26T12:00:00+00:00"
+    assert all(e["received_at"] for e in stored)
+    assert page["next_after"] == stored[-1]["seq"]
+
+
+@pytest.mark.broker
+def test_publish_batch_larger_than_the_inflight_window(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    sidecar: Sidecar,
+    store_url: str,
+) -> None:
+    """The in-flight bound paces a batch without losing or stalling any of it."""
+    bridge_factory()
+    client = sidecar(broker.url, max_inflight=7)
+    answer = client.post("/publish", json=[event(f"e{i}") for i in range(1000)])
+    assert answer.json() == {"accepted": 1000}
+    stats = wait_for_stats(store_url, lambda s: s.received == 1000)
+    assert stats.unique_processed == 1000
+
+
+@pytest.mark.broker
+def test_concurrent_requests_share_one_connection(
+    broker: Mosquitto, sidecar: Sidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Requests arriving together before any connection exists wait for one connect."""
+    client = sidecar(broker.url)
+    with (
+        caplog.at_level(logging.INFO, logger="logagg.api.publishing"),
+        ThreadPoolExecutor(10) as pool,
+    ):
+        answers = list(
+            pool.map(
+                lambda i: client.post("/publish", json=[event(f"c{i}-{j}") for j in range(50)]),
+                range(10),
+            )
+        )
+    assert [a.json() for a in answers] == [{"accepted": 50}] * 10
+    connects = [r for r in caplog.records if r.getMessage().startswith("connected to broker")]
+    assert len(connects) == 1
+
+
+@pytest.mark.broker
+def test_publish_invalid_item_names_index_and_field_and_publishes_nothing(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    sidecar: Sidecar,
+    store_url: str,
+) -> None:
+    """422 lists each failing item; the bridge, subscribed to everything, never sees the batch."""
+    bridge_factory()
+    client = sidecar(broker.url)
+    batch = [event(f"e{i}") for i in range(5)]
+    batch[3]["timestamp"] = "2026-11-26T12:00:00"  # no offset
+    del batch[1]["source"]
+
+    answer = client.post("/publish", json=batch)
+    assert answer.status_code == 422
+    assert [(d["index"], d["field"]) for d in answer.json()["detail"]] == [
+        (1, "source"),
+        (3, "timestamp"),
+    ]
+    assert "timezone" in answer.json()["detail"][1]["message"]
+
+    # Messages from one connection arrive in order: had the batch gone out, it would be
+    # stored before this marker.
+    assert client.post("/publish", json=event("marker")).status_code == 200
+    wait_for_stats(store_url, lambda s: s.received >= 1)
+    assert wait_for_stats(store_url, lambda s: True).received == 1
+    assert [e["event_id"] for e in client.get("/events").json()["events"]] == ["marker"]
+
+
+@pytest.mark.parametrize(
+    ("body", "index", "field", "words"),
+    [
+        (b"{not json", None, None, "not JSON"),
+        (b"[]", None, None, "empty batch"),
+        (
+            b'{"topic":"t","event_id":"e","timestamp":"2026-11-26T12:00:00Z","source":"s",'
+            b'"payload":{"x":NaN}}',
+            None,
+            None,
+            "NaN is not JSON",
+        ),
+        (b'"just a string"', 0, None, "dictionary"),
+        (b'{"topic":"a/#"}', 0, "topic", "pattern"),
+        (
+            b'[{"topic":"t","event_id":"e","timestamp":1,"source":"s","payload":{}}]',
+            0,
+            "timestamp",
+            "ISO-8601",
+        ),
+    ],
+)
+def test_publish_refuses_malformed_bodies_with_422(
+    sidecar: Sidecar, body: bytes, index: int | None, field: str | None, words: str
+) -> None:
+    """Bad bodies are refused before the broker is contacted (there is none here)."""
+    client = sidecar(nowhere())
+    answer = client.post("/publish", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 422
+    first = answer.json()["detail"][0]
+    assert (first["index"], first["field"]) == (index, field)
+    assert words in first["message"]
+
+
+def test_publish_refuses_large_events_with_422(sidecar: Sidecar) -> None:
+    """An event the bridge would reject as too large is refused up front, by index."""
+    client = sidecar(nowhere(), max_payload_bytes=1024)
+    big = event("big", payload={"blob": "x" * 2000})
+    answer = client.post("/publish", json=[event("small"), big])
+    assert answer.status_code == 422
+    assert [(d["index"], d["field"]) for d in answer.json()["detail"]] == [(1, "payload")]
+
+
+def test_publish_refuses_too_large_bodies_and_batches_with_413(sidecar: Sidecar) -> None:
+    """413 from Content-Length, from the bytes read (chunked, no length), and past max_batch."""
+    client = sidecar(nowhere(), max_body_bytes=1024, max_batch=2)
+    body = b"[" + b" " * 2000 + b"]"
+
+    declared = client.post("/publish", content=body)
+    assert declared.status_code == 413
+    assert "limit 1024" in declared.json()["detail"]
+
+    chunked = client.post("/publish", content=iter([body[:1000], body[1000:]]))
+    assert chunked.status_code == 413
+
+    batch = client.post("/publish", json=[event("a"), event("b"), event("c")])
+    assert batch.status_code == 413
+    assert batch.json() == {"detail": "batch has 3 events, limit 2"}
+
+
+@pytest.mark.broker
+def test_publish_answers_503_quickly_when_the_broker_is_down(
+    broker: Mosquitto, sidecar: Sidecar
+) -> None:
+    """Unreachable at the start, or gone later: 503 fast; back again: reconnected on demand."""
+    never = sidecar(nowhere(), publish_timeout_s=2)
+    started = time.monotonic()
+    answer = never.post("/publish", json=event("e1"))
+    assert time.monotonic() - started < 3
+    assert answer.status_code == 503
+    assert answer.json()["accepted"] == 0
+    assert "broker mqtt://127.0.0.1" in answer.json()["detail"]
+
+    client = sidecar(broker.url, publish_timeout_s=2)
+    assert client.post("/publish", json=event("e1")).status_code == 200
+    broker.stop()
+    started = time.monotonic()
+    answer = client.post("/publish", json=event("e2"))
+    assert time.monotonic() - started < 3
+    assert (answer.status_code, answer.json()["accepted"]) == (503, 0)
+
+    broker.start()
+    assert client.post("/publish", json=event("e2")).json() == {"accepted": 1}
+
+
+@pytest.mark.broker
+def test_publish_broker_failing_mid_batch_says_how_many_then_resend_is_safe(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    sidecar: Sidecar,
+    store_url: str,
+) -> None:
+    """A broker stopped during a batch: 503 with the acknowledged count (or 200 if it was done
+    first); resending the whole batch leaves every event stored exactly once."""
+    bridge_factory()
+    client = sidecar(broker.url, publish_timeout_s=5)
+    batch = [event(f"e{i}") for i in range(10_000)]
+    stopper = threading.Timer(0.3, broker.stop)
+    stopper.start()
+    try:
+        first = client.post("/publish", json=batch)
+    finally:
+        stopper.join()
+    if first.status_code == 503:
+        assert 0 <= first.json()["accepted"] < len(batch)
+    else:
+        assert first.json() == {"accepted": len(batch)}
+
+    # The broker keeps the bridge's session across its restart: no need to wait for the bridge.
+    broker.start()
+    assert client.post("/publish", json=batch).json() == {"accepted": len(batch)}
+    stats = wait_for_stats(store_url, lambda s: s.unique_processed == len(batch))
+    assert stats.rejected == 0
+    assert stats.received >= len(batch)
+
+
+@pytest.mark.broker
+def test_healthz_ok_then_names_the_broker_when_it_stops(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    sidecar: Sidecar,
+    store_url: str,
+) -> None:
+    bridge_factory()
+    wait_for_stats(store_url, lambda s: s.uptime_s is not None)
+    client = sidecar(broker.url, publish_timeout_s=2)
+    healthy = client.get("/healthz")
+    assert (healthy.status_code, healthy.json()) == (200, {"store": "ok", "broker": "ok"})
+
+    broker.stop()
+    sick = client.get("/healthz")
+    assert sick.status_code == 503
+    assert sick.json()["store"] == "ok"
+    assert sick.json()["broker"].startswith(f"broker mqtt://127.0.0.1:{broker.port}")
+
+
+def test_healthz_and_reads_are_503_without_a_store(sidecar: Sidecar) -> None:
+    """Before any bridge created the store, reads say so clearly instead of failing."""
+    client = sidecar(nowhere(), publish_timeout_s=2)
+    health = client.get("/healthz")
+    assert health.status_code == 503
+    assert "does not exist yet" in health.json()["store"]
+    assert "Connection refused" in health.json()["broker"]
+    for path in ("/stats", "/events", "/rejected"):
+        answer = client.get(path)
+        assert answer.status_code == 503
+        assert "does not exist yet" in answer.json()["detail"]
+
+
+@pytest.mark.broker
+def test_events_paging_with_after_and_topic_filter(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    sidecar: Sidecar,
+    store_url: str,
+) -> None:
+    bridge_factory()
+    client = sidecar(broker.url, read_limit_max=50)
+    sent = [event(f"e{i}", topic="a" if i % 3 else "b") for i in range(9)]
+    assert client.post("/publish", json=sent).json() == {"accepted": 9}
+    wait_for_stats(store_url, lambda s: s.unique_processed == 9)
+
+    seen: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = client.get("/events", params={"limit": 4, "after": after}).json()
+        if not page["events"]:
+            assert page["next_after"] is None
+            break
+        assert len(page["events"]) <= 4
+        seen += page["events"]
+        after = page["next_after"]
+    assert [e["event_id"] for e in seen] == [e["event_id"] for e in sent]
+    seqs = [e["seq"] for e in seen]
+    assert seqs == sorted(set(seqs))
+
+    only_b = client.get("/events", params={"topic": "b", "limit": 2}).json()
+    rest = client.get("/events", params={"topic": "b", "after": only_b["next_after"]}).json()
+    assert [e["event_id"] for e in only_b["events"] + rest["events"]] == ["e0", "e3", "e6"]
+
+    for bad in (0, 51):
+        assert client.get("/events", params={"limit": bad}).status_code == 422
+    assert client.get("/events", params={"after": -1}).status_code == 422
+
+
+@pytest.mark.broker
+def test_rejected_shows_a_malformed_mqtt_message_with_its_reason(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    sidecar: Sidecar,
+    store_url: str,
+) -> None:
+    bridge_factory()
+    client = sidecar(broker.url)
+    publish_raw(broker.port, [("logs/x", b"not json")])
+    wait_for_stats(store_url, lambda s: s.rejected == 1)
+
+    page = client.get("/rejected").json()
+    (row,) = page["rejected"]
+    assert (row["code"], row["mqtt_topic"], row["body"]) == ("not_json", "logs/x", "not json")
+    assert row["reason"].startswith("body is not JSON")
+    assert row["received_at"]
+    assert page["next_after"] == row["seq"]
+    assert client.get("/rejected", params={"after": row["seq"]}).json() == {
+        "rejected": [],
+        "next_after": None,
+    }
+    assert client.get("/stats").json()["rejected_by_code"] == {"not_json": 1}
+
+
+def test_openapi_documents_the_publish_body_and_responses(sidecar: Sidecar) -> None:
+    client = sidecar(nowhere())
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    publish = schema["paths"]["/publish"]["post"]
+    body = publish["requestBody"]["content"]["application/json"]["schema"]
+    assert body["anyOf"][1]["maxItems"] == 10_000
+    assert set(publish["responses"]) == {"200", "413", "422", "503"}
+    assert "StoredEvent" in schema["components"]["schemas"]

@@ -1,0 +1,55 @@
+# Developer entry points. Everything runs from .venv, installed from
+# pyproject.toml with the dev extra:
+#   make run     the whole system (broker, bridge, API) in one command
+#   make test    the test suite (needs the mosquitto binary; installs it if it can)
+#                (PYTEST_ARGS='-m "not slow"' to pass pytest options)
+#   make check   linters, type checks, Dockerfile and compose validation
+
+PYTHON ?= python3
+BIN := .venv/bin
+# Touched after a successful install, so the venv is synced again only when
+# pyproject.toml changes.
+STAMP := .venv/.installed
+
+.PHONY: venv run test check ensure-mosquitto
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@py=$(BIN)/python; [ -x $$py ] || py=$(PYTHON); \
+	$$py -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "logagg needs Python 3.11+: run make PYTHON=python3.11 (rm -rf .venv if it is older)"; \
+	  exit 1; }
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv .venv
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+run: venv
+	$(BIN)/logagg up
+
+test: venv ensure-mosquitto
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# `docker compose config` is Compose's own parser; it needs the CLI plugin but
+# no engine, so it runs wherever the plugin is installed.
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+	@if docker compose version >/dev/null 2>&1; then \
+	  echo "docker compose config --quiet"; docker compose config --quiet; fi
+
+# The tests start Mosquitto processes of their own on free ports: they need the
+# binary, not a running broker. Debian installs it in /usr/sbin, which a
+# non-root PATH may lack.
+ensure-mosquitto:
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; \
+	  elif sudo -n true 2>/dev/null; then sudo=sudo; \
+	  else sudo=none; fi; \
+	  if [ "$$sudo" = none ] || ! command -v apt-get >/dev/null; then \
+	    echo "mosquitto is not installed: install the package mosquitto (Debian: apt-get install mosquitto mosquitto-clients)"; \
+	    exit 1; fi; \
+	  $$sudo apt-get update && $$sudo apt-get install -y mosquitto mosquitto-clients; }

@@ -1,0 +1,340 @@
+"""The container files, checked without a Docker engine.
+
+- compose.yaml parses, matches the Compose spec and runs only real `logagg`
+  subcommands with real flags (so does the image's default CMD);
+- the Dockerfile passes hadolint, and its HEALTHCHECK passes against a healthy
+  API and fails without a broker;
+- the Dockerfile's own install steps, replayed from the Dockerfile itself (so
+  this cannot drift from what the image does), give a working `logagg` in a
+  fresh venv with every module of the source tree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from logagg.mosquitto import Mosquitto, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "compose.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+VENV_BIN = Path(sys.executable).parent  # hadolint and check-jsonschema come with the dev extra
+# Wide and plain, so typer's help never wraps or colours an option name.
+HELP_ENV_EXTRA = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+HELP_ENV = {**os.environ, **HELP_ENV_EXTRA}
+
+# The project's top-level packages, as pyproject.toml tells setuptools to find them.
+SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+PACKAGES = [pattern.rstrip("*") for pattern in SETUPTOOLS["packages"]["find"]["include"]]
+
+# Run by the fresh venv's Python: prints the module names the installed
+# distribution holds (from its RECORD), and imports each one, so a module whose
+# imports the image's dependencies do not cover fails here, not in production
+# (imports of optional extras such as amqtt belong inside functions). Every
+# module must also come from the venv, not from a source tree on sys.path.
+LIST_MODULES = """
+import importlib, importlib.metadata, sys
+venv, packages = sys.argv[1], sys.argv[2:]
+for path in importlib.metadata.files("logagg"):
+    if path.suffix == ".py" and path.parts[0] in packages:
+        parts = path.with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if parts[-1] != "__main__":  # importing __main__ would run the CLI
+            location = importlib.import_module(name).__file__
+            assert location.startswith(venv), f"{name} comes from {location}"
+        print(name)
+"""
+
+
+def source_modules() -> set[str]:
+    """Dotted names of every module in the source tree's packages."""
+    names: set[str] = set()
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            names.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict), "compose.yaml is not a mapping"
+    return data
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        keyword, _, args = (pending + stripped).partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+        pending = ""
+    return instructions
+
+
+def argv(command: str | list[str]) -> list[str]:
+    # Compose splits a string command like a shell would, without running a shell.
+    return shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+
+
+def shipped_commands() -> dict[str, list[str]]:
+    """Every logagg command we ship: each compose service's, and the image's default."""
+    found = {
+        name: argv(service["command"])
+        for name, service in compose()["services"].items()
+        if "command" in service
+    }
+    cmd = [args for keyword, args in dockerfile() if keyword == "CMD"]
+    assert len(cmd) == 1, "the Dockerfile needs exactly one CMD"
+    found["Dockerfile-CMD"] = yaml.safe_load(cmd[0])  # exec form is JSON, and JSON is YAML
+    return found
+
+
+def test_compose_services_are_wired_in_order() -> None:
+    services = compose()["services"]
+    assert set(services) == {"mosquitto", "bridge", "api", "publisher"}
+    declared_volumes = set(compose().get("volumes") or {})
+    for name, service in services.items():
+        for dependency, rule in (service.get("depends_on") or {}).items():
+            assert dependency in services, f"{name} depends on unknown service {dependency}"
+            assert rule["condition"] in {"service_started", "service_healthy"}, name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in declared_volumes, f"{name}: volume {source} is not declared"
+            else:
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+    assert services["mosquitto"]["image"].startswith("eclipse-mosquitto:")
+    assert services["bridge"]["depends_on"]["mosquitto"]["condition"] == "service_healthy"
+    assert services["publisher"]["restart"] == "no"
+    # The bridge and the API share the store through one named volume.
+    assert "logagg-data:/data" in services["bridge"]["volumes"]
+    assert "logagg-data:/data" in services["api"]["volumes"]
+
+
+@pytest.mark.parametrize("command", shipped_commands().values(), ids=shipped_commands())
+def test_shipped_commands_are_real_logagg_commands(command: list[str]) -> None:
+    assert command[0] == "logagg", f"not a logagg command: {command}"
+    subcommand = command[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "logagg", subcommand, "--help"],
+        capture_output=True,
+        text=True,
+        env=HELP_ENV,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"`logagg {subcommand}` is not a subcommand:\n{result.stderr}"
+    flags = {arg.split("=")[0] for arg in command[2:] if arg.startswith("--")}
+    for flag in sorted(flags):
+        # Whole option names only: --store must not be found inside --store-timeout.
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", result.stdout), (
+            f"`logagg {subcommand}` has no {flag} option:\n{result.stdout}"
+        )
+
+
+def healthcheck(port: int, python: str = sys.executable) -> list[str]:
+    """The image's HEALTHCHECK command (exec form), aimed at `port` instead of 8080."""
+    (args,) = [args for keyword, args in dockerfile() if keyword == "HEALTHCHECK"]
+    check = yaml.safe_load(args.partition(" CMD ")[2])
+    assert isinstance(check, list), "HEALTHCHECK must use the exec form: CMD [...]"
+    assert check[0] == "python", "the health check runs the image's python"
+    check = [python, *(arg.replace("127.0.0.1:8080/", f"127.0.0.1:{port}/") for arg in check[1:])]
+    assert any(f":{port}/healthz" in arg for arg in check), check
+    return check
+
+
+def passes(check: list[str]) -> bool:
+    return subprocess.run(check, capture_output=True, timeout=30).returncode == 0
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@contextmanager
+def running(command: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+    """A server process for the duration of the block, always stopped afterwards."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(20)
+
+
+def test_compose_api_health_check_is_the_images() -> None:
+    image_check = ["CMD", "python", *healthcheck(8080)[1:]]
+    assert compose()["services"]["api"]["healthcheck"]["test"] == image_check
+
+
+@pytest.mark.broker
+def test_image_health_check_follows_the_api_health(
+    broker: Mosquitto, bridge_factory: Callable[..., Any], store_url: str, tmp_path: Path
+) -> None:
+    """The HEALTHCHECK passes against a healthy API and fails once its broker is gone."""
+    bridge_factory()  # creates the store the API reads
+    port = free_port()
+    check, log = healthcheck(port), tmp_path / "api.log"
+    command = [sys.executable, "-m", "logagg", "api", "--host", "127.0.0.1", "--port", str(port)]
+    with running([*command, "--broker", broker.url, "--store", store_url], log):
+        assert eventually(lambda: passes(check)), log.read_text()
+        broker.stop()
+        assert eventually(lambda: not passes(check)), "health check still passes without broker"
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    result = subprocess.run(
+        [str(VENV_BIN / "hadolint"), "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not result.stdout.strip(), result.stdout  # not even info-level findings
+
+
+def test_compose_matches_the_compose_spec() -> None:
+    # The schema ships inside check-jsonschema: no network, no Docker needed.
+    result = subprocess.run(
+        [
+            str(VENV_BIN / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(COMPOSE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def docker_compose_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not docker_compose_available(), reason="no `docker compose` CLI plugin")
+def test_docker_compose_config_accepts_it() -> None:
+    # Compose's own parser; it needs the CLI plugin but no engine.
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_dockerfile_install_and_start_work_in_a_fresh_venv(
+    broker: Mosquitto, bridge_factory: Callable[..., Any], store_url: str, tmp_path: Path
+) -> None:
+    """Replay the Dockerfile's ENV, COPY and `RUN pip` steps, in order, in a fresh venv;
+    then start its CMD from there and pass its HEALTHCHECK.
+
+    Other RUN steps (creating the user) change the machine and are skipped; the
+    venv's bin comes first on PATH, so `pip` is the venv's own.
+    """
+    venv, workdir = tmp_path / "venv", tmp_path / "app"
+    workdir.mkdir()
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+    replayed = 0
+    for keyword, args in dockerfile():
+        if keyword == "ENV":
+            env.update(pair.split("=", 1) for pair in shlex.split(args))
+        elif keyword == "COPY":
+            *sources, dest = [a for a in shlex.split(args) if not a.startswith("--")]
+            assert not dest.startswith("/"), "the replay handles COPY into the WORKDIR only"
+            for source in sources:
+                target = workdir / dest
+                if (ROOT / source).is_dir():
+                    shutil.copytree(
+                        ROOT / source,
+                        target,
+                        dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+                    )
+                else:
+                    target.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(ROOT / source, target / Path(source).name)
+        elif keyword == "RUN" and args.startswith("pip "):
+            step = subprocess.run(
+                args, shell=True, cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+            )
+            assert step.returncode == 0, f"RUN {args} failed:\n{step.stdout}\n{step.stderr}"
+            replayed += 1
+    assert replayed >= 2, "expected the dependency and the code install steps"
+
+    # Run from elsewhere, so nothing is imported from the copied source by accident.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    installed = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", LIST_MODULES, str(venv), *PACKAGES],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert installed.returncode == 0, installed.stderr
+    assert set(installed.stdout.split()) == source_modules(), "the wheel differs from the source"
+    # The installed console script runs, and so does every subcommand we ship.
+    subcommands = sorted({command[1] for command in shipped_commands().values()})
+    for args in [["--help"], *([sub, "--help"] for sub in subcommands)]:
+        result = subprocess.run(
+            [str(venv / "bin" / "logagg"), *args],
+            cwd=elsewhere,
+            env={**env, **HELP_ENV_EXTRA},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, f"logagg {' '.join(args)}:\n{result.stderr}"
+
+    # The image's default command, configured through the environment as a
+    # container would be (the CMD gives no broker or store), passes the health check.
+    bridge_factory()  # creates the store the API reads
+    (cmd,) = [yaml.safe_load(args) for keyword, args in dockerfile() if keyword == "CMD"]
+    port = free_port()
+    cmd = [str(venv / "bin" / cmd[0]), *(str(port) if a == "8080" else a for a in cmd[1:])]
+    api_env = {**env, "LOGAGG_BROKER": broker.url, "LOGAGG_STORE": store_url}
+    with running(cmd, tmp_path / "api.log", api_env):
+        check = healthcheck(port, python=str(venv / "bin" / "python"))
+        assert eventually(lambda: passes(check)), (tmp_path / "api.log").read_text()

@@ -1,0 +1,113 @@
+"""Sending through the HTTP sidecar: batches to `POST /publish`.
+
+The sidecar answers 200 `{"accepted": n}` once the broker has acknowledged the
+whole batch. A batch is resent whole on 503 or a connection error: events are
+idempotent, so a copy the broker already had is a duplicate the bridge drops,
+and only a 200 counts the batch as sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from types import TracebackType
+
+import httpx
+
+from publisher.settings import PublisherSettings
+from publisher.stream import Message
+from publisher.summary import PublishError, Tally
+
+logger = logging.getLogger("logagg.publisher")
+
+# A partial batch this old goes out with the next send, so a slow --rate does not hold
+# events back for a whole batch.
+LINGER_S = 0.2
+RETRY_FIRST_S = 0.2
+RETRY_CAP_S = 5.0
+
+
+class HttpSender:
+    """Use as a context manager: leaving closes the connection pool."""
+
+    def __init__(self, settings: PublisherSettings, tally: Tally) -> None:
+        self._url = f"{settings.api_url}/publish"
+        self._batch_size = settings.http_batch_size
+        self._timeout = settings.ack_timeout_s
+        self._tally = tally
+        self._batch: list[Message] = []
+        self._batch_started = 0.0
+        self._client = httpx.Client(headers={"content-type": "application/json"})
+
+    def __enter__(self) -> HttpSender:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._client.close()
+
+    def send(self, message: Message) -> None:
+        if not self._batch:
+            self._batch_started = time.monotonic()
+        self._batch.append(message)
+        if (
+            len(self._batch) >= self._batch_size
+            or time.monotonic() - self._batch_started >= LINGER_S
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Post the batch in hand until the sidecar accepts it, or give up after the ack
+        timeout without an answer."""
+        if not self._batch:
+            return
+        body = b"[" + b",".join(m.body() for m in self._batch) + b"]"
+        deadline = time.monotonic() + self._timeout
+        delay = RETRY_FIRST_S
+        while True:
+            problem = self._post(body, deadline)
+            if problem is None:
+                break
+            if time.monotonic() + delay > deadline:
+                raise PublishError(
+                    f"{self._url} accepted nothing for {self._timeout:g}s ({problem}); "
+                    f"{len(self._batch)} events unacknowledged"
+                )
+            logger.warning("%s: %s; resending %d events", self._url, problem, len(self._batch))
+            time.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, RETRY_CAP_S)
+        for message in self._batch:
+            self._tally.acknowledged(message)
+        self._batch = []
+
+    def _post(self, body: bytes, deadline: float) -> str | None:
+        """None if the whole batch was accepted, else why it is worth resending; raises
+        on answers that resending cannot change."""
+        try:
+            response = self._client.post(
+                self._url, content=body, timeout=max(deadline - time.monotonic(), 0.1)
+            )
+        except httpx.TransportError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if response.status_code == 503:
+            return f"503 {response.text[:200]}"
+        if response.status_code == 200:
+            try:
+                accepted = response.json()["accepted"]
+            except (ValueError, KeyError, TypeError):
+                accepted = None
+            if accepted != len(self._batch):
+                raise PublishError(
+                    f"{self._url} answered 200 accepting {accepted} of {len(self._batch)} events"
+                )
+            return None
+        hint = " (try a smaller --batch-size)" if response.status_code == 413 else ""
+        raise PublishError(
+            f"{self._url} refused a batch of {len(self._batch)} events, {len(body)} bytes: "
+            f"{response.status_code} {response.text[:500]}{hint}"
+        )

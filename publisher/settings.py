@@ -1,0 +1,53 @@
+"""Settings for `logagg publish`: flags, then `LOGAGG_*` environment variables, then defaults."""
+
+from __future__ import annotations
+
+import socket
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, StringConstraints, field_validator
+from pydantic_settings import NoDecode
+
+from bridge.event import DEFAULT_MAX_PAYLOAD_BYTES, MAX_NAME_LENGTH, Name
+from bridge.settings import MqttSettings
+
+DEFAULT_TOPICS = ("auth.prod", "billing.prod", "api.prod", "db.prod", "edge.prod")
+
+
+def _split_commas(value: Any) -> Any:
+    """`a,b` from a flag or LOGAGG_TOPICS; NoDecode keeps pydantic-settings from wanting JSON."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class PublisherSettings(MqttSettings):
+    count: int = Field(default=1000, ge=1)
+    # Events per second; 0 sends as fast as the broker (or sidecar) acknowledges.
+    rate: float = Field(default=0.0, ge=0)
+    topics: Annotated[list[Name], NoDecode, BeforeValidator(_split_commas)] = Field(
+        default=list(DEFAULT_TOPICS), min_length=1
+    )
+    dup_ratio: float = Field(default=0.2, ge=0, lt=1)
+    out_of_order: float = Field(default=0.1, ge=0, le=1)
+    via: Literal["mqtt", "http"] = "mqtt"
+    api_url: str = "http://127.0.0.1:8080"
+    # Not `batch_size`: LOGAGG_BATCH_SIZE is the bridge's commit batch.
+    http_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # Room for the envelope keeps every message under the bridge's default size limit.
+    payload_bytes: int = Field(default=100, ge=0, le=DEFAULT_MAX_PAYLOAD_BYTES - 1024)
+    seed: int | None = None
+    source: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)] = Field(
+        default_factory=lambda: f"logagg-publish@{socket.gethostname()}"
+    )
+    # Give up when nothing is acknowledged for this long while something waits for it.
+    ack_timeout_s: float = Field(default=30.0, gt=0)
+    # Same variable as the bridge's: 3.1.1 for brokers without MQTT 5 (the embedded fallback).
+    mqtt_version: Literal["5", "3.1.1"] = "5"
+
+    @field_validator("api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"API URL {value!r} must start with http:// or https://")
+        return value.rstrip("/")

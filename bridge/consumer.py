@@ -138,7 +138,6 @@ class Bridge:
         client = self._client()
         inbox = Inbox(client)
         backoff = Backoff()
-        await self._heartbeat(force=True)
         logger.info(
             "bridge %s: broker %s, store %s, topics %s",
             self.settings.client_id,
@@ -158,6 +157,8 @@ class Bridge:
                             self.settings.address,
                         )
                         backoff.reset()
+                        # The first heartbeat says "subscribed": readiness checks wait for it.
+                        await self._heartbeat(force=True)
                         await self._consume(client, inbox, stop)
                 except aiomqtt.MqttError as exc:
                     # A commit may be done while the socket is gone; its acks were skipped.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from bridge.store import open_store
 from logagg.mosquitto import Mosquitto
-from tests.conftest import BridgeProcess, make_stream, publish_raw, wait_for_stats
+from tests.conftest import LOGAGG, BridgeProcess, make_stream, publish_raw, wait_for_stats
 
 pytestmark = pytest.mark.broker
 
@@ -172,6 +173,19 @@ def test_bridge_waits_out_a_locked_store_and_loses_nothing(
     wait_for_stats(store_url, lambda s: s.received >= 200)
     assert_exactly_once(store_url, stream)
     assert "store unavailable" in bridge.output()
+
+
+def test_ready_command_says_when_a_bridge_has_subscribed(
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
+) -> None:
+    """`logagg ready` is the bridge's health check: 0 only while a subscribed bridge lives."""
+    ready = [*LOGAGG, "ready", "--store", store_url]
+    assert subprocess.run(ready, capture_output=True).returncode == 1
+    bridge = bridge_factory()
+    done = subprocess.run(ready, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "ready: bridge up" in done.stdout
+    bridge.stop()
 
 
 def test_bridge_sigterm_finishes_cleanly(

@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import signal
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bridge.backoff import Backoff
 from bridge.broker import make_client
 from bridge.event import Event, parse_message
 from bridge.inbox import Inbox, Received
@@ -33,25 +33,6 @@ logger = logging.getLogger("logagg.bridge")
 
 HEARTBEAT_S = 5.0
 CONNECT_TIMEOUT_S = 10.0
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Capped exponential back-off with full jitter."""
-
-    first: float = 0.5
-    cap: float = 30.0
-    _next: float = field(default=0.0, init=False)
-
-    def __post_init__(self) -> None:
-        self._next = self.first
-
-    def delay(self) -> float:
-        current, self._next = self._next, min(self._next * 2, self.cap)
-        return random.uniform(current / 2, current)
-
-    def reset(self) -> None:
-        self._next = self.first
 
 
 @dataclass(slots=True)

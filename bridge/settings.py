@@ -26,6 +26,9 @@ class MqttSettings(BaseSettings):
     mqtt_cert_file: str | None = None
     mqtt_key_file: str | None = None
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    # 3.1.1 only for brokers without MQTT 5 (the embedded fallback): the bridge's session then
+    # rides on clean_session=False and the broker's own in-flight limit.
+    mqtt_version: Literal["5", "3.1.1"] = "5"
 
     @field_validator("broker")
     @classmethod
@@ -58,9 +61,6 @@ class BridgeSettings(MqttSettings):
     # Long enough to ride out any outage a supervisor fixes; the broker keeps our queue meanwhile.
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=1, le=0xFFFFFFFE)
     duplicate_log_per_s: int = Field(default=100, ge=0)
-    # 3.1.1 only for brokers without MQTT 5 (the embedded fallback); the session then rides on
-    # clean_session=False and the broker's own in-flight limit.
-    mqtt_version: Literal["5", "3.1.1"] = "5"
 
     @property
     def topic_filter(self) -> str:

@@ -9,12 +9,12 @@ and only a 200 counts the batch as sent.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from types import TracebackType
 
 import httpx
 
+from bridge.backoff import Backoff
 from publisher.settings import PublisherSettings
 from publisher.stream import Message
 from publisher.summary import PublishError, Tally
@@ -68,19 +68,18 @@ class HttpSender:
             return
         body = b"[" + b",".join(m.body() for m in self._batch) + b"]"
         deadline = time.monotonic() + self._timeout
-        delay = RETRY_FIRST_S
+        backoff = Backoff(RETRY_FIRST_S, RETRY_CAP_S)
         while True:
             problem = self._post(body, deadline)
             if problem is None:
                 break
-            if time.monotonic() + delay > deadline:
+            if time.monotonic() + backoff.peek() > deadline:
                 raise PublishError(
                     f"{self._url} accepted nothing for {self._timeout:g}s ({problem}); "
                     f"{len(self._batch)} events unacknowledged"
                 )
             logger.warning("%s: %s; resending %d events", self._url, problem, len(self._batch))
-            time.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, RETRY_CAP_S)
+            time.sleep(backoff.delay())
         for message in self._batch:
             self._tally.acknowledged(message)
         self._batch = []

@@ -42,8 +42,6 @@ class PublisherSettings(MqttSettings):
     )
     # Give up when nothing is acknowledged for this long while something waits for it.
     ack_timeout_s: float = Field(default=30.0, gt=0)
-    # Same variable as the bridge's: 3.1.1 for brokers without MQTT 5 (the embedded fallback).
-    mqtt_version: Literal["5", "3.1.1"] = "5"
 
     @field_validator("api_url")
     @classmethod

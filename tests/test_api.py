@@ -19,6 +19,7 @@ import uvicorn
 
 from api import ApiSettings, create_app
 from logagg.mosquitto import Mosquitto, free_port
+from publisher import PublisherSettings, run_publisher
 from tests.conftest import BridgeProcess, publish_raw, wait_for_stats
 
 Sidecar = Callable[..., httpx.Client]
@@ -406,3 +407,23 @@ def test_openapi_documents_the_publish_body_and_responses(sidecar: Sidecar) -> N
     assert body["anyOf"][1]["maxItems"] == 10_000
     assert set(publish["responses"]) == {"200", "413", "422", "503"}
     assert "StoredEvent" in schema["components"]["schemas"]
+
+
+@pytest.mark.broker
+def test_publisher_via_http_end_to_end(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    sidecar: Sidecar,
+    store_url: str,
+) -> None:
+    """`logagg publish --via http` through the real sidecar and bridge: exact counts."""
+    bridge_factory()
+    client = sidecar(broker.url)
+    summary = run_publisher(
+        PublisherSettings(
+            via="http", api_url=str(client.base_url), count=3000, dup_ratio=0.25, seed=5
+        )
+    )
+    assert (summary.sent, summary.distinct) == (3000, 2250)
+    stats = wait_for_stats(store_url, lambda s: s.received >= 3000)
+    assert (stats.unique_processed, stats.duplicate_dropped) == (2250, 750)

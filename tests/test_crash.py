@@ -56,8 +56,6 @@ def test_broker_restarted_mid_stream_loses_nothing(
     later = make_stream(2_000, 0.2, seed=4)
     publish_raw(broker.port, later)
     everything = backlog + later
-    wait_for_stats(
-        store_url, lambda s: s.unique_processed >= distinct(everything), timeout=120
-    )
+    wait_for_stats(store_url, lambda s: s.unique_processed >= distinct(everything), timeout=120)
     assert_exactly_once(store_url, everything)
     assert "broker unreachable" in bridge.output()

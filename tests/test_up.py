@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -11,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from logagg import up as up_module
 from logagg.mosquitto import free_port, port_open
-
-pytestmark = pytest.mark.broker
+from logagg.up import UpSettings
+from tests.conftest import BridgeProcess, make_stream, publish_raw, wait_for_stats
 
 EVENT = {
     "topic": "auth.prod",
@@ -70,6 +72,7 @@ def stop(up: subprocess.Popen[bytes]) -> int:
             up.wait(10)
 
 
+@pytest.mark.broker
 def test_up_runs_everything_and_resumes_on_the_same_store(tmp_path: Path) -> None:
     """Starts its own Mosquitto, bridge and sidecar; Ctrl-C stops all; a rerun keeps dedup."""
     mqtt_port, http_port = free_port(), free_port()
@@ -94,3 +97,32 @@ def test_up_runs_everything_and_resumes_on_the_same_store(tmp_path: Path) -> Non
         assert (stats["unique_processed"], stats["duplicate_dropped"]) == (10, 10)
     finally:
         assert stop(up) == 0
+
+
+def test_up_falls_back_to_the_embedded_broker_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without Mosquitto, `up` runs amqtt with a warning, and the bridge speaks 3.1.1 to it."""
+    monkeypatch.setattr(up_module, "find_mosquitto", lambda: None)
+    port = free_port()
+    settings = UpSettings(broker=f"mqtt://127.0.0.1:{port}", data_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="logagg.up"):
+        broker, mqtt_version = up_module._broker(settings)
+    assert mqtt_version == "3.1.1"
+    assert "CAN BE LOST" in caplog.text
+    assert isinstance(broker, up_module.Child)
+    store_url = f"sqlite:///{tmp_path / 'logagg.db'}"
+    bridge = BridgeProcess(
+        settings.broker, store_url, tmp_path / "bridge.log", mqtt_version="3.1.1"
+    )
+    broker.start()
+    try:
+        up_module._wait_for_port("127.0.0.1", port, "the embedded broker")
+        bridge.start()
+        stream = make_stream(200, 0.25)
+        publish_raw(port, stream)
+        stats = wait_for_stats(store_url, lambda s: s.received >= 200, timeout=30)
+        assert (stats.unique_processed, stats.duplicate_dropped) == (150, 50)
+    finally:
+        bridge.stop()
+        broker.stop()

@@ -15,6 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from logagg.process import stop_process
+
 PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "mosquitto" / "mosquitto.conf"
 _REPLACED = ("listener", "persistence_location", "log_dest", "pid_file", "user")
 
@@ -103,13 +105,7 @@ class Mosquitto:
         """SIGTERM saves the persistence file; SIGKILL simulates a crash."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        stop_process(self.process, sig, timeout)
         if self.process.stderr:
             self.process.stderr.close()
         self.process = None

@@ -23,6 +23,7 @@ from pydantic import Field
 from bridge.settings import BridgeSettings
 from logagg.embedded import WARNING as EMBEDDED_WARNING
 from logagg.mosquitto import Mosquitto, find_mosquitto, port_open
+from logagg.process import stop_process
 
 logger = logging.getLogger("logagg.up")
 
@@ -55,15 +56,10 @@ class Child:
         return None if self.process is None else self.process.poll()
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            logger.error("%s did not stop in %.0fs; killing it", self.name, STOP_TIMEOUT_S)
-            self.process.kill()
-            self.process.wait(STOP_TIMEOUT_S)
+        if stop_process(self.process, timeout=STOP_TIMEOUT_S) == -signal.SIGKILL:
+            logger.error("%s did not stop in %.0fs and was killed", self.name, STOP_TIMEOUT_S)
 
 
 def _logagg(*args: str) -> list[str]:

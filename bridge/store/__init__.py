@@ -1,4 +1,4 @@
-"""The durable store: one interface, chosen by URL (`sqlite:///path`)."""
+"""The durable store: one interface, chosen by URL (`sqlite:///path`, `postgresql://…`)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,29 @@ from bridge.store.base import (
     StoredRejection,
     StoreUnavailable,
     TopicStats,
+    redact_url,
 )
+
+
+def check_store_url(url: str) -> str:
+    """Refuse an unknown scheme when settings are read, not deep inside a running bridge."""
+    if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
+        scheme = url.split(":", 1)[0]
+        raise ValueError(
+            f"unsupported store URL scheme {scheme!r}: use sqlite:///path or postgresql://host/db"
+        )
+    return url
 
 
 def open_store(url: str, *, durability: str = "full", readonly: bool = False) -> Store:
     """Open the store named by `url`; the writer creates or upgrades the schema."""
-    if url.startswith("sqlite://"):
+    if check_store_url(url).startswith("sqlite://"):
         from bridge.store.sqlite import SQLiteStore
 
         return SQLiteStore.from_url(url, durability=durability, readonly=readonly)
-    scheme = url.split(":", 1)[0]
-    raise ValueError(f"unsupported store URL scheme {scheme!r}: use sqlite:///path")
+    from bridge.store.postgres import PostgresStore
+
+    return PostgresStore(url, durability=durability, readonly=readonly)
 
 
 __all__ = [
@@ -37,5 +49,7 @@ __all__ = [
     "StoredEvent",
     "StoredRejection",
     "TopicStats",
+    "check_store_url",
     "open_store",
+    "redact_url",
 ]

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from bridge.event import Event, Rejection
 
 SCHEMA_VERSION = 1
 # A bridge whose heartbeat is older than this is not counted as running.
 BRIDGE_ALIVE_SECONDS = 15.0
+DURABILITY_LEVELS = ("full", "normal", "off")
+# The rejected table keeps the newest rows and a prefix of each body: bad input is bounded.
+KEEP_REJECTED = 10_000
+KEEP_BODY_BYTES = 2048
 
 
 class StoreUnavailable(Exception):
@@ -104,3 +112,128 @@ class Store(Protocol):
     def ping(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def check_durability(durability: str) -> str:
+    if durability not in DURABILITY_LEVELS:
+        raise ValueError(f"durability must be full, normal or off, not {durability!r}")
+    return durability
+
+
+def check_schema_version(found: int) -> None:
+    """Refuse a store written by a newer logagg: its data may mean something we don't know."""
+    if found > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"store schema version {found} is newer than this logagg's {SCHEMA_VERSION}:"
+            " upgrade logagg"
+        )
+
+
+def redact_url(url: str) -> str:
+    """`url` without its password (in the authority or as a query parameter), for messages."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}@{host}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
+    redacted = parts._replace(netloc=netloc, query=query)
+    # Untouched when there is nothing to hide: urlunsplit turns sqlite:///x into sqlite:/x.
+    return url if redacted == parts else urlunsplit(redacted)
+
+
+def iso_utc(moment: datetime) -> str:
+    """How both stores show `received_at`: UTC, microseconds, always the same width."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def payload_json(event: Event) -> str:
+    return json.dumps(event.payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def _no_nul(text: str) -> str:
+    # PostgreSQL text cannot hold NUL; both stores show it escaped, like other bad bytes.
+    return text.replace("\x00", "\\x00")
+
+
+def rejected_row(refused: Refused) -> tuple[str, str, str, str]:
+    """(mqtt_topic, code, reason, body) as stored: the body cut to a bounded, printable prefix."""
+    body = refused.body[:KEEP_BODY_BYTES].decode("utf-8", "backslashreplace")
+    return (
+        _no_nul(refused.mqtt_topic),
+        refused.rejection.code,
+        _no_nul(refused.rejection.reason),
+        _no_nul(body),
+    )
+
+
+def first_copies(events: Sequence[Event]) -> list[Event]:
+    """The first copy of each identity in the batch, in arrival order: the copy that wins."""
+    seen: set[EventKey] = set()
+    firsts = []
+    for e in events:
+        key = (e.topic, e.event_id)
+        if key not in seen:
+            seen.add(key)
+            firsts.append(e)
+    return firsts
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What one batch adds to the counters, each list sorted by its key.
+
+    Sorted, because concurrent writers (several bridges on PostgreSQL) that
+    update counter rows in one global order cannot deadlock on them.
+    """
+
+    outcome: BatchOutcome
+    topics: list[tuple[str, int, int]]  # (topic, new, duplicates)
+    codes: list[tuple[str, int]]  # (rejection code, count)
+
+
+def tally(events: Sequence[Event], refused: Sequence[Refused], inserted: set[EventKey]) -> Tally:
+    """Split a batch into new events and duplicates from the keys the store actually inserted.
+
+    Walks the batch in arrival order: the first copy of an inserted key is new,
+    everything else (a copy already stored, or a second copy in this batch) is
+    a duplicate.
+    """
+    fresh = set(inserted)
+    outcome = BatchOutcome(rejected=len(refused))
+    new: Counter[str] = Counter()
+    dup: Counter[str] = Counter()
+    for e in events:
+        key = (e.topic, e.event_id)
+        if key in fresh:
+            fresh.discard(key)
+            new[e.topic] += 1
+        else:
+            dup[e.topic] += 1
+            outcome.duplicates.append(key)
+    outcome.stored = sum(new.values())
+    codes = Counter(r.rejection.code for r in refused)
+    return Tally(
+        outcome=outcome,
+        topics=[(t, new[t], dup[t]) for t in sorted(new.keys() | dup.keys())],
+        codes=sorted(codes.items()),
+    )
+
+
+def make_stats(
+    topic_rows: Iterable[tuple[str, int, int]],
+    code_rows: Iterable[tuple[str, int]],
+    oldest_started_at: float | None,
+    now: float,
+) -> Stats:
+    """Stats from the counter tables and the oldest live bridge's start time."""
+    topics = {t: TopicStats(u, d) for t, u, d in topic_rows}
+    codes = dict(code_rows)
+    return Stats(
+        unique_processed=sum(t.unique_processed for t in topics.values()),
+        duplicate_dropped=sum(t.duplicate_dropped for t in topics.values()),
+        rejected=sum(codes.values()),
+        topics=topics,
+        rejected_by_code=codes,
+        uptime_s=None if oldest_started_at is None else round(now - oldest_started_at, 3),
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
@@ -14,23 +13,27 @@ from pathlib import Path
 from bridge.event import Event
 from bridge.store.base import (
     BRIDGE_ALIVE_SECONDS,
+    KEEP_REJECTED,
     SCHEMA_VERSION,
     BatchOutcome,
     EventKey,
     Refused,
-    SchemaTooNew,
     Stats,
     StoredEvent,
     StoredRejection,
     StoreUnavailable,
-    TopicStats,
+    check_durability,
+    check_schema_version,
+    first_copies,
+    iso_utc,
+    make_stats,
+    payload_json,
+    rejected_row,
+    tally,
 )
 
 # Rows per multi-row INSERT: 6 parameters each stays far below SQLite's variable limit.
 _CHUNK = 500
-# The rejected table keeps the newest rows and a prefix of each body: bad input is bounded.
-KEEP_REJECTED = 10_000
-KEEP_BODY_BYTES = 2048
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -67,19 +70,13 @@ CREATE TABLE IF NOT EXISTS bridges (
 """
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
 class SQLiteStore:
     """The default store. `durability` is SQLite's `synchronous`: FULL survives power loss."""
 
     def __init__(self, path: Path, *, durability: str = "full", readonly: bool = False) -> None:
         self.path = path
         self._readonly = readonly
-        self._durability = durability.upper()
-        if self._durability not in {"FULL", "NORMAL", "OFF"}:
-            raise ValueError(f"durability must be full, normal or off, not {durability!r}")
+        self._durability = check_durability(durability).upper()
         self._writer: sqlite3.Connection | None = None
         if not readonly:
             self._writer = self._open_writer()
@@ -114,12 +111,7 @@ class SQLiteStore:
             for statement in _SCHEMA.split(";"):
                 conn.execute(statement)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise SchemaTooNew(
-                    f"store schema version {version} is newer than this logagg's "
-                    f"{SCHEMA_VERSION}: upgrade logagg"
-                )
+            check_schema_version(int(row[0]) if row else 0)
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -151,7 +143,7 @@ class SQLiteStore:
 
     def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome:
         conn = self._write()
-        received_at = now_iso()
+        received_at = iso_utc(datetime.now(UTC))
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -171,10 +163,11 @@ class SQLiteStore:
         refused: Sequence[Refused],
         received_at: str,
     ) -> BatchOutcome:
+        rows = first_copies(events)
         inserted: set[EventKey] = set()
-        for start in range(0, len(events), _CHUNK):
-            chunk = events[start : start + _CHUNK]
-            rows = ",".join(["(?,?,?,?,?,?)"] * len(chunk))
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            values = ",".join(["(?,?,?,?,?,?)"] * len(chunk))
             params: list[str] = []
             for e in chunk:
                 params += (
@@ -182,60 +175,39 @@ class SQLiteStore:
                     e.event_id,
                     e.timestamp.isoformat(),
                     e.source,
-                    json.dumps(e.payload, separators=(",", ":"), ensure_ascii=False),
+                    payload_json(e),
                     received_at,
                 )
             cur = conn.execute(
                 "INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
-                f" VALUES {rows} ON CONFLICT DO NOTHING RETURNING topic, event_id",
+                f" VALUES {values} ON CONFLICT DO NOTHING RETURNING topic, event_id",
                 params,
             )
             inserted.update(cur.fetchall())
-        outcome = BatchOutcome(rejected=len(refused))
-        new: Counter[str] = Counter()
-        dup: Counter[str] = Counter()
-        for e in events:
-            key = (e.topic, e.event_id)
-            if key in inserted:
-                inserted.discard(key)  # a second copy in the same batch is a duplicate
-                new[e.topic] += 1
-            else:
-                dup[e.topic] += 1
-                outcome.duplicates.append(key)
-        outcome.stored = sum(new.values())
+        counts = tally(events, refused, inserted)
         conn.executemany(
             "INSERT INTO topic_stats (topic, unique_processed, duplicate_dropped) VALUES (?, ?, ?)"
             " ON CONFLICT (topic) DO UPDATE SET"
             " unique_processed = unique_processed + excluded.unique_processed,"
             " duplicate_dropped = duplicate_dropped + excluded.duplicate_dropped",
-            [(t, new[t], dup[t]) for t in new.keys() | dup.keys()],
+            counts.topics,
         )
         if refused:
             conn.executemany(
                 "INSERT INTO rejected (mqtt_topic, code, reason, body, received_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.mqtt_topic,
-                        r.rejection.code,
-                        r.rejection.reason,
-                        r.body[:KEEP_BODY_BYTES].decode("utf-8", "backslashreplace"),
-                        received_at,
-                    )
-                    for r in refused
-                ],
+                [(*rejected_row(r), received_at) for r in refused],
             )
-            codes = Counter(r.rejection.code for r in refused)
             conn.executemany(
                 "INSERT INTO rejection_stats (code, count) VALUES (?, ?)"
                 " ON CONFLICT (code) DO UPDATE SET count = count + excluded.count",
-                list(codes.items()),
+                counts.codes,
             )
             conn.execute(
                 "DELETE FROM rejected WHERE seq <= (SELECT max(seq) FROM rejected) - ?",
                 (KEEP_REJECTED,),
             )
-        return outcome
+        return counts.outcome
 
     def heartbeat(self, client_id: str, started_at: float) -> None:
         try:
@@ -250,27 +222,16 @@ class SQLiteStore:
 
     def stats(self) -> Stats:
         with self._read() as conn:
-            topics = {
-                t: TopicStats(u, d)
-                for t, u, d in conn.execute(
-                    "SELECT topic, unique_processed, duplicate_dropped FROM topic_stats"
-                    " ORDER BY topic"
-                )
-            }
-            codes = dict(conn.execute("SELECT code, count FROM rejection_stats ORDER BY code"))
+            topics = conn.execute(
+                "SELECT topic, unique_processed, duplicate_dropped FROM topic_stats ORDER BY topic"
+            ).fetchall()
+            codes = conn.execute("SELECT code, count FROM rejection_stats ORDER BY code").fetchall()
             now = time.time()
-            row = conn.execute(
+            (oldest,) = conn.execute(
                 "SELECT min(started_at) FROM bridges WHERE seen_at > ?",
                 (now - BRIDGE_ALIVE_SECONDS,),
             ).fetchone()
-        return Stats(
-            unique_processed=sum(t.unique_processed for t in topics.values()),
-            duplicate_dropped=sum(t.duplicate_dropped for t in topics.values()),
-            rejected=sum(codes.values()),
-            topics=topics,
-            rejected_by_code=codes,
-            uptime_s=None if row[0] is None else round(now - row[0], 3),
-        )
+        return make_stats(topics, codes, oldest, now)
 
     def events(self, *, topic: str | None, after: int, limit: int) -> list[StoredEvent]:
         sql = (

@@ -1,0 +1,254 @@
+"""Scaling out: several `logagg bridge` processes on one MQTT 5 shared subscription
+(`$share/logagg/logs/#`) and one PostgreSQL, through crashes of a bridge and of PostgreSQL.
+
+Tests name their store fixture (pg_url, private_postgres) before bridge_factory, so the
+bridges are stopped before their database goes away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from bridge.store import open_store
+from logagg.mosquitto import Mosquitto, free_port
+from tests.conftest import BridgeProcess, Message, make_stream, publish_raw, wait_for_stats
+from tests.test_bridge import distinct
+
+pytestmark = pytest.mark.broker
+
+StartBridge = Callable[..., BridgeProcess]
+BRIDGES = 3
+DUPLICATE = re.compile(r"duplicate dropped: topic=(\S+) event_id=(\S+)")
+
+
+def start_bridges(start: StartBridge, store: str) -> list[BridgeProcess]:
+    return [
+        start(store=store, group="logagg", client_id=f"scale-bridge-{i}") for i in range(BRIDGES)
+    ]
+
+
+def key(message: Message) -> tuple[str, str]:
+    topic, body = message
+    return topic.removeprefix("logs/"), str(json.loads(body)["event_id"])
+
+
+def assert_exactly_once(store_url: str, stream: list[Message]) -> None:
+    """Every distinct event stored once and nothing else; the counters agree with the rows."""
+    with closing(open_store(store_url, readonly=True)) as store:
+        stored = store.events(topic=None, after=0, limit=len(stream) + 1)
+        stats = store.stats()
+    keys = [(e.topic, e.event_id) for e in stored]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == {key(m) for m in stream}
+    assert stats.unique_processed == len(stored)
+    assert stats.received == stats.unique_processed + stats.duplicate_dropped + stats.rejected
+    assert stats.rejected == 0
+    # Every message was delivered at least once; redeliveries after a crash count as duplicates.
+    assert stats.received >= len(stream)
+
+
+def dealt_stream(count: int, dup_ratio: float, *, seed: int) -> list[Message]:
+    """`count` messages, `dup_ratio` of them repeats, laid out so that the copies of one event
+    sit at positions that differ modulo the number of bridges.
+
+    Mosquitto deals a shared subscription's messages to its members in turn, so position
+    p goes to member p mod BRIDGES (up to a rotation): the copies of each repeated event
+    reach different bridges.
+    """
+    rng = random.Random(seed)
+    originals = make_stream(count - round(count * dup_ratio), 0.0, seed=seed)
+    repeats = round(count * dup_ratio)
+    thrice = repeats // 10  # a tenth of the repeated events come three times
+    twice = rng.sample(range(len(originals)), repeats - thrice)
+    copies = {i: 1 for i in range(len(originals))}
+    copies.update((i, 2) for i in twice)
+    copies.update((i, 3) for i in rng.sample(twice, thrice))
+    # Slot sizes that interleave exactly (the first slots take the remainder).
+    sizes = [count // BRIDGES + (s < count % BRIDGES) for s in range(BRIDGES)]
+    slots: list[list[int]] = [[] for _ in range(BRIDGES)]
+    for i in (i for i, n in copies.items() if n > 1):
+        for s in rng.sample(range(BRIDGES), copies[i]):
+            slots[s].append(i)
+    singles = [i for i, n in copies.items() if n == 1]
+    for s in range(BRIDGES):
+        take = sizes[s] - len(slots[s])
+        slots[s] += singles[:take]
+        singles = singles[take:]
+        rng.shuffle(slots[s])
+    return [originals[slots[p % BRIDGES][p // BRIDGES]] for p in range(count)]
+
+
+def logged_duplicates(bridge: BridgeProcess) -> list[tuple[str, str]]:
+    return [(t, e) for t, e in DUPLICATE.findall(bridge.output())]
+
+
+@pytest.mark.slow
+def test_three_bridges_share_the_stream_and_store_each_event_once(
+    pg_url: str,
+    broker: Mosquitto,
+    bridge_factory: StartBridge,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """100,000 events, 30% duplicates, three bridges on one shared subscription and one
+    PostgreSQL: each event stored once, counters exact, and the copies of every repeated
+    event were handled by different bridges (seen in their logs: each bridge dropped
+    duplicates from one slot of the deal only, and the slots differ)."""
+    monkeypatch.setenv("LOGAGG_DUPLICATE_LOG_PER_S", "1000000")  # name every duplicate
+    stream = dealt_stream(100_000, 0.3, seed=11)
+    want = distinct(stream)
+    bridges = start_bridges(bridge_factory, pg_url)
+    began = time.monotonic()
+    publish_raw(broker.port, stream)
+    stats = wait_for_stats(pg_url, lambda s: s.received >= len(stream), timeout=240)
+    elapsed = time.monotonic() - began
+    assert (stats.unique_processed, stats.duplicate_dropped) == (want, len(stream) - want)
+    assert_exactly_once(pg_url, stream)
+
+    slots_of_key: dict[tuple[str, str], set[int]] = {}
+    for position, message in enumerate(stream):
+        slots_of_key.setdefault(key(message), set()).add(position % BRIDGES)
+    dealt_to = []
+    for bridge in bridges:
+        assert bridge.stop() == 0
+        dropped = logged_duplicates(bridge)
+        assert dropped, bridge.output()[-2000:]
+        # The one slot all of this bridge's duplicates came from.
+        (slot,) = set.intersection(*(slots_of_key[k] for k in dropped))
+        dealt_to.append(slot)
+        committed = re.search(r"bridge stopped after (\d+) committed", bridge.output())
+        assert committed is not None
+        assert int(committed[1]) == len(stream) // BRIDGES + (slot < len(stream) % BRIDGES)
+    assert sorted(dealt_to) == list(range(BRIDGES))
+    assert sum(len(logged_duplicates(b)) for b in bridges) == stats.duplicate_dropped
+    print(f"\n{len(stream)} messages through {BRIDGES} bridges in {elapsed:.1f}s")
+
+
+def run_with_interruption(
+    broker: Mosquitto, store: str, stream: list[Message], at: int, interrupt: Callable[[], None]
+) -> None:
+    """Publish `stream` from a thread; once the store has received `at`, call `interrupt`."""
+    publisher = threading.Thread(target=publish_raw, args=(broker.port, stream))
+    publisher.start()
+    try:
+        wait_for_stats(store, lambda s: s.received >= at, timeout=120)
+        interrupt()
+    finally:
+        publisher.join(timeout=120)
+    assert not publisher.is_alive()
+
+
+@pytest.mark.slow
+def test_bridge_sigkilled_among_three_loses_nothing(
+    pg_url: str, broker: Mosquitto, bridge_factory: StartBridge
+) -> None:
+    """One of three bridges SIGKILLed mid-stream and restarted under its client id: the broker
+    kept dealing it messages meanwhile, and it gets them, and its unacked ones, back."""
+    stream = make_stream(30_000, 0.3, seed=12)
+    bridges = start_bridges(bridge_factory, pg_url)
+    victim = bridges[1]
+
+    def crash_and_restart() -> None:
+        victim.stop(signal.SIGKILL)
+        time.sleep(1.0)  # the stream goes on; a third of it is queued for the dead member
+        bridge_factory(store=pg_url, group="logagg", client_id="scale-bridge-1")
+
+    run_with_interruption(broker, pg_url, stream, 8_000, crash_and_restart)
+    wait_for_stats(pg_url, lambda s: s.unique_processed >= distinct(stream), timeout=120)
+    assert_exactly_once(pg_url, stream)
+
+
+class PostgresServer:
+    """A PostgreSQL of our own in a temporary directory, so a test may stop and start it.
+
+    As root it runs as the `postgres` user (PostgreSQL refuses root), in a directory that
+    user owns.
+    """
+
+    def __init__(self) -> None:
+        bindir = Path(shutil.which("pg_ctl") or "/usr/lib/postgresql/15/bin/pg_ctl").parent
+        self.pg_ctl = str(bindir / "pg_ctl")
+        self.as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.root = Path(tempfile.mkdtemp(prefix="logagg-pg-"))
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        self.data = self.root / "data"
+        self.port = free_port()
+        self._run(str(bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust")
+        self._running = False
+
+    @property
+    def url(self) -> str:
+        # A short connect_timeout: a bridge waits that long for a connection before it
+        # reports the store unavailable.
+        return (
+            f"postgresql://postgres@127.0.0.1:{self.port}/postgres?schema=logagg&connect_timeout=2"
+        )
+
+    def _run(self, *args: str) -> None:
+        done = subprocess.run([*self.as_owner, *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        log = str(self.root / "postgres.log")
+        self._run(self.pg_ctl, "start", "-w", "-D", str(self.data), "-l", log, "-o", options)
+        self._running = True
+
+    def stop(self, mode: str = "fast") -> None:
+        if self._running:
+            self._run(self.pg_ctl, "stop", "-w", "-D", str(self.data), "-m", mode)
+            self._running = False
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.root)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.mark.slow
+def test_postgres_restarted_mid_stream_loses_nothing(
+    private_postgres: PostgresServer, broker: Mosquitto, bridge_factory: StartBridge
+) -> None:
+    """PostgreSQL stopped while three bridges write: they stop acking, say why, retry, and
+    once it is back every event is stored once."""
+    stream = make_stream(30_000, 0.3, seed=13)
+    store = private_postgres.url
+    bridges = start_bridges(bridge_factory, store)
+
+    def restart_postgres() -> None:
+        private_postgres.stop("fast")
+        time.sleep(4.0)  # longer than connect_timeout: every bridge gives up waiting once
+        private_postgres.start()
+
+    run_with_interruption(broker, store, stream, 5_000, restart_postgres)
+    wait_for_stats(store, lambda s: s.unique_processed >= distinct(stream), timeout=120)
+    assert_exactly_once(store, stream)
+    reason = re.compile(
+        r"store unavailable, holding \d+ unacknowledged messages: cannot write \S+: "
+        r".*(refused|shutting down|terminating connection)"
+    )
+    for bridge in bridges:
+        assert reason.search(bridge.output()), bridge.output()[-3000:]

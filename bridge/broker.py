@@ -7,7 +7,7 @@ agree on addresses, credentials and TLS.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -21,21 +21,24 @@ class BrokerAddress:
     port: int
     tls: bool = False
     username: str | None = None
-    password: str | None = None
+    # repr=False here and in Credentials: a logged or printed object never shows a password.
+    password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_url(cls, url: str) -> BrokerAddress:
         """`mqtt://[user[:password]@]host[:port]`, or `mqtts://` for TLS (port 8883)."""
         parts = urlsplit(url)
+        # Errors quote the URL without its user and password.
+        shown = repr(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())
         if parts.scheme not in {"mqtt", "mqtts"}:
-            raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+            raise ValueError(f"broker URL {shown} must start with mqtt:// or mqtts://")
         if not parts.hostname:
-            raise ValueError(f"broker URL {url!r} has no host")
+            raise ValueError(f"broker URL {shown} has no host")
         tls = parts.scheme == "mqtts"
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError as exc:
-            raise ValueError(f"broker URL {url!r} has a bad port") from exc
+            raise ValueError(f"broker URL {shown} has a bad port") from exc
         return cls(
             host=parts.hostname,
             port=port,
@@ -56,14 +59,17 @@ class Credentials:
     """Login and TLS material beyond the URL; any field may be empty."""
 
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
 
 
 def tls_context(address: BrokerAddress, creds: Credentials) -> ssl.SSLContext | None:
-    if not (address.tls or creds.ca_file):
+    """TLS for `mqtts://`, or whenever a CA or client certificate is given: a certificate
+    is never silently left unused on a plain connection. The broker's certificate and
+    host name are always verified (against `ca_file`, else the system's CAs)."""
+    if not (address.tls or creds.ca_file or creds.cert_file):
         return None
     context = ssl.create_default_context(cafile=creds.ca_file)
     if creds.cert_file:

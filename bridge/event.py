@@ -9,27 +9,67 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import reprlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
 )
 
+# Fixed, not settings: they are part of the event schema, so every bridge and sidecar
+# must agree on them. MAX_NAME_LENGTH bounds topic, event_id and source (characters);
+# MAX_DEPTH bounds how deeply arrays and objects nest inside a field.
 MAX_NAME_LENGTH = 200
+MAX_DEPTH = 64
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 DEFAULT_TOPIC_PREFIX = "logs/"
+# How many failing fields a reason lists, and how much of a bad value it shows.
+MAX_REASON_ERRORS = 5
+_shown = reprlib.Repr()
+_shown.maxstring = _shown.maxother = 80
 
-# No MQTT wildcards or NUL: a topic must be publishable as-is under the prefix.
+# Characters JSON can carry (as \u escapes) but the stores cannot keep: NUL (PostgreSQL
+# text and jsonb refuse it) and unpaired UTF-16 surrogates (not encodable as UTF-8).
+_UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+_UNSTORABLE_TEXT = "contains NUL or an unpaired surrogate (\\u0000, \\ud800-\\udfff)"
+
+# A topic must be publishable as-is under the prefix: no MQTT wildcards, and none of what
+# Mosquitto refuses in a topic by dropping the connection that sent it (NUL, control
+# characters, Unicode noncharacters). event_id follows the same rule, so that ids in logs
+# cannot carry line breaks or terminal escapes.
+_NOT_IN_NAMES = r"#+\x00-\x1f\x7f-\x9f\ufdd0-\ufdef" + "".join(
+    f"\\U{plane:04X}FFFE\\U{plane:04X}FFFF" for plane in range(17)
+)
+NAME_PATTERN = f"^[^{_NOT_IN_NAMES}]+$"
+_NAME = re.compile(NAME_PATTERN)
+
+
+def _name_chars(value: str) -> str:
+    """The pattern, with an error that says what it means."""
+    if not _NAME.match(value):
+        raise ValueError("must not contain #, +, NUL, control characters or Unicode noncharacters")
+    return value
+
+
 Name = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, pattern=r"^[^#+\x00]+$"),
+    StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH),
+    AfterValidator(_name_chars),
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH, "pattern": NAME_PATTERN}
+    ),
 ]
 
 
@@ -40,6 +80,15 @@ def _iso_text_only(value: Any) -> Any:
     return value
 
 
+def _utc_representable(value: datetime) -> datetime:
+    """Stores and readers convert to UTC; 0001-01-01T00:00+01:00 has no UTC datetime."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+    return value
+
+
 class Event(BaseModel):
     """One log event: `(topic, event_id)` is its identity."""
 
@@ -47,9 +96,14 @@ class Event(BaseModel):
 
     topic: Name
     event_id: Name
-    timestamp: Annotated[AwareDatetime, BeforeValidator(_iso_text_only)]
+    timestamp: Annotated[
+        AwareDatetime, BeforeValidator(_iso_text_only), AfterValidator(_utc_representable)
+    ]
     source: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)]
-    payload: dict[str, Any]
+    payload: dict[str, Any] = Field(
+        description=f"Any JSON object, nested at most {MAX_DEPTH} levels; no string in the "
+        "event may hold NUL (\\u0000) or an unpaired surrogate"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,24 +114,61 @@ class Rejection:
     reason: str
 
 
+def _field_name(part: str | int) -> str:
+    """A field name as sent, unless it is long or unprintable (it ends up in log lines)."""
+    text = str(part)
+    return text if text.isprintable() and len(text) <= _shown.maxstring else _shown.repr(text)
+
+
 def describe(error: ValidationError) -> str:
-    """One line naming every failing field, e.g. `timestamp: Input should have timezone info`."""
+    """One line naming the failing fields, e.g. `timestamp: Input should have timezone info`.
+
+    Bounded: a body with thousands of bad fields gets a reason of a few, and a count.
+    """
+    items = error.errors(include_url=False)
     parts = []
-    for item in error.errors(include_url=False):
-        where = ".".join(str(p) for p in item["loc"]) or "(body)"
-        parts.append(f"{where}: {item['msg']}")
+    for item in items[:MAX_REASON_ERRORS]:
+        where = ".".join(map(_field_name, item["loc"]))
+        parts.append(f"{where or '(body)'}: {item['msg']}")
+    if len(items) > MAX_REASON_ERRORS:
+        parts.append(f"and {len(items) - MAX_REASON_ERRORS} more errors")
     return "; ".join(parts)
 
 
-def _has_non_finite(value: Any) -> bool:
-    """JSON has no NaN or Infinity; Python's parser accepts them, so refuse them here."""
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_non_finite(v) for v in value)
-    return False
+def unstorable(doc: dict[str, Any], *, strings: bool = True) -> tuple[str | None, str] | None:
+    """`(field, problem)` for valid-looking JSON that cannot be kept as it is, else None.
+
+    Python's parser accepts NaN and Infinity (and reads 1e999 as infinity), any nesting
+    its stack allows, NUL and unpaired surrogates; JSON readers, the stores and the
+    sidecar's serialiser do not. `field` is the top-level key, or None when the key itself
+    is bad. Iterative, so no depth overflows the stack. `strings=False` skips the string
+    check, for callers that know the text had no `\\u` escape that could produce one.
+    """
+    for key, top in doc.items():
+        if strings and _UNSTORABLE_CHAR.search(key):
+            return None, f"key {_shown.repr(key)} {_UNSTORABLE_TEXT}"
+        # Level by level: `level` holds every value `depth` containers down.
+        level, depth = [top], 0
+        while level:
+            below: list[Any] = []
+            for value in level:
+                if isinstance(value, str):
+                    if strings and _UNSTORABLE_CHAR.search(value):
+                        return key, _UNSTORABLE_TEXT
+                elif isinstance(value, float):
+                    if not math.isfinite(value):
+                        return key, "NaN and Infinity are not JSON"
+                elif isinstance(value, dict):
+                    below += value.values()
+                    if strings:
+                        below += value
+                elif isinstance(value, list):
+                    below += value
+            depth += 1
+            if below and depth > MAX_DEPTH:
+                return key, f"nested deeper than {MAX_DEPTH} levels"
+            level = below
+    return None
 
 
 def parse_message(
@@ -91,7 +182,8 @@ def parse_message(
     if len(body) > max_payload_bytes:
         return Rejection("too_large", f"message is {len(body)} bytes, limit {max_payload_bytes}")
     if not mqtt_topic.startswith(prefix) or len(mqtt_topic) == len(prefix):
-        return Rejection("bad_topic", f"MQTT topic {mqtt_topic!r} is not under {prefix!r}")
+        shown = _shown.repr(mqtt_topic)
+        return Rejection("bad_topic", f"MQTT topic {shown} is not under {prefix!r}")
     topic = mqtt_topic[len(prefix) :]
     try:
         text = body.decode("utf-8")
@@ -100,22 +192,25 @@ def parse_message(
     try:
         raw = json.loads(text)
     except RecursionError:
-        return Rejection("not_json", "body is nested too deeply")
+        # The same code as a depth found below: how deep the parser got depends on the stack.
+        return Rejection("schema", f"body is nested deeper than {MAX_DEPTH} levels")
     except ValueError as exc:
         return Rejection("not_json", f"body is not JSON: {exc}")
     if not isinstance(raw, dict):
         return Rejection("schema", f"body must be a JSON object, got {type(raw).__name__}")
-    if _has_non_finite(raw.get("payload")):
-        return Rejection("schema", "payload: NaN and Infinity are not JSON")
+    # Only a \u escape can put NUL or a surrogate in a string: skip that check without one.
+    problem = unstorable(raw, strings=_UNSTORABLE_ESCAPE.search(text) is not None)
+    if problem is not None:
+        field, what = problem
+        return Rejection("schema", f"{field}: {what}" if field else what)
     # On MQTT the topic field may be omitted; if present it must name the MQTT topic.
     claimed = raw.get("topic", topic)
     if claimed != topic:
         return Rejection(
-            "topic_mismatch", f"topic field {claimed!r} does not match MQTT topic {topic!r}"
+            "topic_mismatch",
+            f"topic field {_shown.repr(claimed)} does not match MQTT topic {topic!r}",
         )
     try:
         return Event.model_validate({**raw, "topic": topic})
     except ValidationError as exc:
         return Rejection("schema", describe(exc))
-    except RecursionError:
-        return Rejection("schema", "payload is nested too deeply")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bridge.event import Event, Rejection, parse_message
+from bridge.event import MAX_DEPTH, MAX_NAME_LENGTH, Event, Rejection, parse_message
 
 GOOD = {
     "event_id": "e-1",
@@ -55,7 +55,14 @@ def test_parse_valid_event_with_matching_topic_field() -> None:
             "schema",
             "NaN",
         ),
-        ("logs/t", b"[" * 100_000 + b"]" * 100_000, "not_json", "deeply"),
+        ("logs/t", b"[" * 100_000 + b"]" * 100_000, "schema", "nested deeper than 64"),
+        ("logs/t", body(payload={"x": 1e999}), "schema", "payload: NaN and Infinity"),
+        ("logs/t", body(source="a\x00b"), "schema", "source: contains NUL"),
+        ("logs/t", body(payload={"k": "\ud800"}), "schema", "payload: contains NUL or an unpaired"),
+        ("logs/t", body(payload={"\udfff": 1}), "schema", "payload: contains NUL or an unpaired"),
+        ("logs/t", body(timestamp="0001-01-01T00:00:00+01:00"), "schema", "out of range"),
+        ("logs/t", body(event_id="a\nb"), "schema", "event_id: Value error, must not contain"),
+        ("logs/t", body(event_id="a\ufffe"), "schema", "Unicode noncharacters"),
         ("other/t", body(), "bad_topic", "not under"),
         ("logs/", body(), "bad_topic", "not under"),
         ("logs/t", body(payload={"x": "y" * 300_000}), "too_large", "limit"),
@@ -69,16 +76,63 @@ def test_parse_rejects_with_reason(mqtt_topic: str, raw: bytes, code: str, says:
     assert says in result.reason
 
 
-def test_parse_rejects_event_id_over_length_limit() -> None:
-    """Identity fields are bounded."""
-    result = parse_message("logs/t", body(event_id="x" * 201))
-    assert isinstance(result, Rejection)
-    assert "event_id" in result.reason
-
-
 def test_parse_rejects_wildcard_in_topic_field() -> None:
     """A topic with MQTT wildcards could never be published as-is."""
     result = parse_message("logs/a+b", body())
     assert isinstance(result, Rejection)
     assert result.code == "schema"
     assert "topic" in result.reason
+
+
+def nested(depth: int) -> object:
+    doc: object = 1
+    for _ in range(depth):
+        doc = {"k": doc}
+    return doc
+
+
+def test_parse_nesting_limit_is_max_depth() -> None:
+    """64 levels of arrays and objects inside a field are kept; 65 are refused, with the field."""
+    assert isinstance(parse_message("logs/t", body(payload=nested(MAX_DEPTH))), Event)
+    result = parse_message("logs/t", body(payload=nested(MAX_DEPTH + 1)))
+    assert result == Rejection("schema", f"payload: nested deeper than {MAX_DEPTH} levels")
+
+
+def test_parse_name_length_limit_is_max_name_length() -> None:
+    """topic, event_id and source: MAX_NAME_LENGTH characters are fine, one more is refused."""
+    longest = "x" * MAX_NAME_LENGTH
+    assert isinstance(
+        parse_message(f"logs/{longest}", body(event_id=longest, source=longest)), Event
+    )
+    for topic, fields in (
+        (longest + "x", {}),
+        ("t", {"event_id": longest + "x"}),
+        ("t", {"source": longest + "x"}),
+    ):
+        result = parse_message(f"logs/{topic}", body(**fields))
+        assert isinstance(result, Rejection)
+        assert f"at most {MAX_NAME_LENGTH} characters" in result.reason
+
+
+def test_parse_accepts_escaped_surrogate_pairs_and_unicode() -> None:
+    """Only unpaired surrogates are refused: an escaped emoji is a character like any other."""
+    raw = body(payload={"msg": "😀 ünï"})
+    assert b"\\ud83d\\ude00" in raw  # json.dumps escapes it as a pair
+    event = parse_message("logs/t", raw)
+    assert isinstance(event, Event)
+    assert event.payload == {"msg": "😀 ünï"}
+
+
+def test_parse_reasons_are_bounded() -> None:
+    """A huge bad value, thousands of bad fields or a line break in a field name still give
+    a reason of one short line."""
+    mismatch = parse_message("logs/t", body(topic="y" * 100_000))
+    many = parse_message("logs/t", body(**{f"extra{i}": i for i in range(5000)}))
+    for result in (mismatch, many):
+        assert isinstance(result, Rejection)
+        assert len(result.reason) < 500
+    assert isinstance(many, Rejection)
+    assert many.reason.endswith("and 4995 more errors")
+    injected = parse_message("logs/t", body(**{"x\n2026-01-01 ERROR forged": 1}))
+    assert isinstance(injected, Rejection)
+    assert "\n" not in injected.reason

@@ -11,7 +11,14 @@ BIN := .venv/bin
 # pyproject.toml changes.
 STAMP := .venv/.installed
 
-.PHONY: venv run test check ensure-mosquitto
+.PHONY: venv run test check ensure-mosquitto ensure-chromium
+
+# Sets $$sudo to how apt-get can run here: "" as root, "sudo" with passwordless sudo,
+# "none" when it cannot (no root, or no apt-get).
+APT_AS := if [ "$$(id -u)" = 0 ]; then sudo=; \
+	  elif sudo -n true 2>/dev/null; then sudo=sudo; \
+	  else sudo=none; fi; \
+	  command -v apt-get >/dev/null || sudo=none
 
 venv: $(STAMP)
 
@@ -27,7 +34,7 @@ $(STAMP): pyproject.toml
 run: venv
 	$(BIN)/logagg up
 
-test: venv ensure-mosquitto
+test: venv ensure-mosquitto ensure-chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # `docker compose config` is Compose's own parser; it needs the CLI plugin but
@@ -46,10 +53,17 @@ check: venv
 # non-root PATH may lack.
 ensure-mosquitto:
 	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
-	  if [ "$$(id -u)" = 0 ]; then sudo=; \
-	  elif sudo -n true 2>/dev/null; then sudo=sudo; \
-	  else sudo=none; fi; \
-	  if [ "$$sudo" = none ] || ! command -v apt-get >/dev/null; then \
+	  $(APT_AS); \
+	  if [ "$$sudo" = none ]; then \
 	    echo "mosquitto is not installed: install the package mosquitto (Debian: apt-get install mosquitto mosquitto-clients)"; \
 	    exit 1; fi; \
 	  $$sudo apt-get update && $$sudo apt-get install -y mosquitto mosquitto-clients; }
+
+# The dashboard test (tests/test_dashboard.py) drives Debian's Chromium through Playwright,
+# never a browser Playwright downloads; without it those tests are skipped, saying why.
+ensure-chromium:
+	@[ -x /usr/bin/chromium ] || { \
+	  $(APT_AS); \
+	  if [ "$$sudo" = none ]; then \
+	    echo "chromium is not installed: the browser tests will be skipped (Debian: apt-get install chromium)"; \
+	  else $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends chromium; fi; }

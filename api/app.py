@@ -5,20 +5,32 @@ sidecar only reads the store. Store calls are synchronous, so the read routes
 are plain `def` (FastAPI runs them on its thread pool) and the loop stays free
 for the MQTT traffic.
 
+The dashboard (`GET /`) is one HTML file in this package, with its CSS and JS
+inline: it polls `/stats` and `/rejected` and follows `/events/stream`.
+
 No `from __future__ import annotations` here: FastAPI reads the routes'
 annotations at run time, and the query limits are local to `create_app`.
 """
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
+from importlib.resources import files
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import TypeAdapter
 
+from api.auth import guard
 from api.batch import read_body, to_messages
+from api.metrics import sidecar_registry
 from api.models import (
     EventPage,
     Health,
@@ -29,14 +41,23 @@ from api.models import (
     RejectedPage,
     StatsReport,
 )
+from api.paging import newest_after
 from api.publishing import BrokerUnavailable, Publisher
 from api.settings import ApiSettings
-from bridge.event import Event
-from bridge.store import StoreUnavailable, open_store
+from bridge.event import MAX_NAME_LENGTH, NAME_PATTERN, Event
+from bridge.store import StoredEvent, StoreUnavailable, open_store
 
 logger = logging.getLogger("logagg.api")
 
 OK = "ok"
+# The live stream polls the store this often; a stream ends after STREAM_MAX_S (and the
+# client resumes from its Last-Event-ID after RETRY_MS), so none outlives a shutdown for long.
+POLL_S = 0.2
+STREAM_MAX_S = 300.0
+RETRY_MS = 1000
+EVENT_JSON = TypeAdapter(StoredEvent)
+# seq is a 64-bit integer in both stores: a larger cursor is a 422, not a driver overflow.
+MAX_SEQ = 2**63 - 1
 
 
 def _publish_body_schema(max_batch: int) -> dict[str, Any]:
@@ -54,6 +75,11 @@ def _publish_body_schema(max_batch: int) -> dict[str, Any]:
 def create_app(settings: ApiSettings) -> FastAPI:
     store = open_store(settings.store, readonly=True)
     publisher = Publisher(settings)
+    # LOGAGG_API_TOKEN: every route but /healthz takes one of these (tests/test_security.py).
+    publishing = guard(settings)
+    reading = guard(settings, public=settings.api_public_read)
+    registry = sidecar_registry(store, settings.store)
+    dashboard = files("api").joinpath("static/dashboard.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -81,11 +107,25 @@ def create_app(settings: ApiSettings) -> FastAPI:
         return JSONResponse(failed.model_dump(), 503)
 
     Limit = Annotated[int, Query(ge=1, le=settings.read_limit_max)]
-    After = Annotated[int, Query(ge=0, description="Only rows with a larger `seq`")]
+    After = Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only rows with a larger `seq`")]
+    # A filter that names no possible topic is a 422, before it reaches the store.
+    Topic = Annotated[
+        str | None, Query(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
+    ]
+    Last = Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=settings.read_limit_max,
+            description="The newest `last` rows (after `after`) instead of the oldest `limit`",
+        ),
+    ]
 
     @app.post(
         "/publish",
+        dependencies=publishing.dependencies,
         responses={
+            **publishing.responses,
             413: {"model": Problem, "description": "Body or batch too large"},
             422: {"model": PublishInvalid, "description": "Invalid body or item"},
             503: {"model": PublishFailed, "description": "Broker unreachable or failed"},
@@ -109,20 +149,87 @@ def create_app(settings: ApiSettings) -> FastAPI:
             raise
         return PublishAccepted(accepted=accepted)
 
-    @app.get("/stats", responses={503: {"model": Problem}})
+    @app.get(
+        "/stats",
+        dependencies=reading.dependencies,
+        responses={**reading.responses, 503: {"model": Problem}},
+    )
     def stats() -> StatsReport:
         """Counters from the store: received = unique_processed + duplicate_dropped + rejected."""
         return StatsReport.model_validate(store.stats(), from_attributes=True)
 
-    @app.get("/events", responses={503: {"model": Problem}})
-    def events(topic: str | None = None, limit: Limit = 100, after: After = 0) -> EventPage:
+    @app.get(
+        "/events",
+        dependencies=reading.dependencies,
+        responses={**reading.responses, 503: {"model": Problem}},
+    )
+    def events(
+        topic: Topic = None, limit: Limit = 100, after: After = 0, last: Last = None
+    ) -> EventPage:
         """Stored (unique) events in arrival order."""
+        if last is not None:
+            after, limit = newest_after(partial(store.events, topic=topic), after, last), last
         rows = store.events(topic=topic, after=after, limit=limit)
         return EventPage(events=rows, next_after=rows[-1].seq if rows else None)
 
-    @app.get("/rejected", responses={503: {"model": Problem}})
-    def rejected(limit: Limit = 100, after: After = 0) -> RejectedPage:
+    @app.get(
+        "/events/stream",
+        response_class=EventSourceResponse,
+        dependencies=reading.dependencies,
+        responses=reading.responses,
+    )
+    async def stream(
+        topic: Topic = None,
+        after: Annotated[
+            int | None, Query(ge=0, le=MAX_SEQ, description="Start after this seq")
+        ] = None,
+        last: Annotated[
+            int,
+            Query(
+                ge=0,
+                le=settings.read_limit_max,
+                description="With neither `after` nor Last-Event-ID: start with the newest"
+                " `last` events (0: only those still to come)",
+            ),
+        ] = 0,
+        last_event_id: Annotated[
+            int | None,
+            Header(ge=0, le=MAX_SEQ, description="Resume after this seq (sent by EventSource)"),
+        ] = None,
+    ) -> AsyncIterator[ServerSentEvent]:
+        """Stored events as they arrive, as Server-Sent Events: `id` is the event's seq,
+        `data` the event as in `/events`. A stream ends after a few minutes; clients resume
+        from their Last-Event-ID, so nothing is missed."""
+        fetch = partial(store.events, topic=topic)
+        cursor = last_event_id if last_event_id is not None else after
+        yield ServerSentEvent(retry=RETRY_MS)
+        deadline = time.monotonic() + STREAM_MAX_S
+        while time.monotonic() < deadline:
+            rows: list[StoredEvent] = []
+            try:
+                if cursor is None:
+                    cursor = await run_in_threadpool(newest_after, fetch, 0, last)
+                    # An id alone moves the client's Last-Event-ID: a reconnect resumes
+                    # here even when no event came before it.
+                    yield ServerSentEvent(id=str(cursor))
+                rows = await run_in_threadpool(fetch, after=cursor, limit=settings.read_limit_max)
+            except StoreUnavailable:
+                pass  # not created yet, or briefly unreadable: keep polling
+            for row in rows:
+                yield ServerSentEvent(raw_data=EVENT_JSON.dump_json(row).decode(), id=str(row.seq))
+                cursor = row.seq
+            if len(rows) < settings.read_limit_max:
+                await asyncio.sleep(POLL_S)
+
+    @app.get(
+        "/rejected",
+        dependencies=reading.dependencies,
+        responses={**reading.responses, 503: {"model": Problem}},
+    )
+    def rejected(limit: Limit = 100, after: After = 0, last: Last = None) -> RejectedPage:
         """Refused MQTT messages, newest kept, with the reason for each."""
+        if last is not None:
+            after, limit = newest_after(store.rejected, after, last), last
         rows = store.rejected(after=after, limit=limit)
         return RejectedPage(rejected=rows, next_after=rows[-1].seq if rows else None)
 
@@ -140,5 +247,25 @@ def create_app(settings: ApiSettings) -> FastAPI:
             health.broker = str(exc)
         healthy = health.store == OK and health.broker == OK
         return JSONResponse(health.model_dump(), 200 if healthy else 503)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        dependencies=reading.dependencies,
+        responses=reading.responses,
+    )
+    def metrics() -> Response:
+        """Prometheus metrics: the store's counters, read at scrape time."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get(
+        "/",
+        response_class=HTMLResponse,
+        include_in_schema=False,
+        dependencies=reading.dependencies,
+    )
+    async def home() -> HTMLResponse:
+        """The live dashboard."""
+        return HTMLResponse(dashboard)
 
     return app

@@ -10,11 +10,10 @@ import json
 
 from fastapi import HTTPException, Request
 from pydantic import ValidationError
-from pydantic_core import PydanticSerializationError
 
 from api.models import ItemError
 from api.publishing import Message
-from bridge.event import Event
+from bridge.event import Event, unstorable
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -63,6 +62,11 @@ def to_messages(
     errors: list[ItemError] = []
     messages: list[Message] = []
     for index, item in enumerate(items):
+        # First, so that neither the validator nor this answer meets a bad key or depth.
+        problem = unstorable(item) if isinstance(item, dict) else None
+        if problem is not None:
+            errors.append(ItemError(index=index, field=problem[0], message=problem[1]))
+            continue
         try:
             event = Event.model_validate(item)
             message = event.model_dump_json().encode()
@@ -75,9 +79,6 @@ def to_messages(
                 )
                 for e in exc.errors(include_url=False)
             )
-            continue
-        except PydanticSerializationError as exc:  # a payload nested past the serialiser's depth
-            errors.append(ItemError(index=index, field="payload", message=str(exc)))
             continue
         if len(message) > max_payload_bytes:
             errors.append(

@@ -53,6 +53,15 @@ class StatsReport(BaseModel):
     uptime_s: float | None = Field(description="The oldest live bridge's; null when none is")
 
 
+def busiest_topics(topics: dict[str, TopicStats], count: int) -> list[tuple[str, TopicStats]]:
+    """The `count` topics with the most events (stored and duplicates), busiest first."""
+    ranked = sorted(
+        topics.items(),
+        key=lambda item: (-item[1].unique_processed - item[1].duplicate_dropped, item[0]),
+    )
+    return ranked[:count]
+
+
 class EventPage(BaseModel):
     events: list[StoredEvent]
     next_after: int | None = Field(description="Pass as `after` for the next page; null if empty")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
 from bridge.event import DEFAULT_MAX_PAYLOAD_BYTES
-from bridge.settings import DEFAULT_STORE, MqttSettings
+from bridge.settings import DEFAULT_STORE, MqttSettings, StoreUrl
+
+MIN_TOKEN_LENGTH = 16
 
 
 class ApiSettings(MqttSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    store: str = DEFAULT_STORE
+    store: StoreUrl = DEFAULT_STORE
     max_batch: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Shared with the bridge (LOGAGG_MAX_PAYLOAD_BYTES): a larger event would be accepted
@@ -23,3 +25,18 @@ class ApiSettings(MqttSettings):
     # 15k events/s, 500 gave 9-10k/s, 5,000 gave 4k/s. 100 keeps most of the speed.
     max_inflight: int = Field(default=100, ge=1, le=65_535)
     read_limit_max: int = Field(default=1000, ge=1)
+    # LOGAGG_API_TOKEN, from the environment only: `logagg api` has no flag for it, because
+    # a command line is visible to every user of the machine (ps, /proc/<pid>/cmdline).
+    api_token: SecretStr | None = None
+    # With a token, reads (GET) need it too unless this is true; publishing always does.
+    api_public_read: bool = False
+
+    @field_validator("api_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_TOKEN_LENGTH} characters: generate one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value

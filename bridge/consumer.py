@@ -26,8 +26,9 @@ from bridge.backoff import Backoff
 from bridge.broker import make_client
 from bridge.event import Event, parse_message
 from bridge.inbox import Inbox, Received
+from bridge.metrics import BridgeMetrics, serving
 from bridge.settings import BridgeSettings
-from bridge.store import BatchOutcome, Refused, Store, StoreUnavailable, open_store
+from bridge.store import BatchOutcome, Refused, Store, StoreUnavailable, open_store, redact_url
 
 logger = logging.getLogger("logagg.bridge")
 
@@ -48,15 +49,20 @@ class DuplicateLog:
     def __call__(self, duplicates: Sequence[tuple[str, str]]) -> None:
         now = time.monotonic()
         if now - self._window >= 1.0:
-            if self._skipped:
-                logger.info("%d more duplicates dropped, not logged one by one", self._skipped)
-            self._window, self._logged, self._skipped = now, 0, 0
+            self.flush()
+            self._window, self._logged = now, 0
         for topic, event_id in duplicates:
             if self._logged < self.per_s:
                 logger.info("duplicate dropped: topic=%s event_id=%s", topic, event_id)
                 self._logged += 1
             else:
                 self._skipped += 1
+
+    def flush(self) -> None:
+        """Say how many went unnamed: as a second ends, when the bridge idles, and on stop."""
+        if self._skipped:
+            logger.info("%d more duplicates dropped, not logged one by one", self._skipped)
+            self._skipped = 0
 
 
 def parse_batch(
@@ -87,6 +93,7 @@ class Bridge:
         # to read the socket while a batch commits.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logagg-writer")
         self._log_duplicates = DuplicateLog(settings.duplicate_log_per_s)
+        self.metrics = BridgeMetrics()
         self._last_heartbeat = 0.0
 
     def _client(self) -> aiomqtt.Client:
@@ -117,13 +124,14 @@ class Bridge:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; reconnects with back-off whenever the broker goes."""
         client = self._client()
-        inbox = Inbox(client)
+        # The same two batches as the receive maximum, which Mosquitto 2.0 overruns.
+        inbox = Inbox(client, max_waiting=2 * self.settings.batch_size)
         backoff = Backoff()
         logger.info(
             "bridge %s: broker %s, store %s, topics %s",
             self.settings.client_id,
             self.settings.address,
-            self.settings.store.split("?")[0],
+            redact_url(self.settings.store),
             self.settings.topic_filter,
         )
         try:
@@ -138,10 +146,12 @@ class Bridge:
                             self.settings.address,
                         )
                         backoff.reset()
+                        self.metrics.connected(True)
                         # The first heartbeat says "subscribed": readiness checks wait for it.
                         await self._heartbeat(force=True)
                         await self._consume(client, inbox, stop)
                 except aiomqtt.MqttError as exc:
+                    self.metrics.connected(False)
                     # A commit may be done while the socket is gone; its acks were skipped.
                     await self._drain(inbox)
                     delay = backoff.delay()
@@ -149,6 +159,7 @@ class Bridge:
                     await _sleep_unless(stop, delay)
         finally:
             self._writer.shutdown(wait=True)
+            self._log_duplicates.flush()
             logger.info("bridge stopped after %d committed messages", self.committed)
 
     async def _consume(self, client: aiomqtt.Client, inbox: Inbox, stop: asyncio.Event) -> None:
@@ -157,8 +168,11 @@ class Bridge:
             while not stop.is_set() and inbox.lost is None:
                 batch = await inbox.take(self.settings.batch_size, timeout=1.0)
                 if batch:
-                    await self._commit(batch, stop)
-                    inbox.ack(batch)
+                    # False: stopping with the store still unavailable; unacked, it comes back.
+                    if await self._commit(batch, stop):
+                        self.metrics.acked(inbox.ack(batch))
+                else:
+                    self._log_duplicates(())  # idle: still say what the last second summarised
                 await self._heartbeat()
             if inbox.lost is not None:
                 raise inbox.lost
@@ -173,14 +187,16 @@ class Bridge:
             batch = await inbox.take(self.settings.batch_size, timeout=0)
             if not await self._commit(batch, None):
                 return
-            inbox.ack(batch)
+            self.metrics.acked(inbox.ack(batch))
 
     async def _commit(self, batch: list[Received], stop: asyncio.Event | None) -> bool:
         """Write one batch, retrying while the store is unavailable. Nothing is acked until
         this returns True; False means we are stopping and the broker will redeliver."""
         loop = asyncio.get_running_loop()
         backoff = Backoff(first=0.2, cap=10.0)
+        self.metrics.received(len(batch))
         while True:
+            started = time.perf_counter()
             try:
                 outcome = await loop.run_in_executor(self._writer, self._write, batch)
             except StoreUnavailable as exc:
@@ -193,9 +209,11 @@ class Bridge:
                 )
                 if stop is None or stop.is_set():
                     return False
+                self.metrics.store_retry()
                 await _sleep_unless(stop, delay)
                 continue
             self.committed += len(batch)
+            self.metrics.committed(len(batch), time.perf_counter() - started)
             self._log_duplicates(outcome.duplicates)
             return True
 
@@ -233,14 +251,33 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
+async def _open_store(settings: BridgeSettings, stop: asyncio.Event) -> Store | None:
+    """Wait for the store like for the broker: a supervisor may start us before the database."""
+    backoff = Backoff()
+    while not stop.is_set():
+        try:
+            return await asyncio.to_thread(
+                open_store, settings.store, durability=settings.durability
+            )
+        except StoreUnavailable as exc:
+            delay = backoff.delay()
+            logger.error("store unavailable at start: %s; retrying in %.1fs", exc, delay)
+            await _sleep_unless(stop, delay)
+    return None
+
+
 async def run_bridge(settings: BridgeSettings) -> None:
     """Run one bridge until SIGTERM or SIGINT; the batch in hand is committed and acked."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    store = open_store(settings.store, durability=settings.durability)
+    store = await _open_store(settings, stop)
+    if store is None:
+        return
     try:
-        await Bridge(settings, store).run(stop)
+        bridge = Bridge(settings, store)
+        with serving(bridge.metrics.registry, settings.metrics_host, settings.metrics_port):
+            await bridge.run(stop)
     finally:
         store.close()

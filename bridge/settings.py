@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import socket
-from typing import Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.broker import DEFAULT_BROKER, BrokerAddress, Credentials
 from bridge.event import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TOPIC_PREFIX
+from bridge.store import check_store_url
 
 DEFAULT_STORE = "sqlite:///data/logagg.db"
+StoreUrl = Annotated[str, AfterValidator(check_store_url)]
 
 
 class MqttSettings(BaseSettings):
@@ -36,6 +38,12 @@ class MqttSettings(BaseSettings):
         BrokerAddress.from_url(value)
         return value
 
+    @model_validator(mode="after")
+    def _key_with_cert(self) -> Self:
+        if self.mqtt_key_file and not self.mqtt_cert_file:
+            raise ValueError("mqtt_key_file is set without mqtt_cert_file: set both, or neither")
+        return self
+
     @property
     def address(self) -> BrokerAddress:
         return BrokerAddress.from_url(self.broker)
@@ -52,7 +60,7 @@ class MqttSettings(BaseSettings):
 
 
 class BridgeSettings(MqttSettings):
-    store: str = DEFAULT_STORE
+    store: StoreUrl = DEFAULT_STORE
     client_id: str = Field(default_factory=lambda: f"logagg-bridge-{socket.gethostname()}")
     group: str | None = None
     batch_size: int = Field(default=1000, ge=1, le=10_000)
@@ -61,6 +69,9 @@ class BridgeSettings(MqttSettings):
     # Long enough to ride out any outage a supervisor fixes; the broker keeps our queue meanwhile.
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=1, le=0xFFFFFFFE)
     duplicate_log_per_s: int = Field(default=100, ge=0)
+    # Prometheus metrics at http://metrics_host:metrics_port/metrics; port 0 = off.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @property
     def topic_filter(self) -> str:

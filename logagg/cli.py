@@ -8,6 +8,7 @@ function. A flag left out is `None` here, so the environment can fill it.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -23,6 +24,8 @@ app = typer.Typer(
     help="MQTT log aggregator: every event the broker accepted, stored exactly once.",
     no_args_is_help=True,
     add_completion=False,
+    # A traceback must not print the settings (broker URL, passwords); older Typers did.
+    pretty_exceptions_show_locals=False,
 )
 
 S = TypeVar("S", bound=BaseSettings)
@@ -32,10 +35,21 @@ Broker = Annotated[
 ]
 Store = Annotated[
     str | None,
-    typer.Option(help="Store URL, sqlite:///relative/path or sqlite:////abs (env LOGAGG_STORE)"),
+    typer.Option(
+        help="Store URL: sqlite:///relative/path, sqlite:////abs/path or "
+        "postgresql://user@host/db?schema=NAME (env LOGAGG_STORE)"
+    ),
 ]
-LogLevel = Annotated[str, typer.Option(help="debug, info, warning or error")]
-LogFormat = Annotated[logs.LogFormat, typer.Option(help="text or json (one object a line)")]
+LogLevel = Annotated[
+    str, typer.Option(envvar="LOGAGG_LOG_LEVEL", help="debug, info, warning or error")
+]
+LogFormat = Annotated[
+    logs.LogFormat,
+    typer.Option(envvar="LOGAGG_LOG_FORMAT", help="text or json (one object a line)"),
+]
+ApiUrl = Annotated[
+    str | None, typer.Option(help="The sidecar, http://host:port (env LOGAGG_API_URL)")
+]
 
 
 def settings(cls: type[S], **flags: Any) -> S:
@@ -67,11 +81,19 @@ def bridge(
     mqtt_version: Annotated[
         str | None, typer.Option(help="5, or 3.1.1 for brokers without MQTT 5")
     ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port (0: off)")
+    ] = None,
+    metrics_host: Annotated[
+        str | None, typer.Option(help="Address for --metrics-port (default 127.0.0.1)")
+    ] = None,
     log_level: LogLevel = "info",
     log_format: LogFormat = "text",
 ) -> None:
     """Subscribe to logs/# and store every event exactly once."""
     from bridge.consumer import run_bridge
+    from bridge.metrics import MetricsUnavailable
+    from bridge.store import SchemaTooNew
 
     config = settings(
         BridgeSettings,
@@ -83,9 +105,15 @@ def bridge(
         durability=durability,
         max_payload_bytes=max_payload_bytes,
         mqtt_version=mqtt_version,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     logs.configure(log_level, log_format)
-    asyncio.run(run_bridge(config))
+    try:
+        asyncio.run(run_bridge(config))
+    except (MetricsUnavailable, SchemaTooNew) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -107,6 +135,8 @@ def up(
         UpSettings, broker=broker, store=store, host=host, port=port, data_dir=data_dir
     )
     logs.configure(log_level, log_format)
+    # The bridge and the sidecar log the same way.
+    os.environ.update(LOGAGG_LOG_LEVEL=log_level, LOGAGG_LOG_FORMAT=log_format)
     raise typer.Exit(run_up(config))
 
 
@@ -153,19 +183,16 @@ def api(
         max_inflight=max_inflight,
         read_limit_max=read_limit_max,
     )
-    try:
-        application = create_app(config)
-    except ValueError as exc:  # a store URL open_store does not know
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     logs.configure(log_level, log_format)
     # log_config=None: uvicorn's loggers go through ours, in the same format.
     uvicorn.run(
-        application,
+        create_app(config),
         host=config.host,
         port=config.port,
         log_config=None,
         log_level=log_level.lower(),
+        # Open /events/stream responses would hold a shutdown until they end.
+        timeout_graceful_shutdown=5,
     )
 
 
@@ -252,6 +279,155 @@ def publish(
     if error is not None:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    count: Annotated[
+        int | None, typer.Option(help="Messages in the drained backlog (default 150,000)")
+    ] = None,
+    dup_ratio: Annotated[
+        float | None, typer.Option(help="Fraction of sends repeating an event (default 0.1)")
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option(help="Latency run: events/s (default 1,000)")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Latency run: seconds (default 30)")
+    ] = None,
+    payload_bytes: Annotated[
+        int | None, typer.Option(help="Approximate payload size (default 100)")
+    ] = None,
+    durability: Annotated[
+        str | None, typer.Option(help="The bridge's store durability: full, normal or off")
+    ] = None,
+    prefill: Annotated[
+        int | None, typer.Option(help="Growth run: events already in the store (default 10M)")
+    ] = None,
+    growth_count: Annotated[
+        int | None, typer.Option(help="Growth run: events inserted (default 100,000)")
+    ] = None,
+    memory_count: Annotated[
+        int | None, typer.Option(help="Memory run: events streamed (default 1,000,000)")
+    ] = None,
+    http_count: Annotated[
+        int | None, typer.Option(help="HTTP run: events posted (default 50,000)")
+    ] = None,
+    repeat: Annotated[
+        int | None, typer.Option(help="Drain runs, alternating baseline and bridge first")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="Every scenario, small: under 30 s, to prove it works")
+    ] = False,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(help="Leave out a scenario: drain, latency, http, growth or memory"),
+    ] = None,
+    json_out: Annotated[Path, typer.Option(help="Where to write the JSON report")] = Path(
+        "bench-results/bench.json"
+    ),
+    log_level: LogLevel = "warning",
+    log_format: LogFormat = "text",
+) -> None:
+    """Measure the bridge against a bare MQTT subscriber: throughput, latency, HTTP, growth."""
+    from bench.run import run_bench
+
+    logs.configure(log_level, log_format)
+
+    try:
+        code = run_bench(
+            quick_mode=quick,
+            skip=skip or [],
+            json_out=json_out,
+            echo=typer.echo,
+            count=count,
+            dup_ratio=dup_ratio,
+            rate=rate,
+            duration=duration,
+            payload_bytes=payload_bytes,
+            durability=durability,
+            prefill=prefill,
+            growth_count=growth_count,
+            memory_count=memory_count,
+            http_count=http_count,
+            repeat=repeat,
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def ready(
+    store: Store = None, log_level: LogLevel = "warning", log_format: LogFormat = "text"
+) -> None:
+    """Exit 0 when a bridge has subscribed and is alive on this store (for health checks)."""
+    from bridge.store import StoreUnavailable, open_store
+
+    url = settings(BridgeSettings, store=store).store
+    logs.configure(log_level, log_format)
+    try:
+        uptime = open_store(url, readonly=True).stats().uptime_s
+    except StoreUnavailable as exc:
+        typer.echo(f"not ready: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if uptime is None:
+        typer.echo("not ready: no bridge has a fresh heartbeat on this store", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ready: bridge up for {uptime:.0f}s")
+
+
+@app.command()
+def tail(
+    topic: Annotated[str | None, typer.Option(help="Only this topic")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Then print each event as it is stored")
+    ] = False,
+    lines: Annotated[
+        int, typer.Option("--lines", "-n", min=0, help="How many of the newest to print")
+    ] = 10,
+    api_url: ApiUrl = None,
+    log_level: LogLevel = "warning",
+    log_format: LogFormat = "text",
+) -> None:
+    """Print the newest stored events, one a line: seq time topic source event_id payload."""
+    from logagg.views import ViewError, ViewSettings, latest, one_line, sidecar
+    from logagg.views import follow as follow_events
+
+    config = settings(ViewSettings, api_url=api_url)
+    logs.configure(log_level, log_format)
+    try:
+        with sidecar(config) as client:
+            events = follow_events if follow else latest
+            for event in events(client, topic, lines):
+                typer.echo(one_line(event))
+    except ViewError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # how `tail -f` ends
+        pass
+
+
+@app.command()
+def stats(
+    api_url: ApiUrl = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print /stats as JSON")] = False,
+    log_level: LogLevel = "warning",
+    log_format: LogFormat = "text",
+) -> None:
+    """Print the counters: received, stored, duplicates, rejected (by reason), per topic."""
+    from logagg.views import ViewError, ViewSettings, fetch_stats, sidecar, summary
+
+    config = settings(ViewSettings, api_url=api_url)
+    logs.configure(log_level, log_format)
+    try:
+        with sidecar(config) as client:
+            report = fetch_stats(client)
+    except ViewError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(report.model_dump_json(indent=2) if json_output else summary(report))
 
 
 def main() -> None:

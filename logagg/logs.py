@@ -35,3 +35,6 @@ def configure(level: str = "INFO", fmt: LogFormat = "text") -> None:
     # our own code reports connection loss once, with what it does about it.
     for name in ("logagg.bridge.mqtt", "logagg.api.mqtt"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # psycopg's pool warns over several lines on every reconnect attempt; the bridge's own
+    # "store unavailable" line already says what is wrong and what it does about it.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)

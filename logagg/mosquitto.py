@@ -2,7 +2,7 @@
 
 All of them use the project's `mosquitto/mosquitto.conf`, with the port,
 persistence location and log destination replaced, so what is tested is what
-is shipped.
+is shipped. The security tests run `mosquitto/hardened.conf` the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from logagg.process import stop_process
 
 PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "mosquitto" / "mosquitto.conf"
-_REPLACED = ("listener", "persistence_location", "log_dest", "pid_file", "user")
+_REPLACED = ("persistence_location", "log_dest", "pid_file", "user")
 
 
 def find_mosquitto() -> str | None:
@@ -36,11 +36,14 @@ def render_config(
 ) -> str:
     if not base.exists():
         raise FileNotFoundError(f"{base} is missing: run logagg from a checkout of the project")
-    kept = [
-        line for line in base.read_text().splitlines() if not line.strip().startswith(_REPLACED)
-    ]
+    kept = []
+    for line in base.read_text().splitlines():
+        if line.strip().startswith("listener"):
+            # In place: the options that follow (TLS files) belong to the base's one listener.
+            kept.append(f"listener {port} {host}")
+        elif not line.strip().startswith(_REPLACED):
+            kept.append(line)
     ours = [
-        f"listener {port} {host}",
         # Started as root, Mosquitto switches to the `mosquitto` user, which cannot write
         # our data directory: stay whoever we are.
         f"user {getpass.getuser()}",
@@ -67,7 +70,9 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 class Mosquitto:
     """A Mosquitto process on `port` with its data in `data_dir`; stop() always reaps it."""
 
-    def __init__(self, port: int, data_dir: Path, *, extra_config: str = "") -> None:
+    def __init__(
+        self, port: int, data_dir: Path, *, extra_config: str = "", base: Path = PROJECT_CONFIG
+    ) -> None:
         binary = find_mosquitto()
         if binary is None:
             raise FileNotFoundError(
@@ -78,7 +83,7 @@ class Mosquitto:
         self.data_dir = data_dir
         self.config = data_dir / "mosquitto.conf"
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(render_config(port, data_dir, extra=extra_config))
+        self.config.write_text(render_config(port, data_dir, base=base, extra=extra_config))
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -10,6 +10,7 @@ and acks what it holds), broker (which saves its queue).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from types import FrameType
 from pydantic import Field
 
 from bridge.settings import BridgeSettings
+from bridge.store import redact_url
 from logagg.embedded import WARNING as EMBEDDED_WARNING
 from logagg.mosquitto import Mosquitto, find_mosquitto, port_open
 from logagg.process import stop_process
@@ -46,11 +48,12 @@ class UpSettings(BridgeSettings):
 class Child:
     name: str
     args: list[str]
+    env: dict[str, str] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:
         logger.info("starting %s", self.name)
-        self.process = subprocess.Popen(self.args, start_new_session=True)
+        self.process = subprocess.Popen(self.args, env=self.env, start_new_session=True)
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
@@ -112,17 +115,15 @@ def run_up(settings: UpSettings) -> int:
 
     broker, mqtt_version = _broker(settings)
     address = settings.address
-    common = ["--broker", settings.broker, "--store", settings.store]
+    # URLs go through the environment, not argv: they may carry passwords, and every user
+    # of the machine can read a process's command line.
+    env = {**os.environ, "LOGAGG_BROKER": settings.broker, "LOGAGG_STORE": settings.store}
     bridge = Child(
         "bridge",
-        _logagg(
-            "bridge", *common, "--client-id", settings.client_id, "--mqtt-version", mqtt_version
-        ),
+        _logagg("bridge", "--client-id", settings.client_id, "--mqtt-version", mqtt_version),
+        env,
     )
-    api = Child(
-        "api",
-        _logagg("api", *common, "--host", settings.host, "--port", str(settings.port)),
-    )
+    api = Child("api", _logagg("api", "--host", settings.host, "--port", str(settings.port)), env)
     children: list[Child] = [bridge, api]
     code = 0
     try:
@@ -139,15 +140,16 @@ def run_up(settings: UpSettings) -> int:
             "            curl -X POST %s/publish -H 'content-type: application/json' -d '%s'\n"
             "            logagg publish --count 1000 --dup-ratio 0.2\n"
             "  read:     %s/stats  %s/events  %s/rejected  %s/docs\n"
+            "  watch:    %s/ (dashboard)  %s/metrics  logagg stats  logagg tail -f\n"
             "  Ctrl-C stops everything; running it again resumes on the same store.",
             address,
-            settings.store,
+            redact_url(settings.store),
             address.host,
             address.port,
             EXAMPLE_MQTT,
             base,
             EXAMPLE_HTTP,
-            *[base] * 4,
+            *[base] * 6,
         )
         while not stopping:
             for child in children:

@@ -26,6 +26,10 @@ logger = logging.getLogger("logagg.publisher")
 LINGER_S = 0.2
 RETRY_FIRST_S = 0.2
 RETRY_CAP_S = 5.0
+_HINTS = {
+    401: " (set LOGAGG_API_TOKEN to the sidecar's token)",
+    413: " (try a smaller --batch-size)",
+}
 
 
 class HttpSender:
@@ -38,7 +42,10 @@ class HttpSender:
         self._tally = tally
         self._batch: list[Message] = []
         self._batch_started = 0.0
-        self._client = httpx.Client(headers={"content-type": "application/json"})
+        headers = {"content-type": "application/json"}
+        if settings.api_token is not None:
+            headers["authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
+        self._client = httpx.Client(headers=headers)
 
     def __enter__(self) -> HttpSender:
         return self
@@ -105,7 +112,7 @@ class HttpSender:
                     f"{self._url} answered 200 accepting {accepted} of {len(self._batch)} events"
                 )
             return None
-        hint = " (try a smaller --batch-size)" if response.status_code == 413 else ""
+        hint = _HINTS.get(response.status_code, "")
         raise PublishError(
             f"{self._url} refused a batch of {len(self._batch)} events, {len(body)} bytes: "
             f"{response.status_code} {response.text[:500]}{hint}"

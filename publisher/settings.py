@@ -5,13 +5,14 @@ from __future__ import annotations
 import socket
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, StringConstraints
 from pydantic_settings import NoDecode
 
 from bridge.event import DEFAULT_MAX_PAYLOAD_BYTES, MAX_NAME_LENGTH, Name
 from bridge.settings import MqttSettings
 
 DEFAULT_TOPICS = ("auth.prod", "billing.prod", "api.prod", "db.prod", "edge.prod")
+DEFAULT_API_URL = "http://127.0.0.1:8080"
 
 
 def _split_commas(value: Any) -> Any:
@@ -19,6 +20,16 @@ def _split_commas(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"API URL {value!r} must start with http:// or https://")
+    return value.rstrip("/")
+
+
+# The sidecar's base URL, for each of its HTTP clients (`publish --via http`, `tail`, `stats`).
+ApiUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class PublisherSettings(MqttSettings):
@@ -31,7 +42,9 @@ class PublisherSettings(MqttSettings):
     dup_ratio: float = Field(default=0.2, ge=0, lt=1)
     out_of_order: float = Field(default=0.1, ge=0, le=1)
     via: Literal["mqtt", "http"] = "mqtt"
-    api_url: str = "http://127.0.0.1:8080"
+    api_url: ApiUrl = DEFAULT_API_URL
+    # The sidecar's LOGAGG_API_TOKEN, sent as a bearer token; environment only, never a flag.
+    api_token: SecretStr | None = None
     # Not `batch_size`: LOGAGG_BATCH_SIZE is the bridge's commit batch.
     http_batch_size: int = Field(default=500, ge=1, le=10_000)
     # Room for the envelope keeps every message under the bridge's default size limit.
@@ -42,10 +55,3 @@ class PublisherSettings(MqttSettings):
     )
     # Give up when nothing is acknowledged for this long while something waits for it.
     ack_timeout_s: float = Field(default=30.0, gt=0)
-
-    @field_validator("api_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"API URL {value!r} must start with http:// or https://")
-        return value.rstrip("/")

@@ -8,16 +8,25 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import paho.mqtt.client as paho
+import psycopg
 import pytest
+import uvicorn
+from psycopg import sql
 
+from api import ApiSettings, create_app
 from bridge.store import Stats, StoreUnavailable, open_store
 from logagg.mosquitto import Mosquitto, find_mosquitto, free_port
+from logagg.process import stop_process
 
 if find_mosquitto() is None:
     pytest.exit("mosquitto is not installed: apt-get install mosquitto", returncode=2)
@@ -58,14 +67,7 @@ class BridgeProcess:
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 20.0) -> int | None:
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
-        code = self.process.returncode
+        code = stop_process(self.process, sig, timeout)
         self.process = None
         return code
 
@@ -76,6 +78,19 @@ class BridgeProcess:
 @pytest.fixture
 def store_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store' / 'logagg.db'}"
+
+
+# The machine's PostgreSQL (trust auth); tests only create and drop schemas of their own in it.
+PG_TEST_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL store URL in a fresh schema (the bridge creates it), dropped afterwards."""
+    schema = f"logagg_test_{uuid.uuid4().hex[:12]}"
+    yield f"{PG_TEST_URL}{'&' if '?' in PG_TEST_URL else '?'}schema={schema}"
+    with psycopg.connect(PG_TEST_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.fixture
@@ -106,14 +121,17 @@ def wait_for_stats(store_url: str, done: Callable[[Stats], bool], timeout: float
     store = open_store(store_url, readonly=True)
     deadline = time.monotonic() + timeout
     last: Stats | None = None
-    while time.monotonic() < deadline:
-        try:
-            last = store.stats()
-        except StoreUnavailable:  # the bridge may not have created it yet
-            last = None
-        if last is not None and done(last):
-            return last
-        time.sleep(0.1)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                last = store.stats()
+            except StoreUnavailable:  # the bridge may not have created it yet
+                last = None
+            if last is not None and done(last):
+                return last
+            time.sleep(0.1)
+    finally:
+        store.close()  # a PostgreSQL store holds a connection pool
     raise AssertionError(f"store did not reach the expected state in {timeout}s: {last}")
 
 
@@ -169,3 +187,42 @@ def _wait_acked(infos: list[paho.MQTTMessageInfo]) -> None:
         info.wait_for_publish(30)
         if not info.is_published():
             raise AssertionError(f"broker did not acknowledge message {info.mid} in 30s")
+
+
+Sidecar = Callable[..., httpx.Client]
+
+
+@contextmanager
+def serving(settings: ApiSettings) -> Iterator[httpx.Client]:
+    """The sidecar under uvicorn, as `logagg api` runs it, on a thread of the test process,
+    and a client for it; the server is stopped (lifespan and all) after."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+    )
+    thread = threading.Thread(target=server.run, name="sidecar")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert thread.is_alive(), "the sidecar exited while starting"
+            assert time.monotonic() < deadline, "the sidecar did not start in 10s"
+            time.sleep(0.02)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        assert not thread.is_alive(), "the sidecar did not stop in 30s"
+
+
+@pytest.fixture
+def sidecar(store_url: str) -> Iterator[Sidecar]:
+    """Starts sidecars on `store_url`; every one is stopped after the test."""
+    with ExitStack() as stack:
+
+        def start(broker_url: str, **overrides: Any) -> httpx.Client:
+            settings = ApiSettings(broker=broker_url, store=store_url, **overrides)
+            return stack.enter_context(serving(settings))
+
+        yield start

@@ -1,6 +1,7 @@
 """The HTTP sidecar against a real Mosquitto and a real bridge: HTTP in, MQTT through, store out.
 
-The app runs under uvicorn, as `logagg api` runs it, on a thread of the test process.
+The app runs under uvicorn, as `logagg api` runs it, on a thread of the test process
+(the `sidecar` fixture in conftest.py).
 """
 
 from __future__ import annotations
@@ -8,21 +9,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
 from typing import Any
 
-import httpx
 import pytest
-import uvicorn
 
-from api import ApiSettings, create_app
 from logagg.mosquitto import Mosquitto, free_port
 from publisher import PublisherSettings, run_publisher
-from tests.conftest import BridgeProcess, publish_raw, wait_for_stats
-
-Sidecar = Callable[..., httpx.Client]
+from tests.conftest import BridgeProcess, Sidecar, publish_raw, wait_for_stats
 
 
 def event(event_id: str, topic: str = "app", **fields: Any) -> dict[str, Any]:
@@ -39,41 +34,6 @@ def event(event_id: str, topic: str = "app", **fields: Any) -> dict[str, Any]:
 def nowhere() -> str:
     """A broker URL nothing listens on."""
     return f"mqtt://127.0.0.1:{free_port()}"
-
-
-@contextmanager
-def serving(settings: ApiSettings) -> Iterator[httpx.Client]:
-    """uvicorn on a thread and a client for it; the server is stopped (lifespan and all) after."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
-    )
-    thread = threading.Thread(target=server.run, name="sidecar")
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive(), "the sidecar exited while starting"
-            assert time.monotonic() < deadline, "the sidecar did not start in 10s"
-            time.sleep(0.02)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        assert not thread.is_alive(), "the sidecar did not stop in 30s"
-
-
-@pytest.fixture
-def sidecar(store_url: str) -> Iterator[Sidecar]:
-    """Starts sidecars on `store_url`; every one is stopped after the test."""
-    with ExitStack() as stack:
-
-        def start(broker_url: str, **overrides: Any) -> httpx.Client:
-            settings = ApiSettings(broker=broker_url, store=store_url, **overrides)
-            return stack.enter_context(serving(settings))
-
-        yield start
 
 
 @pytest.mark.broker
@@ -201,7 +161,8 @@ def test_publish_invalid_item_names_index_and_field_and_publishes_nothing(
             "NaN is not JSON",
         ),
         (b'"just a string"', 0, None, "dictionary"),
-        (b'{"topic":"a/#"}', 0, "topic", "pattern"),
+        (b'{"topic":"a/#"}', 0, "topic", "must not contain #"),
+        (b'[{"topic":"a\\tb"}]', 0, "topic", "control characters"),
         (
             b'[{"topic":"t","event_id":"e","timestamp":1,"source":"s","payload":{}}]',
             0,
@@ -427,3 +388,21 @@ def test_publisher_via_http_end_to_end(
     assert (summary.sent, summary.distinct) == (3000, 2250)
     stats = wait_for_stats(store_url, lambda s: s.received >= 3000)
     assert (stats.unique_processed, stats.duplicate_dropped) == (2250, 750)
+
+
+def test_reads_refuse_impossible_cursors_and_topics_with_422(sidecar: Sidecar) -> None:
+    """Found by schemathesis: a cursor past 64 bits reached SQLite and overflowed (500).
+    Cursors and topic filters are checked first, so no store is needed here."""
+    client = sidecar(nowhere())
+    too_far = str(2**63)
+    for path, params in (
+        ("/events", {"after": too_far}),
+        ("/rejected", {"after": too_far}),
+        ("/events/stream", {"after": too_far}),
+        ("/events", {"topic": "a\x00b"}),
+        ("/events", {"topic": "a/#"}),
+        ("/events", {"topic": "x" * 201}),
+    ):
+        assert client.get(path, params=params).status_code == 422, (path, params)
+    stream = client.get("/events/stream", headers={"last-event-id": too_far})
+    assert stream.status_code == 422

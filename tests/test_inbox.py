@@ -1,7 +1,8 @@
 """Pins the aiomqtt and paho-mqtt behaviour the receive path relies on, against a real broker.
 
-bridge/inbox.py reaches aiomqtt's private paho client for manual acks; if a
-release moves it, these tests say so before any data is at risk.
+bridge/inbox.py reaches aiomqtt's private paho client for manual acks, and
+replaces four of that client's methods for speed; if a release moves what it
+relies on, these tests say so before any data is at risk.
 """
 
 from __future__ import annotations
@@ -11,18 +12,24 @@ import asyncio
 import aiomqtt
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.inbox import Inbox
+from bridge.inbox import PUBACK, READ_SIZE, Inbox, Received
 from logagg.mosquitto import Mosquitto
+from tests.conftest import publish_raw
 
 pytestmark = pytest.mark.broker
 
 
-def persistent_client(broker: Mosquitto, client_id: str) -> aiomqtt.Client:
+def persistent_client(
+    broker: Mosquitto, client_id: str, *, receive_maximum: int | None = None
+) -> aiomqtt.Client:
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 3600
+    if receive_maximum is not None:
+        props.ReceiveMaximum = receive_maximum
     return aiomqtt.Client(
         "127.0.0.1",
         broker.port,
@@ -80,7 +87,7 @@ def test_unacked_message_is_redelivered_after_reconnect(broker: Mosquitto) -> No
         # The redelivered copies were never acked either; ack them now, then nothing returns.
         inbox.connecting()
         async with client:
-            batch = []
+            batch: list[Received] = []
             async with asyncio.timeout(10):
                 while len(batch) < 2:
                     batch += await inbox.take(100, timeout=0.5)
@@ -130,5 +137,115 @@ def test_watch_notices_broker_going_away(broker: Mosquitto) -> None:
                 await watcher
             assert isinstance(inbox.lost, aiomqtt.MqttError)
             assert await inbox.take(10, timeout=5) == []  # returns at once, no hang
+
+    asyncio.run(scenario())
+
+
+def test_paho_still_has_what_the_fast_path_replaces_and_calls() -> None:
+    """The methods Inbox shadows or calls, and the packet state it reads, are where it expects."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    for name in ("_sock_recv", "loop_read", "_handle_publish", "_packet_read", "_loop_rc_handle"):
+        assert callable(getattr(client, name)), name
+    assert {"command", "packet"} <= client._in_packet.keys()
+    assert isinstance(client._in_packet["packet"], bytearray)
+
+
+def test_coalesced_pubacks_are_the_bytes_paho_sends() -> None:
+    """Inbox.ack queues the same PUBACK bytes as paho's ack(), one after another."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    queued: list[tuple[int, bytes]] = []
+
+    def capture(
+        command: int,
+        packet: bytes | bytearray,
+        mid: int,
+        qos: int,
+        info: paho.MQTTMessageInfo | None = None,
+    ) -> MQTTErrorCode:
+        queued.append((command, bytes(packet)))
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    client._packet_queue = capture  # type: ignore[method-assign]
+    client.manual_ack_set(True)
+    client.ack(0x1234, 1)
+    client.ack(7, 1)
+    paho_bytes = b"".join(packet for _, packet in queued)
+
+    async def ours() -> None:
+        inbox = Inbox(aiomqtt.Client("127.0.0.1", 1))
+        inbox._paho._packet_queue = capture  # type: ignore[method-assign]
+        inbox.connecting()
+        queued.clear()
+        batch = [Received("logs/t", b"", mid, 1, 1) for mid in (0x1234, 7)]
+        assert inbox.ack([*batch, Received("logs/t", b"", 0, 0, 1)]) == 2
+
+    asyncio.run(ours())
+    assert queued == [(PUBACK, paho_bytes)]
+
+
+def test_inbox_reads_properties_qos0_and_payloads_larger_than_its_buffer(
+    broker: Mosquitto,
+) -> None:
+    """MQTT 5 properties are skipped, not mistaken for payload; big bodies arrive whole."""
+    big = bytes(range(256)) * (3 * READ_SIZE // 256 + 7)  # several buffer fills
+    sent = [(b"small", 1), (big, 1), (b"qos zero", 0), (b"last", 1)]
+
+    async def scenario() -> None:
+        client = persistent_client(broker, "pin-fast-path")
+        inbox = Inbox(client)
+        inbox.connecting()
+        async with client:
+            await client.subscribe("logs/#", qos=1)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.UserProperty = [("k", "v" * 300)]
+            props.ContentType = "application/json"
+            async with aiomqtt.Client(
+                "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5, timeout=5
+            ) as pub:
+                for body, qos in sent:
+                    await pub.publish("logs/t", body, qos=qos, properties=props)
+            got: list[Received] = []
+            async with asyncio.timeout(10):
+                while len(got) < len(sent):
+                    got += await inbox.take(100, timeout=0.5)
+            assert [(m.body, m.qos, m.topic) for m in got] == [
+                (body, qos, "logs/t") for body, qos in sent
+            ]
+            assert inbox.ack(got) == 3  # QoS 0 needs no PUBACK
+
+    asyncio.run(scenario())
+
+
+def test_inbox_stops_reading_while_full(broker: Mosquitto) -> None:
+    """With the broker sending far past max_waiting, the inbox holds about max_waiting
+    (plus one read's worth) until taken from, then yields everything in order."""
+    count, max_waiting = 20_000, 100
+    bodies = [f"{i:06d}".encode() + b"x" * 200 for i in range(count)]
+    one_read = 4 * READ_SIZE // len(bodies[0])
+
+    async def scenario() -> None:
+        # A receive maximum above the stream: the broker sends it all as fast as it can.
+        client = persistent_client(broker, "pin-full", receive_maximum=65_000)
+        inbox = Inbox(client, max_waiting=max_waiting)
+        inbox.connecting()
+        async with client:
+            await client.subscribe("logs/#", qos=1)
+            assert await inbox.take(1, timeout=0) == []  # consuming: pausing may start
+            publishing = asyncio.create_task(
+                asyncio.to_thread(publish_raw, broker.port, [("logs/t", b) for b in bodies])
+            )
+            most = 0
+            while not publishing.done():
+                most = max(most, len(inbox))
+                await asyncio.sleep(0.01)
+            await publishing
+            assert most <= max_waiting + one_read < count
+            got: list[Received] = []
+            async with asyncio.timeout(30):
+                while len(got) < count:
+                    batch = await inbox.take(50, timeout=1)
+                    inbox.ack(batch)
+                    got += batch
+        assert [m.body for m in got] == bodies
 
     asyncio.run(scenario())

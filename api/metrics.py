@@ -1,0 +1,128 @@
+"""`GET /metrics`: the store's counters in the Prometheus text format, read at scrape time.
+
+The store holds the truth (its counters change in the transaction that stores
+the events), so a collector asks it on every scrape instead of counting on its
+own: restarting the sidecar, or running several, cannot make the numbers drift.
+Per-topic series are kept to the `TOP_TOPICS` busiest topics, so a publisher
+inventing topics cannot blow up Prometheus; the unlabelled totals count them all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from api.models import busiest_topics
+from bridge.store import Store, StoreUnavailable
+
+logger = logging.getLogger("logagg.api.metrics")
+
+TOP_TOPICS = 50
+
+
+def store_size_bytes(url: str) -> int | None:
+    """The SQLite store's database file plus its WAL, in bytes; None for other stores, or
+    before the bridge created the file. (Read from the URL as `SQLiteStore.from_url` does,
+    until the store can say its own size.)"""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = Path(url.removeprefix("sqlite:///"))
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    wal = path.with_name(path.name + "-wal")
+    return size + (wal.stat().st_size if wal.exists() else 0)
+
+
+class StoreCollector(Collector):
+    """Reads `store.stats()` on each scrape; an unreadable store gives `logagg_store_up 0`
+    and no counters, rather than a failed scrape."""
+
+    def __init__(self, store: Store, url: str, top_topics: int = TOP_TOPICS) -> None:
+        self._store = store
+        self._url = url
+        self._top_topics = top_topics
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("logagg_store_up", "1 when the store could be read for this scrape")
+        try:
+            stats = self._store.stats()
+        except StoreUnavailable as exc:
+            logger.debug("metrics: store unavailable: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+
+        yield CounterMetricFamily(
+            "logagg_events_received",
+            "MQTT messages the bridges recorded: stored + duplicates + rejected",
+            value=stats.received,
+        )
+        yield CounterMetricFamily(
+            "logagg_events_stored",
+            "Events stored, each (topic, event_id) once",
+            value=stats.unique_processed,
+        )
+        yield CounterMetricFamily(
+            "logagg_events_duplicates",
+            "Copies of an already stored (topic, event_id), dropped",
+            value=stats.duplicate_dropped,
+        )
+        rejected = CounterMetricFamily(
+            "logagg_events_rejected",
+            "Malformed messages refused, by reason code",
+            labels=["reason"],
+        )
+        for code, count in sorted(stats.rejected_by_code.items()):
+            rejected.add_metric([code], count)
+        yield rejected
+
+        stored = CounterMetricFamily(
+            "logagg_topic_events_stored",
+            f"Events stored, for the {self._top_topics} busiest topics",
+            labels=["topic"],
+        )
+        duplicates = CounterMetricFamily(
+            "logagg_topic_events_duplicates",
+            f"Duplicates dropped, for the {self._top_topics} busiest topics",
+            labels=["topic"],
+        )
+        for topic, counts in busiest_topics(stats.topics, self._top_topics):
+            stored.add_metric([topic], counts.unique_processed)
+            duplicates.add_metric([topic], counts.duplicate_dropped)
+        yield stored
+        yield duplicates
+        yield GaugeMetricFamily("logagg_topics", "Topics with events", value=len(stats.topics))
+
+        yield GaugeMetricFamily(
+            "logagg_bridge_up",
+            "1 while a bridge's heartbeat in the store is fresh",
+            value=0 if stats.uptime_s is None else 1,
+        )
+        if stats.uptime_s is not None:
+            yield GaugeMetricFamily(
+                "logagg_bridge_uptime_seconds",
+                "The oldest live bridge's uptime",
+                value=stats.uptime_s,
+            )
+        size = store_size_bytes(self._url)
+        if size is not None:
+            yield GaugeMetricFamily(
+                "logagg_store_size_bytes", "The SQLite database file and its WAL", value=size
+            )
+
+
+def sidecar_registry(store: Store, url: str) -> CollectorRegistry:
+    """What `GET /metrics` serves: the store's counters and this process's CPU and memory."""
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(store, url))
+    ProcessCollector(registry=registry)
+    return registry

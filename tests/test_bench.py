@@ -1,0 +1,57 @@
+"""`logagg bench --quick`: the benchmark runs end to end and its counts are right.
+
+A benchmark is not a timed test: this asserts that every scenario ran and
+stored each distinct event exactly once, never how fast.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.broker
+
+SECTIONS = {"machine", "config", "drain", "latency", "http", "growth", "memory", "targets"}
+
+
+def test_bench_quick_runs_every_scenario_with_exact_counts(tmp_path: Path) -> None:
+    """Exit 0, every section in the JSON, unique stored == distinct sent everywhere."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "logagg", "bench", "--quick", "--json-out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report.keys() >= SECTIONS
+    assert "error" not in report
+    drain = report["drain"]
+    assert [run["unique"] for run in drain["bridge"]["runs"]] == [drain["distinct"]]
+    assert [run["messages"] for run in drain["baseline"]["runs"]] == [drain["messages"]]
+    for name in ("latency", "http", "memory"):
+        assert report[name]["unique"] == report[name]["distinct"], name
+    assert report["latency"]["events"] == report["latency"]["distinct"]
+    growth = report["growth"]
+    assert growth["unique"] == [growth["distinct"]] * 2
+    assert {v["target"] for v in report["targets"]}  # judged, whatever the verdicts
+    assert "bridge / baseline" in done.stdout
+
+
+def test_bench_refuses_an_unknown_scenario() -> None:
+    """A typo in --skip is an error, not a silently fuller run."""
+    done = subprocess.run(
+        [sys.executable, "-m", "logagg", "bench", "--quick", "--skip", "drian"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "unknown scenario" in done.stderr

@@ -1,0 +1,66 @@
+"""Logs: readable lines or JSON lines on every command, and every duplicate accounted for."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import pytest
+import typer
+
+from bridge.consumer import DuplicateLog
+from logagg.cli import app
+from logagg.mosquitto import Mosquitto
+from tests.conftest import BridgeProcess, make_stream, publish_raw, wait_for_stats
+
+
+def test_every_command_takes_log_format_and_log_level() -> None:
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    for name, command in group.commands.items():
+        options = {option for param in command.params for option in param.opts}
+        assert {"--log-format", "--log-level"} <= options, name
+
+
+def test_duplicate_log_names_each_up_to_the_rate_then_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = DuplicateLog(per_s=2)
+    with caplog.at_level(logging.INFO, logger="logagg.bridge"):
+        log([("t", "a"), ("t", "b"), ("t", "c")])
+        log([("u", "d"), ("u", "e")])
+        log.flush()
+        log.flush()  # nothing more to say
+    assert caplog.messages == [
+        "duplicate dropped: topic=t event_id=a",
+        "duplicate dropped: topic=t event_id=b",
+        "3 more duplicates dropped, not logged one by one",
+    ]
+
+
+@pytest.mark.broker
+def test_bridge_json_logs_name_duplicates_and_summarise_when_idle(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    store_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--log-format json`: one object a line. Past the rate limit, the count of unnamed
+    duplicates is logged within a couple of seconds even if no message follows."""
+    monkeypatch.setenv("LOGAGG_DUPLICATE_LOG_PER_S", "1")
+    bridge = bridge_factory(log_format="json")
+    (message,) = make_stream(1, 0.0)
+    event_id = json.loads(message[1])["event_id"]
+    publish_raw(broker.port, [message] * 5)
+    wait_for_stats(store_url, lambda s: s.received == 5)
+    deadline = time.monotonic() + 10
+    while "more duplicates dropped" not in bridge.output():
+        assert time.monotonic() < deadline, bridge.output()
+        time.sleep(0.1)
+    entries = [json.loads(line) for line in bridge.output().splitlines()]
+    assert {"ts", "level", "logger", "message"} <= entries[0].keys()
+    messages = [e["message"] for e in entries if e["logger"] == "logagg.bridge"]
+    assert f"duplicate dropped: topic=t0 event_id={event_id}" in messages
+    assert "3 more duplicates dropped, not logged one by one" in messages

@@ -113,7 +113,8 @@ def shipped_commands() -> dict[str, list[str]]:
 
 def test_compose_services_are_wired_in_order() -> None:
     services = compose()["services"]
-    assert set(services) == {"mosquitto", "bridge", "api", "publisher"}
+    default = {name for name, service in services.items() if "profiles" not in service}
+    assert default == {"mosquitto", "bridge", "api", "publisher"}
     declared_volumes = set(compose().get("volumes") or {})
     for name, service in services.items():
         for dependency, rule in (service.get("depends_on") or {}).items():
@@ -131,6 +132,22 @@ def test_compose_services_are_wired_in_order() -> None:
     # The bridge and the API share the store through one named volume.
     assert "logagg-data:/data" in services["bridge"]["volumes"]
     assert "logagg-data:/data" in services["api"]["volumes"]
+
+
+def test_compose_scale_profile_runs_three_bridges_on_one_group() -> None:
+    """Each replica keeps its own client id (its session) and shares group and store."""
+    services = compose()["services"]
+    bridges = [argv(services[f"bridge-{i}"]["command"]) for i in (1, 2, 3)]
+    assert all(services[f"bridge-{i}"]["profiles"] == ["scale"] for i in (1, 2, 3))
+
+    def flag(command: list[str], name: str) -> str:
+        return command[command.index(name) + 1]
+
+    assert len({flag(b, "--client-id") for b in bridges}) == 3
+    assert {flag(b, "--group") for b in bridges} == {"logagg"}
+    assert {flag(b, "--store") for b in bridges} == {
+        flag(argv(services["api-scale"]["command"]), "--store")
+    }
 
 
 @pytest.mark.parametrize("command", shipped_commands().values(), ids=shipped_commands())

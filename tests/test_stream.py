@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import fastapi.routing
 import httpx
 import pytest
 
@@ -14,7 +15,7 @@ from api.paging import newest_after
 from logagg.mosquitto import Mosquitto
 from logagg.views import server_sent_events
 from tests.conftest import BridgeProcess, Sidecar, publish_raw, wait_for_stats
-from tests.test_api import event
+from tests.test_api import event, nowhere
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,19 @@ def test_stream_after_and_last_and_topic(stored: tuple[httpx.Client, list[int]])
     assert header_wins[0][0] == str(seqs[4])
 
     assert client.get("/events/stream", headers={"Last-Event-ID": "x"}).status_code == 422
+
+
+def test_stream_waits_for_the_store_with_keep_alive_comments(
+    sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the bridge created the store the stream stays open, a comment now and then
+    keeping proxies from closing it (every 15 s; 0.2 s here)."""
+    monkeypatch.setattr(fastapi.routing, "_PING_INTERVAL", 0.2)
+    client = sidecar(nowhere())
+    with client.stream("GET", "/events/stream", timeout=10) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        assert [next(lines) for _ in range(4)] == ["retry: 1000", "", ": ping", ""]
 
 
 @pytest.mark.broker

@@ -41,7 +41,6 @@ from api.models import (
     RejectedPage,
     StatsReport,
 )
-from api.paging import newest_after
 from api.publishing import BrokerUnavailable, Publisher
 from api.settings import ApiSettings
 from bridge.event import MAX_NAME_LENGTH, NAME_PATTERN, Event
@@ -168,8 +167,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     ) -> EventPage:
         """Stored (unique) events in arrival order."""
         if last is not None:
-            after, limit = newest_after(partial(store.events, topic=topic), after, last), last
-        rows = store.events(topic=topic, after=after, limit=limit)
+            rows = store.events(topic=topic, after=after, limit=last, newest=True)
+        else:
+            rows = store.events(topic=topic, after=after, limit=limit)
         return EventPage(events=rows, next_after=rows[-1].seq if rows else None)
 
     @app.get(
@@ -208,7 +208,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
             rows: list[StoredEvent] = []
             try:
                 if cursor is None:
-                    cursor = await run_in_threadpool(newest_after, fetch, 0, last)
+                    newest = await run_in_threadpool(
+                        fetch, after=0, limit=max(last, 1), newest=True
+                    )
+                    # Start just before the newest `last` (0: after the newest, only new ones).
+                    cursor = (newest[0].seq - 1 if last else newest[-1].seq) if newest else 0
                     # An id alone moves the client's Last-Event-ID: a reconnect resumes
                     # here even when no event came before it.
                     yield ServerSentEvent(id=str(cursor))
@@ -229,8 +233,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     def rejected(limit: Limit = 100, after: After = 0, last: Last = None) -> RejectedPage:
         """Refused MQTT messages, newest kept, with the reason for each."""
         if last is not None:
-            after, limit = newest_after(store.rejected, after, last), last
-        rows = store.rejected(after=after, limit=limit)
+            rows = store.rejected(after=after, limit=last, newest=True)
+        else:
+            rows = store.rejected(after=after, limit=limit)
         return RejectedPage(rejected=rows, next_after=rows[-1].seq if rows else None)
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})

@@ -92,6 +92,19 @@ def test_events_page_by_seq_and_filter_by_topic(store: Store) -> None:
     assert all(e.received_at for e in page2)
 
 
+def test_newest_rows_come_oldest_first(store: Store) -> None:
+    """`newest` gives the last rows (where a tail starts), still in arrival order."""
+    store.record([event("t", str(i)) for i in range(6)] + [event("u", "x")], [])
+    newest = store.events(topic="t", after=0, limit=2, newest=True)
+    assert [e.event_id for e in newest] == ["4", "5"]
+    everything = store.events(topic=None, after=0, limit=100, newest=True)
+    assert len(everything) == 7
+    assert [e.seq for e in everything] == sorted(e.seq for e in everything)
+    junk = [Refused("logs/t", b"?", Rejection("not_json", str(i))) for i in range(5)]
+    store.record([], junk)
+    assert [r.reason for r in store.rejected(after=0, limit=2, newest=True)] == ["3", "4"]
+
+
 def test_rejected_keeps_reason_and_bounded_body(store: Store) -> None:
     """Refused messages are kept aside with why, and a prefix of what they were."""
     store.record([], [Refused("logs/t", b"x" * 100_000, Rejection("too_large", "too big"))])

@@ -315,7 +315,9 @@ class PostgresStore:
             ).fetchone()
         return make_stats(topics, codes, row[0] if row else None, now)
 
-    def events(self, *, topic: str | None, after: int, limit: int) -> list[StoredEvent]:
+    def events(
+        self, *, topic: str | None, after: int, limit: int, newest: bool = False
+    ) -> list[StoredEvent]:
         query = (
             "SELECT seq, topic, event_id, timestamp, utc_offset_s, source, payload, received_at"
             " FROM events WHERE seq > %s"
@@ -324,10 +326,12 @@ class PostgresStore:
         if topic is not None:
             query += " AND topic = %s"
             params.append(topic)
-        query += " ORDER BY seq LIMIT %s"
+        query += f" ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT %s"
         params.append(limit)
         with self._read() as conn:
             rows = conn.execute(query, params).fetchall()
+        if newest:
+            rows.reverse()
         return [
             StoredEvent(
                 seq,
@@ -341,13 +345,15 @@ class PostgresStore:
             for seq, t, eid, ts, offset, src, payload, rat in rows
         ]
 
-    def rejected(self, *, after: int, limit: int) -> list[StoredRejection]:
+    def rejected(self, *, after: int, limit: int, newest: bool = False) -> list[StoredRejection]:
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT seq, mqtt_topic, code, reason, body, received_at FROM rejected"
-                " WHERE seq > %s ORDER BY seq LIMIT %s",
+                f" WHERE seq > %s ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT %s",
                 (after, limit),
             ).fetchall()
+        if newest:
+            rows.reverse()
         return [
             StoredRejection(seq, topic, code, reason, body, iso_utc(rat))
             for seq, topic, code, reason, body, rat in rows

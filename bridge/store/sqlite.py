@@ -233,7 +233,9 @@ class SQLiteStore:
             ).fetchone()
         return make_stats(topics, codes, oldest, now)
 
-    def events(self, *, topic: str | None, after: int, limit: int) -> list[StoredEvent]:
+    def events(
+        self, *, topic: str | None, after: int, limit: int, newest: bool = False
+    ) -> list[StoredEvent]:
         sql = (
             "SELECT seq, topic, event_id, timestamp, source, payload, received_at FROM events"
             " WHERE seq > ?"
@@ -242,22 +244,26 @@ class SQLiteStore:
         if topic is not None:
             sql += " AND topic = ?"
             params.append(topic)
-        sql += " ORDER BY seq LIMIT ?"
+        sql += f" ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?"
         params.append(limit)
         with self._read() as conn:
             rows = conn.execute(sql, params).fetchall()
+        if newest:
+            rows.reverse()
         return [
             StoredEvent(seq, t, eid, ts, src, json.loads(payload), rat)
             for seq, t, eid, ts, src, payload, rat in rows
         ]
 
-    def rejected(self, *, after: int, limit: int) -> list[StoredRejection]:
+    def rejected(self, *, after: int, limit: int, newest: bool = False) -> list[StoredRejection]:
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT seq, mqtt_topic, code, reason, body, received_at FROM rejected"
-                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                f" WHERE seq > ? ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?",
                 (after, limit),
             ).fetchall()
+        if newest:
+            rows.reverse()
         return [StoredRejection(*row) for row in rows]
 
     def ping(self) -> None:

@@ -84,8 +84,20 @@ def store_url(tmp_path: Path) -> str:
 PG_TEST_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+@pytest.fixture(scope="session")
+def postgres_reachable() -> None:
+    """PostgreSQL tests need a server; CI has one, so there its absence is a failure."""
+    try:
+        psycopg.connect(PG_TEST_URL, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        message = f"no PostgreSQL at {PG_TEST_URL} (set TEST_POSTGRES_URL): {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 @pytest.fixture
-def pg_url() -> Iterator[str]:
+def pg_url(postgres_reachable: None) -> Iterator[str]:
     """A PostgreSQL store URL in a fresh schema (the bridge creates it), dropped afterwards."""
     schema = f"logagg_test_{uuid.uuid4().hex[:12]}"
     yield f"{PG_TEST_URL}{'&' if '?' in PG_TEST_URL else '?'}schema={schema}"

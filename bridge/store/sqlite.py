@@ -123,16 +123,22 @@ class SQLiteStore:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """A short-lived read-only connection: readers never block the writer in WAL mode."""
+        """A short-lived read-only connection in one read transaction: every query of a call
+        sees the same snapshot (so /stats never straddles a commit), and in WAL mode readers
+        never block the writer."""
         if not self.path.exists():
             raise StoreUnavailable(f"{self.path} does not exist yet: the bridge creates it")
         try:
-            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0)
+            conn = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, timeout=5.0, isolation_level=None
+            )
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
         with closing(conn):
             try:
+                conn.execute("BEGIN")
                 yield conn
+                conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
 

@@ -1,0 +1,216 @@
+"""`logagg bench`: run the scenarios, print a table, write the JSON, say which targets hold.
+
+Exit status 0 when every count was right, 1 otherwise: a benchmark is not a
+timed test, so the targets are reported, never enforced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Collection
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.procs import BenchError
+from bench.scenarios import SCENARIOS, BenchConfig
+from logagg.mosquitto import find_mosquitto
+
+# The issue's targets: (section, key, threshold, higher is better, what it says).
+TARGETS: list[tuple[str, str, float, bool, str]] = [
+    ("drain", "ratio.throughput", 1.3, True, "bridge ≥ 1.3x baseline events/s (drain)"),
+    ("latency", "p99_ms", 25.0, False, "p99 publish→committed ≤ 25 ms"),
+    ("growth", "store_ratio", 0.7, True, "store insert rate at prefill ≥ 0.7x fresh"),
+    ("growth", "bridge_ratio", 0.7, True, "bridge rate into prefilled store ≥ 0.7x fresh"),
+    ("memory", "peak_rss_mb", 150.0, False, "bridge peak RSS after the stream ≤ 150 MB"),
+    ("http", "events_per_s", 5000.0, True, "HTTP batch path ≥ 5,000 events/s stored"),
+]
+
+
+# `--quick`: every scenario, small, to prove the benchmark works in well under 30 s (CI).
+QUICK: dict[str, Any] = {
+    "count": 5000,
+    "duration": 3.0,
+    "prefill": 100_000,
+    "growth_count": 3000,
+    "memory_count": 10_000,
+    "http_count": 4000,
+    "timeout": 60.0,
+}
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: they mean nothing without it."""
+    model = "unknown"
+    with Path("/proc/cpuinfo").open() as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mosquitto = find_mosquitto()
+    version = ""
+    if mosquitto:
+        done = subprocess.run(
+            [mosquitto, "-h"], capture_output=True, text=True, timeout=10, check=False
+        )
+        text = done.stdout or done.stderr
+        version = text.splitlines()[0] if text else ""
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "mosquitto": version,
+        # Other work on the machine skews every figure: look here first when one is odd.
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+    }
+
+
+def _get(section: dict[str, Any], dotted: str) -> float | None:
+    """`section["a"]["b"]` for "a.b", or None when the scenario did not report it."""
+    value: Any = section
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return float(value)
+
+
+def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the scenarios that ran: its value and whether it holds."""
+    verdicts = []
+    for name, key, threshold, higher, says in TARGETS:
+        section = report.get(name)
+        value = None if not isinstance(section, dict) else _get(section, key)
+        if value is None:
+            continue
+        met = value >= threshold if higher else value <= threshold
+        verdicts.append({"target": says, "value": value, "threshold": threshold, "met": met})
+    return verdicts
+
+
+def _n(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def table(report: dict[str, Any]) -> str:
+    """The report as text a person reads in a terminal."""
+    m = report["machine"]
+    cfg = report["config"]
+    lines = [
+        f"logagg bench  {m['date']}  nproc {m['nproc']}  {m['cpu']}  Python {m['python']}",
+        f"  durability {cfg['durability']}, payload {cfg['payload_bytes']} B, "
+        f"dup ratio {cfg['dup_ratio']}, {m['mosquitto']}, load average at start "
+        f"{m['loadavg_1m_at_start']}",
+    ]
+    if d := report.get("drain"):
+        b, r = d["baseline"], d["bridge"]
+        lines += [
+            "",
+            f"drain ({_n(d['messages'])} queued messages, median of {d['repeat']})"
+            "      events/s   CPU s/1000   peak RSS",
+            f"  baseline (bare aiomqtt, counts)     {_n(b['events_per_s']):>9}"
+            f"   {b['cpu_s_per_1000']:>10.4f}",
+            f"  bridge (logagg bridge, stores)      {_n(r['events_per_s']):>9}"
+            f"   {r['cpu_s_per_1000']:>10.4f}   {r['peak_rss_mb']:>6.1f} MB",
+            f"  bridge / baseline                   {d['ratio']['throughput']:>8.2f}x"
+            f"   {d['ratio']['cpu']:>9.2f}x",
+        ]
+    if lat := report.get("latency"):
+        lines += [
+            "",
+            f"latency (live, {_n(lat['rate'])}/s for {lat['duration_s']:g} s, "
+            f"{_n(lat['events'])} events)",
+            f"  publish → queryable   p50 {lat['p50_ms']} ms   p99 {lat['p99_ms']} ms"
+            f"   max {lat['max_ms']} ms   (bridge CPU {lat['bridge_cpu_percent']}%)",
+        ]
+    if h := report.get("http"):
+        lines += [
+            "",
+            f"http (POST /publish, {_n(h['events'])} events)",
+            f"  stored {_n(h['events_per_s'])} events/s   (answered {_n(h['accepted_per_s'])}/s)",
+        ]
+    if g := report.get("growth"):
+        lines += [
+            "",
+            f"growth (fresh store vs {_n(g['prefill_events'])} events, "
+            f"prefilled in {g['prefill_s']} s)       fresh    prefilled   ratio",
+            f"  store alone, record()           {_n(g['store_fresh_per_s']):>9}/s"
+            f" {_n(g['store_prefilled_per_s']):>9}/s   {g['store_ratio']:.2f}x",
+            f"  bridge draining a backlog       {_n(g['bridge_fresh_per_s']):>9}/s"
+            f" {_n(g['bridge_prefilled_per_s']):>9}/s   {g['bridge_ratio']:.2f}x",
+        ]
+    if mem := report.get("memory"):
+        curve = ", ".join(f"{_n(s['events'])}: {s['peak_rss_mb']:.0f}" for s in mem["samples"][::3])
+        lines += [
+            "",
+            f"memory (live stream of {_n(mem['events'])} events)",
+            f"  bridge peak RSS {mem['peak_rss_mb']} MB  (events: MB  {curve})",
+        ]
+    if verdicts := report.get("targets"):
+        lines += ["", "targets"]
+        lines += [
+            f"  {'met   ' if v['met'] else 'MISSED'}  {v['target']}: {v['value']:g}"
+            for v in verdicts
+        ]
+    if report.get("error"):
+        lines += ["", f"ERROR: {report['error']}"]
+    return "\n".join(lines)
+
+
+def run_bench(
+    *,
+    quick_mode: bool,
+    skip: Collection[str],
+    json_out: Path,
+    echo: Callable[[str], None] = print,
+    **options: Any,
+) -> int:
+    """Run the scenarios not skipped and return the exit status. `options` are
+    `BenchConfig` fields; those left None take the defaults (the `--quick` ones if asked)."""
+    unknown = set(skip) - SCENARIOS.keys()
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {sorted(unknown)}: choose from {list(SCENARIOS)}")
+    if find_mosquitto() is None:
+        raise ValueError("mosquitto is not installed (Debian: apt-get install mosquitto)")
+    chosen = {
+        **(QUICK if quick_mode else {}),
+        **{k: v for k, v in options.items() if v is not None},
+    }
+    cfg = BenchConfig(work=Path(tempfile.gettempdir()), **chosen)  # validates before mkdtemp
+    work = Path(tempfile.mkdtemp(prefix="logagg-bench-"))
+    cfg = replace(cfg, work=work)
+    report: dict[str, Any] = {"machine": machine(), "config": _config_dict(cfg, quick_mode)}
+    started = time.monotonic()
+    status = 0
+    try:
+        for name, scenario in SCENARIOS.items():
+            if name in skip:
+                continue
+            echo(f"[{time.monotonic() - started:5.0f}s] {name} …")
+            report[name] = scenario(cfg)
+    except BenchError as exc:
+        report["error"] = str(exc)
+        status = 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report["seconds"] = round(time.monotonic() - started, 1)
+    report["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    report["targets"] = judge(report)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(report, indent=2) + "\n")
+    echo(table(report))
+    echo(f"\n{report['seconds']} s; JSON in {json_out}")
+    return status
+
+
+def _config_dict(cfg: BenchConfig, quick_mode: bool) -> dict[str, Any]:
+    fields = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k != "work"}
+    return {**fields, "quick": quick_mode}

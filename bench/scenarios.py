@@ -1,0 +1,515 @@
+"""The five measurements. Each starts its own Mosquitto (the project's config, a free port), so
+no scenario inherits another's queues, and stops everything it started, whatever happens.
+
+Every scenario checks its counts (each distinct event stored once, nothing rejected) and
+raises `BenchError` when they are wrong: a fast wrong answer is not a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.flood import DEFAULT_WINDOW
+from bench.prefill import prefill
+from bench.probe import cpu_seconds, peak_rss_mb, rss_mb
+from bench.procs import BenchError, start_api, start_baseline, start_bridge, start_flood
+from bench.sessions import register
+from bench.stream import PREFIX, StreamSpec, drafts
+from bench.watch import Counts, StoreWatch
+from bridge.event import Event, parse_message
+from bridge.settings import BridgeSettings
+from bridge.store import open_store
+from logagg.mosquitto import Mosquitto, free_port
+
+POLL_S = 0.005
+LATENCY_POLL_S = 0.001
+HTTP_BATCH = 1000
+HTTP_CLIENTS = 4
+# The bridge's default commit batch: the store-only measurement writes batches of this size.
+BATCH_SIZE = BridgeSettings.model_fields["batch_size"].default
+BRIDGE_IDS = ("bench-baseline", "bench-bridge")
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """What to run; `logagg bench` fills it from its flags."""
+
+    work: Path
+    count: int = 150_000
+    dup_ratio: float = 0.1
+    rate: float = 1000.0
+    duration: float = 30.0
+    payload_bytes: int = 100
+    durability: str = "full"
+    prefill: int = 10_000_000
+    growth_count: int = 60_000
+    memory_count: int = 1_000_000
+    http_count: int = 30_000
+    repeat: int = 1
+    timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        counts = ("count", "prefill", "growth_count", "memory_count", "http_count", "repeat")
+        for name in counts:
+            if getattr(self, name) < (0 if name == "prefill" else 1):
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        if not 0 <= self.dup_ratio < 1:
+            raise ValueError(f"dup_ratio must be in [0, 1), not {self.dup_ratio}")
+        if self.rate <= 0 or self.duration <= 0 or self.timeout <= 0:
+            raise ValueError("rate, duration and timeout must be positive")
+        if self.durability not in ("full", "normal", "off"):
+            raise ValueError(f"durability must be full, normal or off, not {self.durability!r}")
+
+    def spec(self, count: int, seed: int) -> StreamSpec:
+        return StreamSpec(count, self.dup_ratio, self.payload_bytes, seed)
+
+
+@contextlib.contextmanager
+def _broker(work: Path) -> Iterator[Mosquitto]:
+    mosq = Mosquitto(free_port(), work)
+    mosq.start()
+    try:
+        yield mosq
+    finally:
+        mosq.stop()
+
+
+def _store(work: Path, name: str) -> tuple[Path, str]:
+    path = (work / f"{name}.db").resolve()
+    return path, f"sqlite:///{path}"
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def _check(counts: Counts, spec: StreamSpec, sent: int, what: str) -> None:
+    """Unique stored must equal distinct sent; every copy received, none rejected."""
+    problems = []
+    if counts.unique != spec.distinct or counts.rows != spec.distinct:
+        problems.append(
+            f"stored {counts.unique} unique ({counts.rows} rows), sent {spec.distinct} distinct"
+        )
+    if counts.received < sent or counts.rejected:
+        problems.append(f"received {counts.received} of {sent}, rejected {counts.rejected}")
+    if problems:
+        raise BenchError(f"{what}: wrong counts: {'; '.join(problems)}")
+
+
+def _publish(port: int, spec: StreamSpec, log: Path, timeout: float) -> int:
+    with start_flood(port, spec, log) as publisher:
+        sent = int(publisher.result(timeout)["sent"])
+    if sent != spec.count:
+        raise BenchError(f"publisher: {sent} of {spec.count} acknowledged")
+    return sent
+
+
+@dataclass(slots=True)
+class BridgeRun:
+    """One bridge draining a backlog: the real process, watched from the store and /proc."""
+
+    rate: float
+    seconds: float
+    cpu_s_per_1000: float
+    broker_cpu_s_per_1000: float
+    peak_rss_mb: float
+    counts: Counts
+
+
+def _drain_with_bridge(
+    cfg: BenchConfig, mosq: Mosquitto, store: tuple[Path, str], client_id: str, sent: int, log: Path
+) -> BridgeRun:
+    """Start the bridge on a queued backlog of `sent` messages; time it from its first
+    `received_at` to the poll that sees the last commit."""
+    path, url = store
+    watch = StoreWatch(path)
+    assert mosq.process is not None
+    broker_pid = mosq.process.pid
+    watch.mark()  # before the bridge starts: it commits the first batch before it says so
+    with start_bridge(mosq.url, url, client_id, cfg.durability, log) as bridge:
+        at_first: dict[str, float] = {}
+
+        def first(counts: Counts) -> None:
+            at_first.update(
+                cpu=cpu_seconds(bridge.pid), broker=cpu_seconds(broker_pid), n=counts.received
+            )
+
+        end, _ = watch.wait(
+            lambda c: c.received >= sent,
+            timeout=cfg.timeout,
+            every=POLL_S,
+            alive=bridge.check_alive,
+            on_first=first,
+        )
+        cpu, broker_cpu, rss = (
+            cpu_seconds(bridge.pid),
+            cpu_seconds(broker_pid),
+            peak_rss_mb(bridge.pid),
+        )
+    try:
+        counts = watch.counts(rows=True)
+        start = watch.first_received_at()
+    finally:
+        watch.close()
+    seconds = end - start
+    after_first = max(1, counts.received - int(at_first["n"]))
+    return BridgeRun(
+        rate=round(counts.received / seconds, 1),
+        seconds=round(seconds, 3),
+        cpu_s_per_1000=round((cpu - at_first["cpu"]) / after_first * 1000, 4),
+        broker_cpu_s_per_1000=round((broker_cpu - at_first["broker"]) / after_first * 1000, 4),
+        peak_rss_mb=rss,
+        counts=counts,
+    )
+
+
+def drain(cfg: BenchConfig) -> dict[str, Any]:
+    """The same backlog, queued while both were offline, drained by the baseline and by the
+    bridge, each alone; with `repeat` > 1 the order alternates and medians are reported."""
+    work = cfg.work / "drain"
+    base_runs: list[dict[str, Any]] = []
+    bridge_runs: list[BridgeRun] = []
+    with _broker(work / "broker") as mosq:
+        assert mosq.process is not None
+        register(mosq.port, BRIDGE_IDS)
+        for r in range(cfg.repeat):
+            spec = cfg.spec(cfg.count, seed=r + 1)
+            sent = _publish(mosq.port, spec, work / f"publisher-{r}.log", cfg.timeout)
+            order = ("baseline", "bridge") if r % 2 == 0 else ("bridge", "baseline")
+            for which in order:
+                if which == "baseline":
+                    broker_cpu = cpu_seconds(mosq.process.pid)
+                    with start_baseline(
+                        mosq.port, BRIDGE_IDS[0], sent, work / f"baseline-{r}.log", cfg.timeout
+                    ) as base:
+                        result = base.result(cfg.timeout + 30)
+                    result["broker_cpu_s_per_1000"] = round(
+                        (cpu_seconds(mosq.process.pid) - broker_cpu) / sent * 1000, 4
+                    )
+                    if result["messages"] != sent:
+                        raise BenchError(f"baseline counted {result['messages']} of {sent}")
+                    base_runs.append(result)
+                else:
+                    run = _drain_with_bridge(
+                        cfg,
+                        mosq,
+                        _store(work, f"store-{r}"),
+                        BRIDGE_IDS[1],
+                        sent,
+                        work / f"bridge-{r}.log",
+                    )
+                    _check(run.counts, spec, sent, "drain")
+                    bridge_runs.append(run)
+    base_rate = _median([b["rate"] for b in base_runs])
+    base_cpu = _median([b["cpu_s"] / b["messages"] * 1000 for b in base_runs])
+    bridge_rate = _median([b.rate for b in bridge_runs])
+    bridge_cpu = _median([b.cpu_s_per_1000 for b in bridge_runs])
+    return {
+        "method": "backlog queued for both persistent sessions while offline, then each "
+        "consumer alone; baseline: first to last message; bridge: first stored row's "
+        f"received_at to a store poll (every {POLL_S * 1000:g} ms) seeing the last commit",
+        "messages": cfg.count,
+        "distinct": cfg.spec(cfg.count, 1).distinct,
+        "repeat": cfg.repeat,
+        "baseline": {
+            "events_per_s": base_rate,
+            "cpu_s_per_1000": base_cpu,
+            "runs": base_runs,
+        },
+        "bridge": {
+            "events_per_s": bridge_rate,
+            "cpu_s_per_1000": bridge_cpu,
+            "peak_rss_mb": max(b.peak_rss_mb for b in bridge_runs),
+            "runs": [_run_dict(b) for b in bridge_runs],
+        },
+        "ratio": {
+            "throughput": round(bridge_rate / base_rate, 3),
+            "cpu": round(bridge_cpu / base_cpu, 3),
+        },
+    }
+
+
+def _run_dict(run: BridgeRun) -> dict[str, Any]:
+    return {
+        "events_per_s": run.rate,
+        "seconds": run.seconds,
+        "cpu_s_per_1000": run.cpu_s_per_1000,
+        "broker_cpu_s_per_1000": run.broker_cpu_s_per_1000,
+        "peak_rss_mb": run.peak_rss_mb,
+        "received": run.counts.received,
+        "unique": run.counts.unique,
+        "duplicates": run.counts.duplicates,
+    }
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    index = min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))
+    return round(sorted_values[index] * 1000, 2)
+
+
+def latency(cfg: BenchConfig) -> dict[str, Any]:
+    """Publish at a fixed rate to a live bridge; a reader polls the store every millisecond
+    and takes, for each new row, now minus the `sent_at` the publisher put in its payload."""
+    work = cfg.work / "latency"
+    spec = cfg.spec(max(1, round(cfg.rate * cfg.duration)), seed=101)
+    path, url = _store(work, "store")
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        watch = StoreWatch(path)
+        last = 0
+        try:
+            while not stop.is_set():
+                rows = watch.sent_at_since(last)
+                now = time.time()
+                if rows:
+                    samples.extend(now - sent_at for _, sent_at in rows)
+                    last = rows[-1][0]
+                time.sleep(LATENCY_POLL_S)
+        finally:
+            watch.close()
+
+    with (
+        _broker(work / "broker") as mosq,
+        start_bridge(mosq.url, url, "bench-latency", cfg.durability, work / "bridge.log") as bridge,
+    ):
+        thread = threading.Thread(target=reader, name="bench-latency-reader")
+        thread.start()
+        watch = StoreWatch(path)
+        try:
+            cpu = cpu_seconds(bridge.pid)
+            with start_flood(mosq.port, spec, work / "publisher.log", rate=cfg.rate) as pub:
+                published = pub.result(cfg.duration * 2 + 60)
+            _, counts = watch.wait(
+                lambda c: c.received >= spec.count, timeout=60, alive=bridge.check_alive
+            )
+            time.sleep(0.05)  # let the reader see the last commit
+            busy = cpu_seconds(bridge.pid) - cpu
+            counts = watch.counts(rows=True)
+        finally:
+            stop.set()
+            thread.join(10)
+            watch.close()
+    _check(counts, spec, spec.count, "latency")
+    if len(samples) != spec.distinct:
+        raise BenchError(f"latency: the reader saw {len(samples)} rows of {spec.distinct}")
+    ordered = sorted(samples)
+    return {
+        "method": "payload sent_at (publisher, just before publish) to the row being visible "
+        f"to a reader polling the store every {LATENCY_POLL_S * 1000:g} ms",
+        "rate": cfg.rate,
+        "achieved_rate": published["rate"],
+        "duration_s": cfg.duration,
+        "events": len(ordered),
+        "distinct": spec.distinct,
+        "unique": counts.unique,
+        "p50_ms": _percentile(ordered, 0.50),
+        "p99_ms": _percentile(ordered, 0.99),
+        "max_ms": round(ordered[-1] * 1000, 2),
+        "bridge_cpu_percent": round(busy / published["seconds"] * 100, 1),
+    }
+
+
+async def _post_all(url: str, bodies: list[bytes], timeout: float) -> int:
+    """`HTTP_CLIENTS` clients, each with its own connection, posting until no body is left."""
+    queue = list(reversed(bodies))
+    accepted = 0
+
+    async def client() -> None:
+        nonlocal accepted
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            while queue:
+                body = queue.pop()
+                answer = await http.post(
+                    url, content=body, headers={"content-type": "application/json"}
+                )
+                if answer.status_code != 200:
+                    raise BenchError(f"POST /publish: {answer.status_code} {answer.text[:500]}")
+                accepted += int(answer.json()["accepted"])
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(HTTP_CLIENTS):
+            group.create_task(client())
+    return accepted
+
+
+def http(cfg: BenchConfig) -> dict[str, Any]:
+    """`POST /publish` in batches of 1,000 from 4 concurrent clients, timed until stored."""
+    work = cfg.work / "http"
+    spec = cfg.spec(cfg.http_count, seed=201)
+    now = time.time()
+    stream = [d.body(now) for d in drafts(spec, with_topic=True)]
+    bodies = [
+        b"[" + b",".join(stream[i : i + HTTP_BATCH]) + b"]"
+        for i in range(0, len(stream), HTTP_BATCH)
+    ]
+    path, url = _store(work, "store")
+    port = free_port()
+    with (
+        _broker(work / "broker") as mosq,
+        start_bridge(mosq.url, url, "bench-http", cfg.durability, work / "bridge.log") as bridge,
+        start_api(mosq.url, url, port, work / "api.log") as api,
+    ):
+        watch = StoreWatch(path)
+        try:
+            watch.mark()
+            api_cpu = cpu_seconds(api.pid)
+            start = time.time()
+            accepted = asyncio.run(_post_all(f"http://127.0.0.1:{port}/publish", bodies, 60))
+            answered = time.time()
+            end, _ = watch.wait(
+                lambda c: c.received >= accepted,
+                timeout=cfg.timeout,
+                alive=bridge.check_alive,
+            )
+            api_cpu = cpu_seconds(api.pid) - api_cpu
+            counts = watch.counts(rows=True)
+        finally:
+            watch.close()
+    if accepted != spec.count:
+        raise BenchError(f"http: {accepted} of {spec.count} accepted")
+    _check(counts, spec, accepted, "http")
+    return {
+        "method": f"{HTTP_CLIENTS} clients, batches of {HTTP_BATCH}, first request to a store "
+        "poll seeing the last commit",
+        "events": spec.count,
+        "distinct": spec.distinct,
+        "unique": counts.unique,
+        "events_per_s": round(spec.count / (end - start), 1),
+        "accepted_per_s": round(spec.count / (answered - start), 1),
+        "api_cpu_s_per_1000": round(api_cpu / spec.count * 1000, 4),
+    }
+
+
+def _record_rate(url: str, events: list[Event], durability: str) -> float:
+    """The store alone: `record()` in the bridge's batch size, events parsed beforehand."""
+    store = open_store(url, durability=durability)
+    try:
+        start = time.perf_counter()
+        for i in range(0, len(events), BATCH_SIZE):
+            store.record(events[i : i + BATCH_SIZE], [])
+        return round(len(events) / (time.perf_counter() - start), 1)
+    finally:
+        store.close()
+
+
+def _parsed(spec: StreamSpec) -> list[Event]:
+    now = time.time()
+    events = []
+    for draft in drafts(spec):
+        event = parse_message(PREFIX + draft.topic, draft.body(now))
+        if not isinstance(event, Event):
+            raise BenchError(f"the bench's own event was rejected: {event.reason}")
+        events.append(event)
+    return events
+
+
+def growth(cfg: BenchConfig) -> dict[str, Any]:
+    """Inserts into a fresh store and into one holding `prefill` events: the store alone
+    (`record()`, alternating three times) and the real bridge draining the same backlog."""
+    work = cfg.work / "growth"
+    work.mkdir(parents=True, exist_ok=True)
+    big = _store(work, "prefilled")
+    started = time.monotonic()
+    prefill(big[0], cfg.prefill, payload_bytes=cfg.payload_bytes)
+    prefill_s = time.monotonic() - started
+    rounds = 3
+    per_round = max(BATCH_SIZE, cfg.growth_count // rounds)
+    fresh_rates, big_rates = [], []
+    for r in range(rounds):
+        events = _parsed(StreamSpec(per_round, 0.0, cfg.payload_bytes, seed=300 + r))
+        fresh_rates.append(_record_rate(_store(work, "fresh-direct")[1], events, cfg.durability))
+        events = _parsed(StreamSpec(per_round, 0.0, cfg.payload_bytes, seed=310 + r))
+        big_rates.append(_record_rate(big[1], events, cfg.durability))
+
+    spec = cfg.spec(cfg.growth_count, seed=401)
+    ids = ("bench-fresh", "bench-prefilled")
+    with _broker(work / "broker") as mosq:
+        register(mosq.port, ids)
+        sent = _publish(mosq.port, spec, work / "publisher.log", cfg.timeout)
+        fresh = _drain_with_bridge(
+            cfg, mosq, _store(work, "fresh-bridge"), ids[0], sent, work / "bridge-fresh.log"
+        )
+        _check(fresh.counts, spec, sent, "growth (fresh store)")
+        prefilled = _drain_with_bridge(cfg, mosq, big, ids[1], sent, work / "bridge-big.log")
+        _check(prefilled.counts, spec, sent, "growth (prefilled store)")
+    store_fresh, store_big = _median(fresh_rates), _median(big_rates)
+    return {
+        "method": "store alone: record() in batches of "
+        f"{BATCH_SIZE}, 3 alternating rounds of {per_round}, medians; bridge: the same "
+        f"backlog of {sent} drained into each store",
+        "prefill_events": cfg.prefill,
+        "distinct": spec.distinct,
+        "unique": [fresh.counts.unique, prefilled.counts.unique],
+        "prefill_s": round(prefill_s, 1),
+        "store_fresh_per_s": store_fresh,
+        "store_prefilled_per_s": store_big,
+        "store_ratio": round(store_big / store_fresh, 3),
+        "bridge_fresh_per_s": fresh.rate,
+        "bridge_prefilled_per_s": prefilled.rate,
+        "bridge_ratio": round(prefilled.rate / fresh.rate, 3),
+    }
+
+
+def _received(at_least: int) -> Callable[[Counts], bool]:
+    return lambda counts: counts.received >= at_least
+
+
+def memory(cfg: BenchConfig) -> dict[str, Any]:
+    """A live stream of `memory_count` events through the bridge; its resident memory sampled
+    as the stored count passes each tenth, to show it does not grow with the stream."""
+    work = cfg.work / "memory"
+    spec = cfg.spec(cfg.memory_count, seed=501)
+    path, url = _store(work, "store")
+    marks = [spec.count * k // 10 for k in range(1, 11)]
+    samples: list[dict[str, float]] = []
+    with (
+        _broker(work / "broker") as mosq,
+        start_bridge(mosq.url, url, "bench-memory", cfg.durability, work / "bridge.log") as bridge,
+    ):
+        watch = StoreWatch(path)
+        try:
+            with start_flood(mosq.port, spec, work / "publisher.log") as publisher:
+                for mark in marks:
+                    _, counts = watch.wait(
+                        _received(mark),
+                        timeout=cfg.timeout,
+                        every=0.05,
+                        alive=bridge.check_alive,
+                    )
+                    samples.append(
+                        {
+                            "events": counts.received,
+                            "rss_mb": rss_mb(bridge.pid),
+                            "peak_rss_mb": peak_rss_mb(bridge.pid),
+                        }
+                    )
+                publisher.result(cfg.timeout)
+            counts = watch.counts(rows=True)
+        finally:
+            watch.close()
+    _check(counts, spec, spec.count, "memory")
+    return {
+        "method": "live, publisher unpaced (window "
+        f"{DEFAULT_WINDOW}); VmRSS/VmHWM of the bridge as each tenth is stored",
+        "events": spec.count,
+        "distinct": spec.distinct,
+        "unique": counts.unique,
+        "peak_rss_mb": samples[-1]["peak_rss_mb"],
+        "peak_rss_mb_at_10pct": samples[0]["peak_rss_mb"],
+        "samples": samples,
+    }
+
+
+SCENARIOS = {"drain": drain, "latency": latency, "http": http, "growth": growth, "memory": memory}

@@ -117,7 +117,8 @@ class Inbox:
         """paho's `loop_read`, but it returns only when the buffer is empty: bytes left in
         it would wait for the socket to become readable again, which may never happen."""
         client = self._paho
-        if self._taking and len(self._waiting) >= self._max_waiting and self._buffered() == 0:
+        full = self._taking and len(self._waiting) >= self._max_waiting
+        if full and self._buffered() == 0 and not self._tls_pending():
             self._pause()
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         self._reads_left = READS_PER_WAKEUP
@@ -132,6 +133,12 @@ class Inbox:
 
     def _buffered(self) -> int:
         return len(self._buffer) - self._offset
+
+    def _tls_pending(self) -> bool:
+        """Bytes TLS has decrypted and nobody has read: the socket will not signal them, and
+        aiomqtt's reader calls `loop_read` again while there are any."""
+        pending = getattr(self._paho._sock, "pending", None)
+        return pending is not None and int(pending()) > 0
 
     def _pause(self) -> None:
         """Stop watching the socket: unread, it fills, and TCP holds the broker back."""
@@ -151,8 +158,7 @@ class Inbox:
         try:
             while True:
                 self._paho.loop_read()
-                pending = getattr(self._paho._sock, "pending", None)
-                if pending is None or pending() <= 0:
+                if not self._tls_pending():
                     return
         except Exception as exc:  # aiomqtt's own callback treats any failure the same way
             self.lost = aiomqtt.MqttError(f"reading from the broker failed: {exc!r}")

@@ -305,13 +305,13 @@ def bench(
         int | None, typer.Option(help="Growth run: events already in the store (default 10M)")
     ] = None,
     growth_count: Annotated[
-        int | None, typer.Option(help="Growth run: events inserted (default 100,000)")
+        int | None, typer.Option(help="Growth run: events inserted (default 60,000)")
     ] = None,
     memory_count: Annotated[
         int | None, typer.Option(help="Memory run: events streamed (default 1,000,000)")
     ] = None,
     http_count: Annotated[
-        int | None, typer.Option(help="HTTP run: events posted (default 50,000)")
+        int | None, typer.Option(help="HTTP run: events posted (default 30,000)")
     ] = None,
     repeat: Annotated[
         int | None, typer.Option(help="Drain runs, alternating baseline and bridge first")

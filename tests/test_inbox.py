@@ -8,23 +8,36 @@ relies on, these tests say so before any data is at risk.
 from __future__ import annotations
 
 import asyncio
+import ssl
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address
+from pathlib import Path
 
 import aiomqtt
 import paho.mqtt.client as paho
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.inbox import PUBACK, READ_SIZE, Inbox, Received
-from logagg.mosquitto import Mosquitto
+from logagg.mosquitto import Mosquitto, free_port
 from tests.conftest import publish_raw
 
 pytestmark = pytest.mark.broker
 
 
 def persistent_client(
-    broker: Mosquitto, client_id: str, *, receive_maximum: int | None = None
+    broker: Mosquitto,
+    client_id: str,
+    *,
+    receive_maximum: int | None = None,
+    port: int | None = None,
+    tls_context: ssl.SSLContext | None = None,
 ) -> aiomqtt.Client:
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 3600
@@ -32,11 +45,12 @@ def persistent_client(
         props.ReceiveMaximum = receive_maximum
     return aiomqtt.Client(
         "127.0.0.1",
-        broker.port,
+        port or broker.port,
         identifier=client_id,
         protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=False,
         properties=props,
+        tls_context=tls_context,
         timeout=5,
     )
 
@@ -216,16 +230,63 @@ def test_inbox_reads_properties_qos0_and_payloads_larger_than_its_buffer(
     asyncio.run(scenario())
 
 
-def test_inbox_stops_reading_while_full(broker: Mosquitto) -> None:
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA: enough for a TLS listener in a test."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    crt, pem = folder / "server.crt", folder / "server.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return crt, pem
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_inbox_stops_reading_while_full(tmp_path: Path, tls: bool) -> None:
     """With the broker sending far past max_waiting, the inbox holds about max_waiting
-    (plus one read's worth) until taken from, then yields everything in order."""
+    (plus one read's worth) until taken from, then yields everything in order. Over TLS
+    too, where decrypted bytes wait inside the SSL object, not in the socket."""
     count, max_waiting = 20_000, 100
     bodies = [f"{i:06d}".encode() + b"x" * 200 for i in range(count)]
     one_read = 4 * READ_SIZE // len(bodies[0])
+    crt, key = _self_signed(tmp_path)
+    tls_port = free_port()
+    broker = Mosquitto(
+        free_port(),
+        tmp_path / "broker",
+        extra_config=f"listener {tls_port} 127.0.0.1\ncertfile {crt}\nkeyfile {key}",
+    )
 
     async def scenario() -> None:
         # A receive maximum above the stream: the broker sends it all as fast as it can.
-        client = persistent_client(broker, "pin-full", receive_maximum=65_000)
+        client = persistent_client(
+            broker,
+            "pin-full",
+            receive_maximum=65_000,
+            port=tls_port if tls else None,
+            tls_context=ssl.create_default_context(cafile=str(crt)) if tls else None,
+        )
         inbox = Inbox(client, max_waiting=max_waiting)
         inbox.connecting()
         async with client:
@@ -248,4 +309,8 @@ def test_inbox_stops_reading_while_full(broker: Mosquitto) -> None:
                     got += batch
         assert [m.body for m in got] == bodies
 
-    asyncio.run(scenario())
+    broker.start()
+    try:
+        asyncio.run(scenario())
+    finally:
+        broker.stop()

@@ -61,7 +61,11 @@ class MqttSettings(BaseSettings):
 
 class BridgeSettings(MqttSettings):
     store: StoreUrl = DEFAULT_STORE
-    client_id: str = Field(default_factory=lambda: f"logagg-bridge-{socket.gethostname()}")
+    # Several replicas on one host need distinct ids: each keeps its own session.
+    replica: int = Field(default=0, ge=0)
+    client_id: str = Field(
+        default_factory=lambda data: f"logagg-bridge-{socket.gethostname()}-{data['replica']}"
+    )
     group: str | None = None
     batch_size: int = Field(default=1000, ge=1, le=10_000)
     max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=64)

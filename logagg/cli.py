@@ -66,7 +66,14 @@ def bridge(
     broker: Broker = None,
     store: Store = None,
     client_id: Annotated[
-        str | None, typer.Option(help="Fixed MQTT client id: the session is kept under it")
+        str | None,
+        typer.Option(
+            help="Fixed MQTT client id: the session is kept under it"
+            " (default logagg-bridge-HOST-REPLICA)"
+        ),
+    ] = None,
+    replica: Annotated[
+        int | None, typer.Option(help="This replica's index, for the default client id")
     ] = None,
     group: Annotated[
         str | None, typer.Option(help="Share the stream with other bridges: $share/GROUP/…")
@@ -100,6 +107,7 @@ def bridge(
         broker=broker,
         store=store,
         client_id=client_id,
+        replica=replica,
         group=group,
         batch_size=batch_size,
         durability=durability,
@@ -316,6 +324,23 @@ def bench(
     repeat: Annotated[
         int | None, typer.Option(help="Drain runs, alternating baseline and bridge first")
     ] = None,
+    bridges: Annotated[
+        int | None,
+        typer.Option(help="Drain: bridges sharing the stream with --group logagg (default 1)"),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="Drain: a postgresql:// URL (a fresh schema per run, dropped after) instead "
+            "of a fresh SQLite file"
+        ),
+    ] = None,
+    compare_scaling: Annotated[
+        bool,
+        typer.Option(
+            help="Only drain the same backlog with 1 bridge on SQLite and 1, 2, 3 on --store"
+        ),
+    ] = False,
     quick: Annotated[
         bool, typer.Option(help="Every scenario, small: under 30 s, to prove it works")
     ] = False,
@@ -338,6 +363,7 @@ def bench(
         code = run_bench(
             quick_mode=quick,
             skip=skip or [],
+            compare_scaling=compare_scaling,
             json_out=json_out,
             echo=typer.echo,
             count=count,
@@ -351,6 +377,8 @@ def bench(
             memory_count=memory_count,
             http_count=http_count,
             repeat=repeat,
+            bridges=bridges,
+            store=store,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -31,3 +31,18 @@ def peak_rss_mb(pid: int | str) -> float:
 def rss_mb(pid: int | str) -> float:
     """Resident memory now (VmRSS), in MiB."""
     return _status_mb(pid, "VmRSS")
+
+
+def cpu_by_pid(cmdline_prefix: bytes) -> dict[int, float]:
+    """CPU seconds so far of every process whose command line starts with `cmdline_prefix`
+    (`b"postgres:"` matches PostgreSQL's backends and helpers, as `pgrep -f` would)."""
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "cmdline").read_bytes().startswith(cmdline_prefix):
+                found[int(entry.name)] = cpu_seconds(entry.name)
+        except (FileNotFoundError, ProcessLookupError):  # exited meanwhile
+            continue
+    return found

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -93,18 +94,59 @@ def _logagg(*args: str) -> list[str]:
 
 
 def start_bridge(
-    broker_url: str, store_url: str, client_id: str, durability: str, log: Path
+    broker_url: str,
+    store_url: str,
+    client_id: str,
+    durability: str,
+    log: Path,
+    *,
+    group: str | None = None,
+    wait: bool = True,
 ) -> Child:
-    """The real bridge with its default settings, bar the store's durability if asked;
-    returns once it has subscribed (so it has taken its session)."""
+    """The real bridge with its default settings, bar the store's durability if asked and
+    the shared-subscription group if given; by default returns once it has subscribed (so
+    it has taken its session)."""
     args = ["bridge", "--broker", broker_url, "--store", store_url, "--client-id", client_id]
-    child = Child("bridge", _logagg(*args, "--durability", durability), log)
+    args += ["--durability", durability, *(["--group", group] if group else [])]
+    child = Child(f"bridge {client_id}", _logagg(*args), log)
     try:
-        child.wait_for("subscribed to")
+        if wait:
+            child.wait_for("subscribed to")
     except BaseException:
         child.stop()
         raise
     return child
+
+
+def start_bridges(
+    broker_url: str,
+    store_url: str,
+    client_ids: list[str],
+    durability: str,
+    logs: Path,
+    *,
+    group: str | None,
+    stack: ExitStack,
+) -> list[Child]:
+    """Several bridges, all started before any is waited for, so they begin together; each
+    is stopped when `stack` closes. Returns once all have subscribed."""
+    bridges = [
+        stack.enter_context(
+            start_bridge(
+                broker_url,
+                store_url,
+                client_id,
+                durability,
+                logs / f"{client_id}.log",
+                group=group,
+                wait=False,
+            )
+        )
+        for client_id in client_ids
+    ]
+    for bridge in bridges:
+        bridge.wait_for("subscribed to")
+    return bridges
 
 
 def start_api(broker_url: str, store_url: str, port: int, log: Path) -> Child:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import BenchError
-from bench.scenarios import SCENARIOS, BenchConfig
+from bench.scenarios import SCENARIOS, BenchConfig, scaling
+from bridge.store.base import redact_url
 from logagg.mosquitto import find_mosquitto
 
 # The issue's targets: (section, key, threshold, higher is better, what it says).
@@ -112,17 +113,32 @@ def table(report: dict[str, Any]) -> str:
     ]
     if d := report.get("drain"):
         b, r = d["baseline"], d["bridge"]
+        who = f"{d['bridges']} bridges (" if d["bridges"] > 1 else "bridge (logagg bridge, "
+        label = f"{who}{d['store']})"
         lines += [
             "",
             f"drain ({_n(d['messages'])} queued messages, median of {d['repeat']})"
             "      events/s   CPU s/1000   peak RSS",
             f"  baseline (bare aiomqtt, counts)     {_n(b['events_per_s']):>9}"
             f"   {b['cpu_s_per_1000']:>10.4f}",
-            f"  bridge (logagg bridge, stores)      {_n(r['events_per_s']):>9}"
+            f"  {label:<36}{_n(r['events_per_s']):>9}"
             f"   {r['cpu_s_per_1000']:>10.4f}   {r['peak_rss_mb']:>6.1f} MB",
             f"  bridge / baseline                   {d['ratio']['throughput']:>8.2f}x"
             f"   {d['ratio']['cpu']:>9.2f}x",
         ]
+    if sc := report.get("scaling"):
+        lines += [
+            "",
+            f"scaling ({_n(sc['messages'])} queued messages, median of {sc['repeat']})",
+            "  store        bridges   events/s   ratio   CPU s/1000: bridges  broker  postgres",
+        ]
+        for row in sc["setups"]:
+            pg = row["postgres_cpu_s_per_1000"]
+            lines.append(
+                f"  {row['store']:<12} {row['bridges']:>7} {_n(row['events_per_s']):>10}"
+                f"   {row['ratio']:>4.2f}x  {row['cpu_s_per_1000']:>16.4f}"
+                f"  {row['broker_cpu_s_per_1000']:>6.4f}  {'-' if pg is None else f'{pg:.4f}':>8}"
+            )
     if lat := report.get("latency"):
         lines += [
             "",
@@ -169,12 +185,14 @@ def run_bench(
     *,
     quick_mode: bool,
     skip: Collection[str],
+    compare_scaling: bool = False,
     json_out: Path,
     echo: Callable[[str], None] = print,
     **options: Any,
 ) -> int:
-    """Run the scenarios not skipped and return the exit status. `options` are
-    `BenchConfig` fields; those left None take the defaults (the `--quick` ones if asked)."""
+    """Run the scenarios not skipped (with `compare_scaling`, only that comparison) and return
+    the exit status. `options` are `BenchConfig` fields; those left None take the defaults
+    (the `--quick` ones if asked)."""
     unknown = set(skip) - SCENARIOS.keys()
     if unknown:
         raise ValueError(f"unknown scenario(s) {sorted(unknown)}: choose from {list(SCENARIOS)}")
@@ -185,13 +203,16 @@ def run_bench(
         **{k: v for k, v in options.items() if v is not None},
     }
     cfg = BenchConfig(work=Path(tempfile.gettempdir()), **chosen)  # validates before mkdtemp
+    if compare_scaling and cfg.store is None:
+        raise ValueError("--compare-scaling needs --store postgresql://…")
+    scenarios = {"scaling": scaling} if compare_scaling else SCENARIOS
     work = Path(tempfile.mkdtemp(prefix="logagg-bench-"))
     cfg = replace(cfg, work=work)
     report: dict[str, Any] = {"machine": machine(), "config": _config_dict(cfg, quick_mode)}
     started = time.monotonic()
     status = 0
     try:
-        for name, scenario in SCENARIOS.items():
+        for name, scenario in scenarios.items():
             if name in skip:
                 continue
             echo(f"[{time.monotonic() - started:5.0f}s] {name} …")
@@ -213,4 +234,6 @@ def run_bench(
 
 def _config_dict(cfg: BenchConfig, quick_mode: bool) -> dict[str, Any]:
     fields = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k != "work"}
+    if cfg.store is not None:
+        fields["store"] = redact_url(cfg.store)
     return {**fields, "quick": quick_mode}

@@ -12,23 +12,35 @@ import contextlib
 import statistics
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import psycopg
+from psycopg import sql
 
 from bench.flood import DEFAULT_WINDOW
 from bench.prefill import prefill
-from bench.probe import cpu_seconds, peak_rss_mb, rss_mb
-from bench.procs import BenchError, start_api, start_baseline, start_bridge, start_flood
-from bench.sessions import register
+from bench.probe import cpu_by_pid, cpu_seconds, peak_rss_mb, rss_mb
+from bench.procs import (
+    BenchError,
+    start_api,
+    start_baseline,
+    start_bridge,
+    start_bridges,
+    start_flood,
+)
+from bench.sessions import TOPIC_FILTER, register, shared_filter
 from bench.stream import PREFIX, StreamSpec, drafts
 from bench.watch import Counts, StoreWatch
 from bridge.event import Event, parse_message
 from bridge.settings import BridgeSettings
 from bridge.store import open_store
+from bridge.store.postgres import split_schema
 from logagg.mosquitto import Mosquitto, free_port
 
 POLL_S = 0.005
@@ -38,6 +50,10 @@ HTTP_CLIENTS = 4
 # The bridge's default commit batch: the store-only measurement writes batches of this size.
 BATCH_SIZE = BridgeSettings.model_fields["batch_size"].default
 BRIDGE_IDS = ("bench-baseline", "bench-bridge")
+# Several bridges share the stream as README's "Scaling out" runs them: `--group logagg`.
+GROUP = "logagg"
+# `--compare-scaling`: (store, bridges), each draining the same backlog size.
+SCALING = (("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +73,13 @@ class BenchConfig:
     http_count: int = 30_000
     repeat: int = 1
     timeout: float = 600.0
+    # The drain's bridges and their store (None: a fresh SQLite file per run).
+    bridges: int = 1
+    store: str | None = None
 
     def __post_init__(self) -> None:
         counts = ("count", "prefill", "growth_count", "memory_count", "http_count", "repeat")
-        for name in counts:
+        for name in (*counts, "bridges"):
             if getattr(self, name) < (0 if name == "prefill" else 1):
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
         if not 0 <= self.dup_ratio < 1:
@@ -69,6 +88,8 @@ class BenchConfig:
             raise ValueError("rate, duration and timeout must be positive")
         if self.durability not in ("full", "normal", "off"):
             raise ValueError(f"durability must be full, normal or off, not {self.durability!r}")
+        if self.store is not None and not self.store.startswith("postgresql://"):
+            raise ValueError(f"--store takes a postgresql:// URL, not {self.store!r}")
 
     def spec(self, count: int, seed: int) -> StreamSpec:
         return StreamSpec(count, self.dup_ratio, self.payload_bytes, seed)
@@ -87,6 +108,30 @@ def _broker(work: Path) -> Iterator[Mosquitto]:
 def _store(work: Path, name: str) -> tuple[Path, str]:
     path = (work / f"{name}.db").resolve()
     return path, f"sqlite:///{path}"
+
+
+@contextlib.contextmanager
+def _fresh_store(cfg: BenchConfig, work: Path, name: str) -> Iterator[str]:
+    """A store URL nothing has written to: a new SQLite file in `work`, or, with `cfg.store`,
+    a new schema `bench_<random>` in that PostgreSQL, dropped afterwards."""
+    if cfg.store is None:
+        yield _store(work, name)[1]
+        return
+    conninfo, _ = split_schema(cfg.store)
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    try:
+        yield f"{conninfo}{'&' if urlsplit(conninfo).query else '?'}schema={schema}"
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def _bridge_ids(n: int) -> tuple[list[str], str]:
+    """Client ids of `n` bridges and the filter their sessions subscribe to: one bridge
+    runs as by default, several share `--group logagg`."""
+    if n == 1:
+        return [BRIDGE_IDS[1]], TOPIC_FILTER
+    return [f"{BRIDGE_IDS[1]}-{i}" for i in range(1, n + 1)], shared_filter(GROUP)
 
 
 def _median(values: list[float]) -> float:
@@ -116,58 +161,85 @@ def _publish(port: int, spec: StreamSpec, log: Path, timeout: float) -> int:
 
 @dataclass(slots=True)
 class BridgeRun:
-    """One bridge draining a backlog: the real process, watched from the store and /proc."""
+    """Bridges draining a backlog: the real processes, watched from the store and /proc.
+    CPU is per 1,000 events, from the first stored row on; `cpu_s_per_1000` sums the bridges.
+    `backends`: PostgreSQL only, the bridges' server processes by state and wait event,
+    averaged over the store polls (e.g. 0.8 "active Lock:advisory": on average 0.8 batches
+    waiting for the commit lock)."""
 
     rate: float
     seconds: float
     cpu_s_per_1000: float
+    bridges_cpu_s_per_1000: list[float]
     broker_cpu_s_per_1000: float
+    postgres_cpu_s_per_1000: float | None
+    backends: dict[str, float] | None
     peak_rss_mb: float
     counts: Counts
 
 
-def _drain_with_bridge(
-    cfg: BenchConfig, mosq: Mosquitto, store: tuple[Path, str], client_id: str, sent: int, log: Path
+def _drain_with_bridges(
+    cfg: BenchConfig, mosq: Mosquitto, url: str, client_ids: list[str], sent: int, logs: Path
 ) -> BridgeRun:
-    """Start the bridge on a queued backlog of `sent` messages; time it from its first
-    `received_at` to the poll that sees the last commit."""
-    path, url = store
-    watch = StoreWatch(path)
+    """Start the bridges together on a queued backlog of `sent` messages; time them from the
+    first stored row's `received_at` to the poll that sees the last commit."""
+    logs.mkdir(parents=True, exist_ok=True)
+    pg = url.startswith("postgresql://")
+    watch = StoreWatch(url)
     assert mosq.process is not None
     broker_pid = mosq.process.pid
-    watch.mark()  # before the bridge starts: it commits the first batch before it says so
-    with start_bridge(mosq.url, url, client_id, cfg.durability, log) as bridge:
-        at_first: dict[str, float] = {}
+    watch.mark()  # before the bridges start: one commits the first batch before it says so
+    with contextlib.ExitStack() as stack:
+        stack.callback(watch.close)
+        group = GROUP if len(client_ids) > 1 else None
+        bridges = start_bridges(
+            mosq.url, url, client_ids, cfg.durability, logs, group=group, stack=stack
+        )
+        at_first: dict[str, Any] = {}
 
-        def first(counts: Counts) -> None:
-            at_first.update(
-                cpu=cpu_seconds(bridge.pid), broker=cpu_seconds(broker_pid), n=counts.received
-            )
+        def snapshot() -> dict[str, Any]:
+            return {
+                "bridges": [cpu_seconds(b.pid) for b in bridges],
+                "broker": cpu_seconds(broker_pid),
+                "postgres": cpu_by_pid(b"postgres:") if pg else {},
+            }
+
+        def alive() -> None:
+            for bridge in bridges:
+                bridge.check_alive()
 
         end, _ = watch.wait(
             lambda c: c.received >= sent,
             timeout=cfg.timeout,
             every=POLL_S,
-            alive=bridge.check_alive,
-            on_first=first,
+            alive=alive,
+            on_first=lambda counts: at_first.update(snapshot(), n=counts.received),
+            on_poll=watch.sample_backends if pg else lambda: None,
         )
-        cpu, broker_cpu, rss = (
-            cpu_seconds(bridge.pid),
-            cpu_seconds(broker_pid),
-            peak_rss_mb(bridge.pid),
-        )
-    try:
+        last = snapshot()
+        rss = max(peak_rss_mb(b.pid) for b in bridges)
+        own = watch.backend_pid  # the watch's polling is not the bridges' load
         counts = watch.counts(rows=True)
         start = watch.first_received_at()
-    finally:
-        watch.close()
     seconds = end - start
-    after_first = max(1, counts.received - int(at_first["n"]))
+    per_1000 = 1000 / max(1, counts.received - int(at_first["n"]))
+    bridges_cpu = [
+        round((b - a) * per_1000, 4)
+        for a, b in zip(at_first["bridges"], last["bridges"], strict=True)
+    ]
+    postgres_cpu = sum(
+        t - at_first["postgres"].get(pid, 0.0) for pid, t in last["postgres"].items() if pid != own
+    )
     return BridgeRun(
         rate=round(counts.received / seconds, 1),
         seconds=round(seconds, 3),
-        cpu_s_per_1000=round((cpu - at_first["cpu"]) / after_first * 1000, 4),
-        broker_cpu_s_per_1000=round((broker_cpu - at_first["broker"]) / after_first * 1000, 4),
+        cpu_s_per_1000=round(sum(bridges_cpu), 4),
+        bridges_cpu_s_per_1000=bridges_cpu,
+        broker_cpu_s_per_1000=round((last["broker"] - at_first["broker"]) * per_1000, 4),
+        postgres_cpu_s_per_1000=round(postgres_cpu * per_1000, 4) if pg else None,
+        backends={k: round(v / watch.samples, 2) for k, v in sorted(watch.backends.items())}
+        if pg and watch.samples
+        else None,
         peak_rss_mb=rss,
         counts=counts,
     )
@@ -179,9 +251,11 @@ def drain(cfg: BenchConfig) -> dict[str, Any]:
     work = cfg.work / "drain"
     base_runs: list[dict[str, Any]] = []
     bridge_runs: list[BridgeRun] = []
+    bridge_ids, topic_filter = _bridge_ids(cfg.bridges)
     with _broker(work / "broker") as mosq:
         assert mosq.process is not None
-        register(mosq.port, BRIDGE_IDS)
+        register(mosq.port, BRIDGE_IDS[:1])
+        register(mosq.port, bridge_ids, topic_filter)
         for r in range(cfg.repeat):
             spec = cfg.spec(cfg.count, seed=r + 1)
             sent = _publish(mosq.port, spec, work / f"publisher-{r}.log", cfg.timeout)
@@ -200,14 +274,10 @@ def drain(cfg: BenchConfig) -> dict[str, Any]:
                         raise BenchError(f"baseline counted {result['messages']} of {sent}")
                     base_runs.append(result)
                 else:
-                    run = _drain_with_bridge(
-                        cfg,
-                        mosq,
-                        _store(work, f"store-{r}"),
-                        BRIDGE_IDS[1],
-                        sent,
-                        work / f"bridge-{r}.log",
-                    )
+                    with _fresh_store(cfg, work, f"store-{r}") as url:
+                        run = _drain_with_bridges(
+                            cfg, mosq, url, bridge_ids, sent, work / f"bridge-{r}"
+                        )
                     _check(run.counts, spec, sent, "drain")
                     bridge_runs.append(run)
     base_rate = _median([b["rate"] for b in base_runs])
@@ -221,6 +291,8 @@ def drain(cfg: BenchConfig) -> dict[str, Any]:
         "messages": cfg.count,
         "distinct": cfg.spec(cfg.count, 1).distinct,
         "repeat": cfg.repeat,
+        "bridges": cfg.bridges,
+        "store": "postgresql" if cfg.store else "sqlite",
         "baseline": {
             "events_per_s": base_rate,
             "cpu_s_per_1000": base_cpu,
@@ -244,11 +316,64 @@ def _run_dict(run: BridgeRun) -> dict[str, Any]:
         "events_per_s": run.rate,
         "seconds": run.seconds,
         "cpu_s_per_1000": run.cpu_s_per_1000,
+        "bridges_cpu_s_per_1000": run.bridges_cpu_s_per_1000,
         "broker_cpu_s_per_1000": run.broker_cpu_s_per_1000,
+        "postgres_cpu_s_per_1000": run.postgres_cpu_s_per_1000,
+        "backends": run.backends,
         "peak_rss_mb": run.peak_rss_mb,
         "received": run.counts.received,
         "unique": run.counts.unique,
         "duplicates": run.counts.duplicates,
+    }
+
+
+def scaling(cfg: BenchConfig) -> dict[str, Any]:
+    """The same backlog size drained by one bridge on SQLite and by 1, 2 and 3 bridges on
+    `cfg.store`'s PostgreSQL, each on a broker of its own (so no other group's sessions take
+    a share); `repeat` rounds, the order reversed every other round, medians."""
+    if cfg.store is None:
+        raise BenchError("scaling needs --store postgresql://…")
+    runs: dict[tuple[str, int], list[BridgeRun]] = {setup: [] for setup in SCALING}
+    for r in range(cfg.repeat):
+        spec = cfg.spec(cfg.count, seed=r + 1)
+        for kind, n in SCALING if r % 2 == 0 else SCALING[::-1]:
+            work = cfg.work / "scaling" / f"{r}-{kind}-{n}"
+            client_ids, topic_filter = _bridge_ids(n)
+            on = replace(cfg, store=None) if kind == "sqlite" else cfg
+            with _broker(work / "broker") as mosq, _fresh_store(on, work, "store") as url:
+                register(mosq.port, client_ids, topic_filter)
+                sent = _publish(mosq.port, spec, work / "publisher.log", cfg.timeout)
+                run = _drain_with_bridges(cfg, mosq, url, client_ids, sent, work)
+            _check(run.counts, spec, sent, f"scaling ({n} on {kind})")
+            runs[(kind, n)].append(run)
+    reference = _median([run.rate for run in runs[SCALING[0]]])
+    rows = []
+    for (kind, n), done in runs.items():
+        rate = _median([run.rate for run in done])
+        postgres = [run.postgres_cpu_s_per_1000 for run in done]
+        rows.append(
+            {
+                "store": kind,
+                "bridges": n,
+                "events_per_s": rate,
+                "ratio": round(rate / reference, 3),
+                "cpu_s_per_1000": _median([run.cpu_s_per_1000 for run in done]),
+                "broker_cpu_s_per_1000": _median([run.broker_cpu_s_per_1000 for run in done]),
+                "postgres_cpu_s_per_1000": None
+                if None in postgres
+                else _median([p for p in postgres if p is not None]),
+                "runs": [_run_dict(run) for run in done],
+            }
+        )
+    return {
+        "method": "per setup and round: a fresh broker, the sessions registered, the backlog "
+        "published, then the bridges started together; first stored row's received_at to a "
+        f"store poll (every {POLL_S * 1000:g} ms) seeing the last commit; CPU from /proc "
+        "(PostgreSQL: every `postgres:` process but the poller's backend)",
+        "messages": cfg.count,
+        "distinct": cfg.spec(cfg.count, 1).distinct,
+        "repeat": cfg.repeat,
+        "setups": rows,
     }
 
 
@@ -438,11 +563,11 @@ def growth(cfg: BenchConfig) -> dict[str, Any]:
     with _broker(work / "broker") as mosq:
         register(mosq.port, ids)
         sent = _publish(mosq.port, spec, work / "publisher.log", cfg.timeout)
-        fresh = _drain_with_bridge(
-            cfg, mosq, _store(work, "fresh-bridge"), ids[0], sent, work / "bridge-fresh.log"
+        fresh = _drain_with_bridges(
+            cfg, mosq, _store(work, "fresh-bridge")[1], [ids[0]], sent, work / "bridge-fresh"
         )
         _check(fresh.counts, spec, sent, "growth (fresh store)")
-        prefilled = _drain_with_bridge(cfg, mosq, big, ids[1], sent, work / "bridge-big.log")
+        prefilled = _drain_with_bridges(cfg, mosq, big[1], [ids[1]], sent, work / "bridge-big")
         _check(prefilled.counts, spec, sent, "growth (prefilled store)")
     store_fresh, store_big = _median(fresh_rates), _median(big_rates)
     return {

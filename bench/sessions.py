@@ -31,22 +31,28 @@ def session_options() -> dict[str, object]:
     }
 
 
-async def _register(port: int, client_id: str) -> None:
+async def _register(port: int, client_id: str, topic_filter: str) -> None:
     async with aiomqtt.Client(
         "127.0.0.1",
         port,
         identifier=client_id,
         **session_options(),  # type: ignore[arg-type]
     ) as client:
-        await client.subscribe(TOPIC_FILTER, qos=1)
+        await client.subscribe(topic_filter, qos=1)
 
 
-def register(port: int, client_ids: Iterable[str]) -> None:
-    """Connect, subscribe to the bridge's topic filter with QoS 1, disconnect: the broker
-    then queues everything published for each id until it returns."""
+def shared_filter(group: str) -> str:
+    """The filter a bridge started with `--group GROUP` subscribes to."""
+    return f"$share/{group}/{TOPIC_FILTER}"
+
+
+def register(port: int, client_ids: Iterable[str], topic_filter: str = TOPIC_FILTER) -> None:
+    """Connect, subscribe to `topic_filter` (the bridge's without `--group`) with QoS 1,
+    disconnect: the broker then queues everything published for each id until it returns
+    (for a shared filter, its round-robin share)."""
 
     async def all_of_them() -> None:
         for client_id in client_ids:
-            await _register(port, client_id)
+            await _register(port, client_id, topic_filter)
 
     asyncio.run(all_of_them())

@@ -1,21 +1,37 @@
-"""Watching a SQLite store from outside, as a reader would: what is committed, and since when.
+"""Watching a store from outside, as a reader would: what is committed, and since when.
 
-One read-only connection kept open: each query is its own read transaction in
-WAL mode, so it sees every commit made before it and never blocks the
-bridge. A query costs tens of microseconds, so polling every few
-milliseconds takes little from the bridge on a shared CPU.
+One connection kept open. SQLite: read-only, each query its own read transaction in WAL
+mode, so it sees every commit made before it and never blocks the bridge; a query costs
+tens of microseconds, so polling every few milliseconds takes little from the bridge on a
+shared CPU. PostgreSQL: autocommit, so each query sees every commit before it; it can also
+sample what the other backends of the database are doing (`sample_backends`).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from bench.procs import BenchError
+from bridge.store.base import redact_url
+from bridge.store.postgres import split_schema
+
+# What the database's other client backends are doing: "state" or "state wait_type:wait_event".
+_BACKENDS = """
+SELECT state || coalesce(' ' || wait_event_type || ':' || wait_event, ''), count(*)
+FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+    AND backend_type = 'client backend'
+GROUP BY 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,52 +44,86 @@ class Counts:
 
 
 class StoreWatch:
-    """Counts relative to the moment of `mark()`, so a prefilled store reads like a fresh one."""
+    """Counts relative to the moment of `mark()`, so a prefilled store reads like a fresh one.
+    `target`: a SQLite file, or a store URL (`sqlite:///…` or `postgresql://…`)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
+    def __init__(self, target: Path | str) -> None:
+        self._pg: str | None = None
+        self._schema: str | None = None
+        if isinstance(target, str) and target.startswith("postgresql://"):
+            self._pg, self._schema = split_schema(target)
+            self.path = Path()  # unused: no file
+            self._where = redact_url(target)
+        else:
+            self.path = Path(str(target).removeprefix("sqlite:///"))
+            self._where = str(self.path)
+        self._conn: Any = None  # sqlite3.Connection or psycopg.Connection: both `execute`
         self._base = Counts(0, 0, 0, 0, 0)
         self._base_seq = 0
+        self.samples = 0
+        self.backends: Counter[str] = Counter()
 
-    def _db(self) -> sqlite3.Connection | None:
-        if self._conn is None and self.path.exists():
+    def _db(self) -> Any:
+        if self._conn is None and self._pg is not None:
+            self._conn = psycopg.connect(self._pg, autocommit=True)
+            if self._schema is not None:
+                self._conn.execute(
+                    "SELECT set_config('search_path', quote_ident(%s), false)", (self._schema,)
+                )
+        elif self._conn is None and self.path.exists():
             self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
         return self._conn
 
-    def _absolute(self) -> Counts:
+    def _one(self, query: str, params: tuple[object, ...] = ()) -> Any:
+        """The first row of `query` (written with `?` placeholders), or None without a store."""
         db = self._db()
         if db is None:
-            return Counts(0, 0, 0, 0, 0)
+            return None
+        if self._pg is not None:
+            query = query.replace("?", "%s")
+        return db.execute(query, params).fetchone()
+
+    @property
+    def backend_pid(self) -> int | None:
+        """PostgreSQL: this watch's own server process (its polling is not the bridges')."""
+        return None if self._pg is None else int(self._one("SELECT pg_backend_pid()")[0])
+
+    def _absolute(self) -> Counts:
         try:
-            unique, dups = db.execute(
+            row = self._one(
                 "SELECT coalesce(sum(unique_processed), 0), coalesce(sum(duplicate_dropped), 0)"
                 " FROM topic_stats"
-            ).fetchone()
-            (rejected,) = db.execute(
-                "SELECT coalesce(sum(count), 0) FROM rejection_stats"
-            ).fetchone()
-        except sqlite3.OperationalError:  # the bridge has not created the schema yet
-            return Counts(0, 0, 0, 0, 0)
-        return Counts(unique + dups + rejected, unique, dups, rejected, 0)
+            )
+            if row is None:
+                return Counts(0, 0, 0, 0, 0)
+            (rejected,) = self._one("SELECT coalesce(sum(count), 0) FROM rejection_stats")
+        except (sqlite3.OperationalError, psycopg.errors.UndefinedTable):
+            return Counts(0, 0, 0, 0, 0)  # the bridge has not created the schema yet
+        unique, dups = int(row[0]), int(row[1])
+        return Counts(unique + dups + int(rejected), unique, dups, int(rejected), 0)
 
     def mark(self) -> None:
         """From now on, count only what is stored after this point."""
         self._base = self._absolute()
-        db = self._db()
-        if db is not None:
-            (seq,) = db.execute("SELECT max(seq) FROM events").fetchone()
-            self._base_seq = seq or 0
+        try:
+            row = self._one("SELECT max(seq) FROM events")
+        except (sqlite3.OperationalError, psycopg.errors.UndefinedTable):
+            row = None
+        self._base_seq = (row[0] if row else None) or 0
+
+    def sample_backends(self) -> None:
+        """PostgreSQL: count the other client backends by state and wait event, once."""
+        self.samples += 1
+        for what, n in self._db().execute(_BACKENDS).fetchall():
+            self.backends[what] += n
 
     def counts(self, *, rows: bool = False) -> Counts:
         """Counters since `mark()`; `rows=True` also counts the stored rows (slower: a scan)."""
         now, base = self._absolute(), self._base
         stored = 0
-        db = self._db()
-        if rows and db is not None:
-            (stored,) = db.execute(
-                "SELECT count(*) FROM events WHERE seq > ?", (self._base_seq,)
-            ).fetchone()
+        if rows:
+            row = self._one("SELECT count(*) FROM events WHERE seq > ?", (self._base_seq,))
+            stored = 0 if row is None else int(row[0])
         return Counts(
             now.received - base.received,
             now.unique - base.unique,
@@ -84,15 +134,15 @@ class StoreWatch:
 
     def first_received_at(self) -> float:
         """When the bridge took the first batch after `mark()` (its `received_at`, epoch s)."""
-        db = self._db()
         sql = "SELECT received_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1"
-        row = None if db is None else db.execute(sql, (self._base_seq,)).fetchone()
+        row = self._one(sql, (self._base_seq,))
         if row is None:
-            raise BenchError(f"nothing stored in {self.path}")
-        return datetime.fromisoformat(row[0]).timestamp()
+            raise BenchError(f"nothing stored in {self._where}")
+        at = row[0]  # SQLite: ISO text; PostgreSQL: an aware datetime
+        return (at if isinstance(at, datetime) else datetime.fromisoformat(at)).timestamp()
 
     def sent_at_since(self, seq: int) -> list[tuple[int, float]]:
-        """`(seq, payload.sent_at)` of the rows stored after `seq`, in order."""
+        """`(seq, payload.sent_at)` of the rows stored after `seq`, in order (SQLite only)."""
         db = self._db()
         if db is None:
             return []
@@ -114,10 +164,11 @@ class StoreWatch:
         every: float = 0.005,
         alive: Callable[[], None] = lambda: None,
         on_first: Callable[[Counts], None] = lambda _c: None,
+        on_poll: Callable[[], None] = lambda: None,
     ) -> tuple[float, Counts]:
         """Poll until `done(counts)`; returns the wall time it first held (epoch s) and the
-        counts. `on_first` runs once, when anything is first counted; `alive` raises if the
-        process being watched has died."""
+        counts. `on_first` runs once, when anything is first counted, `on_poll` at each poll
+        after that; `alive` raises if the process being watched has died."""
         deadline = time.monotonic() + timeout
         first_seen = False
         while True:
@@ -128,6 +179,8 @@ class StoreWatch:
                 on_first(counts)
             if done(counts):
                 return now, counts
+            if first_seen:
+                on_poll()
             alive()
             if time.monotonic() > deadline:
                 raise BenchError(f"store not there after {timeout:g}s: {counts}")

@@ -55,3 +55,26 @@ def test_bench_refuses_an_unknown_scenario() -> None:
     )
     assert done.returncode == 2
     assert "unknown scenario" in done.stderr
+
+
+def test_bench_drain_with_two_bridges_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    """`--bridges 2 --store postgresql://…`: two bridges on one shared subscription drain the
+    backlog into a schema of their own; each distinct event stored once."""
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--bridges", "2", "--store", pg_url, "--json-out", str(out)]
+    args += ["--skip", "latency", "--skip", "http", "--skip", "growth", "--skip", "memory"]
+    done = subprocess.run(
+        [sys.executable, "-m", "logagg", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    drain = json.loads(out.read_text())["drain"]
+    assert (drain["bridges"], drain["store"]) == (2, "postgresql")
+    [run] = drain["bridge"]["runs"]
+    assert run["unique"] == drain["distinct"]
+    assert run["received"] == drain["messages"]
+    assert len(run["bridges_cpu_s_per_1000"]) == 2
+    assert "2 bridges (postgresql)" in done.stdout

@@ -27,10 +27,11 @@ of PostgreSQL itself.
 several bridges a transaction could commit after one that took a higher `seq`, and a
 live tail that had read up to the newest `seq` would miss that row for good. So each
 batch first takes a transaction-scoped advisory lock (one per schema): bridges commit
-one at a time, in `seq` order. That costs nothing measurable here (3-bridge drain
-21-25k events/s with it, 19-23k without): the per-topic counter rows already make
-concurrent batches wait for each other. Parsing, MQTT and the round trips still run
-in parallel; only the insert-to-commit section is serial.
+one at a time, in `seq` order. Parsing, MQTT and building the parameters run in
+parallel; the section from the lock to the commit (about five round trips) is serial.
+Measured with the parameters still built under the lock, it cost 3 bridges more than
+half their drain throughput on 2 cores (BENCHMARKS.md, "Scaling out (issue 5)"); the
+parameters now come first, and one round trip per batch is the next step.
 """
 
 from __future__ import annotations
@@ -147,17 +148,22 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def split_schema(url: str) -> tuple[str, str | None]:
+    """`postgresql://…?schema=NAME&…` → (the URL for libpq without `schema`, NAME or None)."""
+    parts = urlsplit(url)
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    libpq = [(k, v) for k, v in params if k != "schema"]
+    return urlunsplit(parts._replace(query=urlencode(libpq))), dict(params).get("schema")
+
+
 class PostgresStore:
     """The store for many bridges: one PostgreSQL, a connection pool per process."""
 
     def __init__(self, url: str, *, durability: str = "full", readonly: bool = False) -> None:
         self.display = redact_url(url)
-        parts = urlsplit(url)
-        params = parse_qsl(parts.query, keep_blank_values=True)
-        self._schema = dict(params).get("schema")
-        libpq = [(k, v) for k, v in params if k != "schema"]
-        self._conninfo = urlunsplit(parts._replace(query=urlencode(libpq)))
-        self._timeout = float(dict(libpq).get("connect_timeout") or DEFAULT_TIMEOUT_S)
+        self._conninfo, self._schema = split_schema(url)
+        libpq = dict(parse_qsl(urlsplit(self._conninfo).query))
+        self._timeout = float(libpq.get("connect_timeout") or DEFAULT_TIMEOUT_S)
         self._synchronous_commit = _SYNCHRONOUS_COMMIT[check_durability(durability)]
         self._readonly = readonly
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
@@ -258,34 +264,27 @@ class PostgresStore:
 
     def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome:
         # Sorted by key: two bridges inserting overlapping keys wait on each other in the
-        # same order, never in a cycle.
+        # same order, never in a cycle. Parameters are built before the commit lock is
+        # taken, so the lock covers only the round trips.
         rows = sorted(first_copies(events), key=lambda e: (e.topic, e.event_id))
+        event_columns = _columns(
+            (e.topic, e.event_id, e.timestamp, _offset_s(e.timestamp), e.source, payload_json(e))
+            for e in rows
+        )
+        rejected_columns = _columns(map(rejected_row, refused))
         with self._write() as conn:
             conn.execute(
                 "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_COMMIT_LOCK,)
             )
             inserted: set[EventKey] = set()
             if rows:
-                cur = conn.execute(
-                    _INSERT_EVENTS,
-                    _columns(
-                        (
-                            e.topic,
-                            e.event_id,
-                            e.timestamp,
-                            _offset_s(e.timestamp),
-                            e.source,
-                            payload_json(e),
-                        )
-                        for e in rows
-                    ),
-                )
+                cur = conn.execute(_INSERT_EVENTS, event_columns)
                 inserted = {(topic, event_id) for topic, event_id in cur}
             counts = tally(events, refused, inserted)
             if counts.topics:
                 conn.execute(_COUNT_TOPICS, _columns(counts.topics))
             if refused:
-                conn.execute(_INSERT_REJECTED, _columns(map(rejected_row, refused)))
+                conn.execute(_INSERT_REJECTED, rejected_columns)
                 conn.execute(_COUNT_CODES, _columns(counts.codes))
                 conn.execute(
                     "DELETE FROM rejected WHERE seq <= (SELECT max(seq) FROM rejected) - %s",

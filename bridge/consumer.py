@@ -34,6 +34,8 @@ logger = logging.getLogger("logagg.bridge")
 
 HEARTBEAT_S = 5.0
 CONNECT_TIMEOUT_S = 10.0
+# While the store is unavailable, its error is logged at most once per this many seconds.
+STORE_LOG_EVERY_S = 30.0
 
 
 @dataclass(slots=True)
@@ -194,6 +196,7 @@ class Bridge:
         this returns True; False means we are stopping and the broker will redeliver."""
         loop = asyncio.get_running_loop()
         backoff = Backoff(first=0.2, cap=10.0)
+        retries, next_log = 0, 0.0
         self.metrics.received(len(batch))
         while True:
             started = time.perf_counter()
@@ -201,17 +204,25 @@ class Bridge:
                 outcome = await loop.run_in_executor(self._writer, self._write, batch)
             except StoreUnavailable as exc:
                 delay = backoff.delay()
-                logger.error(
-                    "store unavailable, holding %d unacknowledged messages: %s; retrying in %.1fs",
-                    len(batch),
-                    exc,
-                    delay,
-                )
+                retries += 1
+                # Once when it starts, then once per STORE_LOG_EVERY_S, not every retry.
+                if time.monotonic() >= next_log:
+                    next_log = time.monotonic() + STORE_LOG_EVERY_S
+                    logger.error(
+                        "store unavailable, holding %d unacknowledged messages: %s;"
+                        " retrying in %.1fs (attempt %d)",
+                        len(batch),
+                        exc,
+                        delay,
+                        retries,
+                    )
                 if stop is None or stop.is_set():
                     return False
                 self.metrics.store_retry()
                 await _sleep_unless(stop, delay)
                 continue
+            if retries:
+                logger.warning("store available again after %d retries", retries)
             self.committed += len(batch)
             self.metrics.committed(len(batch), time.perf_counter() - started)
             self._log_duplicates(outcome.duplicates)

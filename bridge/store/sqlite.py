@@ -156,7 +156,10 @@ class SQLiteStore:
                 outcome = self._record(conn, events, refused, received_at)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLITE_FULL (and IOERR) roll back by themselves: a second ROLLBACK would
+                # fail and hide the real reason ("database or disk is full") from the log.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot write {self.path}: {exc}") from exc

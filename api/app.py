@@ -44,7 +44,7 @@ from api.models import (
 from api.publishing import BrokerUnavailable, Publisher
 from api.settings import ApiSettings
 from bridge.event import MAX_NAME_LENGTH, NAME_PATTERN, Event
-from bridge.store import StoredEvent, StoreUnavailable, open_store
+from bridge.store import BRIDGE_ALIVE_SECONDS, StoredEvent, StoreUnavailable, open_store
 
 logger = logging.getLogger("logagg.api")
 
@@ -240,12 +240,21 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     async def healthz() -> JSONResponse:
-        """200 when the store is readable and the broker reachable; 503 says which is not."""
+        """200 when the store is readable and the broker reachable; 503 says which is not.
+        `bridge` says whether a bridge is alive and writing."""
         health = Health(store=OK, broker=OK)
         try:
-            await run_in_threadpool(store.ping)
+            stats = await run_in_threadpool(store.stats)
         except StoreUnavailable as exc:
             health.store = str(exc)
+        else:
+            # The bridge's heartbeat is a write: it stops when the store cannot be written.
+            health.bridge = (
+                OK
+                if stats.uptime_s is not None
+                else f"no bridge heartbeat in the last {BRIDGE_ALIVE_SECONDS:.0f}s: no bridge"
+                " is running, or it cannot write the store (see its log)"
+            )
         try:
             await publisher.check()
         except BrokerUnavailable as exc:

@@ -75,3 +75,8 @@ class RejectedPage(BaseModel):
 class Health(BaseModel):
     store: str = Field(description='"ok", or why the store cannot be read')
     broker: str = Field(description='"ok", or why the broker cannot be reached')
+    bridge: str = Field(
+        default="unknown",
+        description='"ok" while a bridge heartbeat is fresh, else why not. Informational: it does'
+        " not change the status code, since the sidecar may run before or without a bridge",
+    )

@@ -276,7 +276,10 @@ def test_healthz_ok_then_names_the_broker_when_it_stops(
     wait_for_stats(store_url, lambda s: s.uptime_s is not None)
     client = sidecar(broker.url, publish_timeout_s=2)
     healthy = client.get("/healthz")
-    assert (healthy.status_code, healthy.json()) == (200, {"store": "ok", "broker": "ok"})
+    assert (healthy.status_code, healthy.json()) == (
+        200,
+        {"store": "ok", "broker": "ok", "bridge": "ok"},
+    )
 
     broker.stop()
     sick = client.get("/healthz")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bridge.store.base import (
+    BRIDGE_ALIVE_SECONDS,
     BatchOutcome,
     EventKey,
     Refused,
@@ -39,6 +40,7 @@ def open_store(url: str, *, durability: str = "full", readonly: bool = False) ->
 
 
 __all__ = [
+    "BRIDGE_ALIVE_SECONDS",
     "BatchOutcome",
     "EventKey",
     "Refused",

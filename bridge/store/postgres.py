@@ -358,10 +358,6 @@ class PostgresStore:
             for seq, topic, code, reason, body, rat in rows
         ]
 
-    def ping(self) -> None:
-        with self._read() as conn:
-            conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()
-
     def close(self) -> None:
         self._pool.close()
 

@@ -275,10 +275,6 @@ class SQLiteStore:
             rows.reverse()
         return [StoredRejection(*row) for row in rows]
 
-    def ping(self) -> None:
-        with self._read() as conn:
-            conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()
-
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

@@ -5,7 +5,6 @@ from /proc, and each is stopped by whoever started it, whatever happens."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 
 from bench.stream import StreamSpec
+from logagg.process import stop_process
 
 STOP_TIMEOUT_S = 20.0
 START_TIMEOUT_S = 30.0
@@ -69,13 +69,7 @@ class Child:
         return result
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT_S)
+        stop_process(self.process, timeout=STOP_TIMEOUT_S)
 
     def __enter__(self) -> Child:
         return self

@@ -242,3 +242,16 @@ def make_stats(
         rejected_by_code=codes,
         uptime_s=None if oldest_started_at is None else round(now - oldest_started_at, 3),
     )
+
+
+def page(
+    mark: str, *, after: int, limit: int, newest: bool, topic: str | None = None
+) -> tuple[str, list[object]]:
+    """The `WHERE … ORDER BY seq … LIMIT` of a read by seq, and its parameters; `mark` is
+    the driver's placeholder. With `newest` the rows come newest first: callers reverse."""
+    clause = f" WHERE seq > {mark}"
+    params: list[object] = [after]
+    if topic is not None:
+        clause += f" AND topic = {mark}"
+        params.append(topic)
+    return f"{clause} ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT {mark}", [*params, limit]

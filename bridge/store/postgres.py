@@ -64,6 +64,7 @@ from bridge.store.base import (
     first_copies,
     iso_utc,
     make_stats,
+    page,
     payload_json,
     redact_url,
     rejected_row,
@@ -317,18 +318,13 @@ class PostgresStore:
     def events(
         self, *, topic: str | None, after: int, limit: int, newest: bool = False
     ) -> list[StoredEvent]:
-        query = (
-            "SELECT seq, topic, event_id, timestamp, utc_offset_s, source, payload, received_at"
-            " FROM events WHERE seq > %s"
-        )
-        params: list[object] = [after]
-        if topic is not None:
-            query += " AND topic = %s"
-            params.append(topic)
-        query += f" ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT %s"
-        params.append(limit)
+        clause, params = page("%s", after=after, limit=limit, newest=newest, topic=topic)
         with self._read() as conn:
-            rows = conn.execute(query, params).fetchall()
+            rows = conn.execute(
+                "SELECT seq, topic, event_id, timestamp, utc_offset_s, source, payload, received_at"
+                " FROM events" + clause,
+                params,
+            ).fetchall()
         if newest:
             rows.reverse()
         return [
@@ -345,11 +341,11 @@ class PostgresStore:
         ]
 
     def rejected(self, *, after: int, limit: int, newest: bool = False) -> list[StoredRejection]:
+        clause, params = page("%s", after=after, limit=limit, newest=newest)
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT seq, mqtt_topic, code, reason, body, received_at FROM rejected"
-                f" WHERE seq > %s ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT %s",
-                (after, limit),
+                "SELECT seq, mqtt_topic, code, reason, body, received_at FROM rejected" + clause,
+                params,
             ).fetchall()
         if newest:
             rows.reverse()

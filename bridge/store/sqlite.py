@@ -27,6 +27,7 @@ from bridge.store.base import (
     first_copies,
     iso_utc,
     make_stats,
+    page,
     payload_json,
     rejected_row,
     tally,
@@ -245,18 +246,13 @@ class SQLiteStore:
     def events(
         self, *, topic: str | None, after: int, limit: int, newest: bool = False
     ) -> list[StoredEvent]:
-        sql = (
-            "SELECT seq, topic, event_id, timestamp, source, payload, received_at FROM events"
-            " WHERE seq > ?"
-        )
-        params: list[object] = [after]
-        if topic is not None:
-            sql += " AND topic = ?"
-            params.append(topic)
-        sql += f" ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?"
-        params.append(limit)
+        clause, params = page("?", after=after, limit=limit, newest=newest, topic=topic)
         with self._read() as conn:
-            rows = conn.execute(sql, params).fetchall()
+            rows = conn.execute(
+                "SELECT seq, topic, event_id, timestamp, source, payload, received_at"
+                " FROM events" + clause,
+                params,
+            ).fetchall()
         if newest:
             rows.reverse()
         return [
@@ -265,11 +261,11 @@ class SQLiteStore:
         ]
 
     def rejected(self, *, after: int, limit: int, newest: bool = False) -> list[StoredRejection]:
+        clause, params = page("?", after=after, limit=limit, newest=newest)
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT seq, mqtt_topic, code, reason, body, received_at FROM rejected"
-                f" WHERE seq > ? ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?",
-                (after, limit),
+                "SELECT seq, mqtt_topic, code, reason, body, received_at FROM rejected" + clause,
+                params,
             ).fetchall()
         if newest:
             rows.reverse()

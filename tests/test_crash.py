@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from bridge.store import Stats
 from logagg.mosquitto import PROJECT_CONFIG, Mosquitto
 from tests.conftest import BridgeProcess, make_stream, publish_raw, wait_for_stats
 from tests.test_bridge import assert_exactly_once, distinct
@@ -21,22 +22,26 @@ AUTOSAVE_S = int(
 )
 
 
-def test_bridge_sigkilled_twice_mid_stream_stores_each_event_once(
-    broker: Mosquitto, bridge_factory: Callable[..., BridgeProcess], store_url: str
-) -> None:
-    """20,000 events, 30% duplicates, two SIGKILLs while the stream flows: exactly once."""
-    stream = make_stream(20_000, 0.3, seed=7)
+def stream_with_kills(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    store_url: str,
+    stream: list[tuple[str, bytes]],
+    kills: list[int],
+) -> Stats:
+    """Publish `stream` while SIGKILLing the bridge (and restarting it) each time the store
+    has received `kills[i]` messages; then check every distinct event is stored once."""
     want = distinct(stream)
     bridge = bridge_factory()
     publisher = threading.Thread(target=publish_raw, args=(broker.port, stream))
     publisher.start()
     try:
-        for at in (3_000, 9_000):
+        for at in kills:
             wait_for_stats(store_url, lambda s, at=at: s.received >= at, timeout=120)
             bridge.stop(signal.SIGKILL)
             bridge = bridge_factory()
     finally:
-        publisher.join(timeout=120)
+        publisher.join(timeout=180)
     assert not publisher.is_alive()
     stats = wait_for_stats(store_url, lambda s: s.unique_processed >= want, timeout=120)
     assert stats.unique_processed == want
@@ -44,6 +49,15 @@ def test_bridge_sigkilled_twice_mid_stream_stores_each_event_once(
     # Copies in flight at each kill came back from the broker and were counted as duplicates.
     assert stats.duplicate_dropped >= len(stream) - want
     assert_exactly_once(store_url, stream)
+    return stats
+
+
+def test_bridge_sigkilled_twice_mid_stream_stores_each_event_once(
+    broker: Mosquitto, bridge_factory: Callable[..., BridgeProcess], store_url: str
+) -> None:
+    """20,000 events, 30% duplicates, two SIGKILLs while the stream flows: exactly once."""
+    stream = make_stream(20_000, 0.3, seed=7)
+    stream_with_kills(broker, bridge_factory, store_url, stream, [3_000, 9_000])
 
 
 def test_broker_restarted_mid_stream_loses_nothing(

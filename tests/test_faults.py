@@ -32,7 +32,7 @@ from publisher.run import run_publisher
 from publisher.settings import PublisherSettings
 from tests.conftest import BridgeProcess, make_stream, publish_raw, serving, wait_for_stats
 from tests.test_bridge import assert_exactly_once, distinct
-from tests.test_crash import AUTOSAVE_S
+from tests.test_crash import AUTOSAVE_S, stream_with_kills
 
 pytestmark = [pytest.mark.broker, pytest.mark.faults]
 
@@ -60,22 +60,7 @@ def test_bridge_killed_at_five_random_instants(
     want = distinct(stream)
     kills = sorted(rng.sample(range(len(stream) // 20, len(stream) * 9 // 10), 5))
     started = time.monotonic()
-    bridge = bridge_factory()
-    publisher = threading.Thread(target=publish_raw, args=(broker.port, stream))
-    publisher.start()
-    try:
-        for at in kills:
-            wait_for_stats(store_url, lambda s, at=at: s.received >= at, timeout=120)
-            bridge.stop(signal.SIGKILL)
-            bridge = bridge_factory()
-    finally:
-        publisher.join(timeout=180)
-    assert not publisher.is_alive()
-    stats = wait_for_stats(store_url, lambda s: s.unique_processed >= want, timeout=120)
-    assert stats.unique_processed == want
-    assert stats.rejected == 0
-    assert stats.duplicate_dropped >= len(stream) - want
-    assert_exactly_once(store_url, stream)
+    stats = stream_with_kills(broker, bridge_factory, store_url, stream, kills)
     print(
         f"\n{len(stream)} events, kills at {kills}: {time.monotonic() - started:.1f}s,"
         f" {stats.duplicate_dropped - (len(stream) - want)} redelivered copies dropped"

@@ -21,13 +21,12 @@ RUN groupadd --gid 10001 logagg \
 
 WORKDIR /app
 
-# Dependencies first, in a layer that is rebuilt only when pyproject.toml
-# changes: with no source beside it, `pip install .` builds a metadata-only
-# wheel and installs its dependencies. (README.md is only metadata; setuptools
-# just warns that it is missing.) tests/test_packaging.py replays every
+# Dependencies first, from the hashed lock (requirements/run.txt, made by
+# `make lock`), in a layer that is rebuilt only when the lock changes: every
+# image gets the versions CI tested. tests/test_packaging.py replays every
 # `RUN pip` step below, with these COPYs, in a fresh venv.
-COPY pyproject.toml ./
-RUN pip install --no-cache-dir .
+COPY requirements/run.txt requirements/
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/run.txt
 
 # Then the code, without touching the dependencies: every package that
 # pyproject.toml lists (the test fails if one is missing here).
@@ -36,6 +35,7 @@ COPY api/ api/
 COPY publisher/ publisher/
 COPY bench/ bench/
 COPY logagg/ logagg/
+COPY pyproject.toml ./
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info
 

@@ -1,17 +1,23 @@
-# Developer entry points. Everything runs from .venv, installed from
-# pyproject.toml with the dev extra:
-#   make run     the whole system (broker, bridge, API) in one command
+# Developer entry points. Everything runs from .venv, installed from the hashed
+# lock files in requirements/ (made from pyproject.toml by `make lock`):
+#   make run     the whole system (broker, bridge, API) in one command; installs
+#                only what running needs (requirements/run.txt)
 #   make test    the test suite (needs the mosquitto binary; installs it if it can)
 #                (PYTEST_ARGS='-m "not slow"' to pass pytest options)
 #   make check   linters, type checks, Dockerfile and compose validation
+#   make lock    re-resolve requirements/*.txt after editing pyproject.toml's
+#                dependencies, or to upgrade them (UPGRADE=1 takes the newest allowed)
 
 PYTHON ?= python3
 BIN := .venv/bin
-# Touched after a successful install, so the venv is synced again only when
-# pyproject.toml changes.
-STAMP := .venv/.installed
+# Touched after a successful install, so the venv is synced again only when a
+# lock file changes. The dev stamp implies the run one (dev.txt includes run's).
+RUN_STAMP := .venv/.installed-run
+DEV_STAMP := .venv/.installed-dev
+# uv resolves the locks; pinned so that `make lock` is itself reproducible.
+UV_VERSION := 0.13.9
 
-.PHONY: venv run test check ensure-mosquitto ensure-chromium
+.PHONY: venv dev-venv run test check lock ensure-mosquitto ensure-chromium
 
 # Sets $$sudo to how apt-get can run here: "" as root, "sudo" with passwordless sudo,
 # "none" when it cannot (no root, or no apt-get).
@@ -20,26 +26,46 @@ APT_AS := if [ "$$(id -u)" = 0 ]; then sudo=; \
 	  else sudo=none; fi; \
 	  command -v apt-get >/dev/null || sudo=none
 
-venv: $(STAMP)
+venv: $(RUN_STAMP)
+dev-venv: $(DEV_STAMP)
 
-$(STAMP): pyproject.toml
+# Creates .venv with Python 3.11+ (once); $(1) is the lock file to install.
+define install
 	@py=$(BIN)/python; [ -x $$py ] || py=$(PYTHON); \
 	$$py -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
 	  echo "logagg needs Python 3.11+: run make PYTHON=python3.11 (rm -rf .venv if it is older)"; \
 	  exit 1; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv .venv
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install --require-hashes --no-deps -r $(1)
+	$(BIN)/pip install --no-deps -e .
+endef
+
+$(RUN_STAMP): requirements/run.txt pyproject.toml
+	$(call install,requirements/run.txt)
 	touch $@
+
+$(DEV_STAMP): requirements/dev.txt pyproject.toml
+	$(call install,requirements/dev.txt)
+	touch $@ $(RUN_STAMP)
+
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q uv==$(UV_VERSION)
+	for lock in run dev; do \
+	  .venv-lock/bin/uv pip compile pyproject.toml $$([ $$lock = dev ] && echo --extra dev) \
+	    --python-version 3.11 --universal --generate-hashes --quiet \
+	    $(if $(UPGRADE),--upgrade) -o requirements/$$lock.txt || exit 1; done
+	rm -rf .venv-lock
 
 run: venv
 	$(BIN)/logagg up
 
-test: venv ensure-mosquitto ensure-chromium
+test: dev-venv ensure-mosquitto ensure-chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # `docker compose config` is Compose's own parser; it needs the CLI plugin but
 # no engine, so it runs wherever the plugin is installed.
-check: venv
+check: dev-venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
 
@@ -90,7 +91,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await publisher.close()
             store.close()
 
-    app = FastAPI(
+    # /docs and /redoc with their assets served from the package, not a CDN: they work offline.
+    app = FastAPIOffline(
         title="logagg",
         summary="Publish log events through the broker; read what the bridge stored.",
         lifespan=lifespan,

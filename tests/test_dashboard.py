@@ -124,3 +124,17 @@ def test_dashboard_fits_a_phone(browser: Browser, client: httpx.Client) -> None:
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     cards = page.locator(".card").all()
     assert all((box := card.bounding_box()) and box["width"] <= 390 for card in cards)
+
+
+def test_api_docs_render_offline(browser: Browser, sidecar: Sidecar, broker: Mosquitto) -> None:
+    """/docs loads Swagger UI from the sidecar itself: every request the page makes stays on
+    the sidecar (any other would fail here, with no internet), and the operations render."""
+    client = sidecar(broker.url)
+    page = browser.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(str(client.base_url.join("/docs")))
+    page.wait_for_selector(".opblock-summary-path >> text=/publish", timeout=10_000)
+    assert "logagg" in page.inner_text(".info .title")
+    assert requested, "the page made no request"
+    assert all(url.startswith(str(client.base_url)) for url in requested), requested

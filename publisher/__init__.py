@@ -1,16 +1,29 @@
-"""The simulated publisher and load generator behind `logagg publish`."""
+"""The simulated publisher and load generator behind `logagg publish`.
 
-from publisher.run import run_publisher, terminal_progress
-from publisher.settings import PublisherSettings
-from publisher.stream import Message, generate
-from publisher.summary import PublishError, Summary
+Its public API, loaded lazily: importing one name loads only the module that holds it.
+"""
 
-__all__ = [
-    "Message",
-    "PublishError",
-    "PublisherSettings",
-    "Summary",
-    "generate",
-    "run_publisher",
-    "terminal_progress",
-]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bridge.lazy import lazy_api
+
+if TYPE_CHECKING:
+    from publisher.run import run_publisher as run_publisher
+    from publisher.run import terminal_progress as terminal_progress
+    from publisher.settings import PublisherSettings as PublisherSettings
+    from publisher.stream import Message as Message
+    from publisher.stream import generate as generate
+    from publisher.summary import PublishError as PublishError
+    from publisher.summary import Summary as Summary
+
+__all__, __getattr__ = lazy_api(
+    __name__,
+    {
+        "publisher.run": ("run_publisher", "terminal_progress"),
+        "publisher.settings": ("PublisherSettings",),
+        "publisher.stream": ("Message", "generate"),
+        "publisher.summary": ("PublishError", "Summary"),
+    },
+)

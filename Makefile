@@ -11,7 +11,7 @@ BIN := .venv/bin
 # pyproject.toml changes.
 STAMP := .venv/.installed
 
-.PHONY: venv run test check ensure-mosquitto ensure-chromium
+.PHONY: venv run test check ensure-mosquitto ensure-chromium ensure-faketime
 
 # Sets $$sudo to how apt-get can run here: "" as root, "sudo" with passwordless sudo,
 # "none" when it cannot (no root, or no apt-get).
@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 run: venv
 	$(BIN)/logagg up
 
-test: venv ensure-mosquitto ensure-chromium
+test: venv ensure-mosquitto ensure-chromium ensure-faketime
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # `docker compose config` is Compose's own parser; it needs the CLI plugin but
@@ -67,3 +67,12 @@ ensure-chromium:
 	  if [ "$$sudo" = none ]; then \
 	    echo "chromium is not installed: the browser tests will be skipped (Debian: apt-get install chromium)"; \
 	  else $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends chromium; fi; }
+
+# The clock tests (tests/test_liveness.py) run bridges under libfaketime (Debian package
+# faketime) to put their clocks an hour off; without it those tests are skipped, saying why.
+ensure-faketime:
+	@ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || { \
+	  $(APT_AS); \
+	  if [ "$$sudo" = none ]; then \
+	    echo "faketime is not installed: the clock tests will be skipped (Debian: apt-get install faketime)"; \
+	  else $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends faketime; fi; }

@@ -17,7 +17,7 @@ DEV_STAMP := .venv/.installed-dev
 # uv resolves the locks; pinned so that `make lock` is itself reproducible.
 UV_VERSION := 0.13.9
 
-.PHONY: venv dev-venv run test check lock ensure-mosquitto ensure-chromium
+.PHONY: venv dev-venv run test check lock ensure-mosquitto ensure-chromium ensure-faketime
 
 # Sets $$sudo to how apt-get can run here: "" as root, "sudo" with passwordless sudo,
 # "none" when it cannot (no root, or no apt-get).
@@ -60,7 +60,7 @@ lock:
 run: venv
 	$(BIN)/logagg up
 
-test: dev-venv ensure-mosquitto ensure-chromium
+test: dev-venv ensure-mosquitto ensure-chromium ensure-faketime
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # `docker compose config` is Compose's own parser; it needs the CLI plugin but
@@ -93,3 +93,12 @@ ensure-chromium:
 	  if [ "$$sudo" = none ]; then \
 	    echo "chromium is not installed: the browser tests will be skipped (Debian: apt-get install chromium)"; \
 	  else $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends chromium; fi; }
+
+# The clock tests (tests/test_liveness.py) run bridges under libfaketime (Debian package
+# faketime) to put their clocks an hour off; without it those tests are skipped, saying why.
+ensure-faketime:
+	@ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || { \
+	  $(APT_AS); \
+	  if [ "$$sudo" = none ]; then \
+	    echo "faketime is not installed: the clock tests will be skipped (Debian: apt-get install faketime)"; \
+	  else $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends faketime; fi; }

@@ -45,7 +45,7 @@ from api.models import (
 from api.publishing import BrokerUnavailable, Publisher
 from api.settings import ApiSettings
 from bridge.event import MAX_NAME_LENGTH, NAME_PATTERN, Event
-from bridge.store import BRIDGE_ALIVE_SECONDS, StoredEvent, StoreUnavailable, open_store
+from bridge.store import StoredEvent, StoreUnavailable, open_store
 
 logger = logging.getLogger("logagg.api")
 
@@ -73,7 +73,7 @@ def _publish_body_schema(max_batch: int) -> dict[str, Any]:
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
-    store = open_store(settings.store, readonly=True)
+    store = open_store(settings.store, readonly=True, alive_s=settings.bridge_alive_s)
     publisher = Publisher(settings)
     # LOGAGG_API_TOKEN: every route but /healthz takes one of these (tests/test_security.py).
     publishing = guard(settings)
@@ -254,7 +254,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             health.bridge = (
                 OK
                 if stats.uptime_s is not None
-                else f"no bridge heartbeat in the last {BRIDGE_ALIVE_SECONDS:.0f}s: no bridge"
+                else f"no bridge heartbeat in the last {settings.bridge_alive_s:g}s: no bridge"
                 " is running, or it cannot write the store (see its log)"
             )
         try:

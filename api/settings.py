@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 
 from bridge.event import DEFAULT_MAX_PAYLOAD_BYTES
-from bridge.settings import DEFAULT_STORE, MqttSettings, StoreUrl
+from bridge.settings import DEFAULT_STORE, AliveSeconds, MqttSettings, StoreUrl
+from bridge.store import BRIDGE_ALIVE_SECONDS
 
 MIN_TOKEN_LENGTH = 16
 
@@ -25,6 +26,7 @@ class ApiSettings(MqttSettings):
     # 15k events/s, 500 gave 9-10k/s, 5,000 gave 4k/s. 100 keeps most of the speed.
     max_inflight: int = Field(default=100, ge=1, le=65_535)
     read_limit_max: int = Field(default=1000, ge=1)
+    bridge_alive_s: AliveSeconds = BRIDGE_ALIVE_SECONDS
     # LOGAGG_API_TOKEN, from the environment only: `logagg api` has no flag for it, because
     # a command line is visible to every user of the machine (ps, /proc/<pid>/cmdline).
     api_token: SecretStr | None = None

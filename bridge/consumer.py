@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +33,6 @@ from bridge.store import BatchOutcome, Refused, Store, StoreUnavailable, open_st
 
 logger = logging.getLogger("logagg.bridge")
 
-HEARTBEAT_S = 5.0
 CONNECT_TIMEOUT_S = 10.0
 # While the store is unavailable, its error is logged at most once per this many seconds.
 STORE_LOG_EVERY_S = 30.0
@@ -89,7 +89,8 @@ class Bridge:
     def __init__(self, settings: BridgeSettings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.started_at = time.time()
+        # Names this run in the heartbeats: the store times its uptime from the first beat.
+        self.run_id = uuid.uuid4().hex
         self.committed = 0
         # One writer thread: SQLite has one writer, and parsing there keeps the loop free
         # to read the socket while a batch commits.
@@ -245,13 +246,13 @@ class Bridge:
 
     async def _heartbeat(self, *, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_heartbeat < HEARTBEAT_S:
+        if not force and now - self._last_heartbeat < self.settings.bridge_alive_s / 3:
             return
         self._last_heartbeat = now
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(
-                self._writer, self.store.heartbeat, self.settings.client_id, self.started_at
+                self._writer, self.store.heartbeat, self.settings.client_id, self.run_id
             )
         except StoreUnavailable as exc:
             logger.error("store unavailable for heartbeat: %s", exc)
@@ -268,7 +269,10 @@ async def _open_store(settings: BridgeSettings, stop: asyncio.Event) -> Store | 
     while not stop.is_set():
         try:
             return await asyncio.to_thread(
-                open_store, settings.store, durability=settings.durability
+                open_store,
+                settings.store,
+                durability=settings.durability,
+                hold_s=settings.store_hold_s,
             )
         except StoreUnavailable as exc:
             delay = backoff.delay()

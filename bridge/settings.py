@@ -10,10 +10,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.broker import DEFAULT_BROKER, BrokerAddress, Credentials
 from bridge.event import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TOPIC_PREFIX
-from bridge.store import check_store_url
+from bridge.store import BRIDGE_ALIVE_SECONDS, STORE_HOLD_SECONDS, check_store_url
 
 DEFAULT_STORE = "sqlite:///data/logagg.db"
 StoreUrl = Annotated[str, AfterValidator(check_store_url)]
+# A bridge counts as alive while its last heartbeat is younger than this (it beats three
+# times per window); the bridge, `logagg ready` and the sidecar read the same setting.
+AliveSeconds = Annotated[float, Field(ge=0.3, le=3600)]
 
 
 class MqttSettings(BaseSettings):
@@ -73,6 +76,10 @@ class BridgeSettings(MqttSettings):
     # Long enough to ride out any outage a supervisor fixes; the broker keeps our queue meanwhile.
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=1, le=0xFFFFFFFE)
     duplicate_log_per_s: int = Field(default=100, ge=0)
+    bridge_alive_s: AliveSeconds = BRIDGE_ALIVE_SECONDS
+    # PostgreSQL: how long one stuck session (a stopped bridge inside its transaction) may
+    # hold the other bridges before the server ends it.
+    store_hold_s: float = Field(default=STORE_HOLD_SECONDS, gt=0, le=3600)
     # Prometheus metrics at http://metrics_host:metrics_port/metrics; port 0 = off.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -388,22 +389,37 @@ def bench(
 
 @app.command()
 def ready(
-    store: Store = None, log_level: LogLevel = "warning", log_format: LogFormat = "text"
+    store: Store = None,
+    client_id: Annotated[
+        str | None,
+        typer.Option(help="The bridge asked about (default logagg-bridge-HOST-REPLICA)"),
+    ] = None,
+    replica: Annotated[
+        int | None, typer.Option(help="Its replica index, for the default client id")
+    ] = None,
+    log_level: LogLevel = "warning",
+    log_format: LogFormat = "text",
 ) -> None:
-    """Exit 0 when a bridge has subscribed and is alive on this store (for health checks)."""
+    """Exit 0 when this bridge (by client id, as `logagg bridge` names it: the same flags and
+    LOGAGG_* variables) has subscribed and is alive on this store (for health checks)."""
     from bridge.store import StoreUnavailable, open_store
 
-    url = settings(BridgeSettings, store=store).store
+    config = settings(BridgeSettings, store=store, client_id=client_id, replica=replica)
     logs.configure(log_level, log_format)
     try:
-        uptime = open_store(url, readonly=True).stats().uptime_s
+        with closing(open_store(config.store, readonly=True, alive_s=config.bridge_alive_s)) as db:
+            uptime = db.bridge_uptime(config.client_id)
     except StoreUnavailable as exc:
         typer.echo(f"not ready: {exc}", err=True)
         raise typer.Exit(1) from None
     if uptime is None:
-        typer.echo("not ready: no bridge has a fresh heartbeat on this store", err=True)
+        typer.echo(
+            f"not ready: bridge {config.client_id} has no heartbeat in the last"
+            f" {config.bridge_alive_s:g}s on this store",
+            err=True,
+        )
         raise typer.Exit(1)
-    typer.echo(f"ready: bridge up for {uptime:.0f}s")
+    typer.echo(f"ready: bridge {config.client_id} up for {uptime:.0f}s")
 
 
 @app.command()

@@ -46,8 +46,18 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 class BridgeProcess:
     """`logagg bridge` as a subprocess, so tests can SIGKILL it like a real crash."""
 
-    def __init__(self, broker_url: str, store_url: str, log: Path, **flags: str) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        store_url: str,
+        log: Path,
+        *,
+        env: dict[str, str] | None = None,
+        **flags: str,
+    ) -> None:
         self.args = [*LOGAGG, "bridge", "--broker", broker_url, "--store", store_url]
+        # Added to the test's environment at each start (e.g. LD_PRELOAD of libfaketime).
+        self.env = env
         for name, value in flags.items():
             self.args += [f"--{name.replace('_', '-')}", value]
         self.log = log
@@ -57,7 +67,12 @@ class BridgeProcess:
         """Start it; by default wait until it has subscribed (its session exists)."""
         already = self.output().count("subscribed to")
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=None if self.env is None else {**os.environ, **self.env},
+            )
         deadline = time.monotonic() + 30
         while wait and self.output().count("subscribed to") == already:
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -111,12 +126,15 @@ def bridge_factory(
 ) -> Iterator[Callable[..., BridgeProcess]]:
     started: list[BridgeProcess] = []
 
-    def start(*, wait: bool = True, **flags: str) -> BridgeProcess:
+    def start(
+        *, wait: bool = True, env: dict[str, str] | None = None, **flags: str
+    ) -> BridgeProcess:
         flags.setdefault("client_id", f"test-bridge-{os.getpid()}")
         proc = BridgeProcess(
             broker.url,
             flags.pop("store", store_url),
             tmp_path / f"bridge-{len(started)}.log",
+            env=env,
             **flags,
         )
         started.append(proc)

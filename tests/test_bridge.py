@@ -175,16 +175,20 @@ def test_bridge_waits_out_a_locked_store_and_loses_nothing(
     assert "store unavailable" in bridge.output()
 
 
-def test_ready_command_says_when_a_bridge_has_subscribed(
+def test_ready_command_says_when_the_named_bridge_has_subscribed(
     broker: Mosquitto, bridge_factory: StartBridge, store_url: str
 ) -> None:
-    """`logagg ready` is the bridge's health check: 0 only while a subscribed bridge lives."""
-    ready = [*LOGAGG, "ready", "--store", store_url]
-    assert subprocess.run(ready, capture_output=True).returncode == 1
-    bridge = bridge_factory()
-    done = subprocess.run(ready, capture_output=True, text=True)
+    """`logagg ready` is a bridge's health check: 0 only while the bridge it names (by client
+    id, as `logagg bridge` names itself) has subscribed and lives; another's does not count."""
+    ready = [*LOGAGG, "ready", "--store", store_url, "--client-id"]
+    assert subprocess.run([*ready, "ready-a"], capture_output=True).returncode == 1
+    bridge = bridge_factory(client_id="ready-a")
+    done = subprocess.run([*ready, "ready-a"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "ready: bridge up" in done.stdout
+    assert "ready: bridge ready-a up" in done.stdout
+    other = subprocess.run([*ready, "ready-b"], capture_output=True, text=True)
+    assert other.returncode == 1
+    assert "not ready: bridge ready-b has no heartbeat" in other.stderr
     bridge.stop()
 
 

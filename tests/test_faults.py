@@ -191,8 +191,8 @@ def test_store_disk_full_holds_messages_and_resumes(
         assert time.monotonic() < deadline, bridge.output()[-3000:]
         time.sleep(0.2)
     held_from = time.monotonic()
-    with serving(ApiSettings(broker=broker.url, store=url)) as api:
-        time.sleep(17)  # past the heartbeat's 15 s liveness window
+    with serving(ApiSettings(broker=broker.url, store=url, bridge_alive_s=2)) as api:
+        time.sleep(3)  # past the 2 s liveness window asked for here
         health = api.get("/healthz")
         uptime = api.get("/stats").json().get("uptime_s")
     assert health.status_code == 200

@@ -134,20 +134,46 @@ def test_compose_services_are_wired_in_order() -> None:
     assert "logagg-data:/data" in services["api"]["volumes"]
 
 
+def flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def client_id(service: dict[str, Any], command: list[str]) -> str:
+    """The client id a logagg command in this service runs under: its flag, else the
+    service's LOGAGG_CLIENT_ID."""
+    if "--client-id" in command:
+        return flag(command, "--client-id")
+    return str(service["environment"]["LOGAGG_CLIENT_ID"])
+
+
 def test_compose_scale_profile_runs_three_bridges_on_one_group() -> None:
     """Each replica keeps its own client id (its session) and shares group and store."""
     services = compose()["services"]
-    bridges = [argv(services[f"bridge-{i}"]["command"]) for i in (1, 2, 3)]
-    assert all(services[f"bridge-{i}"]["profiles"] == ["scale"] for i in (1, 2, 3))
-
-    def flag(command: list[str], name: str) -> str:
-        return command[command.index(name) + 1]
-
-    assert len({flag(b, "--client-id") for b in bridges}) == 3
+    names = [f"bridge-{i}" for i in (1, 2, 3)]
+    bridges = [argv(services[name]["command"]) for name in names]
+    assert all(services[name]["profiles"] == ["scale"] for name in names)
+    assert len({client_id(services[n], b) for n, b in zip(names, bridges, strict=True)}) == 3
     assert {flag(b, "--group") for b in bridges} == {"logagg"}
     assert {flag(b, "--store") for b in bridges} == {
         flag(argv(services["api-scale"]["command"]), "--store")
     }
+
+
+def test_compose_healthchecks_ask_about_their_own_bridge() -> None:
+    """`logagg ready` answers for one bridge: each bridge's healthcheck names the client id
+    and store that bridge runs with, so a dead replica is unhealthy whatever the others do."""
+    services = compose()["services"]
+    asked = {}
+    for name, service in services.items():
+        check = [str(a) for a in service.get("healthcheck", {}).get("test", [])]
+        if check[1:3] != ["logagg", "ready"]:
+            continue
+        bridge, ready = argv(service["command"]), check[1:]
+        assert client_id(service, ready) == client_id(service, bridge), name
+        assert flag(ready, "--store") == flag(bridge, "--store"), name
+        asked[name] = client_id(service, ready)
+    assert set(asked) == {"bridge", "bridge-1", "bridge-2", "bridge-3"}
+    assert len(set(asked.values())) == len(asked)
 
 
 @pytest.mark.parametrize("command", shipped_commands().values(), ids=shipped_commands())

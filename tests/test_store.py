@@ -27,7 +27,7 @@ from bridge.store import (
     redact_url,
 )
 from bridge.store.base import KEEP_REJECTED
-from bridge.store.postgres import PostgresStore
+from bridge.store.postgres import _COMMIT_LOCK, PostgresStore
 from logagg.mosquitto import free_port
 
 
@@ -132,13 +132,31 @@ def test_rejected_table_is_bounded_but_counter_is_exact(store: Store) -> None:
     assert len(store.rejected(after=0, limit=KEEP_REJECTED + 100)) == KEEP_REJECTED
 
 
-def test_heartbeat_gives_uptime(store: Store) -> None:
-    """uptime_s is the running bridge's, and absent when no bridge is alive."""
-    assert store.stats().uptime_s is None
-    store.heartbeat("b1", time.time() - 42)
-    uptime = store.stats().uptime_s
-    assert uptime is not None
-    assert 41 < uptime < 60
+def test_heartbeats_are_per_bridge_and_timed_on_the_stores_clock(url: str) -> None:
+    """Each bridge's liveness is its own. Its uptime runs from its run's first beat, on the
+    store's clock (the bridge sends no time, so it is never negative); a new run of the same
+    bridge starts it afresh; past the alive window the bridge is dead."""
+    with closing(open_store(url, alive_s=1.0)) as store:
+        assert store.stats().uptime_s is None
+        store.heartbeat("b1", "run-1")
+        assert store.bridge_uptime("b2") is None
+        time.sleep(0.5)
+        store.heartbeat("b1", "run-1")
+        store.heartbeat("b2", "run-a")
+        b1, b2, oldest = store.bridge_uptime("b1"), store.bridge_uptime("b2"), store.stats()
+        assert b1 is not None
+        assert 0.45 <= b1 < 1.0
+        assert b2 is not None
+        assert 0 <= b2 < 0.3
+        assert oldest.uptime_s is not None
+        assert oldest.uptime_s >= b1 - 0.001
+        store.heartbeat("b1", "run-2")  # b1 restarted
+        restarted = store.bridge_uptime("b1")
+        assert restarted is not None
+        assert 0 <= restarted < 0.3
+        time.sleep(1.1)
+        assert store.bridge_uptime("b1") is None
+        assert store.stats().uptime_s is None
 
 
 def test_payload_round_trips_unicode_and_nesting(store: Store) -> None:
@@ -332,3 +350,74 @@ def test_postgres_durability_is_synchronous_commit(
     ):
         row = conn.execute("SHOW synchronous_commit").fetchone()
     assert row == (setting,)
+
+
+def test_postgres_sessions_carry_the_hold_timeouts(pg_url: str) -> None:
+    """`store_hold_s` sets how long one session may hold the others: idle in a transaction
+    that long, the server ends it; a lock wait gives up after twice that, a statement after
+    six times."""
+    with (
+        closing(PostgresStore(pg_url, hold_s=1.5)) as opened,
+        opened._pool.connection() as conn,
+    ):
+        row = conn.execute(
+            "SELECT current_setting('idle_in_transaction_session_timeout'),"
+            " current_setting('lock_timeout'), current_setting('statement_timeout')"
+        ).fetchone()
+    assert row == ("1500ms", "3s", "9s")
+
+
+def test_postgres_stuck_holder_of_the_commit_lock_is_ended(pg_url: str) -> None:
+    """A store session that stops inside its transaction while holding the commit lock (as
+    a SIGSTOPped bridge does) is ended by the server after `hold_s`: another writer then
+    commits, and the stopped one's batch, never committed, goes in whole when it retries."""
+    hold_s = 1.0
+    with (
+        closing(open_store(pg_url, hold_s=hold_s)) as stuck,
+        closing(open_store(pg_url, hold_s=hold_s)) as other,
+    ):
+        stuck.record([event("t", "0")], [])  # the schema exists
+        assert isinstance(stuck, PostgresStore)
+        waited = []
+
+        def stop_inside_commit() -> None:
+            with stuck._write() as conn:
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))",
+                    (_COMMIT_LOCK,),
+                )
+                conn.execute(
+                    "INSERT INTO events (topic, event_id, timestamp, utc_offset_s,"
+                    " source, payload) VALUES ('t', 'lost', now(), 0, 's', '{}')"
+                )
+                began = time.monotonic()
+                # The other writer waits on the lock until the server ends this session.
+                assert other.record([event("t", "1")], []).stored == 1
+                waited.append(time.monotonic() - began)
+                conn.execute("SELECT 1")  # wakes up: its session is gone
+
+        with pytest.raises(StoreUnavailable, match="idle-in-transaction"):
+            stop_inside_commit()
+        assert hold_s * 0.9 < waited[0] < hold_s * 2 + 1
+        assert stuck.record([event("t", "1"), event("t", "2")], []).stored == 1  # retried
+        stats = other.stats()
+        keys = [e.event_id for e in other.events(topic=None, after=0, limit=10)]
+    assert sorted(keys) == ["0", "1", "2"]  # "lost" was rolled back with its session
+    assert (stats.unique_processed, stats.duplicate_dropped) == (3, 1)
+
+
+def test_postgres_lock_held_outside_logagg_is_waited_for_boundedly(pg_url: str) -> None:
+    """A session that is not logagg's holds a counter row and walks away: a batch waits for
+    the lock twice `hold_s`, then fails as unavailable, saying why (the bridge retries)."""
+    with closing(open_store(pg_url, hold_s=0.5)) as store:
+        store.record([event("t", "1")], [])
+        base, schema = pg_url.split("?schema=")
+        with psycopg.connect(base, options=f"-csearch_path={schema}") as blocker:
+            blocker.execute("UPDATE topic_stats SET unique_processed = unique_processed")
+            began = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="lock timeout"):
+                store.record([event("t", "2")], [])
+            waited = time.monotonic() - began
+            blocker.rollback()
+        assert 0.9 < waited < 3
+        assert store.record([event("t", "2")], []).stored == 1

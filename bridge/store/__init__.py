@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bridge.store.base import (
     BRIDGE_ALIVE_SECONDS,
+    STORE_HOLD_SECONDS,
     BatchOutcome,
     EventKey,
     Refused,
@@ -28,19 +29,32 @@ def check_store_url(url: str) -> str:
     return url
 
 
-def open_store(url: str, *, durability: str = "full", readonly: bool = False) -> Store:
-    """Open the store named by `url`; the writer creates or upgrades the schema."""
+def open_store(
+    url: str,
+    *,
+    durability: str = "full",
+    readonly: bool = False,
+    alive_s: float = BRIDGE_ALIVE_SECONDS,
+    hold_s: float = STORE_HOLD_SECONDS,
+) -> Store:
+    """Open the store named by `url`; the writer creates or upgrades the schema. `alive_s`
+    is the window a bridge's last heartbeat must fall in for it to count as alive; `hold_s`
+    bounds how long one stuck PostgreSQL session may hold the others (SQLite has one writer,
+    so nothing to bound)."""
     if check_store_url(url).startswith("sqlite://"):
         from bridge.store.sqlite import SQLiteStore
 
-        return SQLiteStore.from_url(url, durability=durability, readonly=readonly)
+        return SQLiteStore.from_url(url, durability=durability, readonly=readonly, alive_s=alive_s)
     from bridge.store.postgres import PostgresStore
 
-    return PostgresStore(url, durability=durability, readonly=readonly)
+    return PostgresStore(
+        url, durability=durability, readonly=readonly, alive_s=alive_s, hold_s=hold_s
+    )
 
 
 __all__ = [
     "BRIDGE_ALIVE_SECONDS",
+    "STORE_HOLD_SECONDS",
     "BatchOutcome",
     "EventKey",
     "Refused",

@@ -12,9 +12,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from bridge.event import Event, Rejection
 
-SCHEMA_VERSION = 1
-# A bridge whose heartbeat is older than this is not counted as running.
+# 2: per-bridge heartbeats stamped on the store's clock (`heartbeats` replaces `bridges`).
+SCHEMA_VERSION = 2
+# A bridge whose heartbeat is older than this is not counted as running (default; the
+# `bridge_alive_s` setting). The bridge beats three times per window.
 BRIDGE_ALIVE_SECONDS = 15.0
+# How long one stuck PostgreSQL session may hold the others (default; `store_hold_s`).
+STORE_HOLD_SECONDS = 5.0
 DURABILITY_LEVELS = ("full", "normal", "off")
 # The rejected table keeps the newest rows and a prefix of each body: bad input is bounded.
 KEEP_REJECTED = 10_000
@@ -101,7 +105,14 @@ class Store(Protocol):
 
     def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome: ...
 
-    def heartbeat(self, client_id: str, started_at: float) -> None: ...
+    def heartbeat(self, client_id: str, run_id: str) -> None:
+        """Say that bridge `client_id` is alive, stamped on the store's clock, never the
+        bridge's; `run_id` names this run of it: a new run starts its uptime afresh."""
+        ...
+
+    def bridge_uptime(self, client_id: str) -> float | None:
+        """Seconds since that bridge's run began, or None unless it beat in the alive window."""
+        ...
 
     def stats(self) -> Stats: ...
 
@@ -228,10 +239,9 @@ def tally(events: Sequence[Event], refused: Sequence[Refused], inserted: set[Eve
 def make_stats(
     topic_rows: Iterable[tuple[str, int, int]],
     code_rows: Iterable[tuple[str, int]],
-    oldest_started_at: float | None,
-    now: float,
+    uptime_s: float | None,
 ) -> Stats:
-    """Stats from the counter tables and the oldest live bridge's start time."""
+    """Stats from the counter tables and the oldest live bridge's uptime."""
     topics = {t: TopicStats(u, d) for t, u, d in topic_rows}
     codes = dict(code_rows)
     return Stats(
@@ -240,7 +250,7 @@ def make_stats(
         rejected=sum(codes.values()),
         topics=topics,
         rejected_by_code=codes,
-        uptime_s=None if oldest_started_at is None else round(now - oldest_started_at, 3),
+        uptime_s=None if uptime_s is None else round(max(0.0, uptime_s), 3),
     )
 
 

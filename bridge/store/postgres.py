@@ -32,11 +32,21 @@ parallel; the section from the lock to the commit (about five round trips) is se
 Measured with the parameters still built under the lock, it cost 3 bridges more than
 half their drain throughput on 2 cores (BENCHMARKS.md, "Scaling out (issue 5)"); the
 parameters now come first, and one round trip per batch is the next step.
+
+Because every batch waits for that lock, a bridge that stops inside its transaction
+(SIGSTOP, a debugger, a paused VM) would stall all the others. So no session may hold
+the others for long: every session gets `idle_in_transaction_session_timeout` = `hold_s`
+(the server ends a session idle inside a transaction, which releases its locks; its
+bridge never acked that batch, so it commits it again when it wakes), `lock_timeout` =
+twice `hold_s` (a wait outlasting a stuck holder's removal is reported, then retried),
+and `statement_timeout` = six times `hold_s`.
+
+Heartbeats are stamped with the server's `now()` and judged against its
+`clock_timestamp()`: one clock, whatever the bridges' clocks say.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -52,6 +62,7 @@ from bridge.store.base import (
     BRIDGE_ALIVE_SECONDS,
     KEEP_REJECTED,
     SCHEMA_VERSION,
+    STORE_HOLD_SECONDS,
     BatchOutcome,
     EventKey,
     Refused,
@@ -108,11 +119,29 @@ CREATE TABLE IF NOT EXISTS rejected (
     body text NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE TABLE IF NOT EXISTS bridges (
+DROP TABLE IF EXISTS bridges;
+CREATE TABLE IF NOT EXISTS heartbeats (
     client_id text PRIMARY KEY,
-    started_at double precision NOT NULL,
-    seen_at double precision NOT NULL
+    run_id text NOT NULL,
+    started_at timestamptz NOT NULL,
+    seen_at timestamptz NOT NULL
 );
+"""
+
+# The server's clock for both stamps; `started_at` is the first beat of this run.
+_HEARTBEAT = """
+INSERT INTO heartbeats AS h (client_id, run_id, started_at, seen_at)
+VALUES (%s, %s, now(), now())
+ON CONFLICT (client_id) DO UPDATE SET
+    run_id = excluded.run_id,
+    seen_at = excluded.seen_at,
+    started_at = CASE WHEN h.run_id = excluded.run_id THEN h.started_at ELSE excluded.started_at END
+"""
+
+# The live bridges' uptimes, on the server's clock.
+_LIVE_UPTIMES = """
+SELECT extract(epoch FROM clock_timestamp() - started_at)::float8 AS uptime FROM heartbeats
+WHERE seen_at > clock_timestamp() - make_interval(secs => %s)
 """
 
 _INSERT_EVENTS = """
@@ -160,8 +189,18 @@ def split_schema(url: str) -> tuple[str, str | None]:
 class PostgresStore:
     """The store for many bridges: one PostgreSQL, a connection pool per process."""
 
-    def __init__(self, url: str, *, durability: str = "full", readonly: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        durability: str = "full",
+        readonly: bool = False,
+        alive_s: float = BRIDGE_ALIVE_SECONDS,
+        hold_s: float = STORE_HOLD_SECONDS,
+    ) -> None:
         self.display = redact_url(url)
+        self._alive_s = alive_s
+        self._hold_ms = max(1, round(hold_s * 1000))
         self._conninfo, self._schema = split_schema(url)
         libpq = dict(parse_qsl(urlsplit(self._conninfo).query))
         self._timeout = float(libpq.get("connect_timeout") or DEFAULT_TIMEOUT_S)
@@ -190,9 +229,19 @@ class PostgresStore:
                 raise
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        """Runs on every new pooled connection: our durability, and our schema if named."""
+        """Runs on every new pooled connection: our durability and timeouts, and our schema
+        if named."""
         conn.execute(
-            "SELECT set_config('synchronous_commit', %s, false)", (self._synchronous_commit,)
+            "SELECT set_config('synchronous_commit', %s, false),"
+            " set_config('idle_in_transaction_session_timeout', %s, false),"
+            " set_config('lock_timeout', %s, false),"
+            " set_config('statement_timeout', %s, false)",
+            (
+                self._synchronous_commit,
+                str(self._hold_ms),
+                str(2 * self._hold_ms),
+                str(6 * self._hold_ms),
+            ),
         )
         if self._schema is not None:
             conn.execute(
@@ -293,14 +342,16 @@ class PostgresStore:
                 )
         return counts.outcome
 
-    def heartbeat(self, client_id: str, started_at: float) -> None:
+    def heartbeat(self, client_id: str, run_id: str) -> None:
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO bridges (client_id, started_at, seen_at) VALUES (%s, %s, %s)"
-                " ON CONFLICT (client_id) DO UPDATE SET"
-                " started_at = excluded.started_at, seen_at = excluded.seen_at",
-                (client_id, started_at, time.time()),
-            )
+            conn.execute(_HEARTBEAT, (client_id, run_id))
+
+    def bridge_uptime(self, client_id: str) -> float | None:
+        with self._read() as conn:
+            row = conn.execute(
+                _LIVE_UPTIMES + " AND client_id = %s", (self._alive_s, client_id)
+            ).fetchone()
+        return None if row is None else max(0.0, row[0])
 
     def stats(self) -> Stats:
         with self._read() as conn:
@@ -308,12 +359,10 @@ class PostgresStore:
                 "SELECT topic, unique_processed, duplicate_dropped FROM topic_stats ORDER BY topic"
             ).fetchall()
             codes = conn.execute("SELECT code, count FROM rejection_stats ORDER BY code").fetchall()
-            now = time.time()
-            row = conn.execute(
-                "SELECT min(started_at) FROM bridges WHERE seen_at > %s",
-                (now - BRIDGE_ALIVE_SECONDS,),
-            ).fetchone()
-        return make_stats(topics, codes, row[0] if row else None, now)
+            (uptime,) = conn.execute(
+                f"SELECT max(uptime) FROM ({_LIVE_UPTIMES}) AS live", (self._alive_s,)
+            ).fetchone() or (None,)
+        return make_stats(topics, codes, uptime)
 
     def events(
         self, *, topic: str | None, after: int, limit: int, newest: bool = False

@@ -1,10 +1,17 @@
-"""SQLite store: WAL, one writer (the bridge), many readers (the sidecar, other processes)."""
+"""SQLite store: WAL, one writer (the bridge), many readers (the sidecar, other processes).
+
+Heartbeats need a clock that bridge and readers share. SQLite has no server, and WAL
+needs writer and readers on one host; but the bridge's own clock may be wrong (a wall
+clock an hour off, a process under libfaketime), and the wall clock can be stepped. So
+heartbeats are stamped with the host's boot clock, read from /proc/uptime (seconds
+since boot, which no one sets and no library fakes), with the boot's id: a stamp from
+another boot is never fresh.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
@@ -63,19 +70,54 @@ CREATE TABLE IF NOT EXISTS rejected (
     body TEXT NOT NULL,
     received_at TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS bridges (
+DROP TABLE IF EXISTS bridges;
+CREATE TABLE IF NOT EXISTS heartbeats (
     client_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    -- Seconds since boot on the host clock (see the module's docstring), and which boot.
+    boot_id TEXT NOT NULL,
     started_at REAL NOT NULL,
     seen_at REAL NOT NULL
 );
 """
 
+# `started_at` is the first beat of this run (a new run, or a new boot, starts it afresh).
+_HEARTBEAT = """
+INSERT INTO heartbeats AS h (client_id, run_id, boot_id, started_at, seen_at)
+VALUES (:client_id, :run_id, :boot_id, :now, :now)
+ON CONFLICT (client_id) DO UPDATE SET
+    run_id = excluded.run_id,
+    boot_id = excluded.boot_id,
+    seen_at = excluded.seen_at,
+    started_at = CASE WHEN h.run_id = excluded.run_id AND h.boot_id = excluded.boot_id
+        THEN h.started_at ELSE excluded.started_at END
+"""
+
+_LIVE_UPTIMES = """
+SELECT :now - started_at AS uptime FROM heartbeats
+WHERE boot_id = :boot_id AND seen_at > :now - :alive_s
+"""
+
+
+def host_clock() -> tuple[str, float]:
+    """(this boot's id, seconds since boot): the host's clock, the same in every process."""
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return boot_id, float(Path("/proc/uptime").read_text().split()[0])
+
 
 class SQLiteStore:
     """The default store. `durability` is SQLite's `synchronous`: FULL survives power loss."""
 
-    def __init__(self, path: Path, *, durability: str = "full", readonly: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durability: str = "full",
+        readonly: bool = False,
+        alive_s: float = BRIDGE_ALIVE_SECONDS,
+    ) -> None:
         self.path = path
+        self._alive_s = alive_s
         self._readonly = readonly
         self._durability = check_durability(durability).upper()
         self._writer: sqlite3.Connection | None = None
@@ -83,14 +125,21 @@ class SQLiteStore:
             self._writer = self._open_writer()
 
     @classmethod
-    def from_url(cls, url: str, *, durability: str = "full", readonly: bool = False) -> SQLiteStore:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        durability: str = "full",
+        readonly: bool = False,
+        alive_s: float = BRIDGE_ALIVE_SECONDS,
+    ) -> SQLiteStore:
         path = url.removeprefix("sqlite://")
         if not path.startswith("/"):
             raise ValueError(
                 f"store URL {url!r} needs a path: sqlite:///relative or sqlite:////abs"
             )
         # sqlite:///data/x.db is relative (three slashes), sqlite:////abs/x.db absolute.
-        return cls(Path(path[1:]), durability=durability, readonly=readonly)
+        return cls(Path(path[1:]), durability=durability, readonly=readonly, alive_s=alive_s)
 
     def _open_writer(self) -> sqlite3.Connection:
         try:
@@ -219,16 +268,27 @@ class SQLiteStore:
             )
         return counts.outcome
 
-    def heartbeat(self, client_id: str, started_at: float) -> None:
+    def heartbeat(self, client_id: str, run_id: str) -> None:
+        boot_id, now = host_clock()
         try:
             self._write().execute(
-                "INSERT INTO bridges (client_id, started_at, seen_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (client_id) DO UPDATE SET"
-                " started_at = excluded.started_at, seen_at = excluded.seen_at",
-                (client_id, started_at, time.time()),
+                _HEARTBEAT,
+                {"client_id": client_id, "run_id": run_id, "boot_id": boot_id, "now": now},
             )
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot write {self.path}: {exc}") from exc
+
+    def _clock(self) -> dict[str, object]:
+        boot_id, now = host_clock()
+        return {"boot_id": boot_id, "now": now, "alive_s": self._alive_s}
+
+    def bridge_uptime(self, client_id: str) -> float | None:
+        with self._read() as conn:
+            row = conn.execute(
+                _LIVE_UPTIMES + " AND client_id = :client_id",
+                {**self._clock(), "client_id": client_id},
+            ).fetchone()
+        return None if row is None else max(0.0, row[0])
 
     def stats(self) -> Stats:
         with self._read() as conn:
@@ -236,12 +296,10 @@ class SQLiteStore:
                 "SELECT topic, unique_processed, duplicate_dropped FROM topic_stats ORDER BY topic"
             ).fetchall()
             codes = conn.execute("SELECT code, count FROM rejection_stats ORDER BY code").fetchall()
-            now = time.time()
-            (oldest,) = conn.execute(
-                "SELECT min(started_at) FROM bridges WHERE seen_at > ?",
-                (now - BRIDGE_ALIVE_SECONDS,),
+            (uptime,) = conn.execute(
+                f"SELECT max(uptime) FROM ({_LIVE_UPTIMES}) AS live", self._clock()
             ).fetchone()
-        return make_stats(topics, codes, oldest, now)
+        return make_stats(topics, codes, uptime)
 
     def events(
         self, *, topic: str | None, after: int, limit: int, newest: bool = False

@@ -29,6 +29,7 @@ from bridge.inbox import Inbox, Received
 from bridge.metrics import BridgeMetrics, serving
 from bridge.settings import BridgeSettings
 from bridge.store import BatchOutcome, Refused, Store, StoreUnavailable, open_store, redact_url
+from bridge.store.base import rejected_row
 
 logger = logging.getLogger("logagg.bridge")
 
@@ -39,23 +40,27 @@ STORE_LOG_EVERY_S = 30.0
 
 
 @dataclass(slots=True)
-class DuplicateLog:
-    """Logs each duplicate by name, up to `per_s` a second; past that it says how many it
-    summarised, so the log stays truthful without costing throughput at full load."""
+class RateLimitedLog:
+    """Logs each item with `line`, up to `per_s` a second; past that it says how many it
+    summarised (`summary`), so the log stays truthful without costing throughput, or
+    disk, when a flood of them arrives."""
 
     per_s: int
+    line: str
+    summary: str
+    level: int = logging.INFO
     _window: float = 0.0
     _logged: int = 0
     _skipped: int = 0
 
-    def __call__(self, duplicates: Sequence[tuple[str, str]]) -> None:
+    def __call__(self, items: Sequence[tuple[object, ...]]) -> None:
         now = time.monotonic()
         if now - self._window >= 1.0:
             self.flush()
             self._window, self._logged = now, 0
-        for topic, event_id in duplicates:
+        for item in items:
             if self._logged < self.per_s:
-                logger.info("duplicate dropped: topic=%s event_id=%s", topic, event_id)
+                logger.log(self.level, self.line, *item)
                 self._logged += 1
             else:
                 self._skipped += 1
@@ -63,18 +68,40 @@ class DuplicateLog:
     def flush(self) -> None:
         """Say how many went unnamed: as a second ends, when the bridge idles, and on stop."""
         if self._skipped:
-            logger.info("%d more duplicates dropped, not logged one by one", self._skipped)
+            logger.log(self.level, self.summary, self._skipped)
             self._skipped = 0
 
 
+def duplicate_log(per_s: int) -> RateLimitedLog:
+    return RateLimitedLog(
+        per_s,
+        "duplicate dropped: topic=%s event_id=%s",
+        "%d more duplicates dropped, not logged one by one",
+    )
+
+
+def rejection_log(per_s: int) -> RateLimitedLog:
+    """Topic and reason as the store keeps them: cut to a bounded size."""
+    return RateLimitedLog(
+        per_s,
+        "rejected message on %s: %s (%s)",
+        "%d more messages rejected, not logged one by one",
+        logging.WARNING,
+    )
+
+
 def parse_batch(
-    batch: Sequence[Received], prefix: str, max_payload_bytes: int
+    batch: Sequence[Received], settings: BridgeSettings
 ) -> tuple[list[Event], list[Refused]]:
     events: list[Event] = []
     refused: list[Refused] = []
     for message in batch:
         result = parse_message(
-            message.topic, message.body, prefix=prefix, max_payload_bytes=max_payload_bytes
+            message.topic,
+            message.body,
+            prefix=settings.topic_prefix,
+            max_payload_bytes=settings.max_payload_bytes,
+            max_nodes=settings.max_event_nodes,
         )
         if isinstance(result, Event):
             events.append(result)
@@ -94,7 +121,8 @@ class Bridge:
         # One writer thread: SQLite has one writer, and parsing there keeps the loop free
         # to read the socket while a batch commits.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logagg-writer")
-        self._log_duplicates = DuplicateLog(settings.duplicate_log_per_s)
+        self._log_duplicates = duplicate_log(settings.duplicate_log_per_s)
+        self._log_rejections = rejection_log(settings.rejection_log_per_s)
         self.metrics = BridgeMetrics()
         self._last_heartbeat = 0.0
 
@@ -127,7 +155,11 @@ class Bridge:
         """Consume until `stop` is set; reconnects with back-off whenever the broker goes."""
         client = self._client()
         # The same two batches as the receive maximum, which Mosquitto 2.0 overruns.
-        inbox = Inbox(client, max_waiting=2 * self.settings.batch_size)
+        inbox = Inbox(
+            client,
+            max_waiting=2 * self.settings.batch_size,
+            max_waiting_bytes=2 * self.settings.max_batch_bytes,
+        )
         backoff = Backoff()
         logger.info(
             "bridge %s: broker %s, store %s, topics %s",
@@ -162,19 +194,24 @@ class Bridge:
         finally:
             self._writer.shutdown(wait=True)
             self._log_duplicates.flush()
+            self._log_rejections.flush()
             logger.info("bridge stopped after %d committed messages", self.committed)
 
     async def _consume(self, client: aiomqtt.Client, inbox: Inbox, stop: asyncio.Event) -> None:
         watcher = asyncio.create_task(inbox.watch(client))
         try:
             while not stop.is_set() and inbox.lost is None:
-                batch = await inbox.take(self.settings.batch_size, timeout=1.0)
+                batch = await inbox.take(
+                    self.settings.batch_size, timeout=1.0, max_bytes=self.settings.max_batch_bytes
+                )
                 if batch:
                     # False: stopping with the store still unavailable; unacked, it comes back.
                     if await self._commit(batch, stop):
                         self.metrics.acked(inbox.ack(batch))
                 else:
-                    self._log_duplicates(())  # idle: still say what the last second summarised
+                    # Idle: still say what the last second summarised.
+                    self._log_duplicates(())
+                    self._log_rejections(())
                 await self._heartbeat()
             if inbox.lost is not None:
                 raise inbox.lost
@@ -186,7 +223,9 @@ class Bridge:
     async def _drain(self, inbox: Inbox) -> None:
         """Commit what is waiting; acks go out only where the connection still stands."""
         while len(inbox):
-            batch = await inbox.take(self.settings.batch_size, timeout=0)
+            batch = await inbox.take(
+                self.settings.batch_size, timeout=0, max_bytes=self.settings.max_batch_bytes
+            )
             if not await self._commit(batch, None):
                 return
             self.metrics.acked(inbox.ack(batch))
@@ -230,17 +269,11 @@ class Bridge:
 
     def _write(self, batch: list[Received]) -> BatchOutcome:
         """Runs on the writer thread."""
-        events, refused = parse_batch(
-            batch, self.settings.topic_prefix, self.settings.max_payload_bytes
-        )
+        events, refused = parse_batch(batch, self.settings)
         outcome = self.store.record(events, refused)
-        for r in refused:
-            logger.warning(
-                "rejected message on %s: %s (%s)",
-                r.mqtt_topic,
-                r.rejection.reason,
-                r.rejection.code,
-            )
+        self._log_rejections(
+            [(topic, reason, code) for topic, code, reason, _ in map(rejected_row, refused)]
+        )
         return outcome
 
     async def _heartbeat(self, *, force: bool = False) -> None:

@@ -40,6 +40,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -65,6 +66,7 @@ from bridge.store.base import (
     iso_utc,
     make_stats,
     page,
+    page_end,
     payload_json,
     redact_url,
     rejected_row,
@@ -316,10 +318,24 @@ class PostgresStore:
         return make_stats(topics, codes, row[0] if row else None, now)
 
     def events(
-        self, *, topic: str | None, after: int, limit: int, newest: bool = False
+        self,
+        *,
+        topic: str | None,
+        after: int,
+        limit: int,
+        newest: bool = False,
+        max_bytes: int | None = None,
     ) -> list[StoredEvent]:
-        clause, params = page("%s", after=after, limit=limit, newest=newest, topic=topic)
+        window = partial(page, "%s", after=after, limit=limit, newest=newest, topic=topic)
         with self._read() as conn:
+            through = None
+            if max_bytes is not None:
+                clause, params = window()
+                sizes = conn.execute(
+                    "SELECT seq, octet_length(payload::text) FROM events" + clause, params
+                )
+                through = page_end(sizes, max_bytes)
+            clause, params = window(through=through)
             rows = conn.execute(
                 "SELECT seq, topic, event_id, timestamp, utc_offset_s, source, payload, received_at"
                 " FROM events" + clause,

@@ -314,3 +314,38 @@ def test_inbox_stops_reading_while_full(tmp_path: Path, tls: bool) -> None:
         asyncio.run(scenario())
     finally:
         broker.stop()
+
+
+def test_inbox_takes_and_holds_bodies_up_to_a_byte_budget(broker: Mosquitto) -> None:
+    """Batches are cut by the bytes of their bodies (a larger message comes alone), and
+    reading pauses while `max_waiting_bytes` wait, whatever the broker's window allows."""
+    body = b"x" * 100_000
+    bodies = [f"{i:03d}".encode() + body for i in range(40)] + [b"y" * 500_000]
+    budget = 600_000
+
+    async def scenario() -> None:
+        client = persistent_client(broker, "pin-bytes", receive_maximum=65_000)
+        inbox = Inbox(client, max_waiting=10_000, max_waiting_bytes=budget)
+        inbox.connecting()
+        async with client:
+            await client.subscribe("logs/#", qos=1)
+            assert await inbox.take(1, timeout=0) == []  # consuming: pausing may start
+            publishing = asyncio.create_task(
+                asyncio.to_thread(publish_raw, broker.port, [("logs/t", b) for b in bodies])
+            )
+            most = 0
+            while len(inbox) < 6 or not publishing.done():
+                most = max(most, sum(len(m.body) for m in inbox._waiting))
+                await asyncio.sleep(0.01)
+            # Paused at the budget, give or take the packets of one wake-up's reads.
+            assert budget <= most <= budget + 4 * READ_SIZE + len(bodies[0])
+            got: list[Received] = []
+            async with asyncio.timeout(30):
+                while len(got) < len(bodies):
+                    batch = await inbox.take(1000, timeout=1, max_bytes=250_000)
+                    assert len(batch) == 1 or sum(len(m.body) for m in batch) <= 250_000
+                    inbox.ack(batch)
+                    got += batch
+        assert [m.body for m in got] == bodies
+
+    asyncio.run(scenario())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import Sequence
@@ -173,17 +174,14 @@ class Bridge:
                 try:
                     inbox.connecting()
                     async with client:
-                        await client.subscribe(self.settings.topic_filter, qos=1)
-                        logger.info(
-                            "subscribed to %s on %s",
-                            self.settings.topic_filter,
-                            self.settings.address,
-                        )
-                        backoff.reset()
-                        self.metrics.connected(True)
-                        # The first heartbeat says "subscribed": readiness checks wait for it.
-                        await self._heartbeat(force=True)
-                        await self._consume(client, inbox, stop)
+                        # Consuming starts at once: a resumed session's backlog arrives ahead
+                        # of the SUBACK, and the inbox bounds what it holds only for a
+                        # consumer that takes from it.
+                        subscribing = asyncio.create_task(self._subscribe(client, backoff))
+                        try:
+                            await self._consume(client, inbox, stop, subscribing)
+                        finally:
+                            subscribing.cancel()
                 except aiomqtt.MqttError as exc:
                     self.metrics.connected(False)
                     # A commit may be done while the socket is gone; its acks were skipped.
@@ -197,7 +195,23 @@ class Bridge:
             self._log_rejections.flush()
             logger.info("bridge stopped after %d committed messages", self.committed)
 
-    async def _consume(self, client: aiomqtt.Client, inbox: Inbox, stop: asyncio.Event) -> None:
+    async def _subscribe(self, client: aiomqtt.Client, backoff: Backoff) -> None:
+        # No timeout: up to a receive maximum of messages may come first, and the
+        # connection's own liveness is watched by the keepalive and the inbox.
+        await client.subscribe(self.settings.topic_filter, qos=1, timeout=math.inf)
+        logger.info("subscribed to %s on %s", self.settings.topic_filter, self.settings.address)
+        backoff.reset()
+        self.metrics.connected(True)
+        # The first heartbeat says "subscribed": readiness checks wait for it.
+        await self._heartbeat(force=True)
+
+    async def _consume(
+        self,
+        client: aiomqtt.Client,
+        inbox: Inbox,
+        stop: asyncio.Event,
+        subscribing: asyncio.Task[None],
+    ) -> None:
         watcher = asyncio.create_task(inbox.watch(client))
         try:
             while not stop.is_set() and inbox.lost is None:
@@ -212,7 +226,9 @@ class Bridge:
                     # Idle: still say what the last second summarised.
                     self._log_duplicates(())
                     self._log_rejections(())
-                await self._heartbeat()
+                if subscribing.done():
+                    subscribing.result()  # a refused SUBSCRIBE ends the connection
+                    await self._heartbeat()
             if inbox.lost is not None:
                 raise inbox.lost
             # Stopping: store and ack what has arrived, then disconnect cleanly.

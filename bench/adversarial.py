@@ -18,6 +18,9 @@ The bridge meets the corpus as a backlog queued while it was down (the poison ba
 issue 9: the broker redelivers it whole); the sidecar gets 4 concurrent readers paging
 `GET /events?limit=1000` through all of it, then 4 concurrent 16 MiB `POST /publish`
 bodies of long strings and nested objects, up to the body node limit.
+
+Then, apart, issue 9's rejection flood (`--flood`, 2,000 messages on 60 KB topics): what
+it adds to the store's files and to the bridge's log.
 """
 
 from __future__ import annotations
@@ -231,15 +234,64 @@ def measure(count: int, out: Path) -> dict[str, Any]:
     }
 
 
+def rejection_flood(count: int, out: Path) -> dict[str, Any]:
+    """Issue 9's rejection flood: `count` messages on 60 KB topics, each refused (a topic
+    is at most 200 characters). What it adds to the store's files and to the bridge's log."""
+    store_path = out / "flood.db"
+    store_url = f"sqlite:///{store_path}"
+    log = out / "bridge-flood.log"
+    with ExitStack() as stack:
+        broker = Mosquitto(free_port(), out / "mosquitto-flood")
+        broker.start()
+        stack.callback(broker.stop)
+        bridge = stack.enter_context(
+            start_bridge(broker.url, store_url, "adv-flood", "normal", log)
+        )
+        _wait_stats(store_url, lambda s: True, bridge)
+        store_before = sum(p.stat().st_size for p in out.glob("flood.db*"))
+        log_before = log.stat().st_size
+        started = time.monotonic()
+        flood = Flood(broker.port, window=100)
+        topic = "logs/" + "t" * 60_000
+        for i in range(count):
+            flood.send(topic, _event(str(i), {}).encode())
+        flood.flush()
+        flood.close()
+        stats = _wait_stats(store_url, lambda s: s.received >= count, bridge)
+        seconds = time.monotonic() - started
+        if stats.rejected != count:
+            raise BenchError(f"{count} refused messages sent; the store says {stats}")
+        reader = open_store(store_url, readonly=True)
+        stack.callback(reader.close)
+        largest = max(
+            len(r.mqtt_topic.encode()) + len(r.reason.encode()) + len(r.body.encode())
+            for r in reader.rejected(after=0, limit=1000)
+        )
+    return {
+        "messages": count,
+        "topic_bytes": len(topic),
+        "seconds": round(seconds, 2),
+        "store_added_mb": round(
+            (sum(p.stat().st_size for p in out.glob("flood.db*")) - store_before) / 2**20, 2
+        ),
+        "log_added_kb": round((log.stat().st_size - log_before) / 1024, 1),
+        "largest_row_bytes": largest,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.adversarial", description=__doc__)
     parser.add_argument("--count", type=int, default=2000, help="MQTT messages in the backlog")
+    parser.add_argument(
+        "--flood", type=int, default=2000, help="messages of the rejection flood (issue 9)"
+    )
     parser.add_argument("--out", type=Path, help="keep the logs and store here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="logagg-adversarial-") as tmp:
         out = args.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         result = measure(args.count, out)
+        result["rejection_flood"] = rejection_flood(args.flood, out)
     print(json.dumps(result), flush=True)
     return 0 if result["within_targets"] else 1
 

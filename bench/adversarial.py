@@ -44,6 +44,7 @@ from api.settings import DEFAULT_MAX_BODY_NODES
 from bench.flood import Flood
 from bench.probe import peak_rss_mb, rss_mb
 from bench.procs import BenchError, Child, start_api, start_bridge
+from bench.soak import store_stats
 from bridge.event import (
     DEFAULT_MAX_EVENT_NODES,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -51,7 +52,7 @@ from bridge.event import (
     Event,
     parse_message,
 )
-from bridge.store import Stats, StoreUnavailable, open_store
+from bridge.store import Stats, open_store
 from logagg.mosquitto import Mosquitto, free_port
 
 BRIDGE_TARGET_MB = 200.0
@@ -125,21 +126,11 @@ def maximal_body(index: int) -> bytes:
     return ("[" + ",".join(texts) + "]").replace('"PAYLOAD"', payload).encode()
 
 
-def _stats(store_url: str) -> Stats | None:
-    store = open_store(store_url, readonly=True)
-    try:
-        return store.stats()
-    except StoreUnavailable:
-        return None
-    finally:
-        store.close()
-
-
 def _wait_stats(store_url: str, done: Callable[[Stats], bool], watch: Child) -> Stats:
     deadline = time.monotonic() + TIMEOUT_S
     while True:
         watch.check_alive()
-        stats = _stats(store_url)
+        stats = store_stats(store_url)
         if stats is not None and done(stats):
             return stats
         if time.monotonic() > deadline:

@@ -282,3 +282,7 @@ class Inbox:
 
     def __len__(self) -> int:
         return len(self._waiting)
+
+    @property
+    def waiting_bytes(self) -> int:
+        return self._waiting_bytes

@@ -30,7 +30,7 @@ from pydantic import TypeAdapter
 
 from api.auth import guard
 from api.batch import read_body, to_messages
-from api.budget import BodyBudget
+from api.budget import RETRY_AFTER_S, BodyBudget, Busy
 from api.metrics import sidecar_registry
 from api.models import (
     EventPage,
@@ -102,6 +102,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def store_unavailable(_request: Request, exc: StoreUnavailable) -> JSONResponse:
         return JSONResponse(Problem(detail=f"store unavailable: {exc}").model_dump(), 503)
 
+    @app.exception_handler(Busy)
+    async def busy(_request: Request, exc: Busy) -> JSONResponse:
+        failed = PublishFailed(detail=str(exc), accepted=0)
+        return JSONResponse(failed.model_dump(), 503, {"Retry-After": str(RETRY_AFTER_S)})
+
     @app.exception_handler(BrokerUnavailable)
     async def broker_unavailable(_request: Request, exc: BrokerUnavailable) -> JSONResponse:
         failed = PublishFailed(detail=str(exc), accepted=exc.accepted)
@@ -129,7 +134,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
             **publishing.responses,
             413: {"model": Problem, "description": "Body or batch too large"},
             422: {"model": PublishInvalid, "description": "Invalid body or item"},
-            503: {"model": PublishFailed, "description": "Broker unreachable or failed"},
+            503: {
+                "model": PublishFailed,
+                "description": "Broker unreachable or failed, or too many bodies in progress",
+            },
         },
         openapi_extra=_publish_body_schema(settings.max_batch),
     )

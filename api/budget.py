@@ -13,7 +13,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import HTTPException
+RETRY_AFTER_S = 1
+
+
+class Busy(Exception):
+    """The body budget stayed full for as long as a request may wait: answered with 503."""
 
 
 class BodyBudget:
@@ -27,7 +31,7 @@ class BodyBudget:
 
     @asynccontextmanager
     async def hold(self, size: int, timeout: float) -> AsyncIterator[None]:
-        """Hold `size` bytes for the `with` block; 503 saying why after `timeout` seconds."""
+        """Hold `size` bytes for the `with` block; `Busy` after `timeout` seconds."""
         size = min(size, self.limit)
         async with self._freed:
             try:
@@ -35,11 +39,9 @@ class BodyBudget:
                     self._freed.wait_for(lambda: self.held + size <= self.limit), timeout
                 )
             except TimeoutError:
-                raise HTTPException(
-                    503,
+                raise Busy(
                     f"busy: {self.held} bytes of request bodies in progress, limit"
-                    f" {self.limit}; retry later",
-                    headers={"Retry-After": "1"},
+                    f" {self.limit}; retry later"
                 ) from None
             self.held += size
         try:

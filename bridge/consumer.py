@@ -4,7 +4,9 @@ Group commit: whatever has arrived (up to the batch size) is parsed and
 written in one transaction on a writer thread, then acknowledged in arrival
 order. While one batch commits, the next one gathers, so light load gives
 one-message batches and heavy load large ones. The broker's in-flight window
-(MQTT 5 receive maximum) bounds how much is ever held unacknowledged.
+(MQTT 5 receive maximum) bounds how much is ever held unacknowledged, in messages; the
+inbox's byte budget and `max_batch_bytes` bound it in bytes, and the node limit bounds
+what a message costs once parsed, so no batch the broker redelivers can exhaust memory.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from pydantic import TypeAdapter
 
 from api.auth import guard
 from api.batch import read_body, to_messages
+from api.budget import RETRY_AFTER_S, BodyBudget, Busy
 from api.metrics import sidecar_registry
 from api.models import (
     EventPage,
@@ -75,6 +76,7 @@ def _publish_body_schema(max_batch: int) -> dict[str, Any]:
 def create_app(settings: ApiSettings) -> FastAPI:
     store = open_store(settings.store, readonly=True, alive_s=settings.bridge_alive_s)
     publisher = Publisher(settings)
+    bodies = BodyBudget(settings.max_inflight_body_bytes)
     # LOGAGG_API_TOKEN: every route but /healthz takes one of these (tests/test_security.py).
     publishing = guard(settings)
     reading = guard(settings, public=settings.api_public_read)
@@ -101,6 +103,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @app.exception_handler(StoreUnavailable)
     async def store_unavailable(_request: Request, exc: StoreUnavailable) -> JSONResponse:
         return JSONResponse(Problem(detail=f"store unavailable: {exc}").model_dump(), 503)
+
+    @app.exception_handler(Busy)
+    async def busy(_request: Request, exc: Busy) -> JSONResponse:
+        failed = PublishFailed(detail=str(exc), accepted=0)
+        return JSONResponse(failed.model_dump(), 503, {"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(BrokerUnavailable)
     async def broker_unavailable(_request: Request, exc: BrokerUnavailable) -> JSONResponse:
@@ -129,25 +136,36 @@ def create_app(settings: ApiSettings) -> FastAPI:
             **publishing.responses,
             413: {"model": Problem, "description": "Body or batch too large"},
             422: {"model": PublishInvalid, "description": "Invalid body or item"},
-            503: {"model": PublishFailed, "description": "Broker unreachable or failed"},
+            503: {
+                "model": PublishFailed,
+                "description": "Broker unreachable or failed, or too many bodies in progress",
+            },
         },
         openapi_extra=_publish_body_schema(settings.max_batch),
     )
     async def publish(request: Request) -> PublishAccepted:
         """Publish one event or an array of them; answers once the broker acknowledged all."""
-        body = await read_body(request, settings.max_body_bytes)
-        messages = await run_in_threadpool(
-            to_messages,
-            body,
-            prefix=settings.topic_prefix,
-            max_batch=settings.max_batch,
-            max_payload_bytes=settings.max_payload_bytes,
-        )
-        try:
-            accepted = await publisher.publish(messages)
-        except BrokerUnavailable as exc:
-            logger.warning("publish: %d of %d acknowledged: %s", exc.accepted, len(messages), exc)
-            raise
+        declared = request.headers.get("content-length", "")
+        size = int(declared) if declared.isdigit() else settings.max_body_bytes
+        async with bodies.hold(min(size, settings.max_body_bytes), settings.publish_timeout_s):
+            body = await read_body(request, settings.max_body_bytes)
+            messages = await run_in_threadpool(
+                to_messages,
+                body,
+                prefix=settings.topic_prefix,
+                max_batch=settings.max_batch,
+                max_payload_bytes=settings.max_payload_bytes,
+                max_nodes=settings.max_event_nodes,
+                max_body_nodes=settings.max_body_nodes,
+            )
+            del body
+            try:
+                accepted = await publisher.publish(messages)
+            except BrokerUnavailable as exc:
+                logger.warning(
+                    "publish: %d of %d acknowledged: %s", exc.accepted, len(messages), exc
+                )
+                raise
         return PublishAccepted(accepted=accepted)
 
     @app.get(
@@ -167,11 +185,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
     def events(
         topic: Topic = None, limit: Limit = 100, after: After = 0, last: Last = None
     ) -> EventPage:
-        """Stored (unique) events in arrival order."""
-        if last is not None:
-            rows = store.events(topic=topic, after=after, limit=last, newest=True)
-        else:
-            rows = store.events(topic=topic, after=after, limit=limit)
+        """Stored (unique) events in arrival order. A page of large events stops early, once
+        their payloads reach the sidecar's read budget: follow `next_after` for the rest."""
+        page = partial(store.events, topic=topic, after=after, max_bytes=settings.read_max_bytes)
+        rows = page(limit=last, newest=True) if last is not None else page(limit=limit)
         return EventPage(events=rows, next_after=rows[-1].seq if rows else None)
 
     @app.get(
@@ -202,7 +219,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         """Stored events as they arrive, as Server-Sent Events: `id` is the event's seq,
         `data` the event as in `/events`. A stream ends after a few minutes; clients resume
         from their Last-Event-ID, so nothing is missed."""
-        fetch = partial(store.events, topic=topic)
+        fetch = partial(store.events, topic=topic, max_bytes=settings.read_max_bytes)
         cursor = last_event_id if last_event_id is not None else after
         yield ServerSentEvent(retry=RETRY_MS)
         deadline = time.monotonic() + STREAM_MAX_S

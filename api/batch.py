@@ -13,10 +13,11 @@ from pydantic import ValidationError
 
 from api.models import ItemError
 from api.publishing import Message
-from bridge.event import Event, unstorable
+from api.settings import DEFAULT_MAX_BODY_NODES
+from bridge.event import DEFAULT_MAX_EVENT_NODES, Event, count_nodes, unstorable
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytearray:
     """The body, refused with 413 as soon as it is known to exceed `limit` bytes: from
     Content-Length when declared, and while reading, for chunked bodies or a lying header."""
     declared = request.headers.get("content-length", "")
@@ -27,7 +28,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         body += chunk
         if len(body) > limit:
             raise HTTPException(413, f"body exceeds the limit of {limit} bytes")
-    return bytes(body)
+    return body  # not copied to bytes: a 16 MiB body would be held twice
 
 
 def _refuse_constant(name: str) -> object:
@@ -40,14 +41,27 @@ def _invalid(*errors: ItemError) -> HTTPException:
 
 
 def to_messages(
-    body: bytes, *, prefix: str, max_batch: int, max_payload_bytes: int
+    body: bytes | bytearray,
+    *,
+    prefix: str,
+    max_batch: int,
+    max_payload_bytes: int,
+    max_nodes: int = DEFAULT_MAX_EVENT_NODES,
+    max_body_nodes: int = DEFAULT_MAX_BODY_NODES,
 ) -> list[Message]:
     """One event object or a JSON array of them, as `(mqtt_topic, compact JSON)` pairs.
 
-    Raises 422 listing every failing item's index and field, or 413 past `max_batch`.
+    Raises 422 listing every failing item's index and field, or 413 past `max_batch` or
+    `max_body_nodes` JSON nodes (counted on the text: parsed, they would cost up to 30
+    times the body). An item of more than `max_nodes` nodes is a 422, as the bridge
+    would reject it.
     """
     try:
-        data = json.loads(body, parse_constant=_refuse_constant)
+        text = body.decode("utf-8")
+        # Each node after the first takes two characters at least: most bodies are not counted.
+        if (len(text) + 1) // 2 > max_body_nodes and (nodes := count_nodes(text)) > max_body_nodes:
+            raise HTTPException(413, f"body holds {nodes} JSON nodes, limit {max_body_nodes}")
+        data = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise _invalid(
             ItemError(index=None, field=None, message=f"body is not JSON: {exc}")
@@ -63,7 +77,7 @@ def to_messages(
     messages: list[Message] = []
     for index, item in enumerate(items):
         # First, so that neither the validator nor this answer meets a bad key or depth.
-        problem = unstorable(item) if isinstance(item, dict) else None
+        problem = unstorable(item, max_nodes=max_nodes) if isinstance(item, dict) else None
         if problem is not None:
             errors.append(ItemError(index=index, field=problem[0], message=problem[1]))
             continue

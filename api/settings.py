@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
 
-from bridge.event import DEFAULT_MAX_PAYLOAD_BYTES
+from bridge.event import DEFAULT_MAX_EVENT_NODES, DEFAULT_MAX_PAYLOAD_BYTES
 from bridge.settings import DEFAULT_STORE, AliveSeconds, MqttSettings, StoreUrl
 from bridge.store import BRIDGE_ALIVE_SECONDS
 
 MIN_TOKEN_LENGTH = 16
+# JSON nodes in one request body: parsed, about 65 MB at worst (see DEFAULT_MAX_EVENT_NODES),
+# and room for a full batch of 10,000 events of up to 50 nodes each.
+DEFAULT_MAX_BODY_NODES = 500_000
 
 
 class ApiSettings(MqttSettings):
@@ -20,6 +23,16 @@ class ApiSettings(MqttSettings):
     # Shared with the bridge (LOGAGG_MAX_PAYLOAD_BYTES): a larger event would be accepted
     # here and then rejected there, so it is refused up front with its index.
     max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=64)
+    # Shared with the bridge (LOGAGG_MAX_EVENT_NODES), like max_payload_bytes.
+    max_event_nodes: int = Field(default=DEFAULT_MAX_EVENT_NODES, ge=64)
+    max_body_nodes: int = Field(default=DEFAULT_MAX_BODY_NODES, ge=1000)
+    # Request bodies being read, parsed and published at once (Content-Length, or
+    # max_body_bytes when not declared): past it a request waits, up to publish_timeout_s,
+    # then gets 503. Two maximal bodies by default: ~130 MB each at worst while parsed.
+    max_inflight_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # Payload bytes of one /events page or stream poll: it stops early (`next_after` still
+    # exact), so 1,000 large events are never parsed and serialised at once.
+    read_max_bytes: int = Field(default=1024 * 1024, ge=1024)
     publish_timeout_s: float = Field(default=10.0, gt=0)
     # paho numbers QoS 1 messages with 16-bit ids and stalls silently past 65,535 outstanding.
     # aiomqtt rescans its pending calls on every publish: measured here, a window of 50 gave

@@ -41,7 +41,8 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _stats(store_url: str) -> Stats | None:
+def store_stats(store_url: str) -> Stats | None:
+    """The store's stats, or None while the bridge has not created it."""
     store = open_store(store_url, readonly=True)
     try:
         return store.stats()
@@ -115,7 +116,7 @@ def soak(minutes: float, rate: float, dup_ratio: float, out: Path) -> dict[str, 
         while any(t.is_alive() for t in threads):
             time.sleep(SAMPLE_EVERY_S)
             now = time.monotonic()
-            stats = _stats(store_url)
+            stats = store_stats(store_url)
             received = stats.received if stats else 0
             sample = {
                 "t_s": round(now - started, 1),
@@ -133,7 +134,7 @@ def soak(minutes: float, rate: float, dup_ratio: float, out: Path) -> dict[str, 
         final = None
         wait_until = time.monotonic() + 60
         while time.monotonic() < wait_until:
-            final = _stats(store_url)
+            final = store_stats(store_url)
             if final is not None and final.unique_processed >= acked:
                 break
             time.sleep(0.2)

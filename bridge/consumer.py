@@ -4,7 +4,9 @@ Group commit: whatever has arrived (up to the batch size) is parsed and
 written in one transaction on a writer thread, then acknowledged in arrival
 order. While one batch commits, the next one gathers, so light load gives
 one-message batches and heavy load large ones. The broker's in-flight window
-(MQTT 5 receive maximum) bounds how much is ever held unacknowledged.
+(MQTT 5 receive maximum) bounds how much is ever held unacknowledged, in messages; the
+inbox's byte budget and `max_batch_bytes` bound it in bytes, and the node limit bounds
+what a message costs once parsed, so no batch the broker redelivers can exhaust memory.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 import uuid
@@ -30,6 +33,7 @@ from bridge.inbox import Inbox, Received
 from bridge.metrics import BridgeMetrics, serving
 from bridge.settings import BridgeSettings
 from bridge.store import BatchOutcome, Refused, Store, StoreUnavailable, open_store, redact_url
+from bridge.store.base import rejected_row
 
 logger = logging.getLogger("logagg.bridge")
 
@@ -39,23 +43,27 @@ STORE_LOG_EVERY_S = 30.0
 
 
 @dataclass(slots=True)
-class DuplicateLog:
-    """Logs each duplicate by name, up to `per_s` a second; past that it says how many it
-    summarised, so the log stays truthful without costing throughput at full load."""
+class RateLimitedLog:
+    """Logs each item with `line`, up to `per_s` a second; past that it says how many it
+    summarised (`summary`), so the log stays truthful without costing throughput, or
+    disk, when a flood of them arrives."""
 
     per_s: int
+    line: str
+    summary: str
+    level: int = logging.INFO
     _window: float = 0.0
     _logged: int = 0
     _skipped: int = 0
 
-    def __call__(self, duplicates: Sequence[tuple[str, str]]) -> None:
+    def __call__(self, items: Sequence[tuple[object, ...]]) -> None:
         now = time.monotonic()
         if now - self._window >= 1.0:
             self.flush()
             self._window, self._logged = now, 0
-        for topic, event_id in duplicates:
+        for item in items:
             if self._logged < self.per_s:
-                logger.info("duplicate dropped: topic=%s event_id=%s", topic, event_id)
+                logger.log(self.level, self.line, *item)
                 self._logged += 1
             else:
                 self._skipped += 1
@@ -63,18 +71,40 @@ class DuplicateLog:
     def flush(self) -> None:
         """Say how many went unnamed: as a second ends, when the bridge idles, and on stop."""
         if self._skipped:
-            logger.info("%d more duplicates dropped, not logged one by one", self._skipped)
+            logger.log(self.level, self.summary, self._skipped)
             self._skipped = 0
 
 
+def duplicate_log(per_s: int) -> RateLimitedLog:
+    return RateLimitedLog(
+        per_s,
+        "duplicate dropped: topic=%s event_id=%s",
+        "%d more duplicates dropped, not logged one by one",
+    )
+
+
+def rejection_log(per_s: int) -> RateLimitedLog:
+    """Topic and reason as the store keeps them: cut to a bounded size."""
+    return RateLimitedLog(
+        per_s,
+        "rejected message on %s: %s (%s)",
+        "%d more messages rejected, not logged one by one",
+        logging.WARNING,
+    )
+
+
 def parse_batch(
-    batch: Sequence[Received], prefix: str, max_payload_bytes: int
+    batch: Sequence[Received], settings: BridgeSettings
 ) -> tuple[list[Event], list[Refused]]:
     events: list[Event] = []
     refused: list[Refused] = []
     for message in batch:
         result = parse_message(
-            message.topic, message.body, prefix=prefix, max_payload_bytes=max_payload_bytes
+            message.topic,
+            message.body,
+            prefix=settings.topic_prefix,
+            max_payload_bytes=settings.max_payload_bytes,
+            max_nodes=settings.max_event_nodes,
         )
         if isinstance(result, Event):
             events.append(result)
@@ -95,7 +125,8 @@ class Bridge:
         # One writer thread: SQLite has one writer, and parsing there keeps the loop free
         # to read the socket while a batch commits.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logagg-writer")
-        self._log_duplicates = DuplicateLog(settings.duplicate_log_per_s)
+        self._log_duplicates = duplicate_log(settings.duplicate_log_per_s)
+        self._log_rejections = rejection_log(settings.rejection_log_per_s)
         self.metrics = BridgeMetrics()
         self._last_heartbeat = 0.0
 
@@ -128,7 +159,11 @@ class Bridge:
         """Consume until `stop` is set; reconnects with back-off whenever the broker goes."""
         client = self._client()
         # The same two batches as the receive maximum, which Mosquitto 2.0 overruns.
-        inbox = Inbox(client, max_waiting=2 * self.settings.batch_size)
+        inbox = Inbox(
+            client,
+            max_waiting=2 * self.settings.batch_size,
+            max_waiting_bytes=2 * self.settings.max_batch_bytes,
+        )
         backoff = Backoff()
         logger.info(
             "bridge %s: broker %s, store %s, topics %s",
@@ -142,17 +177,14 @@ class Bridge:
                 try:
                     inbox.connecting()
                     async with client:
-                        await client.subscribe(self.settings.topic_filter, qos=1)
-                        logger.info(
-                            "subscribed to %s on %s",
-                            self.settings.topic_filter,
-                            self.settings.address,
-                        )
-                        backoff.reset()
-                        self.metrics.connected(True)
-                        # The first heartbeat says "subscribed": readiness checks wait for it.
-                        await self._heartbeat(force=True)
-                        await self._consume(client, inbox, stop)
+                        # Consuming starts at once: a resumed session's backlog arrives ahead
+                        # of the SUBACK, and the inbox bounds what it holds only for a
+                        # consumer that takes from it.
+                        subscribing = asyncio.create_task(self._subscribe(client, backoff))
+                        try:
+                            await self._consume(client, inbox, stop, subscribing)
+                        finally:
+                            subscribing.cancel()
                 except aiomqtt.MqttError as exc:
                     self.metrics.connected(False)
                     # A commit may be done while the socket is gone; its acks were skipped.
@@ -163,20 +195,43 @@ class Bridge:
         finally:
             self._writer.shutdown(wait=True)
             self._log_duplicates.flush()
+            self._log_rejections.flush()
             logger.info("bridge stopped after %d committed messages", self.committed)
 
-    async def _consume(self, client: aiomqtt.Client, inbox: Inbox, stop: asyncio.Event) -> None:
+    async def _subscribe(self, client: aiomqtt.Client, backoff: Backoff) -> None:
+        # No timeout: up to a receive maximum of messages may come first, and the
+        # connection's own liveness is watched by the keepalive and the inbox.
+        await client.subscribe(self.settings.topic_filter, qos=1, timeout=math.inf)
+        logger.info("subscribed to %s on %s", self.settings.topic_filter, self.settings.address)
+        backoff.reset()
+        self.metrics.connected(True)
+        # The first heartbeat says "subscribed": readiness checks wait for it.
+        await self._heartbeat(force=True)
+
+    async def _consume(
+        self,
+        client: aiomqtt.Client,
+        inbox: Inbox,
+        stop: asyncio.Event,
+        subscribing: asyncio.Task[None],
+    ) -> None:
         watcher = asyncio.create_task(inbox.watch(client))
         try:
             while not stop.is_set() and inbox.lost is None:
-                batch = await inbox.take(self.settings.batch_size, timeout=1.0)
+                batch = await inbox.take(
+                    self.settings.batch_size, timeout=1.0, max_bytes=self.settings.max_batch_bytes
+                )
                 if batch:
                     # False: stopping with the store still unavailable; unacked, it comes back.
                     if await self._commit(batch, stop):
                         self.metrics.acked(inbox.ack(batch))
                 else:
-                    self._log_duplicates(())  # idle: still say what the last second summarised
-                await self._heartbeat()
+                    # Idle: still say what the last second summarised.
+                    self._log_duplicates(())
+                    self._log_rejections(())
+                if subscribing.done():
+                    subscribing.result()  # a refused SUBSCRIBE ends the connection
+                    await self._heartbeat()
             if inbox.lost is not None:
                 raise inbox.lost
             # Stopping: store and ack what has arrived, then disconnect cleanly.
@@ -187,7 +242,9 @@ class Bridge:
     async def _drain(self, inbox: Inbox) -> None:
         """Commit what is waiting; acks go out only where the connection still stands."""
         while len(inbox):
-            batch = await inbox.take(self.settings.batch_size, timeout=0)
+            batch = await inbox.take(
+                self.settings.batch_size, timeout=0, max_bytes=self.settings.max_batch_bytes
+            )
             if not await self._commit(batch, None):
                 return
             self.metrics.acked(inbox.ack(batch))
@@ -231,17 +288,11 @@ class Bridge:
 
     def _write(self, batch: list[Received]) -> BatchOutcome:
         """Runs on the writer thread."""
-        events, refused = parse_batch(
-            batch, self.settings.topic_prefix, self.settings.max_payload_bytes
-        )
+        events, refused = parse_batch(batch, self.settings)
         outcome = self.store.record(events, refused)
-        for r in refused:
-            logger.warning(
-                "rejected message on %s: %s (%s)",
-                r.mqtt_topic,
-                r.rejection.reason,
-                r.rejection.code,
-            )
+        self._log_rejections(
+            [(topic, reason, code) for topic, code, reason, _ in map(rejected_row, refused)]
+        )
         return outcome
 
     async def _heartbeat(self, *, force: bool = False) -> None:

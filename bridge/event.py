@@ -33,6 +33,10 @@ from pydantic import (
 MAX_NAME_LENGTH = 200
 MAX_DEPTH = 64
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
+# Nodes per event: JSON values (objects, arrays, strings, numbers, literals; not keys). Parsed,
+# a value costs up to ~130 bytes (an object in an array): 10,000 of them ~1.3 MB, where
+# 256 KiB of `[{}, {}, …]` (85,000 values) cost 6.9 MB. Shared by bridge and sidecar.
+DEFAULT_MAX_EVENT_NODES = 10_000
 DEFAULT_TOPIC_PREFIX = "logs/"
 # How many failing fields a reason lists, and how much of a bad value it shows.
 MAX_REASON_ERRORS = 5
@@ -44,6 +48,9 @@ _shown.maxstring = _shown.maxother = 80
 _UNSTORABLE_CHAR = re.compile("[\x00\ud800-\udfff]")
 _UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 _UNSTORABLE_TEXT = "contains NUL or an unpaired surrogate (\\u0000, \\ud800-\\udfff)"
+# For counting values in JSON text without parsing it: strings (keys too) and whitespace.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_JSON_BLANK = re.compile(r"[ \t\r\n]+")
 
 # A topic must be publishable as-is under the prefix: no MQTT wildcards, and none of what
 # Mosquitto refuses in a topic by dropping the connection that sent it (NUL, control
@@ -135,7 +142,23 @@ def describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def unstorable(doc: dict[str, Any], *, strings: bool = True) -> tuple[str | None, str] | None:
+def count_nodes(text: str) -> int:
+    """How many nodes (JSON values; keys are not counted) `text` holds, without parsing it:
+    parsed, they may cost 30 times the text. Strings are blanked first; then each non-empty
+    container holds one value more than its commas. Text that is not JSON gets some count."""
+    bare = _JSON_BLANK.sub("", _JSON_STRING.sub("0", text))
+    containers = bare.count("{") + bare.count("[")
+    empty = bare.count("{}") + bare.count("[]")
+    return 1 + bare.count(",") + containers - empty
+
+
+def too_many_nodes(max_nodes: int) -> str:
+    return f"event holds more than {max_nodes} JSON nodes (objects, arrays, strings, numbers)"
+
+
+def unstorable(
+    doc: dict[str, Any], *, strings: bool = True, max_nodes: int | None = None
+) -> tuple[str | None, str] | None:
     """`(field, problem)` for valid-looking JSON that cannot be kept as it is, else None.
 
     Python's parser accepts NaN and Infinity (and reads 1e999 as infinity), any nesting
@@ -143,7 +166,9 @@ def unstorable(doc: dict[str, Any], *, strings: bool = True) -> tuple[str | None
     sidecar's serialiser do not. `field` is the top-level key, or None when the key itself
     is bad. Iterative, so no depth overflows the stack. `strings=False` skips the string
     check, for callers that know the text had no `\\u` escape that could produce one.
+    `max_nodes` refuses a document of more nodes, as `count_nodes` counts them.
     """
+    nodes = 1 + len(doc)
     for key, top in doc.items():
         if strings and _UNSTORABLE_CHAR.search(key):
             return None, f"key {_shown.repr(key)} {_UNSTORABLE_TEXT}"
@@ -159,11 +184,15 @@ def unstorable(doc: dict[str, Any], *, strings: bool = True) -> tuple[str | None
                     if not math.isfinite(value):
                         return key, "NaN and Infinity are not JSON"
                 elif isinstance(value, dict):
+                    nodes += len(value)
                     below += value.values()
                     if strings:
                         below += value
                 elif isinstance(value, list):
+                    nodes += len(value)
                     below += value
+            if max_nodes is not None and nodes > max_nodes:
+                return key, too_many_nodes(max_nodes)
             depth += 1
             if below and depth > MAX_DEPTH:
                 return key, f"nested deeper than {MAX_DEPTH} levels"
@@ -177,8 +206,11 @@ def parse_message(
     *,
     prefix: str = DEFAULT_TOPIC_PREFIX,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    max_nodes: int = DEFAULT_MAX_EVENT_NODES,
 ) -> Event | Rejection:
-    """Parse one MQTT message published on `<prefix><topic>`."""
+    """Parse one MQTT message published on `<prefix><topic>`. A body holding more than
+    `max_nodes` nodes (JSON values) is refused before it is parsed: what would cost memory is
+    the parsed form."""
     if len(body) > max_payload_bytes:
         return Rejection("too_large", f"message is {len(body)} bytes, limit {max_payload_bytes}")
     if not mqtt_topic.startswith(prefix) or len(mqtt_topic) == len(prefix):
@@ -189,6 +221,10 @@ def parse_message(
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Rejection("not_utf8", f"body is not UTF-8: {exc.reason} at byte {exc.start}")
+    # Each value after the first takes two characters at least (`,0`): most bodies are
+    # too short to hold too many, and are not counted.
+    if (len(text) + 1) // 2 > max_nodes and (nodes := count_nodes(text)) > max_nodes:
+        return Rejection("too_complex", f"{too_many_nodes(max_nodes)}: {nodes}")
     try:
         raw = json.loads(text)
     except RecursionError:
@@ -208,7 +244,7 @@ def parse_message(
     if claimed != topic:
         return Rejection(
             "topic_mismatch",
-            f"topic field {_shown.repr(claimed)} does not match MQTT topic {topic!r}",
+            f"topic field {_shown.repr(claimed)} does not match MQTT topic {_shown.repr(topic)}",
         )
     try:
         return Event.model_validate({**raw, "topic": topic})

@@ -21,7 +21,8 @@ the event loop, three `recv` calls and a `Properties` object per message):
 - `ack` writes a batch's PUBACKs as one packet, the same bytes paho would send
   one by one.
 
-Reading also pauses while `max_waiting` messages wait (the socket is taken off
+Reading also pauses while `max_waiting` messages, or `max_waiting_bytes` of bodies, wait
+(the socket is taken off
 the event loop and put back by `take`): Mosquitto 2.0 does not keep to our
 receive maximum while it drains a session's queue (each in-order PUBACK
 releases up to receive-maximum more), so without this the whole backlog would
@@ -65,9 +66,16 @@ class Received(NamedTuple):
 class Inbox:
     """Collects messages from paho's reading; `take` hands them out in arrival order."""
 
-    def __init__(self, client: aiomqtt.Client, *, max_waiting: int = 2000) -> None:
+    def __init__(
+        self,
+        client: aiomqtt.Client,
+        *,
+        max_waiting: int = 2000,
+        max_waiting_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self._paho: paho.Client = client._client
         self._max_waiting = max_waiting
+        self._max_waiting_bytes = max_waiting_bytes
         self._paused: object = None  # the socket taken off the event loop, while full
         self._taking = False  # `take` called on this connection: pausing cannot block it
         self._paho.manual_ack_set(True)
@@ -82,6 +90,7 @@ class Inbox:
         self._buffered_socket: object = None
         self._reads_left = 0
         self._waiting: list[Received] = []
+        self._waiting_bytes = 0  # of the bodies in `_waiting`
         self._arrived = asyncio.Event()
         self._connection = 0
         self.lost: Exception | None = None
@@ -117,7 +126,7 @@ class Inbox:
         """paho's `loop_read`, but it returns only when the buffer is empty: bytes left in
         it would wait for the socket to become readable again, which may never happen."""
         client = self._paho
-        full = self._taking and len(self._waiting) >= self._max_waiting
+        full = self._taking and self._full()
         if full and self._buffered() == 0 and not self._tls_pending():
             self._pause()
             return MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -195,17 +204,26 @@ class Inbox:
             raise MalformedPacket(f"truncated PUBLISH: {exc}") from exc
         if pos > len(data):
             raise MalformedPacket("PUBLISH properties run past the packet")
-        self._waiting.append(Received(topic, bytes(data[pos:]), mid, qos, self._connection))
-        self._arrived.set()
+        self._hold(Received(topic, bytes(data[pos:]), mid, qos, self._connection))
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def _hold(self, message: Received) -> None:
+        self._waiting.append(message)
+        self._waiting_bytes += len(message.body)
+        self._arrived.set()
+
+    def _full(self) -> bool:
+        return (
+            len(self._waiting) >= self._max_waiting
+            or self._waiting_bytes >= self._max_waiting_bytes
+        )
+
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
-        self._waiting.append(
+        self._hold(
             Received(
                 message.topic, bytes(message.payload), message.mid, message.qos, self._connection
             )
         )
-        self._arrived.set()
 
     async def watch(self, client: aiomqtt.Client) -> None:
         """Notice the connection dropping: aiomqtt's iterator raises then (and never yields,
@@ -217,15 +235,24 @@ class Inbox:
             self.lost = exc
             self._arrived.set()
 
-    async def take(self, limit: int, timeout: float) -> list[Received]:
-        """Up to `limit` waiting messages; waits up to `timeout` when there are none."""
+    async def take(
+        self, limit: int, timeout: float, max_bytes: int | None = None
+    ) -> list[Received]:
+        """Up to `limit` waiting messages whose bodies add up to at most `max_bytes` (but
+        always one, whatever its size); waits up to `timeout` when there are none."""
         self._taking = True
         if not self._waiting and self.lost is None:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout)
-        batch, self._waiting = self._waiting[:limit], self._waiting[limit:]
-        if self._paused is not None and len(self._waiting) < self._max_waiting:
+        count, size = 0, 0
+        for message in self._waiting[:limit]:
+            if count and max_bytes is not None and size + len(message.body) > max_bytes:
+                break
+            count, size = count + 1, size + len(message.body)
+        batch, self._waiting = self._waiting[:count], self._waiting[count:]
+        self._waiting_bytes -= size
+        if self._paused is not None and not self._full():
             self._resume()
         return batch
 
@@ -255,3 +282,7 @@ class Inbox:
 
     def __len__(self) -> int:
         return len(self._waiting)
+
+    @property
+    def waiting_bytes(self) -> int:
+        return self._waiting_bytes

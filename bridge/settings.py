@@ -9,10 +9,11 @@ from pydantic import AfterValidator, Field, SecretStr, field_validator, model_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.broker import DEFAULT_BROKER, BrokerAddress, Credentials
-from bridge.event import DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TOPIC_PREFIX
+from bridge.event import DEFAULT_MAX_EVENT_NODES, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TOPIC_PREFIX
 from bridge.store import BRIDGE_ALIVE_SECONDS, STORE_HOLD_SECONDS, check_store_url
 
 DEFAULT_STORE = "sqlite:///data/logagg.db"
+DEFAULT_MAX_BATCH_BYTES = 2 * 1024 * 1024
 StoreUrl = Annotated[str, AfterValidator(check_store_url)]
 # A bridge counts as alive while its last heartbeat is younger than this (it beats three
 # times per window); the bridge, `logagg ready` and the sidecar read the same setting.
@@ -72,6 +73,11 @@ class BridgeSettings(MqttSettings):
     group: str | None = None
     batch_size: int = Field(default=1000, ge=1, le=10_000)
     max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=64)
+    max_event_nodes: int = Field(default=DEFAULT_MAX_EVENT_NODES, ge=64)
+    # The bodies of one batch add up to at most this (a larger message goes alone). Parsed,
+    # JSON costs up to ~31 times its text, so the default bounds a batch to ~65 MB whatever
+    # it holds; twice this may wait to be taken meanwhile.
+    max_batch_bytes: int = Field(default=DEFAULT_MAX_BATCH_BYTES, ge=64 * 1024)
     durability: Literal["full", "normal", "off"] = "full"
     # Long enough to ride out any outage a supervisor fixes; the broker keeps our queue meanwhile.
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=1, le=0xFFFFFFFE)
@@ -80,6 +86,7 @@ class BridgeSettings(MqttSettings):
     # PostgreSQL: how long one stuck session (a stopped bridge inside its transaction) may
     # hold the other bridges before the server ends it.
     store_hold_s: float = Field(default=STORE_HOLD_SECONDS, gt=0, le=3600)
+    rejection_log_per_s: int = Field(default=100, ge=0)
     # Prometheus metrics at http://metrics_host:metrics_port/metrics; port 0 = off.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"

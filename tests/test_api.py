@@ -7,6 +7,7 @@ The app runs under uvicorn, as `logagg api` runs it, on a thread of the test pro
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from bridge.event import Event
+from bridge.store import open_store
 from logagg.mosquitto import Mosquitto, free_port
 from publisher import PublisherSettings, run_publisher
 from tests.conftest import BridgeProcess, Sidecar, publish_raw, wait_for_stats
@@ -207,6 +210,64 @@ def test_publish_refuses_too_large_bodies_and_batches_with_413(sidecar: Sidecar)
     batch = client.post("/publish", json=[event("a"), event("b"), event("c")])
     assert batch.status_code == 413
     assert batch.json() == {"detail": "batch has 3 events, limit 2"}
+
+
+def test_publish_refuses_bodies_and_events_of_too_many_json_nodes(sidecar: Sidecar) -> None:
+    """Dense JSON costs ~30 times its text once parsed: a body of too many nodes is a 413
+    before it is parsed; an event the bridge would reject `too_complex` is a 422 by index."""
+    client = sidecar(nowhere(), max_body_nodes=1000, max_event_nodes=100)
+    dense = event("dense", payload={"a": [{}] * 100})  # 1 + 5 fields + "a" + 100 = 107 nodes
+    answer = client.post("/publish", json=[event("small"), dense])
+    assert answer.status_code == 422
+    (error,) = answer.json()["detail"]
+    assert (error["index"], error["field"]) == (1, "payload")
+    assert error["message"].startswith("event holds more than 100 JSON nodes")
+    # 1 array + 200 events of 7 nodes each.
+    answer = client.post("/publish", json=[event(str(i)) for i in range(200)])
+    assert answer.status_code == 413
+    assert answer.json() == {"detail": "body holds 1401 JSON nodes, limit 1000"}
+
+
+def test_publish_waits_for_its_share_of_body_bytes_then_answers_503(sidecar: Sidecar) -> None:
+    """Bodies in progress hold their Content-Length of a shared budget: past it a request
+    waits, unread, and gets 503 saying why; the budget comes back when a request ends."""
+    client = sidecar(nowhere(), max_inflight_body_bytes=4096, publish_timeout_s=0.5)
+    head = b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with socket.create_connection(("127.0.0.1", client.base_url.port or 80)) as slow:
+        slow.sendall(head + b"Content-Length: 4000\r\n\r\n[")  # and nothing more
+        time.sleep(0.3)
+        answer = client.post("/publish", json=event("e1"))
+        assert answer.status_code == 503
+        assert answer.json() == {
+            "detail": "busy: 4000 bytes of request bodies in progress, limit 4096; retry later",
+            "accepted": 0,
+        }
+        assert answer.headers["retry-after"] == "1"
+    time.sleep(0.3)
+    answer = client.post("/publish", json=event("e1"))
+    assert answer.status_code == 503
+    assert "broker" in answer.json()["detail"]  # past the budget, on to the (absent) broker
+
+
+def test_events_pages_stop_at_the_read_byte_budget(sidecar: Sidecar, store_url: str) -> None:
+    """Large events come a few to a page (`read_max_bytes` of payloads); `next_after`
+    leads through all of them, none missed or repeated."""
+    writer = open_store(store_url)
+    try:
+        writer.record(
+            [Event.model_validate(event(str(i), payload={"s": "x" * 1500})) for i in range(7)], []
+        )
+    finally:
+        writer.close()
+    client = sidecar(nowhere(), read_max_bytes=4096)
+    seen: list[list[str]] = []
+    after = 0
+    while page := client.get("/events", params={"limit": 1000, "after": after}).json()["events"]:
+        seen.append([e["event_id"] for e in page])
+        after = page[-1]["seq"]
+    assert seen == [["0", "1"], ["2", "3"], ["4", "5"], ["6"]]
+    last = client.get("/events", params={"last": 1000}).json()["events"]
+    assert [e["event_id"] for e in last] == ["5", "6"]
 
 
 @pytest.mark.broker

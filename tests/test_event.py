@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from bridge.event import MAX_DEPTH, MAX_NAME_LENGTH, Event, Rejection, parse_message
+from bridge.event import (
+    DEFAULT_MAX_EVENT_NODES,
+    MAX_DEPTH,
+    MAX_NAME_LENGTH,
+    Event,
+    Rejection,
+    parse_message,
+)
 
 GOOD = {
     "event_id": "e-1",
@@ -55,7 +62,7 @@ def test_parse_valid_event_with_matching_topic_field() -> None:
             "schema",
             "NaN",
         ),
-        ("logs/t", b"[" * 100_000 + b"]" * 100_000, "schema", "nested deeper than 64"),
+        ("logs/t", b"[" * 5_000 + b"]" * 5_000, "schema", "nested deeper than 64"),
         ("logs/t", body(payload={"x": 1e999}), "schema", "payload: NaN and Infinity"),
         ("logs/t", body(source="a\x00b"), "schema", "source: contains NUL"),
         ("logs/t", body(payload={"k": "\ud800"}), "schema", "payload: contains NUL or an unpaired"),
@@ -96,6 +103,27 @@ def test_parse_nesting_limit_is_max_depth() -> None:
     assert isinstance(parse_message("logs/t", body(payload=nested(MAX_DEPTH))), Event)
     result = parse_message("logs/t", body(payload=nested(MAX_DEPTH + 1)))
     assert result == Rejection("schema", f"payload: nested deeper than {MAX_DEPTH} levels")
+
+
+def test_parse_node_limit_refuses_dense_json_before_parsing_it() -> None:
+    """256 KiB of `[{}, {}, …]` (85,000 objects, 6.9 MB parsed) is refused, counted on the
+    text; an event of exactly the limit is kept, its strings' brackets and commas not
+    counted."""
+    dense = {"a": [{}] * 85_000}
+    result = parse_message("logs/t", body(payload=dense).replace(b", ", b","))
+    assert isinstance(result, Rejection)
+    assert result.code == "too_complex"
+    assert result.reason.endswith("JSON nodes (objects, arrays, strings, numbers): 85006")
+    # The root, its 4 fields (payload among them) and the array under "a": 6, then the items.
+    items = DEFAULT_MAX_EVENT_NODES - 6
+    at_limit = body(payload={"a": ["[{,}]"] * items})
+    assert isinstance(parse_message("logs/t", at_limit), Event)
+    over = body(payload={"a": ["[{,}]"] * (items + 1)})
+    assert parse_message("logs/t", over) == Rejection(
+        "too_complex",
+        f"event holds more than {DEFAULT_MAX_EVENT_NODES} JSON nodes (objects, arrays, strings,"
+        f" numbers): {DEFAULT_MAX_EVENT_NODES + 1}",
+    )
 
 
 def test_parse_name_length_limit_is_max_name_length() -> None:

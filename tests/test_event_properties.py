@@ -18,9 +18,17 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from api.batch import to_messages
-from bridge.event import MAX_NAME_LENGTH, Event, Rejection, parse_message
+from bridge.event import MAX_NAME_LENGTH, Event, Rejection, count_nodes, parse_message, unstorable
 
-CODES = {"too_large", "bad_topic", "not_utf8", "not_json", "schema", "topic_mismatch"}
+CODES = {
+    "too_large",
+    "too_complex",
+    "bad_topic",
+    "not_utf8",
+    "not_json",
+    "schema",
+    "topic_mismatch",
+}
 # Reasons name what is wrong and show a bounded part of it.
 MAX_REASON_CHARS = 1000
 LIMIT = 64 * 1024
@@ -212,3 +220,19 @@ def test_valid_events_are_accepted_whole(
     assert (result.topic, result.event_id, result.source) == (topic, event_id, source)
     assert result.timestamp == stamp
     assert result.payload == payload
+
+
+@PROPERTY
+@given(
+    doc=st.dictionaries(good_names, good_values, min_size=1, max_size=6),
+    indent=st.sampled_from([None, 0, 2]),
+    ascii_only=st.booleans(),
+)
+def test_nodes_counted_on_text_are_the_nodes_parsed(
+    doc: dict[str, Any], indent: int | None, ascii_only: bool
+) -> None:
+    """The bridge counts nodes on the text, before parsing; the sidecar on the parsed
+    items: both agree, whatever the strings (brackets, commas, quotes) and whitespace."""
+    nodes = count_nodes(json.dumps(doc, indent=indent, ensure_ascii=ascii_only))
+    assert unstorable(doc, max_nodes=nodes) is None
+    assert unstorable(doc, max_nodes=nodes - 1) is not None

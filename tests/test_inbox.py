@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -67,6 +68,44 @@ async def receive(inbox: Inbox, want: int) -> list[bytes]:
         while len(got) < want:
             got += [m.body for m in await inbox.take(100, timeout=0.5)]
     return got
+
+
+async def most_held_while_publishing(
+    broker: Mosquitto,
+    client: aiomqtt.Client,
+    inbox: Inbox,
+    bodies: list[bytes],
+    held: Callable[[Inbox], int],
+    at_least: int = 0,
+) -> int:
+    """Subscribe, start consuming (so pausing may start), publish `bodies` and return the
+    most the inbox held (`held`) while the broker took them, and until it held `at_least`
+    (the broker may still be sending after it acknowledged the last)."""
+    await client.subscribe("logs/#", qos=1)
+    assert await inbox.take(1, timeout=0) == []
+    publishing = asyncio.create_task(
+        asyncio.to_thread(publish_raw, broker.port, [("logs/t", b) for b in bodies])
+    )
+    most = 0
+    async with asyncio.timeout(30):
+        while not publishing.done() or most < at_least:
+            most = max(most, held(inbox))
+            await asyncio.sleep(0.01)
+    await publishing
+    return most
+
+
+async def take_all(
+    inbox: Inbox, count: int, limit: int, max_bytes: int | None = None
+) -> list[list[Received]]:
+    """Take and ack batches until `count` messages came."""
+    batches: list[list[Received]] = []
+    async with asyncio.timeout(30):
+        while sum(map(len, batches)) < count:
+            batch = await inbox.take(limit, timeout=1, max_bytes=max_bytes)
+            inbox.ack(batch)
+            batches.append(batch)
+    return batches
 
 
 def test_aiomqtt_still_wraps_a_paho_client_with_manual_ack() -> None:
@@ -290,27 +329,39 @@ def test_inbox_stops_reading_while_full(tmp_path: Path, tls: bool) -> None:
         inbox = Inbox(client, max_waiting=max_waiting)
         inbox.connecting()
         async with client:
-            await client.subscribe("logs/#", qos=1)
-            assert await inbox.take(1, timeout=0) == []  # consuming: pausing may start
-            publishing = asyncio.create_task(
-                asyncio.to_thread(publish_raw, broker.port, [("logs/t", b) for b in bodies])
-            )
-            most = 0
-            while not publishing.done():
-                most = max(most, len(inbox))
-                await asyncio.sleep(0.01)
-            await publishing
+            most = await most_held_while_publishing(broker, client, inbox, bodies, len)
             assert most <= max_waiting + one_read < count
-            got: list[Received] = []
-            async with asyncio.timeout(30):
-                while len(got) < count:
-                    batch = await inbox.take(50, timeout=1)
-                    inbox.ack(batch)
-                    got += batch
-        assert [m.body for m in got] == bodies
+            batches = await take_all(inbox, count, 50)
+        assert [m.body for batch in batches for m in batch] == bodies
 
     broker.start()
     try:
         asyncio.run(scenario())
     finally:
         broker.stop()
+
+
+def test_inbox_takes_and_holds_bodies_up_to_a_byte_budget(broker: Mosquitto) -> None:
+    """Batches are cut by the bytes of their bodies (a larger message comes alone), and
+    reading pauses while `max_waiting_bytes` wait, whatever the broker's window allows."""
+    body = b"x" * 100_000
+    bodies = [f"{i:03d}".encode() + body for i in range(40)] + [b"y" * 500_000]
+    budget = 600_000
+
+    async def scenario() -> None:
+        client = persistent_client(broker, "pin-bytes", receive_maximum=65_000)
+        inbox = Inbox(client, max_waiting=10_000, max_waiting_bytes=budget)
+        inbox.connecting()
+        async with client:
+            most = await most_held_while_publishing(
+                broker, client, inbox, bodies, lambda held: held.waiting_bytes, budget
+            )
+            # Paused at the budget, give or take the packets of one wake-up's reads.
+            assert budget <= most <= budget + 4 * READ_SIZE + len(bodies[0])
+            batches = await take_all(inbox, len(bodies), 1000, max_bytes=250_000)
+        for batch in batches:
+            assert len(batch) == 1 or sum(len(m.body) for m in batch) <= 250_000
+        got = [m for batch in batches for m in batch]
+        assert [m.body for m in got] == bodies
+
+    asyncio.run(scenario())

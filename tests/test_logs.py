@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 
 import pytest
 import typer
 
-from bridge.consumer import DuplicateLog
+from bridge.consumer import duplicate_log, rejection_log
+from bridge.store import open_store
+from bridge.store.base import KEEP_ROW_BYTES
 from logagg.cli import app
 from logagg.mosquitto import Mosquitto
 from tests.conftest import BridgeProcess, make_stream, publish_raw, wait_for_stats
@@ -27,7 +30,7 @@ def test_every_command_takes_log_format_and_log_level() -> None:
 def test_duplicate_log_names_each_up_to_the_rate_then_counts_the_rest(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    log = DuplicateLog(per_s=2)
+    log = duplicate_log(per_s=2)
     with caplog.at_level(logging.INFO, logger="logagg.bridge"):
         log([("t", "a"), ("t", "b"), ("t", "c")])
         log([("u", "d"), ("u", "e")])
@@ -38,6 +41,55 @@ def test_duplicate_log_names_each_up_to_the_rate_then_counts_the_rest(
         "duplicate dropped: topic=t event_id=b",
         "3 more duplicates dropped, not logged one by one",
     ]
+
+
+def test_rejection_log_names_each_up_to_the_rate_then_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = rejection_log(per_s=1)
+    with caplog.at_level(logging.INFO, logger="logagg.bridge"):
+        log([("logs/a", "not JSON", "not_json"), ("logs/b", "not JSON", "not_json")])
+        log.flush()
+    assert caplog.messages == [
+        "rejected message on logs/a: not JSON (not_json)",
+        "1 more messages rejected, not logged one by one",
+    ]
+    assert caplog.records[0].levelno == logging.WARNING
+
+
+@pytest.mark.broker
+def test_bridge_rejection_flood_on_long_topics_is_bounded_in_store_and_log(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    store_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """300 messages on 60 KB topics: each is counted and kept, cut to KEEP_ROW_BYTES; the
+    log names 20 a second and counts the rest, so it grows by kilobytes, not 36 MB."""
+    monkeypatch.setenv("LOGAGG_REJECTION_LOG_PER_S", "20")
+    bridge = bridge_factory()
+    topic = "logs/" + "t" * 60_000
+    publish_raw(broker.port, [(topic, b'{"event_id": "x"}')] * 300)
+    stats = wait_for_stats(store_url, lambda s: s.received == 300)
+    assert (stats.rejected, stats.unique_processed) == (300, 0)
+    bridge.stop()
+    store = open_store(store_url, readonly=True)
+    try:
+        rows = store.rejected(after=0, limit=1000)
+    finally:
+        store.close()
+    assert len(rows) == 300
+    for row in rows:
+        assert row.mqtt_topic.endswith(f"[{len(topic)} bytes in all]")
+        assert sum(len(t.encode()) for t in (row.mqtt_topic, row.reason, row.body)) <= (
+            KEEP_ROW_BYTES
+        )
+    log = bridge.output()
+    named = log.count("rejected message on logs/ttt")
+    summarised = sum(map(int, re.findall(r"(\d+) more messages rejected", log)))
+    assert named + summarised == 300
+    assert summarised > 0
+    assert len(log.encode()) < 100_000
 
 
 @pytest.mark.broker

@@ -26,7 +26,7 @@ from bridge.store import (
     open_store,
     redact_url,
 )
-from bridge.store.base import KEEP_REJECTED
+from bridge.store.base import KEEP_REJECTED, KEEP_ROW_BYTES
 from bridge.store.postgres import _COMMIT_LOCK, PostgresStore
 from logagg.mosquitto import free_port
 
@@ -105,6 +105,25 @@ def test_newest_rows_come_oldest_first(store: Store) -> None:
     assert [r.reason for r in store.rejected(after=0, limit=2, newest=True)] == ["3", "4"]
 
 
+def test_events_page_stops_at_a_byte_budget_and_paging_misses_nothing(store: Store) -> None:
+    """A page of large payloads is cut where they add up past `max_bytes` (never below one
+    row); following `after` from its last row still reads every event once, in order."""
+    store.record([event("a", str(i), text="x" * 1000) for i in range(10)], [])
+    store.record([event("a", "huge", text="y" * 10_000)], [])
+    seen: list[str] = []
+    after, pages = 0, 0
+    while page := store.events(topic="a", after=after, limit=100, max_bytes=2500):
+        assert len(page) <= 2
+        seen += [e.event_id for e in page]
+        after, pages = page[-1].seq, pages + 1
+    assert seen == [*map(str, range(10)), "huge"]
+    assert pages == 6
+    newest = store.events(topic=None, after=0, limit=100, newest=True, max_bytes=2500)
+    assert [e.event_id for e in newest] == ["huge"]
+    newest = store.events(topic=None, after=0, limit=3, newest=True, max_bytes=1_000_000)
+    assert [e.event_id for e in newest] == ["8", "9", "huge"]
+
+
 def test_rejected_keeps_reason_and_bounded_body(store: Store) -> None:
     """Refused messages are kept aside with why, and a prefix of what they were."""
     store.record([], [Refused("logs/t", b"x" * 100_000, Rejection("too_large", "too big"))])
@@ -122,6 +141,28 @@ def test_rejected_body_with_nul_and_bad_bytes_is_kept_printable(store: Store) ->
     store.record([], [Refused("logs/t", b'{"a":\x00}\xff', Rejection("not_json", "bad"))])
     (rejected,) = store.rejected(after=0, limit=10)
     assert rejected.body == '{"a":\\x00}\\xff'
+
+
+def test_rejected_row_is_bounded_in_bytes_with_a_note_of_the_size(store: Store) -> None:
+    """A 60 KB topic and a reason quoting it are kept cut, saying how large they were:
+    topic, reason and body of one row together stay within KEEP_ROW_BYTES."""
+    topic = "logs/" + "é" * 30_000
+    reason = f"topic field {topic} does not match"
+    body = b"\xff" * 70_000
+    store.record([], [Refused(topic, body, Rejection("topic_mismatch", reason))] * 3)
+    rows = store.rejected(after=0, limit=10)
+    assert len(rows) == 3
+    for row in rows:
+        assert row.mqtt_topic.startswith("logs/éé")
+        assert row.mqtt_topic.endswith(f"[{len(topic.encode())} bytes in all]")
+        assert row.reason.startswith("topic field logs/éé")
+        assert row.reason.endswith(f"[{len(reason.encode())} bytes in all]")
+        assert row.body.startswith("\\xff\\xff")
+        assert row.body.endswith("[70000 bytes in all]")
+        size = sum(len(text.encode()) for text in (row.mqtt_topic, row.reason, row.body))
+        assert size <= KEEP_ROW_BYTES
+    stats = store.stats()
+    assert (stats.rejected, stats.received, stats.rejected_by_code) == (3, 3, {"topic_mismatch": 3})
 
 
 def test_rejected_table_is_bounded_but_counter_is_exact(store: Store) -> None:

@@ -20,9 +20,15 @@ BRIDGE_ALIVE_SECONDS = 15.0
 # How long one stuck PostgreSQL session may hold the others (default; `store_hold_s`).
 STORE_HOLD_SECONDS = 5.0
 DURABILITY_LEVELS = ("full", "normal", "off")
-# The rejected table keeps the newest rows and a prefix of each body: bad input is bounded.
+# The rejected table keeps the newest rows, each cut to a bounded size: topic, reason and
+# body together at most KEEP_ROW_BYTES of UTF-8 (a 60 KB topic would otherwise be kept
+# whole, twice with its reason), so the table holds at most KEEP_REJECTED rows of
+# KEEP_ROW_BYTES: 35 MiB of text, however large the messages refused.
 KEEP_REJECTED = 10_000
+KEEP_TOPIC_BYTES = 512
+KEEP_REASON_BYTES = 1024
 KEEP_BODY_BYTES = 2048
+KEEP_ROW_BYTES = KEEP_TOPIC_BYTES + KEEP_REASON_BYTES + KEEP_BODY_BYTES
 
 
 class StoreUnavailable(Exception):
@@ -117,10 +123,17 @@ class Store(Protocol):
     def stats(self) -> Stats: ...
 
     def events(
-        self, *, topic: str | None, after: int, limit: int, newest: bool = False
+        self,
+        *,
+        topic: str | None,
+        after: int,
+        limit: int,
+        newest: bool = False,
+        max_bytes: int | None = None,
     ) -> list[StoredEvent]:
         """Up to `limit` events with seq above `after`, oldest first: the first ones, or
-        with `newest` the last ones (where a tail starts)."""
+        with `newest` the last ones (where a tail starts); fewer when their payloads add
+        up to more than `max_bytes` (but at least one)."""
         ...
 
     def rejected(
@@ -172,14 +185,28 @@ def _no_nul(text: str) -> str:
     return text.replace("\x00", "\\x00")
 
 
+def cut(text: str, limit: int, size: int | None = None) -> str:
+    """`text` in at most `limit` bytes of UTF-8, with a note of the whole size when cut;
+    `size` is that size when `text` is already a prefix of something larger."""
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit and size is None:
+        return text
+    note = f"… [{size or len(encoded)} bytes in all]"
+    keep = max(limit - len(note.encode()), 0)
+    return encoded[:keep].decode("utf-8", "ignore") + note
+
+
 def rejected_row(refused: Refused) -> tuple[str, str, str, str]:
-    """(mqtt_topic, code, reason, body) as stored: the body cut to a bounded, printable prefix."""
+    """(mqtt_topic, code, reason, body) as stored and logged: printable, each cut to its
+    share of KEEP_ROW_BYTES with a note of its size."""
+    # Bytes that are not UTF-8 grow fourfold as \xNN: cut before and after decoding.
+    size = len(refused.body)
     body = refused.body[:KEEP_BODY_BYTES].decode("utf-8", "backslashreplace")
     return (
-        _no_nul(refused.mqtt_topic),
+        cut(_no_nul(refused.mqtt_topic), KEEP_TOPIC_BYTES),
         refused.rejection.code,
-        _no_nul(refused.rejection.reason),
-        _no_nul(body),
+        cut(_no_nul(refused.rejection.reason), KEEP_REASON_BYTES),
+        cut(_no_nul(body), KEEP_BODY_BYTES, size if size > KEEP_BODY_BYTES else None),
     )
 
 
@@ -255,13 +282,36 @@ def make_stats(
 
 
 def page(
-    mark: str, *, after: int, limit: int, newest: bool, topic: str | None = None
+    mark: str,
+    *,
+    after: int,
+    limit: int,
+    newest: bool,
+    topic: str | None = None,
+    through: int | None = None,
 ) -> tuple[str, list[object]]:
     """The `WHERE … ORDER BY seq … LIMIT` of a read by seq, and its parameters; `mark` is
-    the driver's placeholder. With `newest` the rows come newest first: callers reverse."""
+    the driver's placeholder. With `newest` the rows come newest first: callers reverse.
+    `through` is the seq where the page stops (see `page_end`)."""
     clause = f" WHERE seq > {mark}"
     params: list[object] = [after]
     if topic is not None:
         clause += f" AND topic = {mark}"
         params.append(topic)
+    if through is not None:
+        clause += f" AND seq {'>=' if newest else '<='} {mark}"
+        params.append(through)
     return f"{clause} ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT {mark}", [*params, limit]
+
+
+def page_end(sizes: Iterable[tuple[int, int]], max_bytes: int) -> int | None:
+    """From `(seq, payload size)` of a page's rows in its order, the seq of the last row that
+    keeps the page within `max_bytes` (the first row always: a page is never empty while
+    rows remain), or None when there are no rows. Read before the rows themselves, so a
+    reader never holds, nor parses, more than about `max_bytes` of payloads at once."""
+    total, end = 0, None
+    for seq, size in sizes:
+        if end is not None and total + size > max_bytes:
+            break
+        total, end = total + size, seq
+    return end

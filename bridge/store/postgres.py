@@ -50,6 +50,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -76,6 +77,7 @@ from bridge.store.base import (
     iso_utc,
     make_stats,
     page,
+    page_end,
     payload_json,
     redact_url,
     rejected_row,
@@ -365,10 +367,24 @@ class PostgresStore:
         return make_stats(topics, codes, uptime)
 
     def events(
-        self, *, topic: str | None, after: int, limit: int, newest: bool = False
+        self,
+        *,
+        topic: str | None,
+        after: int,
+        limit: int,
+        newest: bool = False,
+        max_bytes: int | None = None,
     ) -> list[StoredEvent]:
-        clause, params = page("%s", after=after, limit=limit, newest=newest, topic=topic)
+        window = partial(page, "%s", after=after, limit=limit, newest=newest, topic=topic)
         with self._read() as conn:
+            through = None
+            if max_bytes is not None:
+                clause, params = window()
+                sizes = conn.execute(
+                    "SELECT seq, octet_length(payload::text) FROM events" + clause, params
+                )
+                through = page_end(sizes, max_bytes)
+            clause, params = window(through=through)
             rows = conn.execute(
                 "SELECT seq, topic, event_id, timestamp, utc_offset_s, source, payload, received_at"
                 " FROM events" + clause,

@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from bridge.event import Event
@@ -35,6 +36,7 @@ from bridge.store.base import (
     iso_utc,
     make_stats,
     page,
+    page_end,
     payload_json,
     rejected_row,
     tally,
@@ -302,10 +304,22 @@ class SQLiteStore:
         return make_stats(topics, codes, uptime)
 
     def events(
-        self, *, topic: str | None, after: int, limit: int, newest: bool = False
+        self,
+        *,
+        topic: str | None,
+        after: int,
+        limit: int,
+        newest: bool = False,
+        max_bytes: int | None = None,
     ) -> list[StoredEvent]:
-        clause, params = page("?", after=after, limit=limit, newest=newest, topic=topic)
+        window = partial(page, "?", after=after, limit=limit, newest=newest, topic=topic)
         with self._read() as conn:
+            through = None
+            if max_bytes is not None:
+                clause, params = window()
+                sizes = conn.execute("SELECT seq, length(payload) FROM events" + clause, params)
+                through = page_end(sizes, max_bytes)
+            clause, params = window(through=through)
             rows = conn.execute(
                 "SELECT seq, topic, event_id, timestamp, source, payload, received_at"
                 " FROM events" + clause,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.backoff import Backoff
 from bridge.broker import make_client
@@ -73,6 +74,8 @@ def parse_batch(
     events: list[Event] = []
     refused: list[Refused] = []
     for message in batch:
+        if message.resent:
+            continue  # acknowledged with the batch, not recorded: see `Inbox`
         result = parse_message(
             message.topic, message.body, prefix=prefix, max_payload_bytes=max_payload_bytes
         )
@@ -141,7 +144,7 @@ class Bridge:
                 try:
                     inbox.connecting()
                     async with client:
-                        await client.subscribe(self.settings.topic_filter, qos=1)
+                        await self._subscribe(client)
                         logger.info(
                             "subscribed to %s on %s",
                             self.settings.topic_filter,
@@ -163,6 +166,17 @@ class Bridge:
             self._writer.shutdown(wait=True)
             self._log_duplicates.flush()
             logger.info("bridge stopped after %d committed messages", self.committed)
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        """QoS 1. MQTT 5 with retain handling 1: a retained message is sent only when the
+        subscription is new (the session's first), so it is recorded once, not once more
+        per reconnect; 2 (never) would lose one retained before the bridge first
+        subscribed. 3.1.1 has no such option: `Inbox` marks those copies instead."""
+        if self.settings.mqtt_version == "3.1.1":
+            await client.subscribe(self.settings.topic_filter, qos=1)
+            return
+        options = SubscribeOptions(qos=1, retainHandling=1)
+        await client.subscribe(self.settings.topic_filter, options=options)
 
     async def _consume(self, client: aiomqtt.Client, inbox: Inbox, stop: asyncio.Event) -> None:
         watcher = asyncio.create_task(inbox.watch(client))

@@ -175,8 +175,10 @@ def make_stream(count: int, dup_ratio: float, *, seed: int = 1, topics: int = 5)
     return stream
 
 
-def publish_raw(port: int, messages: list[Message], *, window: int = 500) -> None:
-    """Publish with QoS 1 and return once the broker acknowledged every message."""
+def publish_raw(
+    port: int, messages: list[Message], *, window: int = 500, retain: bool = False
+) -> None:
+    """Publish with QoS 1 (retained if asked) and return once the broker acknowledged all."""
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex}")
     client.max_inflight_messages_set(0)
     client.connect("127.0.0.1", port)
@@ -184,7 +186,7 @@ def publish_raw(port: int, messages: list[Message], *, window: int = 500) -> Non
     try:
         pending: list[paho.MQTTMessageInfo] = []
         for topic, body in messages:
-            pending.append(client.publish(topic, body, qos=1))
+            pending.append(client.publish(topic, body, qos=1, retain=retain))
             if len(pending) >= window:
                 _wait_acked(pending)
                 pending = []

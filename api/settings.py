@@ -25,6 +25,11 @@ class ApiSettings(MqttSettings):
     # 15k events/s, 500 gave 9-10k/s, 5,000 gave 4k/s. 100 keeps most of the speed.
     max_inflight: int = Field(default=100, ge=1, le=65_535)
     read_limit_max: int = Field(default=1000, ge=1)
+    # The broker's per-client queue limits (Mosquitto's max_queued_messages and
+    # max_queued_bytes; 0 = none), which it does not publish: /stats and /healthz measure
+    # its queue against them. Defaults: those of mosquitto/mosquitto.conf.
+    broker_queue_max_messages: int = Field(default=1_000_000, ge=0)
+    broker_queue_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     # LOGAGG_API_TOKEN, from the environment only: `logagg api` has no flag for it, because
     # a command line is visible to every user of the machine (ps, /proc/<pid>/cmdline).
     api_token: SecretStr | None = None

@@ -128,6 +128,24 @@ def bridge_factory(
         proc.stop()
 
 
+@pytest.fixture
+def immutable(tmp_path: Path) -> Iterator[Callable[[list[Path], bool], None]]:
+    """`chattr +i` / `-i` on files (refused even to root); every file set is cleared after."""
+    touched: set[Path] = set()
+
+    def chattr(paths: list[Path], on: bool) -> None:
+        done = subprocess.run(
+            ["chattr", "+i" if on else "-i", *map(str, paths)], capture_output=True, check=False
+        )
+        if done.returncode != 0:
+            pytest.skip(f"chattr is not available here: {done.stderr.decode().strip()}")
+        touched.update(paths)
+
+    yield chattr
+    if touched:
+        subprocess.run(["chattr", "-i", *map(str, touched)], check=False)
+
+
 def wait_for_stats(store_url: str, done: Callable[[Stats], bool], timeout: float = 60.0) -> Stats:
     """Poll the store until `done(stats)` holds; fail with the last stats seen."""
     store = open_store(store_url, readonly=True)

@@ -275,10 +275,14 @@ def test_healthz_ok_then_names_the_broker_when_it_stops(
     bridge_factory()
     wait_for_stats(store_url, lambda s: s.uptime_s is not None)
     client = sidecar(broker.url, publish_timeout_s=2)
-    healthy = client.get("/healthz")
+    deadline = time.monotonic() + 10
+    # The broker's counters come on a connection of their own, a moment after start.
+    while (healthy := client.get("/healthz")).json()["broker_queue"] == "unknown":
+        assert time.monotonic() < deadline, healthy.json()
+        time.sleep(0.1)
     assert (healthy.status_code, healthy.json()) == (
         200,
-        {"store": "ok", "broker": "ok", "bridge": "ok"},
+        {"store": "ok", "broker": "ok", "bridge": "ok", "broker_queue": "ok"},
     )
 
     broker.stop()

@@ -61,9 +61,10 @@ class BrokerReport:
     def warning(self) -> str | None:
         """What an operator must hear about: drops so far, or a queue near its limit."""
         if self.dropped:
+            since = "it started" if self.uptime_s is None else f"it started, {self.uptime_s}s ago"
             return (
-                f"the broker dropped {self.dropped} acknowledged messages in the"
-                f" {self.uptime_s}s since it started: a queue went over its limit"
+                f"the broker dropped {self.dropped} acknowledged messages since {since}:"
+                " a client's queue went over its limit"
             )
         for used, limit, unit in (
             (self.queued_messages, self.max_messages, "messages"),

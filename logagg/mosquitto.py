@@ -77,7 +77,8 @@ def check_writable(directory: Path) -> None:
     as Mosquitto saves its state. A broker that cannot save runs and acknowledges messages
     all the same, logs the failure, and loses everything at its next restart. Tried, not
     asked (`os.access`): root passes every permission check, not an immutable directory,
-    a read-only mount or a full disk."""
+    a read-only mount or a full disk. We run Mosquitto as ourselves (`render_config`), so
+    what we can write, it can."""
     probe, saved = directory / ".logagg-probe.new", directory / ".logagg-probe"
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from api import ApiSettings
+from api.broker_stats import BrokerReport
 from logagg.mosquitto import PROJECT_CONFIG, Mosquitto, free_port
 from tests.conftest import BridgeProcess, Sidecar, make_stream, publish_raw, wait_for_stats
 from tests.test_metrics import samples, value
@@ -198,3 +200,26 @@ def test_sidecar_queue_limits_default_to_the_shipped_config() -> None:
     settings = ApiSettings()
     assert int(options["max_queued_messages"]) == settings.broker_queue_max_messages
     assert int(options["max_queued_bytes"]) == settings.broker_queue_max_bytes
+
+
+def test_broker_report_warns_from_80_percent_of_either_limit() -> None:
+    """Below 80% of both limits: no warning; at 80% of either: one naming it; a limit of 0
+    (none) never warns; any drop outranks the queue."""
+    report = BrokerReport(
+        dropped=0,
+        queued_messages=79,
+        queued_bytes=790,
+        max_messages=100,
+        max_bytes=1000,
+        uptime_s=5,
+    )
+    assert report.warning() is None
+    at_80 = replace(report, queued_messages=80).warning()
+    assert "80 of its 100 queued messages (80%)" in str(at_80)
+    assert "900 of its 1000 queued bytes (90%)" in str(replace(report, queued_bytes=900).warning())
+    assert replace(report, queued_bytes=10**9, max_bytes=0).warning() is None
+    dropped = replace(report, dropped=3, queued_messages=100, uptime_s=None).warning()
+    assert dropped == (
+        "the broker dropped 3 acknowledged messages since it started:"
+        " a client's queue went over its limit"
+    )

@@ -67,7 +67,11 @@ def test_stats_json_is_the_stats_endpoint(client: httpx.Client) -> None:
     printed, served = json.loads(done.stdout), client.get("/stats").json()
     assert printed.pop("uptime_s") > 0
     served.pop("uptime_s")
-    assert printed == served
+    assert printed.keys() == served.keys()
+    # The broker's counters move with its $SYS updates between the two reads.
+    assert {k: v for k, v in printed.items() if not k.startswith("broker_")} == {
+        k: v for k, v in served.items() if not k.startswith("broker_")
+    }
 
 
 def test_stats_and_tail_send_the_token_from_the_environment(

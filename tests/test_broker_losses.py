@@ -19,11 +19,13 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from playwright.sync_api import Browser
 
 from api import ApiSettings
 from api.broker_stats import BrokerReport
 from logagg.mosquitto import PROJECT_CONFIG, Mosquitto, free_port
 from tests.conftest import BridgeProcess, Sidecar, make_stream, publish_raw, wait_for_stats
+from tests.test_dashboard import CHROMIUM, browser, open_dashboard  # noqa: F401 (a fixture)
 from tests.test_metrics import samples, value
 
 pytestmark = pytest.mark.broker
@@ -108,6 +110,35 @@ def test_broker_drops_over_the_queue_limit_are_counted_and_said(
     time.sleep(1)  # nothing more comes
     stored = wait_for_stats(store_url, lambda s: True)
     assert (stored.received, stored.unique_processed) == (kept, kept)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium")
+def test_dashboard_shows_what_the_broker_dropped(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    sidecar: Sidecar,
+    browser: Browser,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """The dashboard's broker card and pill: the number dropped, in red, the warning on it."""
+    bridge = bridge_factory()  # creates the store the page reads
+    assert bridge.stop() == 0
+    client = sidecar(broker.url, broker_queue_max_bytes=QUEUE_BYTES, broker_queue_max_messages=0)
+    stream = make_stream(400, 0.0, seed=93)
+    publish_raw(broker.port, stream)
+    stats = wait_for(
+        client,
+        lambda s: (
+            (s["broker_dropped"] or 0) > 0
+            and s["broker_dropped"] + s["broker_queued_messages"] == len(stream)
+        ),
+    )
+    page = open_dashboard(browser, client)
+    page.wait_for_selector(f"#broker-dropped[data-value='{stats['broker_dropped']}']")
+    assert page.get_attribute("#broker", "class") == "pill bad"
+    assert page.inner_text("#broker") == f"broker dropped {stats['broker_dropped']:,}"
+    assert page.get_attribute("#broker", "title") == stats["broker_warning"]
+    assert "of its limit" in page.inner_text("#broker-queue")
 
 
 def test_broker_counters_unknown_without_sys_say_so(sidecar: Sidecar) -> None:

@@ -31,6 +31,7 @@ from pydantic import TypeAdapter
 
 from api.auth import guard
 from api.batch import read_body, to_messages
+from api.broker_stats import BrokerStats
 from api.budget import RETRY_AFTER_S, BodyBudget, Busy
 from api.metrics import sidecar_registry
 from api.models import (
@@ -77,19 +78,22 @@ def create_app(settings: ApiSettings) -> FastAPI:
     store = open_store(settings.store, readonly=True, alive_s=settings.bridge_alive_s)
     publisher = Publisher(settings)
     bodies = BodyBudget(settings.max_inflight_body_bytes)
+    broker_stats = BrokerStats(settings)
     # LOGAGG_API_TOKEN: every route but /healthz takes one of these (tests/test_security.py).
     publishing = guard(settings)
     reading = guard(settings, public=settings.api_public_read)
-    registry = sidecar_registry(store, settings.store)
+    registry = sidecar_registry(store, settings.store, broker_stats)
     dashboard = files("api").joinpath("static/dashboard.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # The store URL is not logged: a database URL may carry a password.
         logger.info("sidecar up: broker %s", settings.address)
+        broker_stats.start()
         try:
             yield
         finally:
+            await broker_stats.stop()
             await publisher.close()
             store.close()
 
@@ -174,8 +178,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         responses={**reading.responses, 503: {"model": Problem}},
     )
     def stats() -> StatsReport:
-        """Counters from the store: received = unique_processed + duplicate_dropped + rejected."""
-        return StatsReport.model_validate(store.stats(), from_attributes=True)
+        """Counters from the store: received = unique_processed + duplicate_dropped + rejected;
+        `broker_*` from the broker's own counters: what it dropped, how full its queue is."""
+        report = StatsReport.model_validate(store.stats(), from_attributes=True)
+        return report.model_copy(update=broker_stats.report().stats_fields())
 
     @app.get(
         "/events",
@@ -260,7 +266,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     async def healthz() -> JSONResponse:
         """200 when the store is readable and the broker reachable; 503 says which is not.
-        `bridge` says whether a bridge is alive and writing."""
+        `bridge` says whether a bridge is alive and writing, `broker_queue` whether the broker
+        dropped messages or nears its queue limit (neither changes the status code)."""
         health = Health(store=OK, broker=OK)
         try:
             stats = await run_in_threadpool(store.stats)
@@ -278,6 +285,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await publisher.check()
         except BrokerUnavailable as exc:
             health.broker = str(exc)
+        report = broker_stats.report()
+        if report.known:
+            health.broker_queue = report.warning() or OK
         healthy = health.store == OK and health.broker == OK
         return JSONResponse(health.model_dump(), 200 if healthy else 503)
 
@@ -288,7 +298,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         responses=reading.responses,
     )
     def metrics() -> Response:
-        """Prometheus metrics: the store's counters, read at scrape time."""
+        """Prometheus metrics: the store's counters, read at scrape time, and the broker's."""
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from api.broker_stats import BrokerStats
 from api.models import busiest_topics
 from bridge.store import Store, StoreUnavailable
 
@@ -120,9 +121,51 @@ class StoreCollector(Collector):
             )
 
 
-def sidecar_registry(store: Store, url: str) -> CollectorRegistry:
-    """What `GET /metrics` serves: the store's counters and this process's CPU and memory."""
+class BrokerCollector(Collector):
+    """The broker's `$SYS` counters as the sidecar last read them; `logagg_broker_stats_up 0`
+    and nothing else while there is no reading."""
+
+    def __init__(self, broker: BrokerStats) -> None:
+        self._broker = broker
+
+    def collect(self) -> Iterator[Metric]:
+        report = self._broker.report()
+        yield GaugeMetricFamily(
+            "logagg_broker_stats_up",
+            "1 while the sidecar has the broker's $SYS counters",
+            value=1 if report.known else 0,
+        )
+        if report.dropped is not None:
+            # Since the broker started: it resets with the broker, which rate() allows for.
+            yield CounterMetricFamily(
+                "logagg_broker_dropped",
+                "Messages the broker acknowledged and dropped, a client's queue being full",
+                value=report.dropped,
+            )
+        gauges = (
+            (
+                "queued_messages",
+                "Messages the broker holds, retained excluded",
+                report.queued_messages,
+            ),
+            ("queued_bytes", "Payload bytes the broker holds, retained too", report.queued_bytes),
+            (
+                "queue_max_messages",
+                "The broker's queue limit per client, 0: none",
+                report.max_messages,
+            ),
+            ("queue_max_bytes", "The broker's queue limit per client in bytes", report.max_bytes),
+        )
+        for name, help_text, number in gauges:
+            if number is not None:
+                yield GaugeMetricFamily(f"logagg_broker_{name}", help_text, value=number)
+
+
+def sidecar_registry(store: Store, url: str, broker: BrokerStats) -> CollectorRegistry:
+    """What `GET /metrics` serves: the store's counters, the broker's, and this process's CPU
+    and memory."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(store, url))
+    registry.register(BrokerCollector(broker))
     ProcessCollector(registry=registry)
     return registry

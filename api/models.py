@@ -51,6 +51,30 @@ class StatsReport(BaseModel):
     topics: dict[str, TopicStats]
     rejected_by_code: dict[str, int]
     uptime_s: float | None = Field(description="The oldest live bridge's; null when none is")
+    # From the broker's $SYS counters (api/broker_stats.py); null while there is no reading.
+    broker_dropped: int | None = Field(
+        default=None,
+        description="Messages the broker acknowledged to their publisher and then dropped,"
+        " because a client's queue was over its limit, since the broker started",
+    )
+    broker_queued_messages: int | None = Field(
+        default=None, description="Messages the broker holds for its clients, retained excluded"
+    )
+    broker_queued_bytes: int | None = Field(
+        default=None,
+        description="Payload bytes the broker holds (queued and retained messages)",
+    )
+    broker_queue_max_messages: int | None = Field(
+        default=None, description="The broker's per-client queue limit, as configured (0: none)"
+    )
+    broker_queue_max_bytes: int | None = Field(
+        default=None, description="The broker's per-client queue limit in bytes (0: none)"
+    )
+    broker_uptime_s: int | None = Field(default=None, description="Since the broker started")
+    broker_warning: str | None = Field(
+        default=None,
+        description="Set once the broker dropped messages or a queue reaches 80% of a limit",
+    )
 
 
 def busiest_topics(topics: dict[str, TopicStats], count: int) -> list[tuple[str, TopicStats]]:
@@ -79,4 +103,10 @@ class Health(BaseModel):
         default="unknown",
         description='"ok" while a bridge heartbeat is fresh, else why not. Informational: it does'
         " not change the status code, since the sidecar may run before or without a bridge",
+    )
+    broker_queue: str = Field(
+        default="unknown",
+        description='"ok" while the broker reports no drops and its queue is below 80% of its'
+        ' limits; else a warning saying which; "unknown" without its $SYS counters.'
+        " Informational: a sidecar that works is not made unhealthy by a warning",
     )

@@ -40,6 +40,11 @@ class ApiSettings(MqttSettings):
     max_inflight: int = Field(default=100, ge=1, le=65_535)
     read_limit_max: int = Field(default=1000, ge=1)
     bridge_alive_s: AliveSeconds = BRIDGE_ALIVE_SECONDS
+    # The broker's per-client queue limits (Mosquitto's max_queued_messages and
+    # max_queued_bytes; 0 = none), which it does not publish: /stats and /healthz measure
+    # its queue against them. Defaults: those of mosquitto/mosquitto.conf.
+    broker_queue_max_messages: int = Field(default=1_000_000, ge=0)
+    broker_queue_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     # LOGAGG_API_TOKEN, from the environment only: `logagg api` has no flag for it, because
     # a command line is visible to every user of the machine (ps, /proc/<pid>/cmdline).
     api_token: SecretStr | None = None

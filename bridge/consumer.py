@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.backoff import Backoff
 from bridge.broker import make_client
@@ -99,6 +100,8 @@ def parse_batch(
     events: list[Event] = []
     refused: list[Refused] = []
     for message in batch:
+        if message.resent:
+            continue  # acknowledged with the batch, not recorded: see `Inbox`
         result = parse_message(
             message.topic,
             message.body,
@@ -199,10 +202,20 @@ class Bridge:
             logger.info("bridge stopped after %d committed messages", self.committed)
 
     async def _subscribe(self, client: aiomqtt.Client, backoff: Backoff) -> None:
-        # No timeout: up to a receive maximum of messages may come first, and the
-        # connection's own liveness is watched by the keepalive and the inbox.
-        await client.subscribe(self.settings.topic_filter, qos=1, timeout=math.inf)
-        logger.info("subscribed to %s on %s", self.settings.topic_filter, self.settings.address)
+        """QoS 1. MQTT 5 with retain handling 1: a retained message is sent only when the
+        subscription is new (the session's first), so it is recorded once, not once more
+        per reconnect; 2 (never) would lose one retained before the bridge first
+        subscribed. 3.1.1 has no such option: `Inbox` marks those copies instead.
+
+        No timeout: up to a receive maximum of messages may come first, and the
+        connection's own liveness is watched by the keepalive and the inbox."""
+        topic = self.settings.topic_filter
+        if self.settings.mqtt_version == "3.1.1":
+            await client.subscribe(topic, qos=1, timeout=math.inf)
+        else:
+            options = SubscribeOptions(qos=1, retainHandling=1)
+            await client.subscribe(topic, options=options, timeout=math.inf)
+        logger.info("subscribed to %s on %s", topic, self.settings.address)
         backoff.reset()
         self.metrics.connected(True)
         # The first heartbeat says "subscribed": readiness checks wait for it.

@@ -21,6 +21,14 @@ the event loop, three `recv` calls and a `Properties` object per message):
 - `ack` writes a batch's PUBACKs as one packet, the same bytes paho would send
   one by one.
 
+A broker re-sends a retained message on every subscribe. The bridge resubscribes
+on each connect, so without care each reconnect would record the retained event
+again, as one more duplicate. MQTT 5 subscribes with retain handling 1 (see
+`consumer`); for 3.1.1, which has no such option, a retained copy arriving on a
+connection whose session was already present (CONNACK) is marked `resent`: it
+only repeats what that session's first subscription already delivered, so the
+consumer acknowledges it without recording it.
+
 Reading also pauses while `max_waiting` messages, or `max_waiting_bytes` of bodies, wait
 (the socket is taken off
 the event loop and put back by `take`): Mosquitto 2.0 does not keep to our
@@ -61,6 +69,9 @@ class Received(NamedTuple):
     mid: int
     qos: int
     connection: int
+    # A retained copy re-sent only because we resubscribed to a session that had the
+    # subscription already: acknowledged, never recorded (see the module's docstring).
+    resent: bool = False
 
 
 class Inbox:
@@ -80,6 +91,11 @@ class Inbox:
         self._taking = False  # `take` called on this connection: pausing cannot block it
         self._paho.manual_ack_set(True)
         self._paho.on_message = self._on_message  # QoS 2 only: see _handle_publish
+        self._session_present = False
+        on_connect = self._paho.on_connect
+        assert on_connect is not None, "aiomqtt sets paho's on_connect when it is created"
+        self._aiomqtt_on_connect = on_connect
+        self._paho.on_connect = self._on_connect
         self._v5 = self._paho.protocol == MQTTProtocolVersion.MQTTv5
         # Instance attributes shadow paho's methods for this client only.
         self._paho._sock_recv = self._recv  # type: ignore[method-assign]
@@ -104,6 +120,11 @@ class Inbox:
         self._paused = None
         self._taking = False
         self.lost = None
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, *rest: Any) -> None:
+        """Notes whether the broker kept our session, then hands the CONNACK to aiomqtt."""
+        self._session_present = bool(flags.session_present)
+        self._aiomqtt_on_connect(client, userdata, flags, *rest)
 
     # Reading: runs on the event loop thread (aiomqtt reads the socket from loop.add_reader).
 
@@ -204,7 +225,10 @@ class Inbox:
             raise MalformedPacket(f"truncated PUBLISH: {exc}") from exc
         if pos > len(data):
             raise MalformedPacket("PUBLISH properties run past the packet")
-        self._hold(Received(topic, bytes(data[pos:]), mid, qos, self._connection))
+        # RETAIN set and DUP clear: a fresh retained copy, sent because we subscribed. A DUP
+        # one is the broker resending what we left unacked, which we must still record.
+        resent = self._session_present and command & 0x09 == 0x01
+        self._hold(Received(topic, bytes(data[pos:]), mid, qos, self._connection, resent))
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _hold(self, message: Received) -> None:

@@ -8,6 +8,7 @@ is shipped. The security tests run `mosquitto/hardened.conf` the same way.
 from __future__ import annotations
 
 import getpass
+import os
 import shutil
 import signal
 import socket
@@ -67,6 +68,34 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+class NotWritable(Exception):
+    """Mosquitto's persistence directory cannot be written."""
+
+
+def check_writable(directory: Path) -> None:
+    """Raise `NotWritable` unless a file can be written, synced and renamed in `directory`,
+    as Mosquitto saves its state. A broker that cannot save runs and acknowledges messages
+    all the same, logs the failure, and loses everything at its next restart. Tried, not
+    asked (`os.access`): root passes every permission check, not an immutable directory,
+    a read-only mount or a full disk. We run Mosquitto as ourselves (`render_config`), so
+    what we can write, it can."""
+    probe, saved = directory / ".logagg-probe.new", directory / ".logagg-probe"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with probe.open("wb") as out:
+            out.write(b"logagg")
+            out.flush()
+            os.fsync(out.fileno())
+        probe.replace(saved)
+        saved.unlink()
+    except OSError as exc:
+        raise NotWritable(
+            f"Mosquitto's persistence directory {directory} cannot be written"
+            f" ({exc.strerror or exc}): the broker would acknowledge messages and lose them"
+            " all at its next restart. Make it writable, or choose another --data-dir"
+        ) from exc
+
+
 class Mosquitto:
     """A Mosquitto process on `port` with its data in `data_dir`; stop() always reaps it."""
 
@@ -82,7 +111,7 @@ class Mosquitto:
         self.port = port
         self.data_dir = data_dir
         self.config = data_dir / "mosquitto.conf"
-        data_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(data_dir)
         self.config.write_text(render_config(port, data_dir, base=base, extra=extra_config))
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -24,7 +24,7 @@ from pydantic import Field
 from bridge.settings import BridgeSettings
 from bridge.store import redact_url
 from logagg.embedded import WARNING as EMBEDDED_WARNING
-from logagg.mosquitto import Mosquitto, find_mosquitto, port_open
+from logagg.mosquitto import Mosquitto, NotWritable, find_mosquitto, port_open
 from logagg.process import stop_process
 
 logger = logging.getLogger("logagg.up")
@@ -79,7 +79,11 @@ def _broker(settings: UpSettings) -> tuple[Child | Mosquitto | None, str]:
         raise SystemExit(f"error: no broker answers at {address}, and it is not this machine")
     if find_mosquitto():
         logger.info("no broker at %s: starting Mosquitto with mosquitto/mosquitto.conf", address)
-        return Mosquitto(address.port, settings.data_dir / "mosquitto"), settings.mqtt_version
+        try:
+            broker = Mosquitto(address.port, settings.data_dir / "mosquitto")
+        except NotWritable as exc:
+            raise SystemExit(f"error: {exc}") from None
+        return broker, settings.mqtt_version
     try:
         import amqtt  # noqa: F401
     except ImportError:

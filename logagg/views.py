@@ -155,6 +155,14 @@ def _share(part: int, whole: int) -> str:
     return f"{part / whole:.1%} of received" if whole else ""
 
 
+def _broker(report: StatsReport) -> str:
+    """What the broker dropped and holds, from its $SYS counters, and its warning if any."""
+    if report.broker_dropped is None:
+        return "no counters from the broker ($SYS)"
+    text = f"dropped {report.broker_dropped:,}, queued {report.broker_queued_messages or 0:,}"
+    return f"{text}: {report.broker_warning}" if report.broker_warning else text
+
+
 def summary(report: StatsReport) -> str:
     """`/stats` for people: the totals, the rejection reasons, the busiest topics."""
     bridge = (
@@ -171,6 +179,7 @@ def summary(report: StatsReport) -> str:
     ]
     lines = [f"{name:<12}{count:>14,}  {note}".rstrip() for name, count, note in rows]
     lines.append(f"{'bridge':<12}{bridge}")
+    lines.append(f"{'broker':<12}{_broker(report)}")
     topics = [(t.translate(_CONTROL), c) for t, c in busiest_topics(report.topics, TOPICS_SHOWN)]
     if topics:
         width = max(len("topic"), *(len(t) for t, _ in topics))

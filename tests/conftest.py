@@ -146,6 +146,24 @@ def bridge_factory(
         proc.stop()
 
 
+@pytest.fixture
+def immutable(tmp_path: Path) -> Iterator[Callable[[list[Path], bool], None]]:
+    """`chattr +i` / `-i` on files (refused even to root); every file set is cleared after."""
+    touched: set[Path] = set()
+
+    def chattr(paths: list[Path], on: bool) -> None:
+        done = subprocess.run(
+            ["chattr", "+i" if on else "-i", *map(str, paths)], capture_output=True, check=False
+        )
+        if done.returncode != 0:
+            pytest.skip(f"chattr is not available here: {done.stderr.decode().strip()}")
+        touched.update(paths)
+
+    yield chattr
+    if touched:
+        subprocess.run(["chattr", "-i", *map(str, touched)], check=False)
+
+
 def wait_for_stats(store_url: str, done: Callable[[Stats], bool], timeout: float = 60.0) -> Stats:
     """Poll the store until `done(stats)` holds; fail with the last stats seen."""
     store = open_store(store_url, readonly=True)
@@ -193,8 +211,10 @@ def make_stream(count: int, dup_ratio: float, *, seed: int = 1, topics: int = 5)
     return stream
 
 
-def publish_raw(port: int, messages: list[Message], *, window: int = 500) -> None:
-    """Publish with QoS 1 and return once the broker acknowledged every message."""
+def publish_raw(
+    port: int, messages: list[Message], *, window: int = 500, retain: bool = False
+) -> None:
+    """Publish with QoS 1 (retained if asked) and return once the broker acknowledged all."""
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex}")
     client.max_inflight_messages_set(0)
     client.connect("127.0.0.1", port)
@@ -202,7 +222,7 @@ def publish_raw(port: int, messages: list[Message], *, window: int = 500) -> Non
     try:
         pending: list[paho.MQTTMessageInfo] = []
         for topic, body in messages:
-            pending.append(client.publish(topic, body, qos=1))
+            pending.append(client.publish(topic, body, qos=1, retain=retain))
             if len(pending) >= window:
                 _wait_acked(pending)
                 pending = []

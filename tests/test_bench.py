@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.broker_queue import measure
+
 pytestmark = pytest.mark.broker
 
 SECTIONS = {"machine", "config", "drain", "latency", "http", "growth", "memory", "targets"}
@@ -78,3 +80,14 @@ def test_bench_drain_with_two_bridges_on_postgresql(pg_url: str, tmp_path: Path)
     assert run["received"] == drain["messages"]
     assert len(run["bridges_cpu_s_per_1000"]) == 2
     assert "2 bridges (postgresql)" in done.stdout
+
+
+@pytest.mark.broker
+def test_broker_queue_measures_what_a_backlog_costs_mosquitto(tmp_path: Path) -> None:
+    """`python -m bench.broker_queue`, small: every event queued, and each costs the broker
+    memory and file beyond its own bytes (the figures behind mosquitto.conf's queue limits)."""
+    result = measure(tmp_path / "broker", 5_000, 130, idle_s=0.5)
+    assert result["queued"] == 5_000
+    assert result["rss_mb"] > result["rss_empty_mb"]
+    assert result["file_per_event_bytes"] > result["event_bytes"] > 200
+    assert result["idle_cpu"] >= 0

@@ -79,6 +79,35 @@ def test_bridge_restart_keeps_dedup(
     assert (stats.unique_processed, stats.duplicate_dropped) == (500, 500)
 
 
+@pytest.mark.parametrize("mqtt_version", ["5", "3.1.1"])
+def test_bridge_retained_event_is_counted_once_over_restarts(
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str, mqtt_version: str
+) -> None:
+    """A retained event published before the bridge's first subscribe and one published
+    live: each stored and counted once over three restarts, though the broker re-sends
+    retained messages on every subscribe (MQTT 5: retain handling 1; 3.1.1: the inbox
+    skips retained copies on a session the broker kept)."""
+    early, live, *markers = make_stream(5, 0.0, seed=7)
+    publish_raw(broker.port, [early], retain=True)  # no subscriber yet: kept as retained only
+    bridge = bridge_factory(mqtt_version=mqtt_version)
+    publish_raw(broker.port, [live], retain=True)
+    publish_raw(broker.port, [markers[0]])
+    stats = wait_for_stats(store_url, lambda s: s.received >= 3)
+    assert (stats.received, stats.unique_processed, stats.duplicate_dropped) == (3, 3, 0)
+    for restart, marker in enumerate(markers[1:], start=1):
+        assert bridge.stop() == 0
+        bridge = bridge_factory(mqtt_version=mqtt_version)
+        # In order after whatever the subscribe re-sent: once it is in, any copy would be.
+        publish_raw(broker.port, [marker])
+        stats = wait_for_stats(store_url, lambda s, n=3 + restart: s.received >= n)
+        assert (stats.received, stats.unique_processed, stats.duplicate_dropped) == (
+            3 + restart,
+            3 + restart,
+            0,
+        ), f"after restart {restart}"
+    assert_exactly_once(store_url, [early, live, *markers])
+
+
 def test_bridge_rejects_malformed_messages_and_keeps_going(
     broker: Mosquitto, bridge_factory: StartBridge, store_url: str
 ) -> None:

@@ -91,6 +91,10 @@ def test_dashboard_shows_the_stats_and_streams_new_events(
         text = page.inner_text(f"[data-stat={name}]")
         assert int("".join(c for c in text if c.isdigit())) == stats[name]
     assert page.inner_text("#dup-ratio") == "22.2% of received"
+    # The broker's own counters ($SYS, retained: read as soon as the sidecar subscribed).
+    page.wait_for_selector("#broker-dropped[data-value='0']", timeout=5000)
+    assert page.inner_text("#broker") == "broker queue ok"
+    assert "% of its limit" in page.inner_text("#broker-queue")
     assert page.inner_text("#reject-codes") == "not_json 1"
     rows = page.locator("#topics tr").all_inner_texts()
     assert [row.split() for row in rows] == [

@@ -481,6 +481,11 @@ def test_hardened_bridge_sidecar_and_publisher_work_over_tls(
         monkeypatch.setenv("LOGAGG_MQTT_PASSWORD", PASSWORDS["logagg-api"])
         with serving(ApiSettings(store=store_url)) as client:
             assert client.post("/publish", json=event("over-https")).json() == {"accepted": 1}
+            # The ACL lets the sidecar read the broker's $SYS counters (and no other topic).
+            deadline = time.monotonic() + 10
+            while client.get("/stats").json()["broker_dropped"] is None:
+                assert time.monotonic() < deadline, "no $SYS counters through the ACL"
+                time.sleep(0.1)
         stats = wait_for_stats(store_url, lambda s: s.received == 201)
         assert stats.unique_processed == summary.distinct + 1
         assert stats.rejected == 0

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -126,3 +127,26 @@ def test_up_falls_back_to_the_embedded_broker_loudly(
     finally:
         bridge.stop()
         broker.stop()
+
+
+def test_up_refuses_a_broker_persistence_directory_it_cannot_write(
+    tmp_path: Path, immutable: Callable[[list[Path], bool], None]
+) -> None:
+    """Mosquitto runs with an unwritable persistence directory, acknowledging messages it
+    will lose at its next restart: `logagg up` refuses to start it, and says why."""
+    data = tmp_path / "data" / "mosquitto"
+    data.mkdir(parents=True)
+    immutable([data], True)  # chattr +i: refused even to root, unlike chmod
+    mqtt_port, http_port = free_port(), free_port()
+    up = start_up(tmp_path, mqtt_port, http_port)
+    try:
+        code = up.wait(30)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+    log = (tmp_path / "up.log").read_text()
+    assert code == 1, log
+    assert f"error: Mosquitto's persistence directory {data} cannot be written" in log
+    assert "Operation not permitted" in log
+    assert not port_open("127.0.0.1", mqtt_port)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from api.models import ItemError
 from api.publishing import Message
-from bridge.event import Event, unstorable
+from bridge.event import Event, Rejection, decode_body, unstorable
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -46,8 +46,11 @@ def to_messages(
 
     Raises 422 listing every failing item's index and field, or 413 past `max_batch`.
     """
+    text = decode_body(body)
+    if isinstance(text, Rejection):
+        raise _invalid(ItemError(index=None, field=None, message=text.reason))
     try:
-        data = json.loads(body, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise _invalid(
             ItemError(index=None, field=None, message=f"body is not JSON: {exc}")

@@ -16,22 +16,25 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from functools import partial
 from importlib.resources import files
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import TypeAdapter
+from pydantic import Field, TypeAdapter
 
+from api.access_log import redacted_access_log
 from api.auth import guard
 from api.batch import read_body, to_messages
+from api.guards import BrowserGuard, HostRule, page_policies
 from api.metrics import sidecar_registry
 from api.models import (
+    BUSIEST_TOPICS,
     EventPage,
     Health,
     Problem,
@@ -84,16 +87,27 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # The store URL is not logged: a database URL may carry a password.
         logger.info("sidecar up: broker %s", settings.address)
-        try:
-            yield
-        finally:
-            await publisher.close()
-            store.close()
+        with ExitStack() as stack:
+            if settings.api_token is not None:
+                stack.enter_context(redacted_access_log({"/healthz"}))
+            try:
+                yield
+            finally:
+                await publisher.close()
+                store.close()
 
     app = FastAPI(
         title="logagg",
         summary="Publish log events through the broker; read what the bridge stored.",
         lifespan=lifespan,
+        # `/stats/` would redirect to whatever Host the request named: 404 instead.
+        redirect_slashes=False,
+    )
+    app.add_middleware(
+        BrowserGuard,
+        hosts=HostRule.for_listener(settings.host, settings.api_allowed_hosts),
+        allowed_origins=settings.api_allowed_origins,
+        policies=page_policies({"/": dashboard}),
     )
 
     @app.exception_handler(StoreUnavailable)
@@ -153,9 +167,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
         dependencies=reading.dependencies,
         responses={**reading.responses, 503: {"model": Problem}},
     )
-    def stats() -> StatsReport:
-        """Counters from the store: received = unique_processed + duplicate_dropped + rejected."""
-        return StatsReport.model_validate(store.stats(), from_attributes=True)
+    def stats(
+        topics: Annotated[
+            Annotated[int, Field(ge=0)] | Literal["all"],
+            Query(description="How many of the busiest topics to list, or `all`"),
+        ] = BUSIEST_TOPICS,
+    ) -> StatsReport:
+        """Counters from the store: received = unique_processed + duplicate_dropped + rejected.
+        `topics` lists the busiest first; `topics_total` counts them all."""
+        return StatsReport.of(store.stats(), None if topics == "all" else topics)
 
     @app.get(
         "/events",

@@ -21,7 +21,7 @@ from functools import partial
 from importlib.resources import files
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -31,7 +31,7 @@ from pydantic import Field, TypeAdapter
 from api.access_log import redacted_access_log
 from api.auth import guard
 from api.batch import read_body, to_messages
-from api.guards import BrowserGuard, HostRule, page_policies
+from api.guards import BrowserGuard, HostRule, page_policies, require_json
 from api.metrics import sidecar_registry
 from api.models import (
     BUSIEST_TOPICS,
@@ -136,10 +136,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     @app.post(
         "/publish",
-        dependencies=publishing.dependencies,
+        dependencies=[*publishing.dependencies, Depends(require_json)],
         responses={
             **publishing.responses,
             413: {"model": Problem, "description": "Body or batch too large"},
+            415: {"model": Problem, "description": "Content-Type is not application/json"},
             422: {"model": PublishInvalid, "description": "Invalid body or item"},
             503: {"model": PublishFailed, "description": "Broker unreachable or failed"},
         },

@@ -12,8 +12,9 @@ So, before any route runs:
   host, or `Sec-Fetch-Site` says cross-site or same-site) is refused with 403,
   unless that origin is in `LOGAGG_API_ALLOWED_ORIGINS`, for which CORS
   headers are sent;
-- a request body must be `application/json` (415): a `text/plain` POST is one
-  a page may send anywhere without asking (a CORS "simple" request);
+- (a route dependency, `require_json`, after the token check) a request body
+  must be `application/json` (415): a `text/plain` POST is one a page may send
+  anywhere without asking (a CORS "simple" request);
 - every answer carries a Content-Security-Policy (the dashboard's inline script
   and style by their hashes, nothing else), `nosniff`, `frame-ancestors 'none'`
   and `Referrer-Policy: no-referrer`.
@@ -27,8 +28,10 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 from urllib.parse import urlsplit
 
+from fastapi import Header, HTTPException
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
@@ -37,7 +40,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 ANY = "*"
 # Names that always resolve to this machine: a page cannot re-point them.
 LOOPBACK_NAMES = frozenset({"localhost"})
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Sec-Fetch-Site values of a page on another origin (same-site: another port of this host).
 CROSS_SITE = frozenset({"cross-site", "same-site"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -127,9 +129,18 @@ def _same_origin(origin: str, host: tuple[str, int | None], scheme: str) -> bool
     return theirs[0] == host[0] and their_port == our_port
 
 
+def require_json(content_type: Annotated[str, Header()] = "") -> None:
+    """A route dependency: 415 unless the body is declared `application/json`."""
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise HTTPException(
+            415, f"Content-Type must be application/json, got {media_type or 'none'!r}"
+        )
+
+
 class BrowserGuard:
-    """Refuses foreign hosts (400), cross-origin browser requests (403) and bodies that are
-    not JSON (415), and adds the security headers to every answer, refusals included."""
+    """Refuses foreign hosts (400) and cross-origin browser requests (403), and adds the
+    security headers to every answer, refusals included."""
 
     def __init__(
         self,
@@ -192,8 +203,4 @@ class BrowserGuard:
                 f"cross-origin request from {shown} refused: add the origin to "
                 "LOGAGG_API_ALLOWED_ORIGINS to allow it"
             )
-        if scope["method"] in BODY_METHODS:
-            media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
-            if media_type != "application/json":
-                return 415, (f"Content-Type must be application/json, got {media_type or 'none'!r}")
         return None

@@ -1,8 +1,8 @@
-"""What a browser may do with the sidecar: one ASGI middleware, in front of every route.
+"""What a browser may do with the sidecar: a middleware in front of every route, and a
+dependency for the route that takes a body.
 
 Without a token (the default) the API is open to whatever can reach it, and a
-browser is such a thing: any page it shows can send requests to 127.0.0.1.
-So, before any route runs:
+browser is such a thing: any page it shows can send requests to 127.0.0.1. So:
 
 - the `Host` header must name this server (DNS rebinding: a page on
   `evil.example` whose name is re-pointed to 127.0.0.1 sends `Host: evil.example`).
@@ -12,12 +12,12 @@ So, before any route runs:
   host, or `Sec-Fetch-Site` says cross-site or same-site) is refused with 403,
   unless that origin is in `LOGAGG_API_ALLOWED_ORIGINS`, for which CORS
   headers are sent;
-- (a route dependency, `require_json`, after the token check) a request body
-  must be `application/json` (415): a `text/plain` POST is one a page may send
-  anywhere without asking (a CORS "simple" request);
 - every answer carries a Content-Security-Policy (the dashboard's inline script
   and style by their hashes, nothing else), `nosniff`, `frame-ancestors 'none'`
-  and `Referrer-Policy: no-referrer`.
+  and `Referrer-Policy: no-referrer`;
+- `require_json` (after the token check, so other methods still get 405): a body
+  must be `application/json` (415), since a `text/plain` POST is one a page may
+  send anywhere without asking (a CORS "simple" request).
 """
 
 from __future__ import annotations

@@ -376,7 +376,7 @@ def test_openapi_documents_the_publish_body_and_responses(sidecar: Sidecar) -> N
     publish = schema["paths"]["/publish"]["post"]
     body = publish["requestBody"]["content"]["application/json"]["schema"]
     assert body["anyOf"][1]["maxItems"] == 10_000
-    assert set(publish["responses"]) == {"200", "413", "422", "503"}
+    assert set(publish["responses"]) == {"200", "413", "415", "422", "503"}
     assert "StoredEvent" in schema["components"]["schemas"]
 
 

@@ -16,25 +16,28 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from functools import partial
 from importlib.resources import files
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import TypeAdapter
+from pydantic import Field, TypeAdapter
 
+from api.access_log import redacted_access_log
 from api.auth import guard
 from api.batch import read_body, to_messages
 from api.broker_stats import BrokerStats
 from api.budget import RETRY_AFTER_S, BodyBudget, Busy
+from api.guards import BrowserGuard, HostRule, page_policies, require_json
 from api.metrics import sidecar_registry
 from api.models import (
+    BUSIEST_TOPICS,
     EventPage,
     Health,
     Problem,
@@ -89,19 +92,30 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # The store URL is not logged: a database URL may carry a password.
         logger.info("sidecar up: broker %s", settings.address)
-        broker_stats.start()
-        try:
-            yield
-        finally:
-            await broker_stats.stop()
-            await publisher.close()
-            store.close()
+        with ExitStack() as stack:
+            if settings.api_token is not None:
+                stack.enter_context(redacted_access_log({"/healthz"}))
+            broker_stats.start()
+            try:
+                yield
+            finally:
+                await broker_stats.stop()
+                await publisher.close()
+                store.close()
 
     # /docs and /redoc with their assets served from the package, not a CDN: they work offline.
     app = FastAPIOffline(
         title="logagg",
         summary="Publish log events through the broker; read what the bridge stored.",
         lifespan=lifespan,
+        # `/stats/` would redirect to whatever Host the request named: 404 instead.
+        redirect_slashes=False,
+    )
+    app.add_middleware(
+        BrowserGuard,
+        hosts=HostRule.for_listener(settings.host, settings.api_allowed_hosts),
+        allowed_origins=settings.api_allowed_origins,
+        policies=page_policies({"/": dashboard}),
     )
 
     @app.exception_handler(StoreUnavailable)
@@ -135,10 +149,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     @app.post(
         "/publish",
-        dependencies=publishing.dependencies,
+        dependencies=[*publishing.dependencies, Depends(require_json)],
         responses={
             **publishing.responses,
             413: {"model": Problem, "description": "Body or batch too large"},
+            415: {"model": Problem, "description": "Content-Type is not application/json"},
             422: {"model": PublishInvalid, "description": "Invalid body or item"},
             503: {
                 "model": PublishFailed,
@@ -177,10 +192,16 @@ def create_app(settings: ApiSettings) -> FastAPI:
         dependencies=reading.dependencies,
         responses={**reading.responses, 503: {"model": Problem}},
     )
-    def stats() -> StatsReport:
-        """Counters from the store: received = unique_processed + duplicate_dropped + rejected;
-        `broker_*` from the broker's own counters: what it dropped, how full its queue is."""
-        report = StatsReport.model_validate(store.stats(), from_attributes=True)
+    def stats(
+        topics: Annotated[
+            Annotated[int, Field(ge=0)] | Literal["all"],
+            Query(description="How many of the busiest topics to list, or `all`"),
+        ] = BUSIEST_TOPICS,
+    ) -> StatsReport:
+        """Counters from the store: received = unique_processed + duplicate_dropped + rejected.
+        `topics` lists the busiest first; `topics_total` counts them all. `broker_*` from the
+        broker's own counters: what it dropped, how full its queue is."""
+        report = StatsReport.of(store.stats(), None if topics == "all" else topics)
         return report.model_copy(update=broker_stats.report().stats_fields())
 
     @app.get(

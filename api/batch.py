@@ -14,7 +14,14 @@ from pydantic import ValidationError
 from api.models import ItemError
 from api.publishing import Message
 from api.settings import DEFAULT_MAX_BODY_NODES
-from bridge.event import DEFAULT_MAX_EVENT_NODES, Event, count_nodes, unstorable
+from bridge.event import (
+    DEFAULT_MAX_EVENT_NODES,
+    Event,
+    Rejection,
+    count_nodes,
+    decode_body,
+    unstorable,
+)
 
 
 async def read_body(request: Request, limit: int) -> bytearray:
@@ -56,8 +63,10 @@ def to_messages(
     times the body). An item of more than `max_nodes` nodes is a 422, as the bridge
     would reject it.
     """
+    text = decode_body(body)
+    if isinstance(text, Rejection):
+        raise _invalid(ItemError(index=None, field=None, message=text.reason))
     try:
-        text = body.decode("utf-8")
         # Each node after the first takes two characters at least: most bodies are not counted.
         if (len(text) + 1) // 2 > max_body_nodes and (nodes := count_nodes(text)) > max_body_nodes:
             raise HTTPException(413, f"body holds {nodes} JSON nodes, limit {max_body_nodes}")

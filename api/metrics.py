@@ -18,12 +18,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from api.broker_stats import BrokerStats
-from api.models import busiest_topics
+from api.models import BUSIEST_TOPICS, busiest_topics
 from bridge.store import Store, StoreUnavailable
 
 logger = logging.getLogger("logagg.api.metrics")
 
-TOP_TOPICS = 50
+# As many as /stats lists by default.
+TOP_TOPICS = BUSIEST_TOPICS
 
 
 def store_size_bytes(url: str) -> int | None:

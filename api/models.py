@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from bridge.store import StoredEvent, StoredRejection, TopicStats
+from bridge.store import Stats, StoredEvent, StoredRejection, TopicStats
+
+# /stats lists this many topics unless asked for more, and /metrics labels as many.
+BUSIEST_TOPICS = 50
 
 
 class Problem(BaseModel):
@@ -48,7 +51,8 @@ class StatsReport(BaseModel):
     unique_processed: int
     duplicate_dropped: int
     rejected: int
-    topics: dict[str, TopicStats]
+    topics: dict[str, TopicStats] = Field(description="The busiest topics first (`?topics=`)")
+    topics_total: int = Field(description="How many topics there are, listed or not")
     rejected_by_code: dict[str, int]
     uptime_s: float | None = Field(description="The oldest live bridge's; null when none is")
     # From the broker's $SYS counters (api/broker_stats.py); null while there is no reading.
@@ -75,6 +79,21 @@ class StatsReport(BaseModel):
         default=None,
         description="Set once the broker dropped messages or a queue reaches 80% of a limit",
     )
+
+    @classmethod
+    def of(cls, stats: Stats, topics: int | None) -> StatsReport:
+        """The report on `stats`, listing the `topics` busiest topics (None: all of them)."""
+        ranked = busiest_topics(stats.topics, len(stats.topics) if topics is None else topics)
+        return cls(
+            received=stats.received,
+            unique_processed=stats.unique_processed,
+            duplicate_dropped=stats.duplicate_dropped,
+            rejected=stats.rejected,
+            topics=dict(ranked),
+            topics_total=len(stats.topics),
+            rejected_by_code=stats.rejected_by_code,
+            uptime_s=stats.uptime_s,
+        )
 
 
 def busiest_topics(topics: dict[str, TopicStats], count: int) -> list[tuple[str, TopicStats]]:

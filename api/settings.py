@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
 
 from bridge.event import DEFAULT_MAX_EVENT_NODES, DEFAULT_MAX_PAYLOAD_BYTES
 from bridge.settings import DEFAULT_STORE, AliveSeconds, MqttSettings, StoreUrl
@@ -12,6 +15,16 @@ MIN_TOKEN_LENGTH = 16
 # JSON nodes in one request body: parsed, about 65 MB at worst (see DEFAULT_MAX_EVENT_NODES),
 # and room for a full batch of 10,000 events of up to 50 nodes each.
 DEFAULT_MAX_BODY_NODES = 500_000
+
+
+def _comma_separated(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+# A comma-separated list in the environment (`a,b`), not JSON.
+Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_separated)]
 
 
 class ApiSettings(MqttSettings):
@@ -50,10 +63,21 @@ class ApiSettings(MqttSettings):
     api_token: SecretStr | None = None
     # With a token, reads (GET) need it too unless this is true; publishing always does.
     api_public_read: bool = False
+    # Host headers answered besides IP addresses, localhost and --host (api/guards.py): the
+    # names clients use to reach the sidecar, e.g. the compose service name; * for any.
+    api_allowed_hosts: Names = ()
+    # Origins (scheme://host:port) whose pages may call the API from a browser, with CORS.
+    api_allowed_origins: Names = ()
 
     @field_validator("api_token")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # A header value loses its surrounding whitespace on the way: such a token never matches.
+        if value is not None and value.get_secret_value() != value.get_secret_value().strip():
+            raise ValueError(
+                "must not start or end with whitespace (no client could send it): "
+                "check for a stray space or newline"
+            )
         if value is not None and len(value.get_secret_value()) < MIN_TOKEN_LENGTH:
             raise ValueError(
                 f"must be at least {MIN_TOKEN_LENGTH} characters: generate one with "

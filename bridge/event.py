@@ -55,19 +55,70 @@ _JSON_BLANK = re.compile(r"[ \t\r\n]+")
 # A topic must be publishable as-is under the prefix: no MQTT wildcards, and none of what
 # Mosquitto refuses in a topic by dropping the connection that sent it (NUL, control
 # characters, Unicode noncharacters). event_id follows the same rule, so that ids in logs
-# cannot carry line breaks or terminal escapes.
-_NOT_IN_NAMES = r"#+\x00-\x1f\x7f-\x9f\ufdd0-\ufdef" + "".join(
-    f"\\U{plane:04X}FFFE\\U{plane:04X}FFFF" for plane in range(17)
+# cannot carry line breaks or terminal escapes. Neither, nor source, may hold an invisible
+# character (zero-width, bidirectional controls, the BOM): `auth\u200b.prod` would pose as
+# `auth.prod`.
+_INVISIBLE = r"\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
+_NOT_IN_NAMES = (
+    r"#+\x00-\x1f\x7f-\x9f\ufdd0-\ufdef"
+    + _INVISIBLE
+    + "".join(f"\\U{plane:04X}FFFE\\U{plane:04X}FFFF" for plane in range(17))
 )
 NAME_PATTERN = f"^[^{_NOT_IN_NAMES}]+$"
 _NAME = re.compile(NAME_PATTERN)
+_INVISIBLE_CHAR = re.compile(f"[{_INVISIBLE}]")
+# Mosquitto 2.0 drops the connection of a client that publishes on a topic with more than
+# 200 `/` (its TOPIC_HIERARCHY_LIMIT; tests/test_api.py checks it against the real broker).
+# A topic has at most MAX_TOPIC_LEVELS levels, and the prefix the rest (see `check_prefix`),
+# so every valid topic is publishable under every valid prefix, over HTTP as over MQTT.
+BROKER_MAX_SEPARATORS = 200
+MAX_TOPIC_LEVELS = 100
+# MQTT strings are at most 65,535 bytes of UTF-8; a topic is at most 4 bytes a character.
+MQTT_MAX_STRING_BYTES = 65_535
 
 
 def _name_chars(value: str) -> str:
     """The pattern, with an error that says what it means."""
     if not _NAME.match(value):
-        raise ValueError("must not contain #, +, NUL, control characters or Unicode noncharacters")
+        raise ValueError(
+            "must not contain #, +, NUL, control characters, invisible characters (zero-width,"
+            " bidirectional controls, U+FEFF) or Unicode noncharacters"
+        )
     return value
+
+
+def _topic_levels(value: str) -> str:
+    if value.count("/") >= MAX_TOPIC_LEVELS:
+        raise ValueError(
+            f"has {value.count('/') + 1} levels (separated by /), limit {MAX_TOPIC_LEVELS}"
+        )
+    return value
+
+
+def _visible(value: str) -> str:
+    if found := _INVISIBLE_CHAR.search(value):
+        raise ValueError(
+            f"must not contain invisible characters (zero-width, bidirectional controls,"
+            f" U+FEFF): U+{ord(found.group()):04X} at {found.start()}"
+        )
+    return value
+
+
+def check_prefix(prefix: str) -> str:
+    """The MQTT topic prefix, refused unless every valid topic under it is publishable: it
+    ends with `/`, leaves a topic its levels and bytes, and is not a `$` topic (which the
+    bridge's wildcard subscription would not match)."""
+    separators = BROKER_MAX_SEPARATORS - (MAX_TOPIC_LEVELS - 1)
+    most_bytes = MQTT_MAX_STRING_BYTES - 4 * MAX_NAME_LENGTH
+    if not prefix.endswith("/"):
+        raise ValueError("must end with /")
+    if prefix.startswith("$"):
+        raise ValueError("must not start with $: wildcard subscriptions do not match it")
+    if prefix.count("/") > separators:
+        raise ValueError(f"has {prefix.count('/')} levels, limit {separators}")
+    if len(prefix.encode()) > most_bytes:
+        raise ValueError(f"is {len(prefix.encode())} bytes of UTF-8, limit {most_bytes}")
+    return _name_chars(prefix)
 
 
 Name = Annotated[
@@ -78,6 +129,7 @@ Name = Annotated[
         {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH, "pattern": NAME_PATTERN}
     ),
 ]
+Topic = Annotated[Name, AfterValidator(_topic_levels)]
 
 
 def _iso_text_only(value: Any) -> Any:
@@ -101,12 +153,14 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=False, allow_inf_nan=False)
 
-    topic: Name
+    topic: Topic
     event_id: Name
     timestamp: Annotated[
         AwareDatetime, BeforeValidator(_iso_text_only), AfterValidator(_utc_representable)
     ]
-    source: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)]
+    source: Annotated[
+        str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH), AfterValidator(_visible)
+    ]
     payload: dict[str, Any] = Field(
         description=f"Any JSON object, nested at most {MAX_DEPTH} levels; no string in the "
         "event may hold NUL (\\u0000) or an unpaired surrogate"
@@ -200,6 +254,20 @@ def unstorable(
     return None
 
 
+def decode_body(body: bytes | bytearray) -> str | Rejection:
+    """A body's text: UTF-8 without a byte order mark, the one rule for MQTT and HTTP
+    (`json.loads` on bytes would skip a BOM, or read UTF-16 and UTF-32)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection("not_utf8", f"body is not UTF-8: {exc.reason} at byte {exc.start}")
+    if text.startswith("\ufeff"):
+        return Rejection(
+            "not_json", "body starts with a byte order mark (U+FEFF): send JSON without one"
+        )
+    return text
+
+
 def parse_message(
     mqtt_topic: str,
     body: bytes,
@@ -217,10 +285,9 @@ def parse_message(
         shown = _shown.repr(mqtt_topic)
         return Rejection("bad_topic", f"MQTT topic {shown} is not under {prefix!r}")
     topic = mqtt_topic[len(prefix) :]
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return Rejection("not_utf8", f"body is not UTF-8: {exc.reason} at byte {exc.start}")
+    text = decode_body(body)
+    if isinstance(text, Rejection):
+        return text
     # Each value after the first takes two characters at least (`,0`): most bodies are
     # too short to hold too many, and are not counted.
     if (len(text) + 1) // 2 > max_nodes and (nodes := count_nodes(text)) > max_nodes:

@@ -9,7 +9,12 @@ from pydantic import AfterValidator, Field, SecretStr, field_validator, model_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.broker import DEFAULT_BROKER, BrokerAddress, Credentials
-from bridge.event import DEFAULT_MAX_EVENT_NODES, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TOPIC_PREFIX
+from bridge.event import (
+    DEFAULT_MAX_EVENT_NODES,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_TOPIC_PREFIX,
+    check_prefix,
+)
 from bridge.store import BRIDGE_ALIVE_SECONDS, STORE_HOLD_SECONDS, check_store_url
 
 DEFAULT_STORE = "sqlite:///data/logagg.db"
@@ -31,7 +36,7 @@ class MqttSettings(BaseSettings):
     mqtt_ca_file: str | None = None
     mqtt_cert_file: str | None = None
     mqtt_key_file: str | None = None
-    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    topic_prefix: Annotated[str, AfterValidator(check_prefix)] = DEFAULT_TOPIC_PREFIX
     # 3.1.1 only for brokers without MQTT 5 (the embedded fallback): the bridge's session then
     # rides on clean_session=False and the broker's own in-flight limit.
     mqtt_version: Literal["5", "3.1.1"] = "5"

@@ -178,6 +178,7 @@ def api(
     import uvicorn
 
     from api import ApiSettings, create_app
+    from api.http_protocol import StatusH11Protocol
 
     config = settings(
         ApiSettings,
@@ -200,6 +201,8 @@ def api(
         port=config.port,
         log_config=None,
         log_level=log_level.lower(),
+        # h11, answering an oversized request head with a 431 the client can read.
+        http=StatusH11Protocol,
         # Open /events/stream responses would hold a shutdown until they end.
         timeout_graceful_shutdown=5,
     )
@@ -436,11 +439,13 @@ def tail(
     log_format: LogFormat = "text",
 ) -> None:
     """Print the newest stored events, one a line: seq time topic source event_id payload."""
+    from logagg.process import interrupt_on_stop_signals
     from logagg.views import ViewError, ViewSettings, latest, one_line, sidecar
     from logagg.views import follow as follow_events
 
     config = settings(ViewSettings, api_url=api_url)
     logs.configure(log_level, log_format)
+    interrupt_on_stop_signals()
     try:
         with sidecar(config) as client:
             events = follow_events if follow else latest
@@ -449,7 +454,7 @@ def tail(
     except ViewError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:  # how `tail -f` ends
+    except KeyboardInterrupt:  # how `tail -f` ends: Ctrl-C, SIGINT or SIGTERM
         pass
 
 

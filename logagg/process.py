@@ -18,3 +18,14 @@ def stop_process(
             process.kill()
             process.wait(timeout)
     return process.returncode
+
+
+def interrupt_on_stop_signals() -> None:
+    """Make SIGINT and SIGTERM raise KeyboardInterrupt, however the process was started.
+
+    A shell starts a background job (`cmd &` in a script) with SIGINT ignored, and Python
+    leaves an inherited SIG_IGN alone: without this, such a `logagg tail -f` ignored Ctrl-C
+    and `kill -INT`, and SIGTERM killed it without its clean exit.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)

@@ -188,6 +188,6 @@ def summary(report: StatsReport) -> str:
             f"{t:<{width}}  {c.unique_processed:>12,}  {c.duplicate_dropped:>12,}"
             for t, c in topics
         ]
-        if len(report.topics) > TOPICS_SHOWN:
-            lines.append(f"… and {len(report.topics) - TOPICS_SHOWN:,} more topics")
+        if report.topics_total > TOPICS_SHOWN:
+            lines.append(f"… and {report.topics_total - TOPICS_SHOWN:,} more topics")
     return "\n".join(lines)

@@ -6,7 +6,9 @@ The app runs under uvicorn, as `logagg api` runs it, on a thread of the test pro
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -14,9 +16,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
 
-from bridge.event import Event
+from api.models import BUSIEST_TOPICS
+from bridge.event import BROKER_MAX_SEPARATORS, MAX_TOPIC_LEVELS, Event, check_prefix
 from bridge.store import open_store
 from logagg.mosquitto import Mosquitto, free_port
 from publisher import PublisherSettings, run_publisher
@@ -70,6 +74,7 @@ def test_publish_single_and_batch_are_stored_by_the_bridge(
             "app": {"unique_processed": 2, "duplicate_dropped": 1},
             "db": {"unique_processed": 1, "duplicate_dropped": 0},
         },
+        "topics_total": 2,
         "rejected_by_code": {},
     }
 
@@ -202,11 +207,12 @@ def test_publish_refuses_too_large_bodies_and_batches_with_413(sidecar: Sidecar)
     client = sidecar(nowhere(), max_body_bytes=1024, max_batch=2)
     body = b"[" + b" " * 2000 + b"]"
 
-    declared = client.post("/publish", content=body)
+    json_type = {"content-type": "application/json"}
+    declared = client.post("/publish", content=body, headers=json_type)
     assert declared.status_code == 413
     assert "limit 1024" in declared.json()["detail"]
 
-    chunked = client.post("/publish", content=iter([body[:1000], body[1000:]]))
+    chunked = client.post("/publish", content=iter([body[:1000], body[1000:]]), headers=json_type)
     assert chunked.status_code == 413
 
     batch = client.post("/publish", json=[event("a"), event("b"), event("c")])
@@ -436,7 +442,7 @@ def test_openapi_documents_the_publish_body_and_responses(sidecar: Sidecar) -> N
     publish = schema["paths"]["/publish"]["post"]
     body = publish["requestBody"]["content"]["application/json"]["schema"]
     assert body["anyOf"][1]["maxItems"] == 10_000
-    assert set(publish["responses"]) == {"200", "413", "422", "503"}
+    assert set(publish["responses"]) == {"200", "413", "415", "422", "503"}
     assert "StoredEvent" in schema["components"]["schemas"]
 
 
@@ -476,3 +482,140 @@ def test_reads_refuse_impossible_cursors_and_topics_with_422(sidecar: Sidecar) -
         assert client.get(path, params=params).status_code == 422, (path, params)
     stream = client.get("/events/stream", headers={"last-event-id": too_far})
     assert stream.status_code == 422
+
+
+# --- Issue #9 item 4: nothing the broker refuses reaches the shared connection -------------
+
+
+@pytest.mark.broker
+def test_topic_the_broker_would_refuse_fails_only_its_own_batch(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    sidecar: Sidecar,
+    store_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A topic of 200 `/` (Mosquitto drops a connection that publishes it) is a 422 naming
+    it, before anything of its batch is published; a batch sent at the same moment by
+    another client is accepted whole, on the same connection."""
+    bridge_factory()
+    client = sidecar(broker.url)
+    bad = [*(event(f"a-{i}") for i in range(500)), event("a-bad", topic="/" * 200)]
+    good = [event(f"b-{i}") for i in range(500)]
+    with (
+        caplog.at_level(logging.INFO, logger="logagg.api.publishing"),
+        ThreadPoolExecutor(2) as pool,
+    ):
+        refused, accepted = pool.map(lambda batch: client.post("/publish", json=batch), [bad, good])
+    assert refused.status_code == 422
+    [error] = refused.json()["detail"]
+    assert (error["index"], error["field"]) == (500, "topic")
+    assert "201 levels" in error["message"]
+    assert accepted.json() == {"accepted": 500}
+    assert client.post("/publish", json=event("after")).json() == {"accepted": 1}
+    connects = [r for r in caplog.records if r.getMessage().startswith("connected to broker")]
+    assert len(connects) == 1, "the shared connection was lost"
+
+    stats = wait_for_stats(store_url, lambda s: s.received == 501)
+    assert (stats.unique_processed, stats.duplicate_dropped, stats.rejected) == (501, 0, 0)
+    stored = client.get("/events", params={"limit": 1000}).json()["events"]
+    assert {e["event_id"] for e in stored} == {*(e["event_id"] for e in good), "after"}
+
+
+@pytest.mark.broker
+def test_topic_limits_are_mosquittos(broker: Mosquitto, sidecar: Sidecar) -> None:
+    """BROKER_MAX_SEPARATORS is what the real broker enforces; the deepest valid topic under
+    the deepest valid prefix is published and acknowledged."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    dropped = threading.Event()
+    client.on_disconnect = lambda *_: dropped.set()
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        ok = client.publish("a" + "/" * BROKER_MAX_SEPARATORS, b"{}", qos=1)
+        ok.wait_for_publish(10)
+        assert ok.is_published()
+        assert not dropped.is_set()
+        refused = client.publish("a" + "/" * (BROKER_MAX_SEPARATORS + 1), b"{}", qos=1)
+        assert dropped.wait(10), "the broker kept the connection"
+        assert not refused.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+    prefix = "p/" * (BROKER_MAX_SEPARATORS - MAX_TOPIC_LEVELS + 1)
+    deepest = "t/" * (MAX_TOPIC_LEVELS - 1) + "t"
+    api = sidecar(broker.url, topic_prefix=prefix)
+    assert api.post("/publish", json=event("deep", topic=deepest)).json() == {"accepted": 1}
+    too_deep = api.post("/publish", json=event("deeper", topic=deepest + "/t"))
+    assert too_deep.status_code == 422
+    with pytest.raises(ValueError, match="levels, limit"):
+        check_prefix(prefix + "p/")
+
+
+@pytest.mark.broker
+def test_stats_lists_the_busiest_topics_and_counts_them_all(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    sidecar: Sidecar,
+    store_url: str,
+) -> None:
+    """/stats lists the BUSIEST_TOPICS busiest (the dashboard polls it), `topics_total` counts
+    every topic, `?topics=all` lists them all; /metrics labels the same topics."""
+    bridge_factory()
+    client = sidecar(broker.url)
+    # Topic t<i> gets i % 7 + 1 events: a ranking with ties, broken by name.
+    messages = [
+        (f"logs/t{i:03}", json.dumps(event(f"e{j}", f"t{i:03}")).encode())
+        for i in range(120)
+        for j in range(i % 7 + 1)
+    ]
+    publish_raw(broker.port, messages)
+    wait_for_stats(store_url, lambda s: s.received == len(messages))
+    everything = client.get("/stats", params={"topics": "all"}).json()
+    assert (len(everything["topics"]), everything["topics_total"]) == (120, 120)
+    ranked = list(everything["topics"])
+    assert ranked == sorted(ranked, key=lambda t: (-(int(t[1:]) % 7 + 1), t))
+
+    default = client.get("/stats").json()
+    assert list(default["topics"]) == ranked[:BUSIEST_TOPICS]
+    assert default["topics_total"] == 120
+    assert default["received"] == everything["received"] == len(messages)
+    assert list(client.get("/stats", params={"topics": 3}).json()["topics"]) == ranked[:3]
+    assert client.get("/stats", params={"topics": 0}).json()["topics"] == {}
+    for bad in ("-1", "some", "1.5"):
+        assert client.get("/stats", params={"topics": bad}).status_code == 422, bad
+
+    metrics = client.get("/metrics").text
+    assert "logagg_topics 120.0" in metrics
+    labelled = re.findall(r'logagg_topic_events_stored_total\{topic="(t\d+)"\}', metrics)
+    assert sorted(labelled) == sorted(ranked[:BUSIEST_TOPICS])
+
+
+@pytest.mark.broker
+def test_bom_bodies_and_invisible_names_are_refused_alike_over_http_and_mqtt(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    sidecar: Sidecar,
+    store_url: str,
+) -> None:
+    """One rule on both roads: a BOM-prefixed body, and `auth\\u200b.prod` posing as
+    `auth.prod`, are refused by the sidecar (422) and by the bridge (rejected), for the same
+    reason; nothing of either is stored."""
+    bridge_factory()
+    client = sidecar(broker.url)
+    bom = "\ufeff".encode() + json.dumps(event("bom", "auth.prod")).encode()
+    json_type = {"content-type": "application/json"}
+    [http_bom] = client.post("/publish", content=bom, headers=json_type).json()["detail"]
+    posing = client.post("/publish", json=event("zw", "auth\u200b.prod"))
+    [http_posing] = posing.json()["detail"]
+    assert (posing.status_code, http_posing["field"]) == (422, "topic")
+
+    publish_raw(broker.port, [("logs/auth.prod", bom), ("logs/auth\u200b.prod", b"{}")])
+    wait_for_stats(store_url, lambda s: s.rejected == 2)
+    mqtt_bom, mqtt_posing = client.get("/rejected").json()["rejected"]
+    assert mqtt_bom["reason"] == http_bom["message"]
+    assert mqtt_bom["reason"].startswith("body starts with a byte order mark (U+FEFF)")
+    assert mqtt_posing["reason"].startswith("topic: " + http_posing["message"])
+    stats = client.get("/stats").json()
+    assert (stats["received"], stats["unique_processed"]) == (2, 0)

@@ -6,8 +6,10 @@ which downloads a browser of its own).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # DNS rebinding, for real: a name of the attacker's that resolves to this machine.
+    "--host-resolver-rules=MAP rebind.test 127.0.0.1",
 ]
 
 pytestmark = [
@@ -70,11 +74,17 @@ def client(
 
 
 def open_dashboard(browser: Browser, client: httpx.Client, **options: Any) -> Page:
+    """The dashboard, loaded without a script error or anything its CSP refused."""
     page = browser.new_page(**options)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(str(client.base_url))
+    # Chromium reports what the Content-Security-Policy blocks as console errors.
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    answer = page.goto(str(client.base_url))
+    assert answer is not None
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
     page.wait_for_selector("[data-stat=received][data-value]")
+    page.wait_for_selector("#live li[data-seq]")
     assert errors == []
     return page
 
@@ -103,7 +113,8 @@ def test_dashboard_shows_the_stats_and_streams_new_events(
         ["web", "1", "0", "0.0%"],
     ]
     assert "not_json" in page.inner_text("#rejected")
-    page.wait_for_function("document.querySelectorAll('#live li[data-seq]').length === 6")
+    # Predicates as functions: a string would be eval'd, which the page's CSP forbids.
+    page.wait_for_function("() => document.querySelectorAll('#live li[data-seq]').length === 6")
     assert page.inner_text("#stream") == "live"
 
     assert client.post("/publish", json=event("fresh", "web")).status_code == 200
@@ -116,7 +127,7 @@ def test_dashboard_shows_the_stats_and_streams_new_events(
 
     page.click("#topics button >> text=db")
     page.wait_for_function(
-        "[...document.querySelectorAll('#live li[data-event-id]')]"
+        "() => [...document.querySelectorAll('#live li[data-event-id]')]"
         ".map(li => li.dataset.eventId).join() === 'e5,e1'"
     )
 
@@ -142,3 +153,74 @@ def test_api_docs_render_offline(browser: Browser, sidecar: Sidecar, broker: Mos
     assert "logagg" in page.inner_text(".info .title")
     assert requested, "the page made no request"
     assert all(url.startswith(str(client.base_url)) for url in requested), requested
+
+
+ATTACKER_PAGE = b"<!doctype html><title>elsewhere</title><p>a page on another origin</p>"
+# What a page may try without asking anyone: a text/plain POST (a CORS "simple" request,
+# sent even though its answer stays opaque), then a JSON one (which needs a preflight).
+ATTACK = """async (url) => {
+  const event = (id) => JSON.stringify({topic: "csrf", event_id: id, source: "evil",
+    timestamp: "2026-11-26T12:00:00Z", payload: {}});
+  const simple = await fetch(url, {method: "POST", mode: "no-cors",
+    headers: {"content-type": "text/plain"}, body: event("simple")}).then(r => r.type, String);
+  const json = await fetch(url, {method: "POST", headers: {"content-type": "application/json"},
+    body: event("json")}).then(r => r.status, e => "refused: " + e);
+  return [simple, json];
+}"""
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[str]:
+    """An HTTP server of another origin (localhost, another port) serving a plain page."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.end_headers()
+            self.wfile.write(ATTACKER_PAGE)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, name="elsewhere")
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_a_page_from_another_origin_cannot_publish(
+    browser: Browser, client: httpx.Client, store_url: str, elsewhere: str
+) -> None:
+    """CSRF: a page on another origin posts to /publish, as text/plain and as JSON; the sidecar
+    refuses both (403, seen on the wire), and the store never gets either event."""
+    page = browser.new_page()
+    refused: list[int] = []
+    page.on("response", lambda r: refused.append(r.status) if r.url.endswith("/publish") else None)
+    page.goto(elsewhere)
+    simple, json = page.evaluate(ATTACK, f"{client.base_url}/publish")
+    assert simple == "opaque"  # the browser sent it, and shows the page nothing
+    assert json.startswith("refused: TypeError")  # the preflight was refused
+    assert 403 in refused
+    assert 200 not in refused
+
+    # DNS rebinding: the attacker's own name, pointed at 127.0.0.1, is not served.
+    rebound = page.goto(f"http://rebind.test:{client.base_url.port}/")
+    assert rebound is not None
+    assert rebound.status == 400
+    status = page.evaluate(
+        "fetch('/publish', {method: 'POST', headers: {'content-type': 'application/json'},"
+        " body: '{}'}).then(r => r.status)"
+    )
+    assert status == 400
+
+    assert client.post("/publish", json=event("sentinel", "csrf")).json() == {"accepted": 1}
+    stats = wait_for_stats(store_url, lambda s: s.received == 10)
+    assert stats.topics["csrf"].unique_processed == 1
+    stored = client.get("/events", params={"topic": "csrf"}).json()["events"]
+    assert [e["event_id"] for e in stored] == ["sentinel"]

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from fastapi import HTTPException
 
+from api.batch import to_messages
 from bridge.event import (
     DEFAULT_MAX_EVENT_NODES,
     MAX_DEPTH,
     MAX_NAME_LENGTH,
+    MAX_TOPIC_LEVELS,
     Event,
     Rejection,
     parse_message,
@@ -21,6 +24,8 @@ GOOD = {
     "source": "auth-svc",
     "payload": {"level": "info", "msg": "login ok"},
 }
+
+HTTP_LIMITS = {"prefix": "logs/", "max_batch": 10, "max_payload_bytes": 256 * 1024}
 
 
 def body(**changes: object) -> bytes:
@@ -164,3 +169,63 @@ def test_parse_reasons_are_bounded() -> None:
     injected = parse_message("logs/t", body(**{"x\n2026-01-01 ERROR forged": 1}))
     assert isinstance(injected, Rejection)
     assert "\n" not in injected.reason
+
+
+# Zero-width and bidirectional-control characters, and the BOM: what lets a name pose as another.
+INVISIBLE = [
+    *map(chr, range(0x200B, 0x2010)),
+    *map(chr, range(0x202A, 0x202F)),
+    *map(chr, range(0x2060, 0x2065)),
+    *map(chr, range(0x2066, 0x206A)),
+    "\ufeff",
+]
+
+
+@pytest.mark.parametrize("char", INVISIBLE, ids=lambda c: f"U+{ord(c):04X}")
+@pytest.mark.parametrize("field", ["topic", "event_id", "source"])
+def test_invisible_characters_are_refused_in_names_over_mqtt_and_http(
+    field: str, char: str
+) -> None:
+    """`auth\\u200b.prod` would pose as `auth.prod`: refused by the one schema, both ways."""
+    name = f"auth{char}.prod"
+    result = parse_message(f"logs/{name}" if field == "topic" else "logs/t", body(**{field: name}))
+    assert isinstance(result, Rejection)
+    assert (result.code, result.reason.split(":")[0]) == ("schema", field)
+    assert "invisible characters" in result.reason
+    with pytest.raises(HTTPException) as refused:
+        to_messages(body(**{"topic": "t", field: name}), **HTTP_LIMITS)
+    assert [(e["field"], "invisible characters" in e["message"]) for e in refused.value.detail] == [
+        (field, True)
+    ]
+
+
+def test_a_byte_order_mark_is_refused_over_mqtt_and_http_alike() -> None:
+    """One rule for both roads: a BOM-prefixed body is refused with the same reason."""
+    raw = "\ufeff".encode() + body(topic="t")
+    result = parse_message("logs/t", raw)
+    assert isinstance(result, Rejection)
+    with pytest.raises(HTTPException) as refused:
+        to_messages(raw, **HTTP_LIMITS)
+    assert refused.value.status_code == 422
+    assert refused.value.detail == [{"index": None, "field": None, "message": result.reason}]
+    assert (result.code, result.reason) == (
+        "not_json",
+        "body starts with a byte order mark (U+FEFF): send JSON without one",
+    )
+    # UTF-16, which json.loads would read from bytes, is no more JSON here than over MQTT.
+    utf16 = body(topic="t").decode().encode("utf-16")
+    with pytest.raises(HTTPException):
+        to_messages(utf16, **HTTP_LIMITS)
+    assert isinstance(parse_message("logs/t", utf16), Rejection)
+
+
+def test_topic_levels_are_bounded_over_mqtt_and_http() -> None:
+    """MAX_TOPIC_LEVELS levels are fine, one more is refused, whichever way it comes."""
+    deepest = "/" * (MAX_TOPIC_LEVELS - 1)
+    assert isinstance(parse_message(f"logs/{deepest}", body()), Event)
+    assert to_messages(body(topic=deepest), **HTTP_LIMITS)[0][0] == f"logs/{deepest}"
+    result = parse_message(f"logs/{deepest}/", body())
+    assert isinstance(result, Rejection)
+    assert result.reason.startswith(f"topic: Value error, has {MAX_TOPIC_LEVELS + 1} levels")
+    with pytest.raises(HTTPException):
+        to_messages(body(topic=deepest + "/"), **HTTP_LIMITS)

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from logagg.mosquitto import Mosquitto, free_port
+from logagg.process import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
@@ -228,12 +229,7 @@ def running(command: list[str], log: Path, env: dict[str, str] | None = None) ->
     try:
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(20)
+        stop_process(process)
 
 
 def test_compose_api_health_check_is_the_images() -> None:

@@ -7,9 +7,11 @@ with the test's own port and files.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -37,9 +39,11 @@ from api import ApiSettings, create_app
 from bridge.broker import BrokerAddress, Credentials, client_kwargs, tls_context
 from bridge.settings import MqttSettings
 from logagg.mosquitto import PROJECT_CONFIG, Mosquitto, free_port, port_open
+from logagg.process import stop_process
 from publisher import PublishError, PublisherSettings, run_publisher
 from tests.conftest import LOGAGG, BridgeProcess, Sidecar, serving, wait_for_stats
 from tests.test_api import event, nowhere
+from tests.test_packaging import compose
 
 HARDENED = PROJECT_CONFIG.with_name("hardened.conf")
 ACL = PROJECT_CONFIG.with_name("acl.example")
@@ -140,6 +144,34 @@ def test_token_is_documented_in_openapi_where_needed(store_url: str) -> None:
 def test_token_too_short_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match="at least 16 characters: generate one"):
         ApiSettings(api_token=SecretStr("short"))
+
+
+@pytest.mark.parametrize("token", [" " * 32, TOKEN + " ", "\t" + TOKEN, TOKEN + "\n"])
+def test_token_with_surrounding_whitespace_is_refused_at_start(token: str) -> None:
+    """No client can send it (a header loses it), so it would lock everyone out: `logagg api`
+    exits at once with a reason that names the setting, not its value."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGAGG_")}
+    output = _run(["api", "--port", str(free_port())], {**env, "LOGAGG_API_TOKEN": token})
+    assert output.startswith("error: api_token: Value error, must not start or end with white")
+    assert TOKEN not in output
+
+
+def test_token_in_a_query_string_is_not_logged(tmp_path: Path) -> None:
+    """The access log keeps the parameters' names on the routes that take the token, never
+    their values; /healthz (no token) is logged as it came."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGAGG_")}
+    env |= {"LOGAGG_API_TOKEN": TOKEN, "LOGAGG_BROKER": nowhere(), "LOGAGG_PUBLISH_TIMEOUT_S": "1"}
+    log = tmp_path / "api.log"
+    with logagg_api(env, log) as url:
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        httpx.get(f"{url}/events", params={"topic": "a", "token": TOKEN}, headers=auth)
+        httpx.get(f"{url}/stats", params={"access_token": TOKEN})
+        httpx.get(f"{url}/healthz", params={"probe": "k8s"})
+    text = log.read_text()
+    assert TOKEN not in text
+    assert '"GET /events?topic=***&token=*** HTTP/1.1" 503' in text
+    assert '"GET /stats?access_token=*** HTTP/1.1" 401' in text
+    assert '"GET /healthz?probe=k8s HTTP/1.1" 503' in text
 
 
 @pytest.mark.broker
@@ -509,6 +541,144 @@ def test_hardened_conf_keeps_the_delivery_settings_of_mosquitto_conf() -> None:
     assert hardened["allow_anonymous"] == "false"
 
 
+# --- Browsers: hosts, origins, content types, headers (api/guards.py) -------------------
+
+
+def test_publish_needs_a_json_content_type(sidecar: Sidecar) -> None:
+    """415 for a body a page may send anywhere without asking (text/plain, a form); JSON
+    goes on (to the missing broker: 503)."""
+    client = guarded(sidecar)
+    body = json.dumps(event("e")).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {} if content_type is None else {"content-type": content_type}
+        answer = client.post("/publish", content=body, headers=headers)
+        assert answer.status_code == 415, content_type
+        assert answer.json()["detail"].startswith("Content-Type must be application/json")
+    for content_type in ("application/json", "Application/JSON; charset=utf-8"):
+        answer = client.post("/publish", content=body, headers={"content-type": content_type})
+        assert answer.status_code == 503, content_type
+
+
+def test_foreign_host_headers_are_refused(sidecar: Sidecar) -> None:
+    """DNS rebinding: a name re-pointed at this machine is refused on every route; addresses,
+    localhost, and the names compose uses for the service pass."""
+    client = guarded(sidecar)
+    for host in ("evil.example", "evil.example:8080", "localhost.evil.example", "", "a b"):
+        for path in ("/", "/healthz", "/stats"):
+            answer = client.get(path, headers={"host": host})
+            assert answer.status_code == 400, (host, path)
+        assert "LOGAGG_API_ALLOWED_HOSTS" in answer.json()["detail"]
+    for host in ("127.0.0.1:8080", "localhost", "LOCALHOST:1", "[::1]:8080", "10.1.2.3"):
+        assert client.get("/healthz", headers={"host": host}).status_code == 503, host
+
+    api = compose()["services"]["api"]
+    allowed = api["environment"]["LOGAGG_API_ALLOWED_HOSTS"]
+    composed = guarded(sidecar, host="0.0.0.0", api_allowed_hosts=allowed)
+    assert composed.get("/healthz", headers={"host": "api:8080"}).status_code == 503
+    assert composed.get("/healthz", headers={"host": "evil.example"}).status_code == 400
+
+
+def test_cross_origin_browser_requests_are_refused(sidecar: Sidecar) -> None:
+    """403 for a request from a page of another origin (by Origin, or by Sec-Fetch-Site when
+    a browser sends no Origin), unless the origin is allowed: then CORS says so."""
+    client = guarded(sidecar)
+    publish = {"url": "/publish", "json": event("e")}
+    base = str(client.base_url)
+    foreign = [
+        {"origin": "http://evil.example"},
+        {"origin": "null"},
+        {"origin": base.replace("127.0.0.1", "localhost")},
+        {"origin": base.rsplit(":", 1)[0] + ":1"},  # same host, another port
+        {"sec-fetch-site": "cross-site"},
+        {"sec-fetch-site": "same-site"},
+    ]
+    for headers in foreign:
+        for method, kwargs in (("POST", publish), ("GET", {"url": "/stats"})):
+            answer = client.request(method, headers=headers, **kwargs)
+            assert answer.status_code == 403, (method, headers)
+            assert "LOGAGG_API_ALLOWED_ORIGINS" in answer.json()["detail"]
+    for headers in (
+        {"origin": base},
+        {"sec-fetch-site": "same-origin"},
+        {"sec-fetch-site": "none"},
+    ):
+        assert client.post(headers=headers, **publish).status_code == 503, headers
+
+    app = "http://app.example:3000"
+    allowing = guarded(sidecar, api_allowed_origins=f"{app}, http://other.example")
+    answer = allowing.post(headers={"origin": app, "sec-fetch-site": "cross-site"}, **publish)
+    assert answer.status_code == 503
+    assert answer.headers["access-control-allow-origin"] == app
+    preflight = allowing.options(
+        "/publish",
+        headers={
+            "origin": app,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type, authorization",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == app
+    evil = allowing.options(
+        "/publish",
+        headers={"origin": "http://evil.example", "access-control-request-method": "POST"},
+    )
+    assert evil.status_code == 403
+
+
+def test_security_headers_on_every_answer(sidecar: Sidecar) -> None:
+    """CSP, nosniff, no framing, no referrer: on pages, JSON, errors and refusals alike; the
+    dashboard's inline script and style are allowed by their hashes, nothing inline else."""
+    client = guarded(sidecar, api_token=SECRET, api_public_read=True)
+    answers = {
+        "dashboard": client.get("/"),
+        "json": client.get("/openapi.json"),
+        "503": client.get("/stats"),
+        "401": client.post("/publish", json=event("e")),
+        "404": client.get("/nowhere"),
+        "400": client.get("/", headers={"host": "evil.example"}),
+    }
+    for name, answer in answers.items():
+        headers = answer.headers
+        assert headers["x-content-type-options"] == "nosniff", name
+        assert headers["x-frame-options"] == "DENY", name
+        assert headers["referrer-policy"] == "no-referrer", name
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], name
+    dashboard = answers["dashboard"].headers["content-security-policy"]
+    assert "unsafe" not in dashboard
+    assert re.search(r"script-src 'sha256-[^']+';", dashboard), dashboard
+    assert re.search(r"style-src 'sha256-[^']+';", dashboard), dashboard
+    assert answers["json"].headers["content-security-policy"].startswith("default-src 'none';")
+
+
+def test_no_redirect_to_the_host_sent(sidecar: Sidecar) -> None:
+    """`/stats/` once redirected to `http://<Host header>/stats`: now it is a plain 404."""
+    client = guarded(sidecar)
+    for path in ("/stats/", "/events/", "/healthz/"):
+        answer = client.get(path, headers={"host": "localhost:1"})
+        assert answer.status_code == 404, path
+        assert "location" not in answer.headers
+
+
+def test_an_oversized_request_head_gets_431(sidecar: Sidecar) -> None:
+    """A 300 KB query string (or header) is answered 431, readable by the client, instead of
+    a connection reset; the server goes on serving."""
+    client = guarded(sidecar)
+    # httpx refuses to send such a URL: a socket, as an attacker would.
+    url = client.base_url
+    with socket.create_connection((url.host, url.port), timeout=10) as raw:
+        raw.sendall(b"GET /stats?q=" + b"x" * 300_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert body == b"Request line and headers exceed 16384 bytes."
+    big_header = client.get("/stats", headers={"x-big": "x" * 300_000})
+    assert big_header.status_code == 431
+    assert client.get("/stats").status_code == 503
+
+
 # --- Secrets ---------------------------------------------------------------------------
 
 
@@ -536,12 +706,7 @@ def logagg_api(env: dict[str, str], log: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.mark.broker

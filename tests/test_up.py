@@ -15,6 +15,7 @@ import pytest
 
 from logagg import up as up_module
 from logagg.mosquitto import free_port, port_open
+from logagg.process import stop_process
 from logagg.up import UpSettings
 from tests.conftest import BridgeProcess, make_stream, publish_raw, wait_for_stats
 
@@ -64,13 +65,8 @@ def wait_stored(base: str, count: int, timeout: float = 30) -> dict[str, object]
 
 
 def stop(up: subprocess.Popen[bytes]) -> int:
-    up.send_signal(signal.SIGINT)
-    try:
-        return up.wait(60)
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait(10)
+    """Ctrl-C: `logagg up` handles SIGINT itself, even when started with it ignored."""
+    return stop_process(up, signal.SIGINT, timeout=60)
 
 
 @pytest.mark.broker

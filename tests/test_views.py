@@ -17,6 +17,7 @@ import pytest
 
 import api.app
 from logagg.mosquitto import Mosquitto
+from logagg.process import stop_process
 from logagg.views import follow
 from tests.conftest import LOGAGG, BridgeProcess, Sidecar, publish_raw, wait_for_stats
 from tests.test_api import event, nowhere
@@ -104,22 +105,37 @@ def test_tail_prints_the_newest_events_one_a_line(client: httpx.Client) -> None:
     assert [line.split()[4] for line in only_db.stdout.splitlines()] == ["e3"]
 
 
-def test_tail_follow_prints_events_as_they_are_stored(client: httpx.Client) -> None:
-    """`tail -f -n 1`: the newest event, then each new one within a second; Ctrl-C ends it."""
-    args = [*LOGAGG, "tail", "-f", "-n", "1", "--api-url", str(client.base_url)]
-    with subprocess.Popen(args, stdout=subprocess.PIPE, text=True) as tail:
-        lines: queue.Queue[str] = queue.Queue()
-        # Reads until tail exits and closes its output.
-        reader = threading.Thread(target=lambda: [lines.put(line) for line in tail.stdout or ()])
-        reader.start()
-        try:
-            assert lines.get(timeout=30).split()[4] == "e4"
-            assert client.post("/publish", json=event("e5", "db.prod")).status_code == 200
-            assert lines.get(timeout=2).split()[2:5] == ["db.prod", "test", "e5"]
-        finally:
-            tail.send_signal(signal.SIGINT)
-            assert tail.wait(10) == 0
-            reader.join(10)
+# A shell starts a background job (`cmd &` in a script) with SIGINT ignored: so does this.
+AS_BACKGROUND_JOB = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
+
+
+@pytest.mark.parametrize(
+    ("launch", "sig"),
+    [([], signal.SIGINT), (AS_BACKGROUND_JOB, signal.SIGINT), (AS_BACKGROUND_JOB, signal.SIGTERM)],
+    ids=["ctrl-c", "sigint-in-background", "sigterm-in-background"],
+)
+def test_tail_follow_prints_events_as_they_are_stored(
+    client: httpx.Client, launch: list[str], sig: signal.Signals
+) -> None:
+    """`tail -f -n 1`: the newest event, then each new one within a second; SIGINT or SIGTERM
+    ends it cleanly, even when it was started with SIGINT ignored."""
+    args = [*launch, *LOGAGG, "tail", "-f", "-n", "1", "--api-url", str(client.base_url)]
+    tail = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    # Reads until tail exits and closes its output.
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in tail.stdout or ()])
+    reader.start()
+    try:
+        assert lines.get(timeout=30).split()[4] == "e4"
+        assert client.post("/publish", json=event("e5", "db.prod")).status_code == 200
+        assert lines.get(timeout=2).split()[2:5] == ["db.prod", "test", "e5"]
+    finally:
+        # Killed after 10 s if the signal did nothing, so a failure cannot hang the suite.
+        code = stop_process(tail, sig, timeout=10)
+        reader.join(10)
+        assert tail.stdout is not None
+        tail.stdout.close()
+    assert code == 0
 
 
 def test_follow_resumes_where_an_ended_stream_stopped(

@@ -25,6 +25,15 @@ class ApiSettings(MqttSettings):
     # 15k events/s, 500 gave 9-10k/s, 5,000 gave 4k/s. 100 keeps most of the speed.
     max_inflight: int = Field(default=100, ge=1, le=65_535)
     read_limit_max: int = Field(default=1000, ge=1)
+    # Connection floods (api/server.py, api/stream.py): open /events/stream responses past
+    # max_streams get 503; connections past max_connections (or the open-files limit less a
+    # reserve) are answered 503 and closed; a request's headers must be complete within
+    # header_timeout_s of the connection opening or its previous response (slowloris); an
+    # idle keep-alive connection is closed after keep_alive_timeout_s.
+    max_streams: int = Field(default=1000, ge=1)
+    max_connections: int = Field(default=4096, ge=1)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    keep_alive_timeout_s: int = Field(default=5, ge=1)
     # LOGAGG_API_TOKEN, from the environment only: `logagg api` has no flag for it, because
     # a command line is visible to every user of the machine (ps, /proc/<pid>/cmdline).
     api_token: SecretStr | None = None

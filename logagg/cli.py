@@ -177,6 +177,7 @@ def api(
     import uvicorn
 
     from api import ApiSettings, create_app
+    from api.server import raise_open_files_limit, server_config
 
     config = settings(
         ApiSettings,
@@ -192,16 +193,10 @@ def api(
         read_limit_max=read_limit_max,
     )
     logs.configure(log_level, log_format)
+    raise_open_files_limit()
     # log_config=None: uvicorn's loggers go through ours, in the same format.
-    uvicorn.run(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        log_config=None,
-        log_level=log_level.lower(),
-        # Open /events/stream responses would hold a shutdown until they end.
-        timeout_graceful_shutdown=5,
-    )
+    served = server_config(create_app(config), config, log_config=None, log_level=log_level.lower())
+    uvicorn.Server(served).run()
 
 
 @app.command()

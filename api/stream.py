@@ -46,6 +46,9 @@ POLL_S = 0.2
 STREAM_MAX_S = 300.0
 RETRY_MS = 1000
 PING_S = 15.0
+# A stream that is caught up writes at most this often: with many streams the writes (a
+# syscall each, on every wake-up) are most of the cost, so several polls go in one write.
+WRITE_EVERY_S = 0.5
 RETRY_AFTER_S = 5
 EVENT_JSON = TypeAdapter(StoredEvent)
 PING = b": ping\n\n"
@@ -206,6 +209,8 @@ class StreamHub:
             if more:  # go on at once, but let the other streams run first
                 await asyncio.sleep(0)
                 continue
+            if frames:
+                await asyncio.sleep(WRITE_EVERY_S)
             if now - quiet_since >= PING_S:
                 yield PING
                 quiet_since = now

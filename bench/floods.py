@@ -1,11 +1,11 @@
 """`python -m bench.floods`: the sidecar under a connection flood, and one stream's rate.
 
-Flood: the real broker, bridge and `logagg api` (started with a 1,024 soft open-files
-limit, as a login shell gives), then `--streams` open `/events/stream` clients (spread over
-the stream's topics, only new events) and `--idle` bare sockets that send nothing and
-reconnect whenever the sidecar closes them, while the publisher sends `--rate` events/s for
-`--seconds` and two probes time `GET /healthz` and `GET /stats` (10 a second each). Every
-stream must receive every event of its topic (counted against the store) or the run fails.
+Flood: the real broker, bridge and `logagg api` (started with a 1,024 soft open-files limit,
+as a login shell gives; `--open-files`), then `--streams` open `/events/stream` clients
+(spread over the stream's topics, only new events) and `--idle` bare sockets that send
+nothing and reconnect whenever the sidecar closes them, while the publisher sends `--rate`
+events/s for `--seconds` and two probes time `GET /healthz` and `GET /stats` (10 a second
+each). Every stream must receive every event of its topic (counted against the store).
 
 Single stream: a store prefilled with `--stream-events` events, one client streaming all
 of them from `after=0` (the store read, the encoding and the socket), events/s from first
@@ -44,6 +44,7 @@ from logagg.mosquitto import free_port
 SHELL_OPEN_FILES = 1024
 PROBE_EVERY_S = 0.1
 PROBE_TIMEOUT_S = 10.0
+SLOW_S = 0.1
 MARK = b"\ndata: "
 
 
@@ -62,6 +63,10 @@ class StreamClient:
     events: int = 0
     first_at: float | None = None
     last_at: float | None = None
+
+    @property
+    def topic(self) -> str:
+        return self.query.removeprefix("topic=")
 
     async def run(self, port: int, until: int | None = None) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
@@ -106,7 +111,9 @@ async def _idle_socket(port: int, closed: list[int]) -> None:
 
 async def _probe(client: httpx.AsyncClient, path: str, stop: asyncio.Event) -> dict[str, Any]:
     timings: list[float] = []
+    slow: list[float] = []
     failures: dict[str, int] = {}
+    began = time.monotonic()
     while not stop.is_set():
         started = time.monotonic()
         try:
@@ -116,6 +123,8 @@ async def _probe(client: httpx.AsyncClient, path: str, stop: asyncio.Event) -> d
         except httpx.HTTPError as exc:
             failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
         timings.append(time.monotonic() - started)
+        if timings[-1] > SLOW_S:
+            slow.append(round(started - began, 1))
         await asyncio.sleep(max(0.0, PROBE_EVERY_S - (time.monotonic() - started)))
     ordered = sorted(timings)
     return {
@@ -124,6 +133,7 @@ async def _probe(client: httpx.AsyncClient, path: str, stop: asyncio.Event) -> d
         "p50_ms": _percentile(ordered, 0.5),
         "p99_ms": _percentile(ordered, 0.99),
         "max_ms": round(ordered[-1] * 1000, 1),
+        f"slower_than_{SLOW_S * 1000:g}_ms_at_s": slow,
     }
 
 
@@ -158,7 +168,7 @@ async def _flood_clients(
         expected = await asyncio.to_thread(expect)
         drained = time.monotonic() + 60
         while time.monotonic() < drained and any(  # noqa: ASYNC110 (counts, not an event)
-            c.events < expected[c.query.removeprefix("topic=")] for c in clients if c.status == 200
+            c.events < expected.get(c.topic, 0) for c in clients if c.status == 200
         ):
             await asyncio.sleep(0.2)
         stop.set()
@@ -166,9 +176,7 @@ async def _flood_clients(
     for task in [*tasks, *idlers]:
         task.cancel()
     await asyncio.gather(*tasks, *idlers, return_exceptions=True)
-    complete = sum(
-        c.events == expected[c.query.removeprefix("topic=")] for c in clients if c.status == 200
-    )
+    complete = sum(c.events == expected.get(c.topic, 0) for c in clients if c.status == 200)
     return {
         "streams_open": opened,
         "streams_complete": complete,
@@ -194,10 +202,13 @@ def flood(work: Path, args: argparse.Namespace, env: dict[str, str]) -> dict[str
         )
         port = free_port()
         api = stack.enter_context(
-            start_api(mosq.url, store_url, port, api_log, env=env, open_files=SHELL_OPEN_FILES)
+            start_api(mosq.url, store_url, port, api_log, env=env, open_files=args.open_files)
         )
 
         def publish() -> dict[str, Any]:
+            if spec.count == 0:  # streams and sockets held open, nothing to send
+                time.sleep(args.seconds)
+                return {"sent": 0}
             with start_flood(mosq.port, spec, work / "publisher.log", rate=args.rate) as pub:
                 return pub.result(args.seconds * 2 + 60)
 
@@ -205,7 +216,7 @@ def flood(work: Path, args: argparse.Namespace, env: dict[str, str]) -> dict[str
             store = open_store(store_url, readonly=True)
             try:
                 deadline = time.monotonic() + 60
-                while (stats := store.stats()).unique_processed < spec.distinct:
+                while (stats := store.stats()).unique_processed < min(spec.count, spec.distinct):
                     bridge.check_alive()
                     if time.monotonic() > deadline:
                         stored = stats.unique_processed
@@ -260,9 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--idle", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--rate", type=float, default=200.0, help="events/s published")
+    parser.add_argument("--rate", type=float, default=200.0, help="events/s published (0: none)")
     parser.add_argument("--stream-events", type=int, default=300_000)
     parser.add_argument("--sidecar-from", type=Path, help="run this checkout's sidecar")
+    parser.add_argument(
+        "--open-files", type=int, default=SHELL_OPEN_FILES, help="the sidecar's starting soft limit"
+    )
     parser.add_argument("--only", choices=("flood", "stream"))
     args = parser.parse_args(argv)
     _raise_own_open_files()

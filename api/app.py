@@ -167,10 +167,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @app.get(
         "/events/stream",
         response_class=EventStream,
+        status_code=200,
         dependencies=reading.dependencies,
         responses={
             **reading.responses,
-            503: {"model": Problem, "description": "Too many open streams"},
+            503: {
+                "description": "Too many open streams",
+                "content": {"application/json": {"schema": Problem.model_json_schema()}},
+            },
         },
     )
     async def stream(

@@ -46,21 +46,34 @@ class Allowance:
 
 class RepeatFilter(logging.Filter):
     """A handler filter: for each kind of line (logger, level, message template) at WARNING
-    and above, `burst` go through per `window_s`; the rest are dropped and then summarised
-    ("… repeated N more times in the last 10 s") when the window is over and a line of any
-    kind passes, or on `flush()`."""
+    and above from a library (asyncio, uvicorn, psycopg …), `burst` go through per
+    `window_s`; the rest are dropped and then summarised ("… repeated N more times within
+    10 s") when the window is over and a line of any kind passes, or on `flush()`.
+    logagg's own loggers (`exempt`) pass: where their lines can repeat (duplicates,
+    rejections, store errors) they already say how many they left out, at their own rate."""
 
     SUMMARY = "logagg_summary"
 
-    def __init__(self, window_s: float = REPEAT_WINDOW_S, burst: int = REPEAT_BURST) -> None:
+    def __init__(
+        self,
+        window_s: float = REPEAT_WINDOW_S,
+        burst: int = REPEAT_BURST,
+        exempt: str = "logagg",
+    ) -> None:
         super().__init__()
         self.window_s = window_s
         self.burst = burst
+        self.exempt = exempt
         self._kinds: dict[tuple[str, int, str], tuple[Allowance, str]] = {}
         self._swept = -math.inf
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or getattr(record, self.SUMMARY, False):
+        if (
+            record.levelno < logging.WARNING
+            or getattr(record, self.SUMMARY, False)
+            or record.name == self.exempt
+            or record.name.startswith(self.exempt + ".")
+        ):
             return True
         now = time.monotonic()
         if now - self._swept >= 1.0:

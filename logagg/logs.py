@@ -33,9 +33,9 @@ def configure(level: str = "INFO", fmt: LogFormat = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    # A warning or error repeated in a loop (uvicorn's "Too many open files" on every
-    # accept() once descriptors run out: 75,558 lines in 20 s) is logged a few times per
-    # window, then summarised with its count.
+    # A library's warning or error repeated in a loop (asyncio's "Too many open files" on
+    # every accept() once descriptors run out: 75,558 lines in 20 s) is logged a few times
+    # per window, then summarised with its count.
     repeats = RepeatFilter()
     handler.addFilter(repeats)
     atexit.register(repeats.flush)

@@ -234,8 +234,9 @@ def test_connections_past_the_cap_get_503_and_service_resumes(
 
 
 def test_repeated_error_lines_are_summarised_per_interval() -> None:
-    """A line repeated in a loop: the first five of a window go out, then one line with the
-    count; other kinds of line are not held back, and the count is exact."""
+    """A library's line repeated in a loop: the first five of a window go out, then one line
+    with the count; other kinds of line, and logagg's own, are not held back; the count is
+    exact."""
     out = io.StringIO()
     handler = logging.StreamHandler(out)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -245,6 +246,9 @@ def test_repeated_error_lines_are_summarised_per_interval() -> None:
     log.addHandler(handler)
     log.propagate = False
     log.setLevel(logging.INFO)
+    own = logging.getLogger("logagg.test")
+    own.addHandler(handler)
+    own.propagate = False
     try:
         for _ in range(10_000):
             log.error("socket.accept() out of system resource")
@@ -255,8 +259,11 @@ def test_repeated_error_lines_are_summarised_per_interval() -> None:
         for _ in range(3):
             log.error("socket.accept() out of system resource")
         repeats.flush()  # nothing held back: no summary
+        for _ in range(10):  # logagg's own lines limit themselves
+            logging.getLogger("logagg.test").error("store unavailable")
     finally:
         log.removeHandler(handler)
+        own.removeHandler(handler)
         log.setLevel(logging.NOTSET)
     lines = out.getvalue().splitlines()
     accept = "ERROR test.floods.repeat: socket.accept() out of system resource"
@@ -266,6 +273,7 @@ def test_repeated_error_lines_are_summarised_per_interval() -> None:
         "INFO test.floods.repeat: info is never held back",
         f"{accept} … repeated 9995 more times within 0.3 s (not logged one by one)",
         *[accept] * 4,
+        *["ERROR logagg.test: store unavailable"] * 10,
     ]
 
 

@@ -34,11 +34,13 @@ from bridge.store.base import Store
 
 logger = logging.getLogger("logagg.api")
 
-# A store read takes up to PAGE rows; the ring keeps the newest RING..2*RING encoded events
-# (~200 bytes each for small events); one write sends up to CHUNK events.
-PAGE = 5000
+# A store read takes up to PAGE rows (as a page of /events: events may be 256 KiB each); the
+# ring keeps the newest RING events and RING_BYTES of them, trimmed when either doubles; one
+# write sends up to CHUNK events.
+PAGE = 1000
 RING = 20_000
-CHUNK = 2000
+RING_BYTES = 16 * 1024 * 1024
+CHUNK = 1000
 # The poller reads the store this often when it is idle; a stream ends after STREAM_MAX_S (the
 # client resumes from its Last-Event-ID after RETRY_MS), so none outlives a shutdown for long;
 # a stream with nothing to send for PING_S sends a comment, so proxies keep it open.
@@ -80,6 +82,7 @@ class StreamHub:
         self.streams = 0
         self._seqs: list[int] = []
         self._frames: list[Frame] = []
+        self._bytes = 0
         self._floor: int | None = None  # unknown until the store could be read
         self._head = 0
         self._changed = asyncio.Event()
@@ -129,10 +132,15 @@ class StreamHub:
     def _append(self, frames: list[Frame]) -> None:
         self._seqs += [f.seq for f in frames]
         self._frames += frames
+        self._bytes += sum(len(f.text) for f in frames)
         self._head = frames[-1].seq
-        if len(self._frames) > 2 * RING:
-            cut = len(self._frames) - RING
-            self._floor = self._seqs[cut - 1]
+        if len(self._frames) > 2 * RING or self._bytes > 2 * RING_BYTES:
+            cut = max(0, len(self._frames) - RING)
+            kept = self._bytes - sum(len(f.text) for f in self._frames[:cut])
+            while kept > RING_BYTES and cut < len(self._frames) - 1:
+                kept -= len(self._frames[cut].text)
+                cut += 1
+            self._floor, self._bytes = self._seqs[cut - 1], kept
             del self._seqs[:cut], self._frames[:cut]
         self._changed.set()
         self._changed = asyncio.Event()

@@ -285,12 +285,13 @@ def test_streams_behind_the_ring_catch_up_from_the_store_gap_free(
     store_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With a ring of 20 events and pages of 7, streams that start far behind (after=0, a
-    topic, an old Last-Event-ID) read the store from their own cursor, then join the shared
-    poller's ring; each receives exactly the stored events it asked for, in order."""
+    """With a ring of 20 events or 3,000 bytes and pages of 7, streams that start far behind
+    (after=0, a topic, an old Last-Event-ID) read the store from their own cursor, then join
+    the shared poller's ring; each receives exactly the stored events it asked for, in order."""
     monkeypatch.setattr(api.stream, "RING", 20)
     monkeypatch.setattr(api.stream, "PAGE", 7)
     monkeypatch.setattr(api.stream, "CHUNK", 5)
+    monkeypatch.setattr(api.stream, "RING_BYTES", 3000)
     bridge_factory()
     client = sidecar(broker.url)
     first = make_stream(200, 0.0, seed=3)

@@ -2,7 +2,7 @@
 
 Flood: the real broker, bridge and `logagg api` (started with a 1,024 soft open-files limit,
 as a login shell gives; `--open-files`), then `--streams` open `/events/stream` clients
-(spread over the stream's topics, only new events) and `--idle` bare sockets that send
+(spread over the stream's topics, from the fresh store's start) and `--idle` bare sockets that send
 nothing and reconnect whenever the sidecar closes them, while the publisher sends `--rate`
 events/s for `--seconds` and two probes time `GET /healthz` and `GET /stats` (10 a second
 each). Every stream must receive every event of its topic (counted against the store).
@@ -30,6 +30,7 @@ from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 
@@ -66,7 +67,7 @@ class StreamClient:
 
     @property
     def topic(self) -> str:
-        return self.query.removeprefix("topic=")
+        return dict(parse_qsl(self.query)).get("topic", "")
 
     async def run(self, port: int, until: int | None = None) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
@@ -140,7 +141,8 @@ async def _probe(client: httpx.AsyncClient, path: str, stop: asyncio.Event) -> d
 async def _flood_clients(
     port: int, streams: int, idle: int, publish: Any, seconds: float, expect: Any
 ) -> dict[str, Any]:
-    clients = [StreamClient(f"topic={TOPICS[i % len(TOPICS)]}") for i in range(streams)]
+    # after=0 on a fresh store: every event, however late a stream's first read comes.
+    clients = [StreamClient(f"topic={TOPICS[i % len(TOPICS)]}&after=0") for i in range(streams)]
     tasks = [asyncio.create_task(c.run(port)) for c in clients]
     deadline = time.monotonic() + 60
     while sum(c.status is not None for c in clients) < streams:

@@ -20,9 +20,11 @@ import httpx
 import pytest
 
 import api.stream
+from api.stream import Frame
 from bench.floods import StreamClient
 from bench.procs import Child, start_api
 from bridge.lograte import RepeatFilter
+from bridge.store.base import Store
 from logagg.mosquitto import Mosquitto, free_port
 from logagg.views import server_sent_events
 from tests.conftest import BridgeProcess, Sidecar, make_stream, publish_raw, wait_for_stats
@@ -99,7 +101,8 @@ def test_sidecar_holds_streams_and_idle_sockets_and_refuses_one_stream_more(
     assert f"open files limit raised from 256 to {hard}" in sidecar.log()
 
     async def scenario() -> tuple[list[StreamClient], dict[str, int], list[float], list[float]]:
-        clients = [StreamClient(f"topic=t{i % 5}") for i in range(STREAMS)]
+        # after=0 (the store is fresh): every event, however late a stream's first read.
+        clients = [StreamClient(f"topic=t{i % 5}&after=0") for i in range(STREAMS)]
         tasks = [asyncio.create_task(c.run(port)) for c in clients]
         deadline = time.monotonic() + 30
         while any(c.status is None for c in clients):
@@ -120,7 +123,7 @@ def test_sidecar_holds_streams_and_idle_sockets_and_refuses_one_stream_more(
         )
         expected = {t: s.unique_processed for t, s in stored.topics.items()}
         deadline = time.monotonic() + 30
-        while any(c.events < expected[c.query[6:]] for c in clients):
+        while any(c.events < expected[c.topic] for c in clients):
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
@@ -132,7 +135,7 @@ def test_sidecar_holds_streams_and_idle_sockets_and_refuses_one_stream_more(
         return clients, expected, health, stats
 
     clients, expected, health, stats = asyncio.run(scenario())
-    assert [c.events for c in clients] == [expected[c.query[6:]] for c in clients]
+    assert [c.events for c in clients] == [expected[c.topic] for c in clients]
     # The targets (p99 200 ms and 500 ms at 1,000 streams) are bench.floods'; a shared CI
     # machine gets slack, but a store poll per stream (the old way) fails this.
     assert max(health) < 1.0, health
@@ -322,3 +325,52 @@ def test_streams_behind_the_ring_catch_up_from_the_store_gap_free(
     after = client.get("/events", params={"after": seqs[-1], "limit": 1000}).json()["events"]
     assert live == [e["seq"] for e in after]
     assert json.loads(client.get("/stats").content)["unique_processed"] == 500
+
+
+@pytest.mark.broker
+def test_open_streams_share_one_store_poller(
+    broker: Mosquitto,
+    bridge_factory: Callable[..., BridgeProcess],
+    sidecar: Sidecar,
+    store_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """50 open streams cost the store one poll per interval, not one each: over ~1.5 s of
+    waiting, the store is read ~8 times (every 0.2 s), all by the shared poller; then an
+    event reaches every stream."""
+    reads: list[str | None] = []
+    real = api.stream.read_frames
+
+    def counted(store: Store, *, topic: str | None, after: int, limit: int) -> list[Frame]:
+        reads.append(topic)
+        return real(store, topic=topic, after=after, limit=limit)
+
+    monkeypatch.setattr(api.stream, "read_frames", counted)
+    bridge_factory()
+    client = sidecar(broker.url)
+    publish_raw(broker.port, make_stream(5, 0.0, seed=8))
+    wait_for_stats(store_url, lambda s: s.unique_processed == 5)
+    port = int(str(client.base_url).rsplit(":", 1)[1])
+
+    async def scenario() -> list[StreamClient]:
+        clients = [StreamClient("last=0") for _ in range(50)]
+        tasks = [asyncio.create_task(c.run(port)) for c in clients]
+        await asyncio.sleep(0.5)  # all open and waiting
+        reads.clear()
+        await asyncio.sleep(1.5)
+        polled = len(reads)
+        await asyncio.to_thread(publish_raw, broker.port, make_stream(1, 0.0, seed=9))
+        deadline = time.monotonic() + 10
+        while any(c.events < 1 for c in clients):
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert 3 <= polled <= 12, reads
+        return clients
+
+    clients = asyncio.run(scenario())
+    assert set(reads) == {None}  # only the poller's reads (all topics), none per stream
+    assert [c.events for c in clients] == [1] * 50

@@ -9,7 +9,9 @@ each). Every stream must receive every event of its topic (counted against the s
 
 Single stream: a store prefilled with `--stream-events` events, one client streaming all
 of them from `after=0` (the store read, the encoding and the socket), events/s from first
-byte to last event.
+byte to last event. Live: one stream following the bridge as it drains `--stream-events`
+queued for its session; the rates stored and streamed, and how long after the store held the
+last event the stream delivered it.
 
 `--sidecar-from DIR` runs another checkout's sidecar for a baseline in the same conditions
 (the code before this change: `git archive 3be7960 | tar -x -C DIR`). Prints one JSON
@@ -38,6 +40,7 @@ from bench.prefill import prefill
 from bench.probe import cpu_seconds, peak_rss_mb
 from bench.procs import BenchError, Child, start_api, start_bridge, start_flood
 from bench.scenarios import _broker, _percentile
+from bench.sessions import register
 from bench.stream import TOPICS, StreamSpec
 from bridge.store import open_store
 from logagg.mosquitto import free_port
@@ -268,6 +271,56 @@ def single_stream(work: Path, args: argparse.Namespace, env: dict[str, str]) -> 
     }
 
 
+def live_stream(work: Path, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """One stream following the bridge as it drains a backlog of `--stream-events` (queued in
+    the broker for its session first, so the bridge stores at full speed)."""
+    spec = StreamSpec(args.stream_events, 0.0, 100, seed=11)
+    store_url = f"sqlite:///{work / 'live.db'}"
+    open_store(store_url).close()  # the sidecar starts once its store is readable
+    client = StreamClient("after=0")
+    with ExitStack() as stack:
+        mosq = stack.enter_context(_broker(work / "broker-live"))
+        register(mosq.port, ["bench-live"])
+        with start_flood(mosq.port, spec, work / "publisher-live.log") as pub:
+            pub.result(600)
+        port = free_port()
+        stack.enter_context(start_api(mosq.url, store_url, port, work / "api-live.log", env=env))
+
+        def stored_all(bridge: Child) -> float:
+            store = open_store(store_url, readonly=True)
+            try:
+                deadline = time.monotonic() + 600
+                while store.stats().unique_processed < spec.distinct:
+                    bridge.check_alive()
+                    if time.monotonic() > deadline:
+                        raise BenchError("live: the bridge did not store everything in 600 s")
+                    time.sleep(0.01)
+                return time.monotonic()
+            finally:
+                store.close()
+
+        async def run() -> tuple[float, float]:
+            reading = asyncio.create_task(client.run(port, until=spec.distinct))
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            bridge = stack.enter_context(
+                start_bridge(mosq.url, store_url, "bench-live", "normal", work / "live.log")
+            )
+            stored_at = await asyncio.to_thread(stored_all, bridge)
+            await asyncio.wait_for(reading, 600)
+            return started, stored_at
+
+        started, stored_at = asyncio.run(run())
+    if client.events < spec.distinct or client.first_at is None or client.last_at is None:
+        raise BenchError(f"live stream: {client.events} of {spec.distinct} events")
+    return {
+        "events": client.events,
+        "stored_per_s": round(spec.distinct / (stored_at - started)),
+        "streamed_per_s": round(client.events / (client.last_at - client.first_at)),
+        "last_event_after_stored_s": round(client.last_at - stored_at, 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.floods", description=__doc__)
     parser.add_argument("--streams", type=int, default=1000)
@@ -279,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--open-files", type=int, default=SHELL_OPEN_FILES, help="the sidecar's starting soft limit"
     )
-    parser.add_argument("--only", choices=("flood", "stream"))
+    parser.add_argument("--only", choices=("flood", "stream", "live"))
     args = parser.parse_args(argv)
     _raise_own_open_files()
     env = dict(os.environ)
@@ -290,10 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-floods-") as tmp:
         work = Path(tmp)
         try:
-            if args.only != "stream":
+            if args.only in (None, "flood"):
                 result["flood"] = flood(work, args, env)
-            if args.only != "flood":
+            if args.only in (None, "stream"):
                 result["single_stream"] = single_stream(work, args, env)
+            if args.only in (None, "live"):
+                result["live_stream"] = live_stream(work, args, env)
         except BenchError as exc:
             print(f"floods: {exc}", file=sys.stderr)
             return 1

@@ -12,9 +12,7 @@ No `from __future__ import annotations` here: FastAPI reads the routes'
 annotations at run time, and the query limits are local to `create_app`.
 """
 
-import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from functools import partial
@@ -24,10 +22,9 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import Field, TypeAdapter
+from pydantic import Field
 
 from api.access_log import redacted_access_log
 from api.auth import guard
@@ -49,18 +46,13 @@ from api.models import (
 )
 from api.publishing import BrokerUnavailable, Publisher
 from api.settings import ApiSettings
+from api.stream import EventStream, StreamHub
 from bridge.event import MAX_NAME_LENGTH, NAME_PATTERN, Event
-from bridge.store import StoredEvent, StoreUnavailable, open_store
+from bridge.store import StoreUnavailable, open_store
 
 logger = logging.getLogger("logagg.api")
 
 OK = "ok"
-# The live stream polls the store this often; a stream ends after STREAM_MAX_S (and the
-# client resumes from its Last-Event-ID after RETRY_MS), so none outlives a shutdown for long.
-POLL_S = 0.2
-STREAM_MAX_S = 300.0
-RETRY_MS = 1000
-EVENT_JSON = TypeAdapter(StoredEvent)
 # seq is a 64-bit integer in both stores: a larger cursor is a 422, not a driver overflow.
 MAX_SEQ = 2**63 - 1
 
@@ -86,6 +78,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     publishing = guard(settings)
     reading = guard(settings, public=settings.api_public_read)
     registry = sidecar_registry(store, settings.store, broker_stats)
+    hub = StreamHub(store, max_streams=settings.max_streams, max_bytes=settings.read_max_bytes)
     dashboard = files("api").joinpath("static/dashboard.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
@@ -99,6 +92,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             try:
                 yield
             finally:
+                await hub.close()
                 await broker_stats.stop()
                 await publisher.close()
                 store.close()
@@ -220,9 +214,16 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     @app.get(
         "/events/stream",
-        response_class=EventSourceResponse,
+        response_class=EventStream,
+        status_code=200,
         dependencies=reading.dependencies,
-        responses=reading.responses,
+        responses={
+            **reading.responses,
+            503: {
+                "description": "Too many open streams",
+                "content": {"application/json": {"schema": Problem.model_json_schema()}},
+            },
+        },
     )
     async def stream(
         topic: Topic = None,
@@ -242,34 +243,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
             int | None,
             Header(ge=0, le=MAX_SEQ, description="Resume after this seq (sent by EventSource)"),
         ] = None,
-    ) -> AsyncIterator[ServerSentEvent]:
+    ) -> Response:
         """Stored events as they arrive, as Server-Sent Events: `id` is the event's seq,
         `data` the event as in `/events`. A stream ends after a few minutes; clients resume
-        from their Last-Event-ID, so nothing is missed."""
-        fetch = partial(store.events, topic=topic, max_bytes=settings.read_max_bytes)
+        from their Last-Event-ID, so nothing is missed. Past `LOGAGG_MAX_STREAMS` open
+        streams, 503 with Retry-After."""
         cursor = last_event_id if last_event_id is not None else after
-        yield ServerSentEvent(retry=RETRY_MS)
-        deadline = time.monotonic() + STREAM_MAX_S
-        while time.monotonic() < deadline:
-            rows: list[StoredEvent] = []
-            try:
-                if cursor is None:
-                    newest = await run_in_threadpool(
-                        fetch, after=0, limit=max(last, 1), newest=True
-                    )
-                    # Start just before the newest `last` (0: after the newest, only new ones).
-                    cursor = (newest[0].seq - 1 if last else newest[-1].seq) if newest else 0
-                    # An id alone moves the client's Last-Event-ID: a reconnect resumes
-                    # here even when no event came before it.
-                    yield ServerSentEvent(id=str(cursor))
-                rows = await run_in_threadpool(fetch, after=cursor, limit=settings.read_limit_max)
-            except StoreUnavailable:
-                pass  # not created yet, or briefly unreadable: keep polling
-            for row in rows:
-                yield ServerSentEvent(raw_data=EVENT_JSON.dump_json(row).decode(), id=str(row.seq))
-                cursor = row.seq
-            if len(rows) < settings.read_limit_max:
-                await asyncio.sleep(POLL_S)
+        return EventStream(hub, topic, cursor, last)
 
     @app.get(
         "/rejected",

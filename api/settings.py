@@ -58,6 +58,15 @@ class ApiSettings(MqttSettings):
     # its queue against them. Defaults: those of mosquitto/mosquitto.conf.
     broker_queue_max_messages: int = Field(default=1_000_000, ge=0)
     broker_queue_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    # Connection floods (api/server.py, api/stream.py): open /events/stream responses past
+    # max_streams get 503; connections past max_connections (or the open-files limit less a
+    # reserve) are answered 503 and closed; a request's headers must be complete within
+    # header_timeout_s of the connection opening or its previous response (slowloris); an
+    # idle keep-alive connection is closed after keep_alive_timeout_s.
+    max_streams: int = Field(default=1000, ge=1)
+    max_connections: int = Field(default=4096, ge=1)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    keep_alive_timeout_s: int = Field(default=5, ge=1)
     # LOGAGG_API_TOKEN, from the environment only: `logagg api` has no flag for it, because
     # a command line is visible to every user of the machine (ps, /proc/<pid>/cmdline).
     api_token: SecretStr | None = None

@@ -5,10 +5,12 @@ from /proc, and each is stopped by whoever started it, whatever happens."""
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import time
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,11 +31,27 @@ class BenchError(Exception):
 class Child:
     """A subprocess with its output in a log file; leaving the `with` block stops it."""
 
-    def __init__(self, name: str, args: list[str], log: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        log: Path,
+        *,
+        env: dict[str, str] | None = None,
+        open_files: int | None = None,
+    ) -> None:
+        """`open_files`: start with this soft open-files limit (the hard one unchanged), as a
+        login shell's 1,024 would."""
         self.name = name
         self.log = log
         with log.open("ab") as out:
-            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=None if open_files is None else partial(_soft_open_files, open_files),
+            )
 
     @property
     def pid(self) -> int:
@@ -81,6 +99,12 @@ class Child:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _soft_open_files(limit: int) -> None:
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    )
 
 
 def _logagg(*args: str) -> list[str]:
@@ -143,10 +167,20 @@ def start_bridges(
     return bridges
 
 
-def start_api(broker_url: str, store_url: str, port: int, log: Path) -> Child:
-    """The HTTP sidecar; returns once `GET /healthz` answers 200."""
+def start_api(
+    broker_url: str,
+    store_url: str,
+    port: int,
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    open_files: int | None = None,
+) -> Child:
+    """The HTTP sidecar; returns once `GET /healthz` answers 200. `env` replaces the
+    environment (settings, or PYTHONPATH to run another checkout's sidecar)."""
     args = ["api", "--host", "127.0.0.1", "--port", str(port)]
-    child = Child("api", _logagg(*args, "--broker", broker_url, "--store", store_url), log)
+    args += ["--broker", broker_url, "--store", store_url]
+    child = Child("api", _logagg(*args), log, env=env, open_files=open_files)
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         while True:

@@ -178,7 +178,7 @@ def api(
     import uvicorn
 
     from api import ApiSettings, create_app
-    from api.http_protocol import StatusH11Protocol
+    from api.server import raise_open_files_limit, server_config
 
     config = settings(
         ApiSettings,
@@ -194,18 +194,10 @@ def api(
         read_limit_max=read_limit_max,
     )
     logs.configure(log_level, log_format)
+    raise_open_files_limit()
     # log_config=None: uvicorn's loggers go through ours, in the same format.
-    uvicorn.run(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        log_config=None,
-        log_level=log_level.lower(),
-        # h11, answering an oversized request head with a 431 the client can read.
-        http=StatusH11Protocol,
-        # Open /events/stream responses would hold a shutdown until they end.
-        timeout_graceful_shutdown=5,
-    )
+    served = server_config(create_app(config), config, log_config=None, log_level=log_level.lower())
+    uvicorn.Server(served).run()
 
 
 @app.command()

@@ -24,7 +24,7 @@ import uvicorn
 from psycopg import sql
 
 from api import ApiSettings, create_app
-from api.http_protocol import StatusH11Protocol
+from api.server import server_config
 from bridge.store import Stats, StoreUnavailable, open_store
 from logagg.mosquitto import Mosquitto, find_mosquitto, free_port
 from logagg.process import stop_process
@@ -248,14 +248,8 @@ def serving(settings: ApiSettings) -> Iterator[httpx.Client]:
     """The sidecar under uvicorn, as `logagg api` runs it, on a thread of the test process,
     and a client for it; the server is stopped (lifespan and all) after."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        http=StatusH11Protocol,
-    )
-    server = uvicorn.Server(config)
+    settings = settings.model_copy(update={"port": port})
+    server = uvicorn.Server(server_config(create_app(settings), settings, log_config=None))
     thread = threading.Thread(target=server.run, name="sidecar")
     thread.start()
     try:

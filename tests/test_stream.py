@@ -6,10 +6,10 @@ import json
 import time
 from collections.abc import Callable, Iterator
 
-import fastapi.routing
 import httpx
 import pytest
 
+import api.stream
 from logagg.mosquitto import Mosquitto
 from logagg.views import server_sent_events
 from tests.conftest import BridgeProcess, Sidecar, publish_raw, wait_for_stats
@@ -115,7 +115,7 @@ def test_stream_waits_for_the_store_with_keep_alive_comments(
 ) -> None:
     """Before the bridge created the store the stream stays open, a comment now and then
     keeping proxies from closing it (every 15 s; 0.2 s here)."""
-    monkeypatch.setattr(fastapi.routing, "_PING_INTERVAL", 0.2)
+    monkeypatch.setattr(api.stream, "PING_S", 0.2)
     client = sidecar(nowhere())
     with client.stream("GET", "/events/stream", timeout=10) as response:
         assert response.status_code == 200

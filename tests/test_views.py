@@ -15,7 +15,7 @@ from contextlib import closing
 import httpx
 import pytest
 
-import api.app
+import api.stream
 from logagg.mosquitto import Mosquitto
 from logagg.process import stop_process
 from logagg.views import follow
@@ -143,7 +143,7 @@ def test_follow_resumes_where_an_ended_stream_stopped(
 ) -> None:
     """Streams end (so that none holds a shutdown for long); `follow` reconnects with the
     last seq it saw and misses or repeats nothing."""
-    monkeypatch.setattr(api.app, "STREAM_MAX_S", 0.5)
+    monkeypatch.setattr(api.stream, "STREAM_MAX_S", 0.5)
     with closing(follow(client, None, 1)) as events:
         assert next(events).event_id == "e4"
         for event_id in ("e5", "e6"):

@@ -3,12 +3,14 @@
 #   make run     the whole system (broker, bridge, API) in one command; installs
 #                only what running needs (requirements/run.txt)
 #   make test    the test suite (needs the mosquitto binary; installs it if it can)
-#                (PYTEST_ARGS='-m "not slow"' to pass pytest options)
+#                (PYTEST_ARGS='-m "not slow"' to pass pytest options; PYTEST_WORKERS=0
+#                runs it in one process: the default 3 workers mostly wait on processes)
 #   make check   linters, type checks, Dockerfile and compose validation
 #   make lock    re-resolve requirements/*.txt after editing pyproject.toml's
 #                dependencies, or to upgrade them (UPGRADE=1 takes the newest allowed)
 
 PYTHON ?= python3
+PYTEST_WORKERS ?= 3
 BIN := .venv/bin
 # Touched after a successful install, so the venv is synced again only when a
 # lock file changes. The dev stamp implies the run one (dev.txt includes run's).
@@ -61,7 +63,7 @@ run: venv
 	$(BIN)/logagg up
 
 test: dev-venv ensure-mosquitto ensure-chromium ensure-faketime
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # `docker compose config` is Compose's own parser; it needs the CLI plugin but
 # no engine, so it runs wherever the plugin is installed.

@@ -46,12 +46,11 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # JSON answers embed nothing; the pages get their own policy (see `page_policies`).
 STRICT_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-# FastAPI's /docs and /redoc load Swagger UI and ReDoc from a CDN, started by an inline script.
+# /docs and /redoc load Swagger UI and ReDoc from this origin (fastapi-offline), started by
+# an inline script that FastAPI writes with the schema's URL in it.
 _DOCS_POLICY = (
-    "default-src 'none'; script-src https://cdn.jsdelivr.net 'unsafe-inline';"
-    " style-src https://cdn.jsdelivr.net https://fonts.googleapis.com 'unsafe-inline';"
-    " font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com"
-    " https://cdn.redoc.ly; connect-src 'self'; worker-src blob:;"
+    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline';"
+    " img-src 'self' data:; connect-src 'self'; worker-src blob:;"
     " frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")

@@ -240,7 +240,7 @@ def test_publish_waits_for_its_share_of_body_bytes_then_answers_503(sidecar: Sid
     """Bodies in progress hold their Content-Length of a shared budget: past it a request
     waits, unread, and gets 503 saying why; the budget comes back when a request ends."""
     client = sidecar(nowhere(), max_inflight_body_bytes=4096, publish_timeout_s=0.5)
-    head = b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = b"POST /publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     with socket.create_connection(("127.0.0.1", client.base_url.port or 80)) as slow:
         slow.sendall(head + b"Content-Length: 4000\r\n\r\n[")  # and nothing more
         time.sleep(0.3)

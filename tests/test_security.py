@@ -146,7 +146,11 @@ def test_token_too_short_is_refused_at_start() -> None:
         ApiSettings(api_token=SecretStr("short"))
 
 
-@pytest.mark.parametrize("token", [" " * 32, TOKEN + " ", "\t" + TOKEN, TOKEN + "\n"])
+@pytest.mark.parametrize(
+    "token",
+    [" " * 32, TOKEN + " ", "\t" + TOKEN, TOKEN + "\n"],
+    ids=["spaces", "trailing-space", "leading-tab", "trailing-newline"],
+)
 def test_token_with_surrounding_whitespace_is_refused_at_start(token: str) -> None:
     """No client can send it (a header loses it), so it would lock everyone out: `logagg api`
     exits at once with a reason that names the setting, not its value."""

@@ -72,9 +72,10 @@ check: dev-venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml compose.scale.yaml
 	@if docker compose version >/dev/null 2>&1; then \
-	  echo "docker compose config --quiet"; docker compose config --quiet; fi
+	  for f in compose.yaml compose.scale.yaml; do \
+	    echo "docker compose -f $$f config --quiet"; docker compose -f $$f config --quiet || exit 1; done; fi
 
 # The tests start Mosquitto processes of their own on free ports: they need the
 # binary, not a running broker. Debian installs it in /usr/sbin, which a

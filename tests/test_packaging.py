@@ -32,6 +32,8 @@ from logagg.process import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
+# The scaled-out stack: a file of its own, so it never runs beside the SQLite bridge.
+COMPOSE_SCALE = ROOT / "compose.scale.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 VENV_BIN = Path(sys.executable).parent  # hadolint and check-jsonschema come with the dev extra
 # Wide and plain, so typer's help never wraps or colours an option name.
@@ -71,10 +73,15 @@ def source_modules() -> set[str]:
     return names
 
 
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text())
-    assert isinstance(data, dict), "compose.yaml is not a mapping"
+def compose(path: Path = COMPOSE) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict), f"{path.name} is not a mapping"
     return data
+
+
+def all_services() -> dict[str, Any]:
+    """The services of both stacks (their names do not overlap but for the shared broker)."""
+    return compose()["services"] | compose(COMPOSE_SCALE)["services"]
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -103,7 +110,7 @@ def shipped_commands() -> dict[str, list[str]]:
     """Every logagg command we ship: each compose service's, and the image's default."""
     found = {
         name: argv(service["command"])
-        for name, service in compose()["services"].items()
+        for name, service in all_services().items()
         if "command" in service
     }
     cmd = [args for keyword, args in dockerfile() if keyword == "CMD"]
@@ -135,6 +142,18 @@ def test_compose_services_are_wired_in_order() -> None:
     assert "logagg-data:/data" in services["api"]["volumes"]
 
 
+def test_compose_ports_are_published_on_loopback_by_default() -> None:
+    """Anonymous broker, token-less API: nothing on the network unless LOGAGG_BIND says so."""
+    ports = [
+        str(port)
+        for path in (COMPOSE, COMPOSE_SCALE)
+        for service in compose(path)["services"].values()
+        for port in service.get("ports", [])
+    ]
+    assert len(ports) == 3  # mosquitto, api, api-scale
+    assert all(port.startswith("${LOGAGG_BIND:-127.0.0.1}:") for port in ports), ports
+
+
 def flag(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
@@ -147,12 +166,15 @@ def client_id(service: dict[str, Any], command: list[str]) -> str:
     return str(service["environment"]["LOGAGG_CLIENT_ID"])
 
 
-def test_compose_scale_profile_runs_three_bridges_on_one_group() -> None:
-    """Each replica keeps its own client id (its session) and shares group and store."""
-    services = compose()["services"]
+def test_compose_scale_stack_runs_three_bridges_on_one_group_and_no_other() -> None:
+    """Each replica keeps its own client id (its session) and shares group and store; the
+    stack has no SQLite bridge beside them (it would store every event a second time), and
+    its broker is the single stack's."""
+    services = compose(COMPOSE_SCALE)["services"]
     names = [f"bridge-{i}" for i in (1, 2, 3)]
+    assert set(services) == {"mosquitto", "postgres", *names, "api-scale"}
+    assert services["mosquitto"]["extends"] == {"file": "compose.yaml", "service": "mosquitto"}
     bridges = [argv(services[name]["command"]) for name in names]
-    assert all(services[name]["profiles"] == ["scale"] for name in names)
     assert len({client_id(services[n], b) for n, b in zip(names, bridges, strict=True)}) == 3
     assert {flag(b, "--group") for b in bridges} == {"logagg"}
     assert {flag(b, "--store") for b in bridges} == {
@@ -163,7 +185,7 @@ def test_compose_scale_profile_runs_three_bridges_on_one_group() -> None:
 def test_compose_healthchecks_ask_about_their_own_bridge() -> None:
     """`logagg ready` answers for one bridge: each bridge's healthcheck names the client id
     and store that bridge runs with, so a dead replica is unhealthy whatever the others do."""
-    services = compose()["services"]
+    services = all_services()
     asked = {}
     for name, service in services.items():
         check = [str(a) for a in service.get("healthcheck", {}).get("test", [])]
@@ -271,6 +293,7 @@ def test_compose_matches_the_compose_spec() -> None:
             "--builtin-schema",
             "vendor.compose-spec",
             str(COMPOSE),
+            str(COMPOSE_SCALE),
         ],
         capture_output=True,
         text=True,
@@ -287,10 +310,11 @@ def docker_compose_available() -> bool:
 
 
 @pytest.mark.skipif(not docker_compose_available(), reason="no `docker compose` CLI plugin")
-def test_docker_compose_config_accepts_it() -> None:
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_SCALE], ids=lambda p: p.name)
+def test_docker_compose_config_accepts_it(path: Path) -> None:
     # Compose's own parser; it needs the CLI plugin but no engine.
     result = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
+        ["docker", "compose", "-f", str(path), "config", "--quiet"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -31,6 +30,7 @@ from bridge.backoff import Backoff
 from bridge.broker import make_client
 from bridge.event import Event, parse_message
 from bridge.inbox import Inbox, Received
+from bridge.lograte import RateLimitedLog
 from bridge.metrics import BridgeMetrics, serving
 from bridge.settings import BridgeSettings
 from bridge.store import BatchOutcome, Refused, Store, StoreUnavailable, open_store, redact_url
@@ -43,41 +43,9 @@ CONNECT_TIMEOUT_S = 10.0
 STORE_LOG_EVERY_S = 30.0
 
 
-@dataclass(slots=True)
-class RateLimitedLog:
-    """Logs each item with `line`, up to `per_s` a second; past that it says how many it
-    summarised (`summary`), so the log stays truthful without costing throughput, or
-    disk, when a flood of them arrives."""
-
-    per_s: int
-    line: str
-    summary: str
-    level: int = logging.INFO
-    _window: float = 0.0
-    _logged: int = 0
-    _skipped: int = 0
-
-    def __call__(self, items: Sequence[tuple[object, ...]]) -> None:
-        now = time.monotonic()
-        if now - self._window >= 1.0:
-            self.flush()
-            self._window, self._logged = now, 0
-        for item in items:
-            if self._logged < self.per_s:
-                logger.log(self.level, self.line, *item)
-                self._logged += 1
-            else:
-                self._skipped += 1
-
-    def flush(self) -> None:
-        """Say how many went unnamed: as a second ends, when the bridge idles, and on stop."""
-        if self._skipped:
-            logger.log(self.level, self.summary, self._skipped)
-            self._skipped = 0
-
-
 def duplicate_log(per_s: int) -> RateLimitedLog:
     return RateLimitedLog(
+        logger,
         per_s,
         "duplicate dropped: topic=%s event_id=%s",
         "%d more duplicates dropped, not logged one by one",
@@ -87,6 +55,7 @@ def duplicate_log(per_s: int) -> RateLimitedLog:
 def rejection_log(per_s: int) -> RateLimitedLog:
     """Topic and reason as the store keeps them: cut to a bounded size."""
     return RateLimitedLog(
+        logger,
         per_s,
         "rejected message on %s: %s (%s)",
         "%d more messages rejected, not logged one by one",

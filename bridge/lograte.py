@@ -1,8 +1,8 @@
 """Keeping a flood of log lines truthful but small: the first few of a kind are logged, the
-rest counted and summarised. The bridge names duplicates this way (its `DuplicateLog`); every
-logagg process filters repeated warnings and errors this way (`RepeatFilter`), so a loop
-failing thousands of times a second (an accept() out of file descriptors) costs a few lines
-every interval instead of filling the disk.
+rest counted and summarised. The bridge names duplicates and rejections this way
+(`RateLimitedLog`); every logagg process filters repeated warnings and errors this way
+(`RepeatFilter`), so a loop failing thousands of times a second (an accept() out of file
+descriptors) costs a few lines every interval instead of filling the disk.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 REPEAT_WINDOW_S = 10.0
 REPEAT_BURST = 5
@@ -44,6 +45,38 @@ class Allowance:
         return refused
 
 
+@dataclass(slots=True)
+class RateLimitedLog:
+    """Logs each item with `line`, up to `per_s` a second; past that it says how many it
+    summarised (`summary`), so the log stays truthful without costing throughput, or
+    disk, when a flood of them arrives."""
+
+    logger: logging.Logger
+    per_s: int
+    line: str
+    summary: str
+    level: int = logging.INFO
+    _allowance: Allowance = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._allowance = Allowance(self.per_s, 1.0)
+
+    def __call__(self, items: Sequence[tuple[object, ...]]) -> None:
+        self._summarise(self._allowance.roll(time.monotonic()))
+        for item in items:
+            if self._allowance.take():
+                self.logger.log(self.level, self.line, *item)
+
+    def flush(self) -> None:
+        """Say how many went unnamed: as a second ends, when the bridge idles, and on stop."""
+        refused, self._allowance.refused = self._allowance.refused, 0
+        self._summarise(refused)
+
+    def _summarise(self, refused: int) -> None:
+        if refused:
+            self.logger.log(self.level, self.summary, refused)
+
+
 class RepeatFilter(logging.Filter):
     """A handler filter: for each kind of line (logger, level, message template) at WARNING
     and above from a library (asyncio, uvicorn, psycopg …), `burst` go through per
@@ -59,9 +92,11 @@ class RepeatFilter(logging.Filter):
         window_s: float = REPEAT_WINDOW_S,
         burst: int = REPEAT_BURST,
         exempt: str = "logagg",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self.window_s = window_s
+        self._clock = clock
         self.burst = burst
         self.exempt = exempt
         self._kinds: dict[tuple[str, int, str], tuple[Allowance, str]] = {}
@@ -75,7 +110,7 @@ class RepeatFilter(logging.Filter):
             or record.name.startswith(self.exempt + ".")
         ):
             return True
-        now = time.monotonic()
+        now = self._clock()
         if now - self._swept >= 1.0:
             self._sweep(now)
         key = (record.name, record.levelno, str(record.msg))
@@ -90,7 +125,7 @@ class RepeatFilter(logging.Filter):
 
     def flush(self) -> None:
         """Summarise every kind with lines still unreported (at exit)."""
-        self._sweep(time.monotonic(), force=True)
+        self._sweep(self._clock(), force=True)
 
     def _sweep(self, now: float, *, force: bool = False) -> None:
         self._swept = now

@@ -87,7 +87,7 @@ def _broker(settings: UpSettings) -> tuple[Child | Mosquitto | None, str]:
         logger.info("no broker at %s: starting Mosquitto with %s", address, PROJECT_CONFIG)
         try:
             broker = Mosquitto(address.port, settings.data_dir / "mosquitto")
-        except NotWritable as exc:
+        except (NotWritable, FileNotFoundError) as exc:  # FileNotFoundError: no mosquitto.conf
             raise SystemExit(f"error: {exc}") from None
         return broker, settings.mqtt_version
     try:

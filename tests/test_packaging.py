@@ -419,7 +419,8 @@ def test_logagg_up_from_an_installed_wheel_runs_anywhere(tmp_path: Path) -> None
             stderr=subprocess.STDOUT,
         )
     try:
-        assert eventually(lambda: healthz(http_port) == 200, timeout=60), log.read_text()
+        assert eventually(lambda: up.poll() is not None or healthz(http_port) == 200, 60)
+        assert up.poll() is None, f"logagg up exited:\n{log.read_text()}"
     finally:
         code = stop_process(up)
     text = log.read_text()

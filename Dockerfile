@@ -35,6 +35,7 @@ COPY api/ api/
 COPY publisher/ publisher/
 COPY bench/ bench/
 COPY logagg/ logagg/
+COPY supervise/ supervise/
 COPY pyproject.toml ./
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info

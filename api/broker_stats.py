@@ -6,7 +6,7 @@ for a client that is offline or not acknowledging (`publish/messages/dropped`).
 logagg cannot stop that, so it shows it: `/stats`, `/metrics`, `/healthz` and
 the dashboard say how many the broker dropped and how full its queue is against
 the limits it was configured with (which the broker does not publish: they are
-settings here, defaulting to those of `mosquitto/mosquitto.conf`).
+settings here, defaulting to those of `supervise/mosquitto.conf`).
 
 A connection of its own, not the publishing one: that one connects on demand and
 exists for PUBACKs (its watcher expects no message), while this one must stay

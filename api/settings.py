@@ -55,7 +55,7 @@ class ApiSettings(MqttSettings):
     bridge_alive_s: AliveSeconds = BRIDGE_ALIVE_SECONDS
     # The broker's per-client queue limits (Mosquitto's max_queued_messages and
     # max_queued_bytes; 0 = none), which it does not publish: /stats and /healthz measure
-    # its queue against them. Defaults: those of mosquitto/mosquitto.conf.
+    # its queue against them. Defaults: those of supervise/mosquitto.conf.
     broker_queue_max_messages: int = Field(default=1_000_000, ge=0)
     broker_queue_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     # Connection floods (api/server.py, api/stream.py): open /events/stream responses past

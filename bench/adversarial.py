@@ -53,7 +53,7 @@ from bridge.event import (
     parse_message,
 )
 from bridge.store import Stats, open_store
-from logagg.mosquitto import Mosquitto, free_port
+from supervise.mosquitto import Mosquitto, free_port
 
 BRIDGE_TARGET_MB = 200.0
 SIDECAR_TARGET_MB = 400.0

@@ -4,7 +4,7 @@ Run as `python -m bench.broker_queue --count N [--payload-bytes B]`: a Mosquitto
 the project's config, one bridge-like session registered and offline, N events
 flooded to it (QoS 1); then the broker's RSS, its file, and its CPU over 10 idle
 seconds, which is autosave rewriting the whole file every `autosave_interval`.
-Prints one JSON line. The queue limits in mosquitto/mosquitto.conf, and the
+Prints one JSON line. The queue limits in supervise/mosquitto.conf, and the
 README's figures for them, come from this.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 from bench.flood import DEFAULT_WINDOW, flood
 from bench.sessions import register
 from bench.stream import StreamSpec, drafts
-from logagg.mosquitto import Mosquitto, free_port
+from supervise.mosquitto import Mosquitto, free_port
 
 IDLE_S = 10.0
 

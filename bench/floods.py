@@ -43,7 +43,7 @@ from bench.scenarios import _broker, _percentile
 from bench.sessions import register
 from bench.stream import TOPICS, StreamSpec
 from bridge.store import open_store
-from logagg.mosquitto import free_port
+from supervise.mosquitto import free_port
 
 SHELL_OPEN_FILES = 1024
 PROBE_EVERY_S = 0.1

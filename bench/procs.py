@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from bench.stream import StreamSpec
-from logagg.process import stop_process
+from supervise.process import stop_process
 
 STOP_TIMEOUT_S = 20.0
 START_TIMEOUT_S = 30.0

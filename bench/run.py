@@ -22,7 +22,7 @@ from typing import Any
 from bench.procs import BenchError
 from bench.scenarios import SCENARIOS, BenchConfig, scaling
 from bridge.store.base import redact_url
-from logagg.mosquitto import find_mosquitto
+from supervise.mosquitto import find_mosquitto
 
 # The targets: (section, key, threshold, higher is better, what it says).
 TARGETS: list[tuple[str, str, float, bool, str]] = [

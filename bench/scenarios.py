@@ -41,7 +41,7 @@ from bridge.event import Event, parse_message
 from bridge.settings import BridgeSettings
 from bridge.store import open_store
 from bridge.store.postgres import split_schema
-from logagg.mosquitto import Mosquitto, free_port
+from supervise.mosquitto import Mosquitto, free_port
 
 POLL_S = 0.005
 LATENCY_POLL_S = 0.001

@@ -23,10 +23,10 @@ import httpx
 
 from bench.procs import Child, start_bridge
 from bridge.store import Stats, StoreUnavailable, open_store
-from logagg.mosquitto import Mosquitto, free_port
 from publisher.run import run_publisher
 from publisher.settings import PublisherSettings
 from publisher.summary import PublishError, Summary
+from supervise.mosquitto import Mosquitto, free_port
 
 SAMPLE_EVERY_S = 5.0
 

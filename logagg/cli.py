@@ -431,9 +431,9 @@ def tail(
     log_format: LogFormat = "text",
 ) -> None:
     """Print the newest stored events, one a line: seq time topic source event_id payload."""
-    from logagg.process import interrupt_on_stop_signals
     from logagg.views import ViewError, ViewSettings, latest, one_line, sidecar
     from logagg.views import follow as follow_events
+    from supervise.process import interrupt_on_stop_signals
 
     config = settings(ViewSettings, api_url=api_url)
     logs.configure(log_level, log_format)

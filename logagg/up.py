@@ -24,8 +24,14 @@ from pydantic import Field
 from bridge.settings import BridgeSettings
 from bridge.store import redact_url
 from logagg.embedded import WARNING as EMBEDDED_WARNING
-from logagg.mosquitto import Mosquitto, NotWritable, find_mosquitto, port_open
-from logagg.process import stop_process
+from supervise.mosquitto import (
+    PROJECT_CONFIG,
+    Mosquitto,
+    NotWritable,
+    find_mosquitto,
+    port_open,
+)
+from supervise.process import stop_process
 
 logger = logging.getLogger("logagg.up")
 
@@ -78,10 +84,10 @@ def _broker(settings: UpSettings) -> tuple[Child | Mosquitto | None, str]:
     if address.host not in LOCAL_HOSTS:
         raise SystemExit(f"error: no broker answers at {address}, and it is not this machine")
     if find_mosquitto():
-        logger.info("no broker at %s: starting Mosquitto with mosquitto/mosquitto.conf", address)
+        logger.info("no broker at %s: starting Mosquitto with %s", address, PROJECT_CONFIG)
         try:
             broker = Mosquitto(address.port, settings.data_dir / "mosquitto")
-        except NotWritable as exc:
+        except (NotWritable, FileNotFoundError) as exc:  # FileNotFoundError: no mosquitto.conf
             raise SystemExit(f"error: {exc}") from None
         return broker, settings.mqtt_version
     try:

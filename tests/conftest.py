@@ -26,8 +26,8 @@ from psycopg import sql
 from api import ApiSettings, create_app
 from api.server import server_config
 from bridge.store import Stats, StoreUnavailable, open_store
-from logagg.mosquitto import Mosquitto, find_mosquitto, free_port
-from logagg.process import stop_process
+from supervise.mosquitto import Mosquitto, find_mosquitto, free_port
+from supervise.process import stop_process
 
 if find_mosquitto() is None:
     pytest.exit("mosquitto is not installed: apt-get install mosquitto", returncode=2)

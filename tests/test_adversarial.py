@@ -12,7 +12,7 @@ import pytest
 
 from bench.adversarial import BRIDGE_TARGET_MB, SIDECAR_TARGET_MB, measure
 from bench.probe import peak_rss_mb, rss_mb
-from logagg.mosquitto import Mosquitto
+from supervise.mosquitto import Mosquitto
 from tests.conftest import BridgeProcess, publish_raw, wait_for_stats
 
 pytestmark = pytest.mark.broker

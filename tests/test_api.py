@@ -22,8 +22,8 @@ import pytest
 from api.models import BUSIEST_TOPICS
 from bridge.event import BROKER_MAX_SEPARATORS, MAX_TOPIC_LEVELS, Event, check_prefix
 from bridge.store import open_store
-from logagg.mosquitto import Mosquitto, free_port
 from publisher import PublisherSettings, run_publisher
+from supervise.mosquitto import Mosquitto, free_port
 from tests.conftest import BridgeProcess, Sidecar, publish_raw, wait_for_stats
 
 

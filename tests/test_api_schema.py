@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings
 from pydantic import SecretStr
 
 from api import ApiSettings, create_app
-from logagg.mosquitto import Mosquitto, free_port
+from supervise.mosquitto import Mosquitto, free_port
 from tests.conftest import BridgeProcess, make_stream, publish_raw, serving, wait_for_stats
 
 pytestmark = pytest.mark.broker

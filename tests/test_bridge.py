@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bridge.store import open_store
-from logagg.mosquitto import Mosquitto
+from supervise.mosquitto import Mosquitto
 from tests.conftest import LOGAGG, BridgeProcess, make_stream, publish_raw, wait_for_stats
 
 pytestmark = pytest.mark.broker

@@ -23,7 +23,7 @@ from playwright.sync_api import Browser
 
 from api import ApiSettings
 from api.broker_stats import BrokerReport
-from logagg.mosquitto import PROJECT_CONFIG, Mosquitto, free_port
+from supervise.mosquitto import PROJECT_CONFIG, Mosquitto, free_port
 from tests.conftest import BridgeProcess, Sidecar, make_stream, publish_raw, wait_for_stats
 from tests.test_dashboard import CHROMIUM, browser, open_dashboard  # noqa: F401 (a fixture)
 from tests.test_metrics import samples, value

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from bridge.store import Stats
-from logagg.mosquitto import PROJECT_CONFIG, Mosquitto
+from supervise.mosquitto import PROJECT_CONFIG, Mosquitto
 from tests.conftest import BridgeProcess, make_stream, publish_raw, wait_for_stats
 from tests.test_bridge import assert_exactly_once, distinct
 

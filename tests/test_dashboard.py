@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from logagg.mosquitto import Mosquitto
+from supervise.mosquitto import Mosquitto
 from tests.conftest import BridgeProcess, Sidecar, publish_raw, wait_for_stats
 from tests.test_api import event
 

@@ -27,9 +27,9 @@ import pytest
 
 from api import ApiSettings
 from bridge.store import open_store
-from logagg.mosquitto import Mosquitto
 from publisher.run import run_publisher
 from publisher.settings import PublisherSettings
+from supervise.mosquitto import Mosquitto
 from tests.conftest import BridgeProcess, make_stream, publish_raw, serving, wait_for_stats
 from tests.test_bridge import assert_exactly_once, distinct
 from tests.test_crash import AUTOSAVE_S, stream_with_kills

@@ -25,8 +25,8 @@ from bench.floods import StreamClient
 from bench.procs import Child, start_api
 from bridge.lograte import RepeatFilter
 from bridge.store.base import Store
-from logagg.mosquitto import Mosquitto, free_port
 from logagg.views import server_sent_events
+from supervise.mosquitto import Mosquitto, free_port
 from tests.conftest import BridgeProcess, Sidecar, make_stream, publish_raw, wait_for_stats
 
 # The test process holds every client socket: stay well inside a 1,024 limit.

@@ -22,7 +22,7 @@ import pytest
 from bridge.event import MAX_DEPTH, MAX_NAME_LENGTH, Event, Rejection, parse_message
 from bridge.store import open_store
 from bridge.store.base import KEEP_REJECTED
-from logagg.mosquitto import Mosquitto
+from supervise.mosquitto import Mosquitto
 from tests.conftest import BridgeProcess, Message, publish_raw, wait_for_stats
 
 pytestmark = pytest.mark.broker

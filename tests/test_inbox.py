@@ -26,7 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.inbox import PUBACK, READ_SIZE, Inbox, Received
-from logagg.mosquitto import Mosquitto, free_port
+from supervise.mosquitto import Mosquitto, free_port
 from tests.conftest import publish_raw
 
 pytestmark = pytest.mark.broker

@@ -24,7 +24,7 @@ import pytest
 from api import ApiSettings
 from bridge.store import open_store
 from bridge.store.postgres import _COMMIT_LOCK
-from logagg.mosquitto import Mosquitto
+from supervise.mosquitto import Mosquitto
 from tests.conftest import (
     LOGAGG,
     PG_TEST_URL,

@@ -15,7 +15,7 @@ from bridge.consumer import duplicate_log, rejection_log
 from bridge.store import open_store
 from bridge.store.base import KEEP_ROW_BYTES
 from logagg.cli import app
-from logagg.mosquitto import Mosquitto
+from supervise.mosquitto import Mosquitto
 from tests.conftest import BridgeProcess, make_stream, publish_raw, wait_for_stats
 
 

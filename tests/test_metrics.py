@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import TOP_TOPICS, StoreCollector, store_size_bytes
 from bridge.store import Stats, StoreUnavailable, TopicStats
-from logagg.mosquitto import Mosquitto, free_port
+from supervise.mosquitto import Mosquitto, free_port
 from tests.conftest import BridgeProcess, Sidecar, make_stream, publish_raw, wait_for_stats
 from tests.test_api import nowhere
 

@@ -24,17 +24,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
-from logagg.mosquitto import Mosquitto, free_port
-from logagg.process import stop_process
+from supervise.mosquitto import Mosquitto, free_port, port_open
+from supervise.process import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
 # The scaled-out stack: a file of its own, so it never runs beside the SQLite bridge.
 COMPOSE_SCALE = ROOT / "compose.scale.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
+RUN_LOCK = ROOT / "requirements" / "run.txt"
 VENV_BIN = Path(sys.executable).parent  # hadolint and check-jsonschema come with the dev extra
 # Wide and plain, so typer's help never wraps or colours an option name.
 HELP_ENV_EXTRA = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
@@ -401,3 +403,60 @@ def test_dockerfile_install_and_start_work_in_a_fresh_venv(
     with running(cmd, tmp_path / "api.log", api_env):
         check = healthcheck(port, python=str(venv / "bin" / "python"))
         assert eventually(lambda: passes(check)), (tmp_path / "api.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_logagg_up_from_an_installed_wheel_runs_anywhere(tmp_path: Path) -> None:
+    """A plain (not editable) install from the wheel, then `logagg up` in an empty directory:
+    it starts Mosquitto with the configuration shipped in the wheel, and stops on SIGTERM."""
+    source, wheels, venv, elsewhere = (tmp_path / d for d in ("src", "wheels", "venv", "cwd"))
+    # A copy of what the wheel is built from, so the build leaves nothing in the checkout.
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__py*"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+    steps = [
+        [sys.executable, "-m", "venv", str(venv)],
+        [*pip, "wheel", "--no-deps", "-w", str(wheels), str(source)],
+        [*pip, "install", "--require-hashes", "--no-deps", "-r", str(RUN_LOCK)],
+    ]
+    for step in steps:
+        done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{step}:\n{done.stdout}\n{done.stderr}"
+    (wheel,) = wheels.glob("logagg-*.whl")
+    done = subprocess.run([*pip, "install", "--no-deps", str(wheel)], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr
+
+    mqtt_port, http_port = free_port(), free_port()
+    log = tmp_path / "up.log"
+    command = [str(venv / "bin" / "logagg"), "up", "--broker", f"mqtt://127.0.0.1:{mqtt_port}"]
+    with log.open("wb") as out:
+        up = subprocess.Popen(
+            [*command, "--port", str(http_port)],
+            cwd=elsewhere,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        assert eventually(lambda: up.poll() is not None or healthz(http_port) == 200, 60)
+        assert up.poll() is None, f"logagg up exited:\n{log.read_text()}"
+    finally:
+        code = stop_process(up)
+    text = log.read_text()
+    assert code == 0, text
+    shipped = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    assert f"starting Mosquitto with {shipped}/site-packages/supervise/mosquitto.conf" in text
+    assert (elsewhere / "data" / "mosquitto" / "mosquitto.db").exists(), text
+    assert not port_open("127.0.0.1", mqtt_port)
+
+
+def healthz(port: int) -> int | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
+    except httpx.HTTPError:
+        return None

@@ -18,7 +18,6 @@ import pytest
 from pydantic import ValidationError
 
 from bridge.event import Event, parse_message
-from logagg.mosquitto import Mosquitto, free_port
 from publisher import (
     Message,
     PublishError,
@@ -28,6 +27,7 @@ from publisher import (
 )
 from publisher.run import Pacer
 from publisher.stream import MAX_SHIFT
+from supervise.mosquitto import Mosquitto, free_port
 from tests.conftest import BridgeProcess, wait_for_stats
 
 StartBridge = Callable[..., BridgeProcess]

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from bridge.store import open_store
-from logagg.mosquitto import Mosquitto, free_port
+from supervise.mosquitto import Mosquitto, free_port
 from tests.conftest import BridgeProcess, Message, make_stream, publish_raw, wait_for_stats
 from tests.test_bridge import distinct
 

@@ -38,15 +38,16 @@ from pydantic import SecretStr
 from api import ApiSettings, create_app
 from bridge.broker import BrokerAddress, Credentials, client_kwargs, tls_context
 from bridge.settings import MqttSettings
-from logagg.mosquitto import PROJECT_CONFIG, Mosquitto, free_port, port_open
-from logagg.process import stop_process
 from publisher import PublishError, PublisherSettings, run_publisher
+from supervise.mosquitto import PROJECT_CONFIG, Mosquitto, free_port, port_open
+from supervise.process import stop_process
 from tests.conftest import LOGAGG, BridgeProcess, Sidecar, serving, wait_for_stats
 from tests.test_api import event, nowhere
 from tests.test_packaging import compose
 
-HARDENED = PROJECT_CONFIG.with_name("hardened.conf")
-ACL = PROJECT_CONFIG.with_name("acl.example")
+# The hardened broker is run from the checkout (compose, a production host), not shipped.
+HARDENED = Path(__file__).resolve().parent.parent / "mosquitto" / "hardened.conf"
+ACL = HARDENED.with_name("acl.example")
 TOKEN = "test-token-" + uuid.uuid4().hex
 SECRET = SecretStr(TOKEN)
 # Logins in the password file, as mosquitto/acl.example names them.

@@ -28,7 +28,7 @@ from bridge.store import (
 )
 from bridge.store.base import KEEP_REJECTED, KEEP_ROW_BYTES
 from bridge.store.postgres import _COMMIT_LOCK, PostgresStore
-from logagg.mosquitto import free_port
+from supervise.mosquitto import free_port
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 import api.stream
-from logagg.mosquitto import Mosquitto
 from logagg.views import server_sent_events
+from supervise.mosquitto import Mosquitto
 from tests.conftest import BridgeProcess, Sidecar, publish_raw, wait_for_stats
 from tests.test_api import event, nowhere
 

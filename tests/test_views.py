@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 import api.stream
-from logagg.mosquitto import Mosquitto
-from logagg.process import stop_process
 from logagg.views import follow
+from supervise.mosquitto import Mosquitto
+from supervise.process import stop_process
 from tests.conftest import LOGAGG, BridgeProcess, Sidecar, publish_raw, wait_for_stats
 from tests.test_api import event, nowhere
 

@@ -1,8 +1,9 @@
 """Running a Mosquitto of our own: for `logagg up`, the tests and the benchmark.
 
-All of them use the project's `mosquitto/mosquitto.conf`, with the port,
-persistence location and log destination replaced, so what is tested is what
-is shipped. The security tests run `mosquitto/hardened.conf` the same way.
+All of them use `supervise/mosquitto.conf`, shipped in the package (so an installed
+wheel has it, wherever `logagg up` runs), with the port, persistence location and log
+destination replaced: what is tested is what is shipped. The security tests run
+`mosquitto/hardened.conf` the same way.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from logagg.process import stop_process
+from supervise.process import stop_process
 
-PROJECT_CONFIG = Path(__file__).resolve().parent.parent / "mosquitto" / "mosquitto.conf"
+PROJECT_CONFIG = Path(__file__).resolve().parent / "mosquitto.conf"
 _REPLACED = ("persistence_location", "log_dest", "pid_file", "user")
 
 
@@ -36,7 +37,7 @@ def render_config(
     extra: str = "",
 ) -> str:
     if not base.exists():
-        raise FileNotFoundError(f"{base} is missing: run logagg from a checkout of the project")
+        raise FileNotFoundError(f"the Mosquitto configuration {base} is missing")
     kept = []
     for line in base.read_text().splitlines():
         if line.strip().startswith("listener"):

@@ -101,6 +101,7 @@ def bridge(
     """Subscribe to logs/# and store every event exactly once."""
     from bridge.consumer import run_bridge
     from bridge.metrics import MetricsUnavailable
+    from bridge.refusal import BrokerRefused
     from bridge.store import SchemaTooNew
 
     config = settings(
@@ -120,7 +121,7 @@ def bridge(
     logs.configure(log_level, log_format)
     try:
         asyncio.run(run_bridge(config))
-    except (MetricsUnavailable, SchemaTooNew) as exc:
+    except (MetricsUnavailable, SchemaTooNew, BrokerRefused) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 

@@ -70,7 +70,7 @@ def bridge(
         str | None,
         typer.Option(
             help="Fixed MQTT client id: the session is kept under it"
-            " (default logagg-bridge-HOST-REPLICA)"
+            " (default logagg-bridge-HOST-DIGEST-REPLICA, DIGEST from store and topics)"
         ),
     ] = None,
     replica: Annotated[
@@ -388,7 +388,10 @@ def ready(
     store: Store = None,
     client_id: Annotated[
         str | None,
-        typer.Option(help="The bridge asked about (default logagg-bridge-HOST-REPLICA)"),
+        typer.Option(
+            help="The bridge asked about (default: the bridge's default for --store,"
+            " LOGAGG_GROUP and LOGAGG_TOPIC_PREFIX)"
+        ),
     ] = None,
     replica: Annotated[
         int | None, typer.Option(help="Its replica index, for the default client id")

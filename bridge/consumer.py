@@ -32,6 +32,7 @@ from bridge.event import Event, parse_message
 from bridge.inbox import Inbox, Received
 from bridge.lograte import RateLimitedLog
 from bridge.metrics import BridgeMetrics, serving
+from bridge.refusal import Refusals
 from bridge.settings import BridgeSettings
 from bridge.store import BatchOutcome, Refused, Store, StoreUnavailable, open_store, redact_url
 from bridge.store.base import rejected_row
@@ -101,6 +102,7 @@ class Bridge:
         self._log_rejections = rejection_log(settings.rejection_log_per_s)
         self.metrics = BridgeMetrics()
         self._last_heartbeat = 0.0
+        self._refusals = Refusals(settings.client_id)
 
     def _client(self) -> aiomqtt.Client:
         session: dict[str, object]
@@ -161,8 +163,13 @@ class Bridge:
                     self.metrics.connected(False)
                     # A commit may be done while the socket is gone; its acks were skipped.
                     await self._drain(inbox)
+                    # Raises BrokerRefused when retrying cannot help: a login refused
+                    # again and again, our client id held by another client.
+                    refused = self._refusals.check(exc)
                     delay = backoff.delay()
-                    logger.warning("broker unreachable (%s); retrying in %.1fs", exc, delay)
+                    logger.warning(
+                        "%s; retrying in %.1fs", refused or f"broker unreachable ({exc})", delay
+                    )
                     await _sleep_unless(stop, delay)
         finally:
             self._writer.shutdown(wait=True)
@@ -186,6 +193,7 @@ class Bridge:
             await client.subscribe(topic, options=options, timeout=math.inf)
         logger.info("subscribed to %s on %s", topic, self.settings.address)
         backoff.reset()
+        self._refusals.accepted()
         self.metrics.connected(True)
         # The first heartbeat says "subscribed": readiness checks wait for it.
         await self._heartbeat(force=True)

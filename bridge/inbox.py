@@ -52,6 +52,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.reasoncodes import ReasonCode
 
 READ_SIZE = 64 * 1024
 # Socket reads per wake-up: the loop also has commits to await and acks to send.
@@ -96,6 +97,13 @@ class Inbox:
         assert on_connect is not None, "aiomqtt sets paho's on_connect when it is created"
         self._aiomqtt_on_connect = on_connect
         self._paho.on_connect = self._on_connect
+        on_disconnect = self._paho.on_disconnect
+        assert on_disconnect is not None, "aiomqtt sets paho's on_disconnect when it is created"
+        self._aiomqtt_on_disconnect = on_disconnect
+        self._paho.on_disconnect = self._on_disconnect
+        # The reason code of the broker's DISCONNECT (MQTT 5): aiomqtt's message iterator,
+        # which `watch` waits on, raises without it.
+        self._disconnect_reason: ReasonCode | None = None
         self._v5 = self._paho.protocol == MQTTProtocolVersion.MQTTv5
         # Instance attributes shadow paho's methods for this client only.
         self._paho._sock_recv = self._recv  # type: ignore[method-assign]
@@ -120,11 +128,20 @@ class Inbox:
         self._paused = None
         self._taking = False
         self.lost = None
+        self._disconnect_reason = None
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, *rest: Any) -> None:
         """Notes whether the broker kept our session, then hands the CONNACK to aiomqtt."""
         self._session_present = bool(flags.session_present)
         self._aiomqtt_on_connect(client, userdata, flags, *rest)
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, *rest: Any) -> None:
+        """Keeps the broker's reason (e.g. 0x8E, session taken over), then tells aiomqtt."""
+        reason = rest[0] if rest else None
+        # The first only: paho reports the socket closing after the DISCONNECT as 0x80.
+        if self._disconnect_reason is None and isinstance(reason, ReasonCode) and reason.is_failure:
+            self._disconnect_reason = reason
+        self._aiomqtt_on_disconnect(client, userdata, flags, *rest)
 
     # Reading: runs on the event loop thread (aiomqtt reads the socket from loop.add_reader).
 
@@ -256,7 +273,8 @@ class Inbox:
             async for _ in client.messages:
                 pass
         except aiomqtt.MqttError as exc:
-            self.lost = exc
+            reason = self._disconnect_reason
+            self.lost = aiomqtt.MqttCodeError(reason, "Disconnected") if reason else exc
             self._arrived.set()
 
     async def take(

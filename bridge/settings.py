@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import socket
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,7 +17,7 @@ from bridge.event import (
     DEFAULT_TOPIC_PREFIX,
     check_prefix,
 )
-from bridge.store import BRIDGE_ALIVE_SECONDS, STORE_HOLD_SECONDS, check_store_url
+from bridge.store import BRIDGE_ALIVE_SECONDS, STORE_HOLD_SECONDS, check_store_url, redact_url
 
 DEFAULT_STORE = "sqlite:///data/logagg.db"
 DEFAULT_MAX_BATCH_BYTES = 2 * 1024 * 1024
@@ -70,12 +72,11 @@ class MqttSettings(BaseSettings):
 
 class BridgeSettings(MqttSettings):
     store: StoreUrl = DEFAULT_STORE
-    # Several replicas on one host need distinct ids: each keeps its own session.
-    replica: int = Field(default=0, ge=0)
-    client_id: str = Field(
-        default_factory=lambda data: f"logagg-bridge-{socket.gethostname()}-{data['replica']}"
-    )
     group: str | None = None
+    # Several replicas on one host with one store and group need distinct ids: each keeps
+    # its own session.
+    replica: int = Field(default=0, ge=0)
+    client_id: str = Field(default_factory=lambda data: default_client_id(data))
     batch_size: int = Field(default=1000, ge=1, le=10_000)
     max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=64)
     max_event_nodes: int = Field(default=DEFAULT_MAX_EVENT_NODES, ge=64)
@@ -98,5 +99,31 @@ class BridgeSettings(MqttSettings):
 
     @property
     def topic_filter(self) -> str:
-        base = f"{self.topic_prefix}#"
-        return f"$share/{self.group}/{base}" if self.group else base
+        return topic_filter(self.topic_prefix, self.group)
+
+
+def topic_filter(prefix: str, group: str | None) -> str:
+    base = f"{prefix}#"
+    return f"$share/{group}/{base}" if group else base
+
+
+def default_client_id(data: dict[str, Any]) -> str:
+    """`logagg-bridge-HOST-DIGEST-REPLICA`, DIGEST naming what this bridge stores and where.
+
+    The broker keeps a bridge's session, and what is queued for it, under its client id,
+    so the id must come back the same when the same bridge restarts: a random one would
+    strand each run's queue. So it is derived from what makes a bridge this bridge: its
+    host, its store (a SQLite path made absolute, so one started from another directory
+    writes elsewhere and gets another id; a server URL without its password, so rotating
+    the password keeps the session), its topic filter (prefix and group) and its replica
+    index. Two bridges on one host with different stores or topics get different ids;
+    two with the same store and topics are the same consumer twice, and the broker's
+    take-overs make the second one stop with a clash error (see `bridge.refusal`)."""
+    store: str = data["store"]
+    if store.startswith("sqlite:///"):
+        store = "sqlite://" + os.path.abspath(store.removeprefix("sqlite:///"))
+    else:
+        store = redact_url(store)
+    identity = "\n".join((store, topic_filter(data["topic_prefix"], data["group"])))
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
+    return f"logagg-bridge-{socket.gethostname()}-{digest}-{data['replica']}"

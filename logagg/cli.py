@@ -70,7 +70,7 @@ def bridge(
         str | None,
         typer.Option(
             help="Fixed MQTT client id: the session is kept under it"
-            " (default logagg-bridge-HOST-REPLICA)"
+            " (default logagg-bridge-HOST-DIGEST-REPLICA, DIGEST from store and topics)"
         ),
     ] = None,
     replica: Annotated[
@@ -101,6 +101,7 @@ def bridge(
     """Subscribe to logs/# and store every event exactly once."""
     from bridge.consumer import run_bridge
     from bridge.metrics import MetricsUnavailable
+    from bridge.refusal import BrokerRefused
     from bridge.store import SchemaTooNew
 
     config = settings(
@@ -120,7 +121,7 @@ def bridge(
     logs.configure(log_level, log_format)
     try:
         asyncio.run(run_bridge(config))
-    except (MetricsUnavailable, SchemaTooNew) as exc:
+    except (MetricsUnavailable, SchemaTooNew, BrokerRefused) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
@@ -387,7 +388,10 @@ def ready(
     store: Store = None,
     client_id: Annotated[
         str | None,
-        typer.Option(help="The bridge asked about (default logagg-bridge-HOST-REPLICA)"),
+        typer.Option(
+            help="The bridge asked about (default: the bridge's default for --store,"
+            " LOGAGG_GROUP and LOGAGG_TOPIC_PREFIX)"
+        ),
     ] = None,
     replica: Annotated[
         int | None, typer.Option(help="Its replica index, for the default client id")

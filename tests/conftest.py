@@ -90,6 +90,14 @@ class BridgeProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def exited(self, timeout: float) -> int | None:
+        """Its exit code once it has stopped by itself within `timeout`, else None."""
+        assert self.process is not None, "not started"
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
 
 @pytest.fixture
 def store_url(tmp_path: Path) -> str:

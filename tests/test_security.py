@@ -530,6 +530,40 @@ def test_hardened_bridge_sidecar_and_publisher_work_over_tls(
         bridge.stop()
 
 
+@pytest.mark.broker
+@pytest.mark.parametrize(
+    ("user", "password"), [("logagg-bridge", "wrong-Pa55"), ("nobody", "n0-such-Pa55")]
+)
+def test_bridge_that_cannot_log_in_stops_with_a_clear_error(
+    secure_broker: SecureBroker, store_url: str, tmp_path: Path, user: str, password: str
+) -> None:
+    """Bad credentials are retried a bounded number of times (5, with the back-off: a
+    password file being updated), then the bridge exits non-zero saying what to check."""
+    bridge = BridgeProcess(
+        secure_broker.url,
+        store_url,
+        tmp_path / "bridge.log",
+        env=secure_broker.env(user, password),
+        client_id="refused-bridge",
+    )
+    started = time.monotonic()
+    bridge.start(wait=False)
+    try:
+        code = bridge.exited(timeout=30)
+        output = bridge.output()
+        assert code == 2, output
+        assert "attempt 4 of 5" in output
+        assert "refused client 'refused-bridge' 5 times in a row" in output
+        # Mosquitto 2 answers a wrong password as it does an unknown user: 0x87.
+        assert re.search(r"Not authorized \(reason code 0x8[67]\)", output), output
+        assert "--mqtt-password" in output
+        assert password not in output
+        assert "broker unreachable" not in output
+        assert time.monotonic() - started < 30
+    finally:
+        bridge.stop()
+
+
 def test_hardened_conf_keeps_the_delivery_settings_of_mosquitto_conf() -> None:
     """hardened.conf repeats mosquitto.conf's durability lines (Mosquitto cannot include a
     file): they must not drift apart."""
@@ -744,7 +778,7 @@ def test_no_secret_in_logs_or_errors(
                 env.setenv(name, value)
             refused.start(wait=False)
         deadline = time.monotonic() + 20
-        while "broker unreachable" not in refused.output():
+        while "broker refused the login" not in refused.output():
             assert time.monotonic() < deadline, refused.output()
             time.sleep(0.1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -10,14 +11,40 @@ from pydantic import ValidationError
 from bridge.settings import BridgeSettings
 
 
-def test_bridge_client_id_derives_from_host_and_replica(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Replicas on one host get distinct, stable ids (each keeps its own session)."""
+def test_bridge_client_id_derives_from_host_store_topics_and_replica(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The default id is stable for one bridge (its session lives under it) and differs
+    between bridges on one host that store elsewhere or read other topics."""
     host = socket.gethostname()
-    assert BridgeSettings().client_id == f"logagg-bridge-{host}-0"
-    assert BridgeSettings(replica=2).client_id == f"logagg-bridge-{host}-2"
+    first = BridgeSettings().client_id
+    assert first.startswith(f"logagg-bridge-{host}-")
+    assert first.endswith("-0")
+    assert BridgeSettings().client_id == first  # stable across restarts
+    assert BridgeSettings(replica=2).client_id == first.removesuffix("0") + "2"
     monkeypatch.setenv("LOGAGG_REPLICA", "3")
-    assert BridgeSettings().client_id == f"logagg-bridge-{host}-3"
+    assert BridgeSettings().client_id == first.removesuffix("0") + "3"
+    monkeypatch.delenv("LOGAGG_REPLICA")
     assert BridgeSettings(client_id="fixed").client_id == "fixed"
+    others = {
+        BridgeSettings(store="sqlite:///other.db").client_id,
+        BridgeSettings(group="g").client_id,
+        BridgeSettings(topic_prefix="audit/").client_id,
+        BridgeSettings(store="postgresql://u@db/logs").client_id,
+    }
+    assert first not in others
+    assert len(others) == 4
+    # One file, named relative or absolute, is one store; the same relative name from
+    # another directory is another file, so another bridge.
+    absolute = BridgeSettings(store=f"sqlite:///{Path.cwd()}/data/logagg.db").client_id
+    assert absolute == first
+    monkeypatch.chdir(tmp_path)
+    assert BridgeSettings().client_id != first
+    # A new password is the same store: the session must survive its rotation.
+    assert (
+        BridgeSettings(store="postgresql://u:old@db/logs").client_id
+        == BridgeSettings(store="postgresql://u:new@db/logs?password=x").client_id
+    )
 
 
 def test_flags_win_over_environment_over_defaults(monkeypatch: pytest.MonkeyPatch) -> None:

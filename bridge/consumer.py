@@ -53,6 +53,7 @@ class RateLimitedLog:
     line: str
     summary: str
     level: int = logging.INFO
+    log: logging.Logger = logger
     _window: float = 0.0
     _logged: int = 0
     _skipped: int = 0
@@ -64,7 +65,7 @@ class RateLimitedLog:
             self._window, self._logged = now, 0
         for item in items:
             if self._logged < self.per_s:
-                logger.log(self.level, self.line, *item)
+                self.log.log(self.level, self.line, *item)
                 self._logged += 1
             else:
                 self._skipped += 1
@@ -72,7 +73,7 @@ class RateLimitedLog:
     def flush(self) -> None:
         """Say how many went unnamed: as a second ends, when the bridge idles, and on stop."""
         if self._skipped:
-            logger.log(self.level, self.summary, self._skipped)
+            self.log.log(self.level, self.summary, self._skipped)
             self._skipped = 0
 
 

@@ -50,6 +50,7 @@ class InvalidBatch(HTTPException):
 
     def __init__(self, errors: Sequence[ItemError]) -> None:
         super().__init__(422, [e.model_dump() for e in errors])
+        self.errors = tuple(errors)
         parts = [
             " ".join(
                 filter(None, [f"[{e.index}]" if e.index is not None else None, e.field, e.message])

@@ -18,6 +18,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from api.app import INVALID_LOG_PER_S
 from api.models import BUSIEST_TOPICS
@@ -527,7 +528,7 @@ def test_topic_the_broker_would_refuse_fails_only_its_own_batch(
 def test_topic_limits_are_mosquittos(broker: Mosquitto, sidecar: Sidecar) -> None:
     """BROKER_MAX_SEPARATORS is what the real broker enforces; the deepest valid topic under
     the deepest valid prefix is published and acknowledged."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
     dropped = threading.Event()
     client.on_disconnect = lambda *_: dropped.set()
     client.connect("127.0.0.1", broker.port)

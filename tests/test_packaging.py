@@ -317,7 +317,9 @@ def test_dockerfile_install_and_start_work_in_a_fresh_venv(
     replayed = 0
     for keyword, args in dockerfile():
         if keyword == "ENV":
-            env.update(pair.split("=", 1) for pair in shlex.split(args))
+            for pair in shlex.split(args):
+                name, _, setting = pair.partition("=")
+                env[name] = setting
         elif keyword == "COPY":
             *sources, dest = [a for a in shlex.split(args) if not a.startswith("--")]
             assert not dest.startswith("/"), "the replay handles COPY into the WORKDIR only"
@@ -356,16 +358,16 @@ def test_dockerfile_install_and_start_work_in_a_fresh_venv(
     assert set(installed.stdout.split()) == source_modules(), "the wheel differs from the source"
     # The installed console script runs, and so does every subcommand we ship.
     subcommands = sorted({command[1] for command in shipped_commands().values()})
-    for args in [["--help"], *([sub, "--help"] for sub in subcommands)]:
+    for argv in [["--help"], *([sub, "--help"] for sub in subcommands)]:
         result = subprocess.run(
-            [str(venv / "bin" / "logagg"), *args],
+            [str(venv / "bin" / "logagg"), *argv],
             cwd=elsewhere,
             env={**env, **HELP_ENV_EXTRA},
             capture_output=True,
             text=True,
             timeout=60,
         )
-        assert result.returncode == 0, f"logagg {' '.join(args)}:\n{result.stderr}"
+        assert result.returncode == 0, f"logagg {' '.join(argv)}:\n{result.stderr}"
 
     # The image's default command, configured through the environment as a
     # container would be (the CMD gives no broker or store), passes the health check.

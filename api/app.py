@@ -28,7 +28,7 @@ from pydantic import Field
 
 from api.access_log import redacted_access_log
 from api.auth import guard
-from api.batch import read_body, to_messages
+from api.batch import InvalidBatch, read_body, to_messages
 from api.broker_stats import BrokerStats
 from api.budget import RETRY_AFTER_S, BodyBudget, Busy
 from api.guards import BrowserGuard, HostRule, page_policies, require_json
@@ -48,11 +48,14 @@ from api.publishing import BrokerUnavailable, Publisher
 from api.settings import ApiSettings
 from api.stream import EventStream, StreamHub
 from bridge.event import MAX_NAME_LENGTH, NAME_PATTERN, Event
+from bridge.lograte import RateLimitedLog
 from bridge.store import StoreUnavailable, open_store
 
 logger = logging.getLogger("logagg.api")
 
 OK = "ok"
+# Refused publish bodies logged with their reason, at most this many a second.
+INVALID_LOG_PER_S = 10
 # seq is a 64-bit integer in both stores: a larger cursor is a 422, not a driver overflow.
 MAX_SEQ = 2**63 - 1
 
@@ -77,6 +80,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     # LOGAGG_API_TOKEN: every route but /healthz takes one of these (tests/test_security.py).
     publishing = guard(settings)
     reading = guard(settings, public=settings.api_public_read)
+    invalid_log = RateLimitedLog(
+        logger,
+        INVALID_LOG_PER_S,
+        "publish refused (422) from %s: %s",
+        "%d more publish bodies refused (422), not logged one by one",
+        logging.WARNING,
+    )
     registry = sidecar_registry(store, settings.store, broker_stats)
     hub = StreamHub(store, max_streams=settings.max_streams, max_bytes=settings.read_max_bytes)
     dashboard = files("api").joinpath("static/dashboard.html").read_text(encoding="utf-8")
@@ -92,6 +102,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             try:
                 yield
             finally:
+                invalid_log.flush()
                 await hub.close()
                 await broker_stats.stop()
                 await publisher.close()
@@ -162,15 +173,19 @@ def create_app(settings: ApiSettings) -> FastAPI:
         size = int(declared) if declared.isdigit() else settings.max_body_bytes
         async with bodies.hold(min(size, settings.max_body_bytes), settings.publish_timeout_s):
             body = await read_body(request, settings.max_body_bytes)
-            messages = await run_in_threadpool(
-                to_messages,
-                body,
-                prefix=settings.topic_prefix,
-                max_batch=settings.max_batch,
-                max_payload_bytes=settings.max_payload_bytes,
-                max_nodes=settings.max_event_nodes,
-                max_body_nodes=settings.max_body_nodes,
-            )
+            try:
+                messages = await run_in_threadpool(
+                    to_messages,
+                    body,
+                    prefix=settings.topic_prefix,
+                    max_batch=settings.max_batch,
+                    max_payload_bytes=settings.max_payload_bytes,
+                    max_nodes=settings.max_event_nodes,
+                    max_body_nodes=settings.max_body_nodes,
+                )
+            except InvalidBatch as exc:
+                invalid_log([(request.client.host if request.client else "?", exc.reason)])
+                raise
             del body
             try:
                 accepted = await publisher.publish(messages)

@@ -7,6 +7,7 @@ whole batch, so a client never has to work out which part got through.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from fastapi import HTTPException, Request
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ from api.publishing import Message
 from api.settings import DEFAULT_MAX_BODY_NODES
 from bridge.event import (
     DEFAULT_MAX_EVENT_NODES,
+    MAX_REASON_ERRORS,
     Event,
     Rejection,
     count_nodes,
@@ -43,8 +45,37 @@ def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-def _invalid(*errors: ItemError) -> HTTPException:
-    return HTTPException(422, [e.model_dump() for e in errors])
+class InvalidBatch(HTTPException):
+    """A 422 listing every failing item; `reason` is the same in one bounded line, for the log."""
+
+    def __init__(self, errors: Sequence[ItemError]) -> None:
+        super().__init__(422, [e.model_dump() for e in errors])
+        self.errors = tuple(errors)
+        parts = [
+            " ".join(
+                filter(None, [f"[{e.index}]" if e.index is not None else None, e.field, e.message])
+            )
+            for e in errors[:MAX_REASON_ERRORS]
+        ]
+        if len(errors) > MAX_REASON_ERRORS:
+            parts.append(f"and {len(errors) - MAX_REASON_ERRORS} more errors")
+        # Field names and messages can quote what was sent: one printable line, bounded.
+        self.reason = "; ".join(p if p.isprintable() else repr(p) for p in parts)[:2000]
+
+
+def _invalid(*errors: ItemError) -> InvalidBatch:
+    return InvalidBatch(errors)
+
+
+def _prefixed(topic: str, prefix: str) -> str | None:
+    """Why a topic that already carries the MQTT prefix is refused: the sidecar adds it, so
+    `logs/auth.prod` would be published on `logs/logs/auth.prod`, a topic of its own."""
+    if not topic.startswith(prefix):
+        return None
+    return (
+        f"starts with the MQTT topic prefix {prefix!r}, which the sidecar adds:"
+        f" send {topic[len(prefix) :]!r}"
+    )
 
 
 def to_messages(
@@ -102,6 +133,9 @@ def to_messages(
                 )
                 for e in exc.errors(include_url=False)
             )
+            continue
+        if (problem_text := _prefixed(event.topic, prefix)) is not None:
+            errors.append(ItemError(index=index, field="topic", message=problem_text))
             continue
         if len(message) > max_payload_bytes:
             errors.append(

@@ -19,12 +19,13 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
+    WrapValidator,
 )
 
 # Fixed, not settings: they are part of the event schema, so every bridge and sidecar
@@ -132,11 +133,18 @@ Name = Annotated[
 Topic = Annotated[Name, AfterValidator(_topic_levels)]
 
 
-def _iso_text_only(value: Any) -> Any:
-    """Refuse epoch numbers, which pydantic would otherwise read as dates."""
-    if not isinstance(value, str | datetime):
-        raise ValueError("must be an ISO-8601 string with a UTC offset")
-    return value
+TIMESTAMP_EXAMPLE = "e.g. 2026-12-01T14:02:00Z or 2026-12-01T15:02:00+01:00"
+
+
+def _timestamp_with_example(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Every timestamp error shows the expected form: pydantic's own do not."""
+    if not isinstance(value, str | datetime):  # epoch numbers would be read as dates
+        raise ValueError(f"must be an ISO-8601 string with a UTC offset, {TIMESTAMP_EXAMPLE}")
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        reason = "; ".join(e["msg"] for e in exc.errors(include_url=False))
+        raise ValueError(f"{reason}: ISO-8601 with an offset, {TIMESTAMP_EXAMPLE}") from None
 
 
 def _utc_representable(value: datetime) -> datetime:
@@ -156,7 +164,7 @@ class Event(BaseModel):
     topic: Topic
     event_id: Name
     timestamp: Annotated[
-        AwareDatetime, BeforeValidator(_iso_text_only), AfterValidator(_utc_representable)
+        AwareDatetime, WrapValidator(_timestamp_with_example), AfterValidator(_utc_representable)
     ]
     source: Annotated[
         str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH), AfterValidator(_visible)

@@ -85,7 +85,7 @@ class Inbox:
         max_waiting: int = 2000,
         max_waiting_bytes: int = 4 * 1024 * 1024,
     ) -> None:
-        self._paho: paho.Client = client._client
+        self._paho: paho.Client = client._client  # noqa: SLF001 (aiomqtt exposes no paho client; the inbox reads its socket)
         self._max_waiting = max_waiting
         self._max_waiting_bytes = max_waiting_bytes
         self._paused: object = None  # the socket taken off the event loop, while full
@@ -106,9 +106,9 @@ class Inbox:
         self._disconnect_reason: ReasonCode | None = None
         self._v5 = self._paho.protocol == MQTTProtocolVersion.MQTTv5
         # Instance attributes shadow paho's methods for this client only.
-        self._paho._sock_recv = self._recv  # type: ignore[method-assign]
+        self._paho._sock_recv = self._recv  # type: ignore[method-assign]  # noqa: SLF001 (the inbox's read hook (class docstring))
         self._paho.loop_read = self._loop_read  # type: ignore[method-assign]
-        self._paho._handle_publish = self._handle_publish  # type: ignore[method-assign]
+        self._paho._handle_publish = self._handle_publish  # type: ignore[method-assign]  # noqa: SLF001 (the inbox's publish hook (class docstring))
         self._buffer = b""
         self._offset = 0
         self._buffered_socket: object = None
@@ -147,7 +147,7 @@ class Inbox:
 
     def _recv(self, bufsize: int) -> bytes:
         """paho's `_sock_recv`, from a buffer filled `READ_SIZE` bytes at a time."""
-        sock = self._paho._sock
+        sock = self._paho._sock  # noqa: SLF001 (paho's socket, read by the inbox)
         if sock is not self._buffered_socket:  # a new connection: the old bytes are void
             self._buffer, self._offset, self._buffered_socket = b"", 0, sock
         if self._offset >= len(self._buffer):
@@ -155,7 +155,7 @@ class Inbox:
                 raise BlockingIOError  # this wake-up's share is read; the socket will wake us
             self._reads_left -= 1
             # paho's own: SSL "want read" becomes BlockingIOError, end of stream b"".
-            self._buffer, self._offset = paho.Client._sock_recv(self._paho, READ_SIZE), 0
+            self._buffer, self._offset = paho.Client._sock_recv(self._paho, READ_SIZE), 0  # noqa: SLF001 (paho's own read, under the hook)
         chunk = self._buffer[self._offset : self._offset + bufsize]
         self._offset += len(chunk)
         return chunk
@@ -170,11 +170,11 @@ class Inbox:
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         self._reads_left = READS_PER_WAKEUP
         while True:
-            if client._sock is None:
+            if client._sock is None:  # noqa: SLF001 (paho's socket, read by the inbox)
                 return MQTTErrorCode.MQTT_ERR_NO_CONN
-            rc = client._packet_read()
+            rc = client._packet_read()  # noqa: SLF001 (paho's packet loop, run one packet at a time)
             if rc > 0:
-                return client._loop_rc_handle(rc)
+                return client._loop_rc_handle(rc)  # noqa: SLF001 (paho's packet loop, run one packet at a time)
             if rc == MQTTErrorCode.MQTT_ERR_AGAIN and self._buffered() == 0:
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
 
@@ -184,18 +184,18 @@ class Inbox:
     def _tls_pending(self) -> bool:
         """Bytes TLS has decrypted and nobody has read: the socket will not signal them, and
         aiomqtt's reader calls `loop_read` again while there are any."""
-        pending = getattr(self._paho._sock, "pending", None)
+        pending = getattr(self._paho._sock, "pending", None)  # noqa: SLF001 (paho's socket, read by the inbox)
         return pending is not None and int(pending()) > 0
 
     def _pause(self) -> None:
         """Stop watching the socket: unread, it fills, and TCP holds the broker back."""
-        sock = self._paho._sock
+        sock = self._paho._sock  # noqa: SLF001 (paho's socket, read by the inbox)
         if sock is not None and self._paused is None:
             asyncio.get_running_loop().remove_reader(sock.fileno())
             self._paused = sock
 
     def _resume(self) -> None:
-        sock, paused, self._paused = self._paho._sock, self._paused, None
+        sock, paused, self._paused = self._paho._sock, self._paused, None  # noqa: SLF001 (paho's socket, read by the inbox)
         if sock is not None and sock is paused:  # still the same connection
             asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
@@ -214,12 +214,12 @@ class Inbox:
     def _handle_publish(self) -> MQTTErrorCode:
         """A complete PUBLISH packet in paho's `_in_packet`: topic, packet id, MQTT 5
         properties (skipped), payload. With manual ack, paho sends nothing for QoS 0 or 1."""
-        packet = self._paho._in_packet
+        packet = self._paho._in_packet  # noqa: SLF001 (the packet paho is handling)
         command: int = packet["command"]
         data: bytearray = packet["packet"]
         qos = (command & 0x06) >> 1
         if qos > 1:
-            return paho.Client._handle_publish(self._paho)
+            return paho.Client._handle_publish(self._paho)  # noqa: SLF001 (paho's own handling, under the hook)
         try:
             (length,) = _U16.unpack_from(data)
             pos = 2 + length
@@ -320,7 +320,7 @@ class Inbox:
 
     def _send(self, pubacks: list[bytes]) -> None:
         if pubacks:
-            self._paho._packet_queue(PUBACK, b"".join(pubacks), 0, 1)
+            self._paho._packet_queue(PUBACK, b"".join(pubacks), 0, 1)  # noqa: SLF001 (PUBACKs written in one send through paho's queue)
 
     def __len__(self) -> int:
         return len(self._waiting)

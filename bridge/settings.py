@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
+from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
@@ -121,7 +121,7 @@ def default_client_id(data: dict[str, Any]) -> str:
     take-overs make the second one stop with a clash error (see `bridge.refusal`)."""
     store: str = data["store"]
     if store.startswith("sqlite:///"):
-        store = "sqlite://" + os.path.abspath(store.removeprefix("sqlite:///"))
+        store = "sqlite://" + str(Path(store.removeprefix("sqlite:///")).resolve())
     else:
         store = redact_url(store)
     identity = "\n".join((store, topic_filter(data["topic_prefix"], data["group"])))

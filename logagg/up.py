@@ -75,7 +75,7 @@ def _logagg(*args: str) -> list[str]:
     return [sys.executable, "-m", "logagg", *args]
 
 
-def _broker(settings: UpSettings) -> tuple[Child | Mosquitto | None, str]:
+def choose_broker(settings: UpSettings) -> tuple[Child | Mosquitto | None, str]:
     """The broker to start, if any, and the MQTT version the bridge should speak to it."""
     address = settings.address
     if port_open(address.host, address.port):
@@ -105,7 +105,7 @@ def _broker(settings: UpSettings) -> tuple[Child | Mosquitto | None, str]:
     return embedded, "3.1.1"
 
 
-def _wait_for_port(host: str, port: int, what: str) -> None:
+def wait_for_port(host: str, port: int, what: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while not port_open(host, port):
         if time.monotonic() > deadline:
@@ -123,7 +123,7 @@ def run_up(settings: UpSettings) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
-    broker, mqtt_version = _broker(settings)
+    broker, mqtt_version = choose_broker(settings)
     address = settings.address
     # URLs go through the environment, not argv: they may carry passwords, and every user
     # of the machine can read a process's command line.
@@ -139,10 +139,10 @@ def run_up(settings: UpSettings) -> int:
     try:
         if broker is not None:
             broker.start()
-            _wait_for_port(address.host, address.port, "the broker")
+            wait_for_port(address.host, address.port, "the broker")
         for child in children:
             child.start()
-        _wait_for_port(settings.host, settings.port, "the HTTP sidecar")
+        wait_for_port(settings.host, settings.port, "the HTTP sidecar")
         base = f"http://{settings.host}:{settings.port}"
         logger.info(
             "logagg is up: broker %s, store %s\n"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -92,7 +92,9 @@ def latest(client: httpx.Client, topic: str | None, count: int) -> list[StoredEv
     return EventPage.model_validate_json(response.content).events
 
 
-def follow(client: httpx.Client, topic: str | None, count: int) -> Iterator[StoredEvent]:
+def follow(
+    client: httpx.Client, topic: str | None, count: int
+) -> Generator[StoredEvent, None, None]:
     """The newest `count` events, then each one as it is stored, until interrupted.
 
     Reads `/events/stream`; when the stream ends or the connection drops, it

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from typing import Any
 
 
 def stop_process(
-    process: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM, timeout: float = 20.0
+    process: subprocess.Popen[Any], sig: signal.Signals = signal.SIGTERM, timeout: float = 20.0
 ) -> int:
     """Send `sig`, wait up to `timeout`, kill if it is still there; returns the exit code."""
     if process.poll() is None:

@@ -21,6 +21,7 @@ import paho.mqtt.client as paho
 import psycopg
 import pytest
 import uvicorn
+from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import sql
 
 from api import ApiSettings, create_app
@@ -173,6 +174,11 @@ def immutable(tmp_path: Path) -> Iterator[Callable[[list[Path], bool], None]]:
         subprocess.run(["chattr", "-i", *map(str, touched)], check=False)
 
 
+def received_at_least(n: int) -> Callable[[Stats], bool]:
+    """A `wait_for_stats` condition fixed now, for loops whose count changes."""
+    return lambda stats: stats.received >= n
+
+
 def wait_for_stats(store_url: str, done: Callable[[Stats], bool], timeout: float = 60.0) -> Stats:
     """Poll the store until `done(stats)` holds; fail with the last stats seen."""
     store = open_store(store_url, readonly=True)
@@ -224,7 +230,7 @@ def publish_raw(
     port: int, messages: list[Message], *, window: int = 500, retain: bool = False
 ) -> None:
     """Publish with QoS 1 (retained if asked) and return once the broker acknowledged all."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex}")
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex}")
     client.max_inflight_messages_set(0)
     client.connect("127.0.0.1", port)
     client.loop_start()

@@ -18,7 +18,9 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from api.app import INVALID_LOG_PER_S
 from api.models import BUSIEST_TOPICS
 from bridge.event import BROKER_MAX_SEPARATORS, MAX_TOPIC_LEVELS, Event, check_prefix
 from bridge.store import open_store
@@ -526,7 +528,7 @@ def test_topic_the_broker_would_refuse_fails_only_its_own_batch(
 def test_topic_limits_are_mosquittos(broker: Mosquitto, sidecar: Sidecar) -> None:
     """BROKER_MAX_SEPARATORS is what the real broker enforces; the deepest valid topic under
     the deepest valid prefix is published and acknowledged."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
     dropped = threading.Event()
     client.on_disconnect = lambda *_: dropped.set()
     client.connect("127.0.0.1", broker.port)
@@ -619,3 +621,72 @@ def test_bom_bodies_and_invisible_names_are_refused_alike_over_http_and_mqtt(
     assert mqtt_posing["reason"].startswith("topic: " + http_posing["message"])
     stats = client.get("/stats").json()
     assert (stats["received"], stats["unique_processed"]) == (2, 0)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "topic", "send"),
+    [("logs/", "logs/auth.prod", "auth.prod"), ("app/logs/", "app/logs/a/b", "a/b")],
+)
+def test_publish_refuses_a_topic_carrying_the_mqtt_prefix_and_says_to_drop_it(
+    sidecar: Sidecar, prefix: str, topic: str, send: str
+) -> None:
+    """The sidecar adds the prefix: `logs/auth.prod` would be published on
+    `logs/logs/auth.prod`, a topic of its own, so it is refused and the answer names the fix.
+    A topic that merely contains the prefix further in is not a mistake."""
+    client = sidecar(nowhere(), topic_prefix=prefix)
+    answer = client.post("/publish", json=[event("ok", f"x/{topic}"), event("bad", topic)])
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == [
+        {
+            "index": 1,
+            "field": "topic",
+            "message": f"starts with the MQTT topic prefix {prefix!r}, which the sidecar adds:"
+            f" send {send!r}",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "words"),
+    [
+        ("2026-12-01T14:02:00", "timezone info"),
+        ("yesterday", "valid datetime"),
+        (1764151200, "ISO-8601 string"),
+    ],
+)
+def test_timestamp_errors_show_the_expected_form(
+    sidecar: Sidecar, timestamp: object, words: str
+) -> None:
+    """Whatever is wrong with a timestamp, the answer shows a valid one to copy."""
+    client = sidecar(nowhere())
+    answer = client.post("/publish", json=event("t", timestamp=timestamp))
+    assert answer.status_code == 422
+    [error] = answer.json()["detail"]
+    assert error["field"] == "timestamp"
+    assert words in error["message"]
+    assert "e.g. 2026-12-01T14:02:00Z or 2026-12-01T15:02:00+01:00" in error["message"]
+
+
+def test_each_refused_publish_is_logged_with_its_reason_at_a_bounded_rate(
+    sidecar: Sidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client sending bad bodies learns why from the answer; the operator from the log,
+    one line each up to INVALID_LOG_PER_S a second, then a count of the rest."""
+    client = sidecar(nowhere())
+    with caplog.at_level(logging.WARNING, logger="logagg.api"):
+        codes = {
+            client.post("/publish", json=event(str(i), "logs/auth.prod")).status_code
+            for i in range(INVALID_LOG_PER_S + 5)
+        }
+        time.sleep(1.1)  # the next one starts a new second: the summary comes first
+        client.post("/publish", json=event("late", "a\tb"))
+    assert codes == {422}
+    lines = [r.getMessage() for r in caplog.records if r.name == "logagg.api"]
+    named = [line for line in lines if line.startswith("publish refused (422) from 127.0.0.1:")]
+    assert len(named) == INVALID_LOG_PER_S + 1
+    assert named[0].endswith(
+        "[0] topic starts with the MQTT topic prefix 'logs/', which the sidecar adds:"
+        " send 'auth.prod'"
+    )
+    assert "[0] topic Value error, must not contain #, +, NUL, control" in named[-1]
+    assert "5 more publish bodies refused (422), not logged one by one" in lines

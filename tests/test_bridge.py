@@ -14,7 +14,14 @@ import pytest
 
 from bridge.store import open_store
 from supervise.mosquitto import Mosquitto
-from tests.conftest import LOGAGG, BridgeProcess, make_stream, publish_raw, wait_for_stats
+from tests.conftest import (
+    LOGAGG,
+    BridgeProcess,
+    make_stream,
+    publish_raw,
+    received_at_least,
+    wait_for_stats,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -99,7 +106,7 @@ def test_bridge_retained_event_is_counted_once_over_restarts(
         bridge = bridge_factory(mqtt_version=mqtt_version)
         # In order after whatever the subscribe re-sent: once it is in, any copy would be.
         publish_raw(broker.port, [marker])
-        stats = wait_for_stats(store_url, lambda s, n=3 + restart: s.received >= n)
+        stats = wait_for_stats(store_url, received_at_least(3 + restart))
         assert (stats.received, stats.unique_processed, stats.duplicate_dropped) == (
             3 + restart,
             3 + restart,

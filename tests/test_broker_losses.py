@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from playwright.sync_api import Browser
@@ -152,11 +153,15 @@ def test_broker_counters_unknown_without_sys_say_so(sidecar: Sidecar) -> None:
     assert not any(name == "logagg_broker_dropped_total" for name, _ in scrape)
 
 
-@pytest.mark.parametrize("version", [paho.MQTTv311, paho.MQTTv5], ids=["3.1.1", "5"])
-def test_broker_never_acknowledges_an_oversize_message(broker: Mosquitto, version: int) -> None:
+@pytest.mark.parametrize(
+    "version", [MQTTProtocolVersion.MQTTv311, MQTTProtocolVersion.MQTTv5], ids=["3.1.1", "5"]
+)
+def test_broker_never_acknowledges_an_oversize_message(
+    broker: Mosquitto, version: MQTTProtocolVersion
+) -> None:
     """Over `max_packet_size` the broker disconnects the publisher without a PUBACK, 3.1.1
     or 5 (`message_size_limit` would PUBACK a 3.1.1 one and drop it, uncounted)."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=version)
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=version)
     lost: list[object] = []
     client.on_disconnect = lambda *args: lost.append(args)
     client.connect("127.0.0.1", broker.port)
@@ -183,7 +188,7 @@ def test_broker_does_not_count_expired_messages(
     bridge = bridge_factory()
     assert bridge.stop() == 0
     expiring, kept = make_stream(2, 0.0, seed=92)
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
     try:
@@ -205,8 +210,8 @@ def test_broker_does_not_count_expired_messages(
 def _sys_value(broker: Mosquitto, topic: str) -> int:
     """One $SYS counter, read as a plain subscriber (it is retained)."""
     got: list[bytes] = []
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
-    client.on_message = lambda _c, _u, message: got.append(message.payload)
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.on_message = lambda _c, _u, message: got.append(bytes(message.payload))
     client.connect("127.0.0.1", broker.port)
     client.subscribe(topic)
     client.loop_start()

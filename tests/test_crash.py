@@ -12,7 +12,13 @@ import pytest
 
 from bridge.store import Stats
 from supervise.mosquitto import PROJECT_CONFIG, Mosquitto
-from tests.conftest import BridgeProcess, make_stream, publish_raw, wait_for_stats
+from tests.conftest import (
+    BridgeProcess,
+    make_stream,
+    publish_raw,
+    received_at_least,
+    wait_for_stats,
+)
 from tests.test_bridge import assert_exactly_once, distinct
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -37,7 +43,7 @@ def stream_with_kills(
     publisher.start()
     try:
         for at in kills:
-            wait_for_stats(store_url, lambda s, at=at: s.received >= at, timeout=120)
+            wait_for_stats(store_url, received_at_least(at), timeout=120)
             bridge.stop(signal.SIGKILL)
             bridge = bridge_factory()
     finally:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
-from fastapi import HTTPException
 
-from api.batch import to_messages
+from api.batch import InvalidBatch, to_messages
+from api.models import ItemError
 from bridge.event import (
     DEFAULT_MAX_EVENT_NODES,
     MAX_DEPTH,
@@ -25,7 +26,7 @@ GOOD = {
     "payload": {"level": "info", "msg": "login ok"},
 }
 
-HTTP_LIMITS = {"prefix": "logs/", "max_batch": 10, "max_payload_bytes": 256 * 1024}
+http_messages = partial(to_messages, prefix="logs/", max_batch=10, max_payload_bytes=256 * 1024)
 
 
 def body(**changes: object) -> bytes:
@@ -114,7 +115,7 @@ def test_parse_node_limit_refuses_dense_json_before_parsing_it() -> None:
     """256 KiB of `[{}, {}, …]` (85,000 objects, 6.9 MB parsed) is refused, counted on the
     text; an event of exactly the limit is kept, its strings' brackets and commas not
     counted."""
-    dense = {"a": [{}] * 85_000}
+    dense: dict[str, list[dict[str, object]]] = {"a": [{}] * 85_000}
     result = parse_message("logs/t", body(payload=dense).replace(b", ", b","))
     assert isinstance(result, Rejection)
     assert result.code == "too_complex"
@@ -192,9 +193,9 @@ def test_invisible_characters_are_refused_in_names_over_mqtt_and_http(
     assert isinstance(result, Rejection)
     assert (result.code, result.reason.split(":")[0]) == ("schema", field)
     assert "invisible characters" in result.reason
-    with pytest.raises(HTTPException) as refused:
-        to_messages(body(**{"topic": "t", field: name}), **HTTP_LIMITS)
-    assert [(e["field"], "invisible characters" in e["message"]) for e in refused.value.detail] == [
+    with pytest.raises(InvalidBatch) as refused:
+        http_messages(body(**{"topic": "t", field: name}))
+    assert [(e.field, "invisible characters" in e.message) for e in refused.value.errors] == [
         (field, True)
     ]
 
@@ -204,18 +205,18 @@ def test_a_byte_order_mark_is_refused_over_mqtt_and_http_alike() -> None:
     raw = "\ufeff".encode() + body(topic="t")
     result = parse_message("logs/t", raw)
     assert isinstance(result, Rejection)
-    with pytest.raises(HTTPException) as refused:
-        to_messages(raw, **HTTP_LIMITS)
+    with pytest.raises(InvalidBatch) as refused:
+        http_messages(raw)
     assert refused.value.status_code == 422
-    assert refused.value.detail == [{"index": None, "field": None, "message": result.reason}]
+    assert refused.value.errors == (ItemError(index=None, field=None, message=result.reason),)
     assert (result.code, result.reason) == (
         "not_json",
         "body starts with a byte order mark (U+FEFF): send JSON without one",
     )
     # UTF-16, which json.loads would read from bytes, is no more JSON here than over MQTT.
     utf16 = body(topic="t").decode().encode("utf-16")
-    with pytest.raises(HTTPException):
-        to_messages(utf16, **HTTP_LIMITS)
+    with pytest.raises(InvalidBatch):
+        http_messages(utf16)
     assert isinstance(parse_message("logs/t", utf16), Rejection)
 
 
@@ -223,9 +224,9 @@ def test_topic_levels_are_bounded_over_mqtt_and_http() -> None:
     """MAX_TOPIC_LEVELS levels are fine, one more is refused, whichever way it comes."""
     deepest = "/" * (MAX_TOPIC_LEVELS - 1)
     assert isinstance(parse_message(f"logs/{deepest}", body()), Event)
-    assert to_messages(body(topic=deepest), **HTTP_LIMITS)[0][0] == f"logs/{deepest}"
+    assert http_messages(body(topic=deepest))[0][0] == f"logs/{deepest}"
     result = parse_message(f"logs/{deepest}/", body())
     assert isinstance(result, Rejection)
     assert result.reason.startswith(f"topic: Value error, has {MAX_TOPIC_LEVELS + 1} levels")
-    with pytest.raises(HTTPException):
-        to_messages(body(topic=deepest + "/"), **HTTP_LIMITS)
+    with pytest.raises(InvalidBatch):
+        http_messages(body(topic=deepest + "/"))

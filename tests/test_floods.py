@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,11 +154,11 @@ def test_bare_slowloris_and_idle_keep_alive_sockets_are_closed(
     sidecar = api_process(header_timeout_s="1", keep_alive_timeout_s="1")
     url, port = sidecar.url, sidecar.port
 
-    async def closed_after(talk: Callable[[asyncio.StreamWriter], object]) -> float:
+    async def closed_after(talk: Callable[[asyncio.StreamWriter], Awaitable[object]]) -> float:
         """Seconds until the sidecar closes the socket while `talk` writes to it."""
         started = time.monotonic()
         reader, writer = await _idle(port)
-        talker = asyncio.ensure_future(talk(writer))  # type: ignore[arg-type]
+        talker = asyncio.ensure_future(talk(writer))
         try:
             while await asyncio.wait_for(reader.read(65536), 10):
                 pass

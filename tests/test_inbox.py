@@ -164,7 +164,7 @@ def test_ack_skips_messages_from_an_earlier_connection(broker: Mosquitto) -> Non
             await client.subscribe("logs/#", qos=1)
             await publish(broker, b"old")
             await receive(inbox, 1)
-        stale = [m for m in await inbox.take(100, timeout=0)]
+        stale = list(await inbox.take(100, timeout=0))
         inbox.connecting()
         async with client:
             (redelivered,) = await inbox.take(100, timeout=5)

@@ -67,7 +67,9 @@ def test_sidecar_metrics_match_stats(
     assert value(scrape, "logagg_topics") == 3
     assert value(scrape, "logagg_bridge_up") == 1
     assert value(scrape, "logagg_bridge_uptime_seconds") >= 0
-    assert value(scrape, "logagg_store_size_bytes") == store_size_bytes(store_url) > 0
+    size = store_size_bytes(store_url)
+    assert size is not None
+    assert value(scrape, "logagg_store_size_bytes") == size > 0
     assert value(scrape, "process_resident_memory_bytes") > 0
 
 

@@ -83,7 +83,8 @@ def compose(path: Path = COMPOSE) -> dict[str, Any]:
 
 def all_services() -> dict[str, Any]:
     """The services of both stacks (their names do not overlap but for the shared broker)."""
-    return compose()["services"] | compose(COMPOSE_SCALE)["services"]
+    services: dict[str, Any] = compose()["services"] | compose(COMPOSE_SCALE)["services"]
+    return services
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -343,7 +344,9 @@ def test_dockerfile_install_and_start_work_in_a_fresh_venv(
     replayed = 0
     for keyword, args in dockerfile():
         if keyword == "ENV":
-            env.update(pair.split("=", 1) for pair in shlex.split(args))
+            for pair in shlex.split(args):
+                name, _, setting = pair.partition("=")
+                env[name] = setting
         elif keyword == "COPY":
             *sources, dest = [a for a in shlex.split(args) if not a.startswith("--")]
             assert not dest.startswith("/"), "the replay handles COPY into the WORKDIR only"
@@ -382,16 +385,16 @@ def test_dockerfile_install_and_start_work_in_a_fresh_venv(
     assert set(installed.stdout.split()) == source_modules(), "the wheel differs from the source"
     # The installed console script runs, and so does every subcommand we ship.
     subcommands = sorted({command[1] for command in shipped_commands().values()})
-    for args in [["--help"], *([sub, "--help"] for sub in subcommands)]:
+    for argv in [["--help"], *([sub, "--help"] for sub in subcommands)]:
         result = subprocess.run(
-            [str(venv / "bin" / "logagg"), *args],
+            [str(venv / "bin" / "logagg"), *argv],
             cwd=elsewhere,
             env={**env, **HELP_ENV_EXTRA},
             capture_output=True,
             text=True,
             timeout=60,
         )
-        assert result.returncode == 0, f"logagg {' '.join(args)}:\n{result.stderr}"
+        assert result.returncode == 0, f"logagg {' '.join(argv)}:\n{result.stderr}"
 
     # The image's default command, configured through the environment as a
     # container would be (the CMD gives no broker or store), passes the health check.
@@ -428,7 +431,9 @@ def test_logagg_up_from_an_installed_wheel_runs_anywhere(tmp_path: Path) -> None
         done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"{step}:\n{done.stdout}\n{done.stderr}"
     (wheel,) = wheels.glob("logagg-*.whl")
-    done = subprocess.run([*pip, "install", "--no-deps", str(wheel)], env=env, capture_output=True)
+    done = subprocess.run(
+        [*pip, "install", "--no-deps", str(wheel)], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
 
     mqtt_port, http_port = free_port(), free_port()

@@ -74,7 +74,7 @@ def dealt_stream(count: int, dup_ratio: float, *, seed: int) -> list[Message]:
     repeats = round(count * dup_ratio)
     thrice = repeats // 10  # a tenth of the repeated events come three times
     twice = rng.sample(range(len(originals)), repeats - thrice)
-    copies = {i: 1 for i in range(len(originals))}
+    copies = dict.fromkeys(range(len(originals)), 1)
     copies.update((i, 2) for i in twice)
     copies.update((i, 3) for i in rng.sample(twice, thrice))
     # Slot sizes that interleave exactly (the first slots take the remainder).

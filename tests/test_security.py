@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import httpx
 import paho.mqtt.client as paho
@@ -621,7 +622,7 @@ def test_cross_origin_browser_requests_are_refused(sidecar: Sidecar) -> None:
     """403 for a request from a page of another origin (by Origin, or by Sec-Fetch-Site when
     a browser sends no Origin), unless the origin is allowed: then CORS says so."""
     client = guarded(sidecar)
-    publish = {"url": "/publish", "json": event("e")}
+    publish: dict[str, Any] = {"url": "/publish", "json": event("e")}
     base = str(client.base_url)
     foreign = [
         {"origin": "http://evil.example"},

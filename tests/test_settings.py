@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -68,5 +69,6 @@ def test_group_subscribes_to_a_shared_subscription() -> None:
     ],
 )
 def test_bad_settings_name_the_problem(field: str, value: object, says: str) -> None:
+    settings: dict[str, Any] = {field: value}
     with pytest.raises(ValidationError, match=says):
-        BridgeSettings(**{field: value})
+        BridgeSettings(**settings)

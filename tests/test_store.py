@@ -387,7 +387,7 @@ def test_postgres_durability_is_synchronous_commit(
     # A session setting is only visible from inside the session: ask a pooled connection.
     with (
         closing(PostgresStore(pg_url, durability=durability)) as opened,
-        opened._pool.connection() as conn,
+        opened._pool.connection() as conn,  # noqa: SLF001 (its own sessions are the point)
     ):
         row = conn.execute("SHOW synchronous_commit").fetchone()
     assert row == (setting,)
@@ -399,7 +399,7 @@ def test_postgres_sessions_carry_the_hold_timeouts(pg_url: str) -> None:
     six times."""
     with (
         closing(PostgresStore(pg_url, hold_s=1.5)) as opened,
-        opened._pool.connection() as conn,
+        opened._pool.connection() as conn,  # noqa: SLF001 (its own sessions are the point)
     ):
         row = conn.execute(
             "SELECT current_setting('idle_in_transaction_session_timeout'),"
@@ -422,7 +422,7 @@ def test_postgres_stuck_holder_of_the_commit_lock_is_ended(pg_url: str) -> None:
         waited = []
 
         def stop_inside_commit() -> None:
-            with stuck._write() as conn:
+            with stuck._write() as conn:  # noqa: SLF001 (a writer stopped inside its commit)
                 conn.execute(
                     "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))",
                     (_COMMIT_LOCK,),

@@ -104,7 +104,7 @@ def test_up_falls_back_to_the_embedded_broker_loudly(
     port = free_port()
     settings = UpSettings(broker=f"mqtt://127.0.0.1:{port}", data_dir=tmp_path)
     with caplog.at_level(logging.WARNING, logger="logagg.up"):
-        broker, mqtt_version = up_module._broker(settings)
+        broker, mqtt_version = up_module.choose_broker(settings)
     assert mqtt_version == "3.1.1"
     assert "CAN BE LOST" in caplog.text
     assert isinstance(broker, up_module.Child)
@@ -114,7 +114,7 @@ def test_up_falls_back_to_the_embedded_broker_loudly(
     )
     broker.start()
     try:
-        up_module._wait_for_port("127.0.0.1", port, "the embedded broker")
+        up_module.wait_for_port("127.0.0.1", port, "the embedded broker")
         bridge.start()
         stream = make_stream(200, 0.25)
         publish_raw(port, stream)

@@ -122,8 +122,13 @@ def test_tail_follow_prints_events_as_they_are_stored(
     args = [*launch, *LOGAGG, "tail", "-f", "-n", "1", "--api-url", str(client.base_url)]
     tail = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
+
     # Reads until tail exits and closes its output.
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in tail.stdout or ()])
+    def pump() -> None:
+        for line in tail.stdout or ():
+            lines.put(line)
+
+    reader = threading.Thread(target=pump)
     reader.start()
     try:
         assert lines.get(timeout=30).split()[4] == "e4"

@@ -5,6 +5,7 @@
 #   make test    the test suite (needs the mosquitto binary; installs it if it can)
 #                (PYTEST_ARGS='-m "not slow"' to pass pytest options; PYTEST_WORKERS=0
 #                runs it in one process: the default 3 workers mostly wait on processes)
+#   make test-fast  the suite without the slow and fault-injection tests
 #   make check   linters, type checks, Dockerfile and compose validation
 #   make lock    re-resolve requirements/*.txt after editing pyproject.toml's
 #                dependencies, or to upgrade them (UPGRADE=1 takes the newest allowed)
@@ -19,7 +20,7 @@ DEV_STAMP := .venv/.installed-dev
 # uv resolves the locks; pinned so that `make lock` is itself reproducible.
 UV_VERSION := 0.13.9
 
-.PHONY: venv dev-venv run test check lock ensure-mosquitto ensure-chromium ensure-faketime
+.PHONY: venv dev-venv run test test-fast check lock ensure-mosquitto ensure-chromium ensure-faketime
 
 # Sets $$sudo to how apt-get can run here: "" as root, "sudo" with passwordless sudo,
 # "none" when it cannot (no root, or no apt-get).
@@ -64,6 +65,9 @@ run: venv
 
 test: dev-venv ensure-mosquitto ensure-chromium ensure-faketime
 	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+test-fast: dev-venv ensure-mosquitto ensure-chromium ensure-faketime
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -m "not slow and not faults" $(PYTEST_ARGS)
 
 # `docker compose config` is Compose's own parser; it needs the CLI plugin but
 # no engine, so it runs wherever the plugin is installed.

@@ -6,7 +6,7 @@ are plain `def` (FastAPI runs them on its thread pool) and the loop stays free
 for the MQTT traffic.
 
 The dashboard (`GET /`) is one HTML file in this package, with its CSS and JS
-inline: it polls `/stats` and `/rejected` and follows `/events/stream`.
+inline: it polls `/stats`, `/stats/rate` and `/rejected` and follows `/events/stream`.
 
 No `from __future__ import annotations` here: FastAPI reads the routes'
 annotations at run time, and the query limits are local to `create_app`.
@@ -35,6 +35,7 @@ from api.guards import BrowserGuard, HostRule, page_policies, require_json
 from api.metrics import sidecar_registry
 from api.models import (
     BUSIEST_TOPICS,
+    RATE_WINDOW_MAX_S,
     EventPage,
     Health,
     Problem,
@@ -49,7 +50,7 @@ from api.settings import ApiSettings
 from api.stream import EventStream, StreamHub
 from bridge.event import MAX_NAME_LENGTH, NAME_PATTERN, Event
 from bridge.lograte import RateLimitedLog
-from bridge.store import StoreUnavailable, open_store
+from bridge.store import StoredRate, StoreUnavailable, open_store
 
 logger = logging.getLogger("logagg.api")
 
@@ -212,6 +213,18 @@ def create_app(settings: ApiSettings) -> FastAPI:
         broker's own counters: what it dropped, how full its queue is."""
         report = StatsReport.of(store.stats(), None if topics == "all" else topics)
         return report.model_copy(update=broker_stats.report().stats_fields())
+
+    @app.get(
+        "/stats/rate",
+        dependencies=reading.dependencies,
+        responses={**reading.responses, 503: {"model": Problem}},
+    )
+    def rate(
+        seconds: Annotated[int, Query(ge=1, le=RATE_WINDOW_MAX_S)] = 300, after: After = 0
+    ) -> StoredRate:
+        """Unique events stored per second in the last `seconds`, on the store's clock (the
+        dashboard's chart). Poll with `after` = `next_after` to count only what is new."""
+        return store.stored_per_second(seconds=seconds, after=after)
 
     @app.get(
         "/events",

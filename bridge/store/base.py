@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -101,6 +101,21 @@ class StoredRejection:
     received_at: str
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRate:
+    """Events stored per second of the store's clock, for a chart of the last minutes.
+
+    `now` is that clock (Unix seconds), so a reader whose own clock differs can still place
+    the seconds; `counts` holds (whole Unix second, events stored in it), oldest first,
+    seconds with none left out; the current second is still filling. `next_after` is the
+    newest seq the count looked at: pass it as `after` to count only what came since.
+    """
+
+    now: float
+    counts: list[tuple[int, int]]
+    next_after: int
+
+
 class Store(Protocol):
     """A durable, deduplicating event store.
 
@@ -139,6 +154,11 @@ class Store(Protocol):
     def rejected(
         self, *, after: int, limit: int, newest: bool = False
     ) -> list[StoredRejection]: ...
+
+    def stored_per_second(self, *, seconds: float, after: int = 0) -> StoredRate:
+        """Events with seq above `after` stored in the last `seconds`, per second. Reads by
+        seq, never scanning older rows: the cost follows the events counted, not the store."""
+        ...
 
     def close(self) -> None: ...
 
@@ -315,3 +335,23 @@ def page_end(sizes: Iterable[tuple[int, int]], max_bytes: int) -> int | None:
             break
         total, end = total + size, seq
     return end
+
+
+def first_recent(probe: Callable[[int], tuple[int, bool]], lo: int, hi: int) -> int:
+    """The seq where the recent rows begin, between `lo` and `hi` (one past the newest row),
+    by bisection: O(log n) lookups by primary key instead of a scan of `received_at`.
+
+    `probe(seq)` gives the first row at or after `seq` (there is one: `seq` is never past
+    the newest row) and whether it is recent. Rows are stored in seq order, so `received_at`
+    grows with seq; only a wall clock stepped back (SQLite) or a batch that waited for the
+    commit lock (PostgreSQL) breaks that, by about as long as the step or the wait, at the
+    window's edge.
+    """
+    while lo < hi:
+        mid = (lo + hi) // 2
+        seq, recent = probe(mid)
+        if recent:
+            hi = mid
+        else:
+            lo = min(seq + 1, hi)
+    return lo

@@ -69,11 +69,13 @@ from bridge.store.base import (
     Refused,
     Stats,
     StoredEvent,
+    StoredRate,
     StoredRejection,
     StoreUnavailable,
     check_durability,
     check_schema_version,
     first_copies,
+    first_recent,
     iso_utc,
     make_stats,
     page,
@@ -418,6 +420,33 @@ class PostgresStore:
             StoredRejection(seq, topic, code, reason, body, iso_utc(rat))
             for seq, topic, code, reason, body, rat in rows
         ]
+
+    def stored_per_second(self, *, seconds: float, after: int = 0) -> StoredRate:
+        """On the server's clock, which stamped `received_at`."""
+        with self._read() as conn:
+            ((now, newest),) = conn.execute(
+                "SELECT extract(epoch FROM clock_timestamp())::float8,"
+                " (SELECT max(seq) FROM events)"
+            ).fetchall()
+            if newest is None or newest <= after:
+                return StoredRate(now, [], after)
+            since = now - seconds
+            start = first_recent(
+                lambda seq: conn.execute(
+                    "SELECT seq, received_at >= to_timestamp(%s) FROM events WHERE seq >= %s"
+                    " ORDER BY seq LIMIT 1",
+                    (since, seq),
+                ).fetchall()[0],
+                after + 1,
+                newest + 1,
+            )
+            counts = conn.execute(
+                "SELECT floor(extract(epoch FROM received_at))::bigint AS second, count(*)"
+                " FROM events WHERE seq >= %s AND received_at >= to_timestamp(%s)"
+                " GROUP BY second ORDER BY second",
+                (start, since),
+            ).fetchall()
+        return StoredRate(now, counts, newest)
 
     def close(self) -> None:
         self._pool.close()

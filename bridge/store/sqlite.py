@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
@@ -28,11 +29,13 @@ from bridge.store.base import (
     Refused,
     Stats,
     StoredEvent,
+    StoredRate,
     StoredRejection,
     StoreUnavailable,
     check_durability,
     check_schema_version,
     first_copies,
+    first_recent,
     iso_utc,
     make_stats,
     page,
@@ -342,6 +345,31 @@ class SQLiteStore:
         if newest:
             rows.reverse()
         return [StoredRejection(*row) for row in rows]
+
+    def stored_per_second(self, *, seconds: float, after: int = 0) -> StoredRate:
+        """On the wall clock, as `received_at` is: the bridge's and this process's, one host's.
+        Seconds are grouped by their text (`received_at` always has the same width)."""
+        now = time.time()
+        since = iso_utc(datetime.fromtimestamp(now - seconds, UTC))
+        with self._read() as conn:
+            (newest,) = conn.execute("SELECT max(seq) FROM events").fetchone()
+            if newest is None or newest <= after:
+                return StoredRate(now, [], after)
+            start = first_recent(
+                lambda seq: conn.execute(
+                    "SELECT seq, received_at >= ? FROM events WHERE seq >= ? ORDER BY seq LIMIT 1",
+                    (since, seq),
+                ).fetchone(),
+                after + 1,
+                newest + 1,
+            )
+            counts = conn.execute(
+                "SELECT CAST(strftime('%s', second) AS INTEGER), n FROM ("
+                " SELECT substr(received_at, 1, 19) AS second, count(*) AS n FROM events"
+                " WHERE seq >= ? AND received_at >= ? GROUP BY second) ORDER BY second",
+                (start, since),
+            ).fetchall()
+        return StoredRate(now, counts, newest)
 
     def close(self) -> None:
         if self._writer is not None:

@@ -255,7 +255,8 @@ def test_stored_per_second_counts_the_recent_events_and_then_only_new_ones(
         later = reader.stored_per_second(seconds=300, after=rate.next_after)
         assert sum(n for _, n in later.counts) == 1
         assert later.next_after > newest
-        assert reader.stored_per_second(seconds=300, after=later.next_after + 10).counts == []
+        ahead = reader.stored_per_second(seconds=300, after=later.next_after + 10)
+        assert (ahead.counts, ahead.next_after) == ([], later.next_after)
 
 
 def test_first_recent_bisects_over_gaps_in_seq() -> None:

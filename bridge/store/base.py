@@ -108,7 +108,8 @@ class StoredRate:
     `now` is that clock (Unix seconds), so a reader whose own clock differs can still place
     the seconds; `counts` holds (whole Unix second, events stored in it), oldest first,
     seconds with none left out; the current second is still filling. `next_after` is the
-    newest seq the count looked at: pass it as `after` to count only what came since.
+    store's newest seq (0 when empty): pass it as `after` to count only what came since
+    (a store made anew answers with its own, so a poller follows it).
     """
 
     now: float

@@ -429,7 +429,7 @@ class PostgresStore:
                 " (SELECT max(seq) FROM events)"
             ).fetchall()
             if newest is None or newest <= after:
-                return StoredRate(now, [], after)
+                return StoredRate(now, [], newest or 0)
             since = now - seconds
             start = first_recent(
                 lambda seq: conn.execute(

@@ -74,7 +74,7 @@ def measure(path: Path, events: int, recent: int) -> dict[str, object]:
     _store_recent(path, recent)
     with closing(open_store(f"sqlite:///{path}", readonly=True)) as reader:
         window = reader.stored_per_second(seconds=WINDOW_S)
-        counted = sum(n for _, n in window.counts)
+        counted = sum(window.counts.values())
         newest = window.next_after
         figures: dict[str, object] = {
             "events": events + recent,

@@ -106,14 +106,14 @@ class StoredRate:
     """Events stored per second of the store's clock, for a chart of the last minutes.
 
     `now` is that clock (Unix seconds), so a reader whose own clock differs can still place
-    the seconds; `counts` holds (whole Unix second, events stored in it), oldest first,
-    seconds with none left out; the current second is still filling. `next_after` is the
+    the seconds; `counts` maps each whole Unix second to the events stored in it, oldest
+    first, seconds with none left out; the current second is still filling. `next_after` is the
     store's newest seq (0 when empty): pass it as `after` to count only what came since
     (a store made anew answers with its own, so a poller follows it).
     """
 
     now: float
-    counts: list[tuple[int, int]]
+    counts: dict[int, int]
     next_after: int
 
 

@@ -429,7 +429,7 @@ class PostgresStore:
                 " (SELECT max(seq) FROM events)"
             ).fetchall()
             if newest is None or newest <= after:
-                return StoredRate(now, [], newest or 0)
+                return StoredRate(now, {}, newest or 0)
             since = now - seconds
             start = first_recent(
                 lambda seq: conn.execute(
@@ -446,7 +446,7 @@ class PostgresStore:
                 " GROUP BY second ORDER BY second",
                 (start, since),
             ).fetchall()
-        return StoredRate(now, counts, newest)
+        return StoredRate(now, dict(counts), newest)
 
     def close(self) -> None:
         self._pool.close()

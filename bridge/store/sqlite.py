@@ -354,7 +354,7 @@ class SQLiteStore:
         with self._read() as conn:
             (newest,) = conn.execute("SELECT max(seq) FROM events").fetchone()
             if newest is None or newest <= after:
-                return StoredRate(now, [], newest or 0)
+                return StoredRate(now, {}, newest or 0)
             start = first_recent(
                 lambda seq: conn.execute(
                     "SELECT seq, received_at >= ? FROM events WHERE seq >= ? ORDER BY seq LIMIT 1",
@@ -369,7 +369,7 @@ class SQLiteStore:
                 " WHERE seq >= ? AND received_at >= ? GROUP BY second) ORDER BY second",
                 (start, since),
             ).fetchall()
-        return StoredRate(now, counts, newest)
+        return StoredRate(now, dict(counts), newest)
 
     def close(self) -> None:
         if self._writer is not None:

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from bridge.event import Event, Rejection
 
 # 2: per-bridge heartbeats stamped on the store's clock (`heartbeats` replaces `bridges`).
 SCHEMA_VERSION = 2
-# A bridge whose heartbeat is older than this is not counted as running (default; the
-# `bridge_alive_s` setting). The bridge beats three times per window.
-BRIDGE_ALIVE_SECONDS = 15.0
-# How long one stuck PostgreSQL session may hold the others (default; `store_hold_s`).
-STORE_HOLD_SECONDS = 5.0
-DURABILITY_LEVELS = ("full", "normal", "off")
 # The rejected table keeps the newest rows, each cut to a bounded size: topic, reason and
 # body together at most KEEP_ROW_BYTES of UTF-8 (a 60 KB topic would otherwise be kept
 # whole, twice with its reason), so the table holds at most KEEP_REJECTED rows of
@@ -101,20 +95,8 @@ class StoredRejection:
     received_at: str
 
 
-class Store(Protocol):
-    """A durable, deduplicating event store.
-
-    `record` is the whole write side: in one transaction it inserts the new
-    events, counts the duplicates and keeps the rejections, so the stored
-    events and the counters never disagree, whatever crashes in between.
-    """
-
-    def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome: ...
-
-    def heartbeat(self, client_id: str, run_id: str) -> None:
-        """Say that bridge `client_id` is alive, stamped on the store's clock, never the
-        bridge's; `run_id` names this run of it: a new run starts its uptime afresh."""
-        ...
+class StoreReader(Protocol):
+    """What the sidecar and the read-only commands hold: a store they can only read."""
 
     def bridge_uptime(self, client_id: str) -> float | None:
         """Seconds since that bridge's run began, or None unless it beat in the alive window."""
@@ -143,10 +125,20 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def check_durability(durability: str) -> str:
-    if durability not in DURABILITY_LEVELS:
-        raise ValueError(f"durability must be full, normal or off, not {durability!r}")
-    return durability
+class StoreWriter(StoreReader, Protocol):
+    """What the bridge holds: a durable, deduplicating event store it writes (and may read).
+
+    `record` is the whole write side: in one transaction it inserts the new
+    events, counts the duplicates and keeps the rejections, so the stored
+    events and the counters never disagree, whatever crashes in between.
+    """
+
+    def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome: ...
+
+    def heartbeat(self, client_id: str, run_id: str) -> None:
+        """Say that bridge `client_id` is alive, stamped on the store's clock, never the
+        bridge's; `run_id` names this run of it: a new run starts its uptime afresh."""
+        ...
 
 
 def check_schema_version(found: int) -> None:
@@ -156,19 +148,6 @@ def check_schema_version(found: int) -> None:
             f"store schema version {found} is newer than this logagg's {SCHEMA_VERSION}:"
             " upgrade logagg"
         )
-
-
-def redact_url(url: str) -> str:
-    """`url` without its password (in the authority or as a query parameter), for messages."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, host = netloc.rsplit("@", 1)
-        netloc = f"{user.split(':', 1)[0]}@{host}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
-    redacted = parts._replace(netloc=netloc, query=query)
-    # Untouched when there is nothing to hide: urlunsplit turns sqlite:///x into sqlite:/x.
-    return url if redacted == parts else urlunsplit(redacted)
 
 
 def iso_utc(moment: datetime) -> str:
@@ -223,7 +202,7 @@ def first_copies(events: Sequence[Event]) -> list[Event]:
 
 
 @dataclass(frozen=True, slots=True)
-class Tally:
+class BatchTally:
     """What one batch adds to the counters, each list sorted by its key.
 
     Sorted, because concurrent writers (several bridges on PostgreSQL) that
@@ -235,7 +214,9 @@ class Tally:
     codes: list[tuple[str, int]]  # (rejection code, count)
 
 
-def tally(events: Sequence[Event], refused: Sequence[Refused], inserted: set[EventKey]) -> Tally:
+def tally(
+    events: Sequence[Event], refused: Sequence[Refused], inserted: set[EventKey]
+) -> BatchTally:
     """Split a batch into new events and duplicates from the keys the store actually inserted.
 
     Walks the batch in arrival order: the first copy of an inserted key is new,
@@ -256,7 +237,7 @@ def tally(events: Sequence[Event], refused: Sequence[Refused], inserted: set[Eve
             outcome.duplicates.append(key)
     outcome.stored = sum(new.values())
     codes = Counter(r.rejection.code for r in refused)
-    return Tally(
+    return BatchTally(
         outcome=outcome,
         topics=[(t, new[t], dup[t]) for t in sorted(new.keys() | dup.keys())],
         codes=sorted(codes.items()),
@@ -315,3 +296,33 @@ def page_end(sizes: Iterable[tuple[int, int]], max_bytes: int) -> int | None:
             break
         total, end = total + size, seq
     return end
+
+
+Rows = Callable[[str, list[object]], Iterable[Any]]
+
+
+def read_page(
+    run: Rows,
+    mark: str,
+    select: str,
+    sizes: str | None = None,
+    *,
+    after: int,
+    limit: int,
+    newest: bool,
+    topic: str | None = None,
+    max_bytes: int | None = None,
+) -> list[Any]:
+    """The rows of one read by seq, oldest first, as both stores page: `run` executes a
+    query with its parameters, `select` is the `SELECT … FROM table` of the rows and
+    `sizes` that of `(seq, payload size)`, read first when the page has a `max_bytes`."""
+    window = partial(page, mark, after=after, limit=limit, newest=newest, topic=topic)
+    through = None
+    if sizes is not None and max_bytes is not None:
+        clause, params = window()
+        through = page_end(run(sizes + clause, params), max_bytes)
+    clause, params = window(through=through)
+    rows = list(run(select + clause, params))
+    if newest:
+        rows.reverse()
+    return rows

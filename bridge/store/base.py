@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, Protocol
 
 from bridge.event import Event, Rejection
@@ -242,87 +241,3 @@ def tally(
         topics=[(t, new[t], dup[t]) for t in sorted(new.keys() | dup.keys())],
         codes=sorted(codes.items()),
     )
-
-
-def make_stats(
-    topic_rows: Iterable[tuple[str, int, int]],
-    code_rows: Iterable[tuple[str, int]],
-    uptime_s: float | None,
-) -> Stats:
-    """Stats from the counter tables and the oldest live bridge's uptime."""
-    topics = {t: TopicStats(u, d) for t, u, d in topic_rows}
-    codes = dict(code_rows)
-    return Stats(
-        unique_processed=sum(t.unique_processed for t in topics.values()),
-        duplicate_dropped=sum(t.duplicate_dropped for t in topics.values()),
-        rejected=sum(codes.values()),
-        topics=topics,
-        rejected_by_code=codes,
-        uptime_s=None if uptime_s is None else round(max(0.0, uptime_s), 3),
-    )
-
-
-def page(
-    mark: str,
-    *,
-    after: int,
-    limit: int,
-    newest: bool,
-    topic: str | None = None,
-    through: int | None = None,
-) -> tuple[str, list[object]]:
-    """The `WHERE … ORDER BY seq … LIMIT` of a read by seq, and its parameters; `mark` is
-    the driver's placeholder. With `newest` the rows come newest first: callers reverse.
-    `through` is the seq where the page stops (see `page_end`)."""
-    clause = f" WHERE seq > {mark}"
-    params: list[object] = [after]
-    if topic is not None:
-        clause += f" AND topic = {mark}"
-        params.append(topic)
-    if through is not None:
-        clause += f" AND seq {'>=' if newest else '<='} {mark}"
-        params.append(through)
-    return f"{clause} ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT {mark}", [*params, limit]
-
-
-def page_end(sizes: Iterable[tuple[int, int]], max_bytes: int) -> int | None:
-    """From `(seq, payload size)` of a page's rows in its order, the seq of the last row that
-    keeps the page within `max_bytes` (the first row always: a page is never empty while
-    rows remain), or None when there are no rows. Read before the rows themselves, so a
-    reader never holds, nor parses, more than about `max_bytes` of payloads at once."""
-    total, end = 0, None
-    for seq, size in sizes:
-        if end is not None and total + size > max_bytes:
-            break
-        total, end = total + size, seq
-    return end
-
-
-Rows = Callable[[str, list[object]], Iterable[Any]]
-
-
-def read_page(
-    run: Rows,
-    mark: str,
-    select: str,
-    sizes: str | None = None,
-    *,
-    after: int,
-    limit: int,
-    newest: bool,
-    topic: str | None = None,
-    max_bytes: int | None = None,
-) -> list[Any]:
-    """The rows of one read by seq, oldest first, as both stores page: `run` executes a
-    query with its parameters, `select` is the `SELECT … FROM table` of the rows and
-    `sizes` that of `(seq, payload size)`, read first when the page has a `max_bytes`."""
-    window = partial(page, mark, after=after, limit=limit, newest=newest, topic=topic)
-    through = None
-    if sizes is not None and max_bytes is not None:
-        clause, params = window()
-        through = page_end(run(sizes + clause, params), max_bytes)
-    clause, params = window(through=through)
-    rows = list(run(select + clause, params))
-    if newest:
-        rows.reverse()
-    return rows

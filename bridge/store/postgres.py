@@ -59,20 +59,18 @@ from bridge.store.base import (
     BatchOutcome,
     EventKey,
     Refused,
-    Stats,
     StoredEvent,
     StoredRejection,
     StoreUnavailable,
     check_schema_version,
     first_copies,
     iso_utc,
-    make_stats,
     payload_json,
-    read_page,
     rejected_row,
     tally,
 )
 from bridge.store.options import StoreOptions
+from bridge.store.reading import SqlReader
 from bridge.store.url import PostgresUrl
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -170,9 +168,13 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-class PostgresReader:
+class PostgresReader(SqlReader):
     """Reads one PostgreSQL store through a connection pool, in read-only transactions;
     never creates the schema."""
+
+    _MARK = "%s"
+    _EVENT_COLUMNS = "seq, topic, event_id, timestamp, utc_offset_s, source, payload, received_at"
+    _PAYLOAD_SIZE = "octet_length(payload::text)"
 
     def __init__(self, url: PostgresUrl, options: StoreOptions) -> None:
         self.display = url.display
@@ -252,73 +254,26 @@ class PostgresReader:
                     f"the store in {self.display} does not exist yet: the bridge creates it"
                 ) from exc
 
-    def bridge_uptime(self, client_id: str) -> float | None:
-        with self._read() as conn:
-            row = conn.execute(
-                _LIVE_UPTIMES + " AND client_id = %s", (self._alive_s, client_id)
-            ).fetchone()
-        return None if row is None else max(0.0, row[0])
+    def _live_uptimes(self, client_id: str | None) -> tuple[str, tuple[object, ...]]:
+        if client_id is None:
+            return _LIVE_UPTIMES, (self._alive_s,)
+        return _LIVE_UPTIMES + " AND client_id = %s", (self._alive_s, client_id)
 
-    def stats(self) -> Stats:
-        with self._read() as conn:
-            topics = conn.execute(
-                "SELECT topic, unique_processed, duplicate_dropped FROM topic_stats ORDER BY topic"
-            ).fetchall()
-            codes = conn.execute("SELECT code, count FROM rejection_stats ORDER BY code").fetchall()
-            (uptime,) = conn.execute(
-                f"SELECT max(uptime) FROM ({_LIVE_UPTIMES}) AS live", (self._alive_s,)
-            ).fetchone() or (None,)
-        return make_stats(topics, codes, uptime)
+    def _event(self, row: Any) -> StoredEvent:
+        seq, topic, event_id, timestamp, offset, source, payload, received_at = row
+        return StoredEvent(
+            seq,
+            topic,
+            event_id,
+            timestamp.astimezone(timezone(timedelta(seconds=offset))).isoformat(),
+            source,
+            payload,
+            iso_utc(received_at),
+        )
 
-    def events(
-        self,
-        *,
-        topic: str | None,
-        after: int,
-        limit: int,
-        newest: bool = False,
-        max_bytes: int | None = None,
-    ) -> list[StoredEvent]:
-        with self._read() as conn:
-            rows = read_page(
-                conn.execute,
-                "%s",
-                "SELECT seq, topic, event_id, timestamp, utc_offset_s, source, payload, received_at"
-                " FROM events",
-                "SELECT seq, octet_length(payload::text) FROM events",
-                after=after,
-                limit=limit,
-                newest=newest,
-                topic=topic,
-                max_bytes=max_bytes,
-            )
-        return [
-            StoredEvent(
-                seq,
-                t,
-                eid,
-                ts.astimezone(timezone(timedelta(seconds=offset))).isoformat(),
-                src,
-                payload,
-                iso_utc(rat),
-            )
-            for seq, t, eid, ts, offset, src, payload, rat in rows
-        ]
-
-    def rejected(self, *, after: int, limit: int, newest: bool = False) -> list[StoredRejection]:
-        with self._read() as conn:
-            rows = read_page(
-                conn.execute,
-                "%s",
-                "SELECT seq, mqtt_topic, code, reason, body, received_at FROM rejected",
-                after=after,
-                limit=limit,
-                newest=newest,
-            )
-        return [
-            StoredRejection(seq, topic, code, reason, body, iso_utc(rat))
-            for seq, topic, code, reason, body, rat in rows
-        ]
+    def _rejection(self, row: Any) -> StoredRejection:
+        seq, topic, code, reason, body, received_at = row
+        return StoredRejection(seq, topic, code, reason, body, iso_utc(received_at))
 
     def close(self) -> None:
         self._pool.close()

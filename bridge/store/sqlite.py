@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bridge.event import Event
 from bridge.store.base import (
@@ -24,20 +25,18 @@ from bridge.store.base import (
     BatchOutcome,
     EventKey,
     Refused,
-    Stats,
     StoredEvent,
     StoredRejection,
     StoreUnavailable,
     check_schema_version,
     first_copies,
     iso_utc,
-    make_stats,
     payload_json,
-    read_page,
     rejected_row,
     tally,
 )
 from bridge.store.options import StoreOptions
+from bridge.store.reading import SqlReader
 
 # Rows per multi-row INSERT: 6 parameters each stays far below SQLite's variable limit.
 _CHUNK = 500
@@ -104,8 +103,12 @@ def host_clock() -> tuple[str, float]:
     return boot_id, float(Path("/proc/uptime").read_text().split()[0])
 
 
-class SQLiteReader:
+class SQLiteReader(SqlReader):
     """Reads the store at `path` in short read-only transactions; never creates it."""
+
+    _MARK = "?"
+    _EVENT_COLUMNS = "seq, topic, event_id, timestamp, source, payload, received_at"
+    _PAYLOAD_SIZE = "length(payload)"
 
     def __init__(self, path: Path, options: StoreOptions) -> None:
         self.path = path
@@ -132,66 +135,21 @@ class SQLiteReader:
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
 
-    def _clock(self) -> dict[str, object]:
+    def _live_uptimes(self, client_id: str | None) -> tuple[str, dict[str, object]]:
         boot_id, now = host_clock()
-        return {"boot_id": boot_id, "now": now, "alive_s": self._alive_s}
+        params: dict[str, object] = {"boot_id": boot_id, "now": now, "alive_s": self._alive_s}
+        if client_id is None:
+            return _LIVE_UPTIMES, params
+        return _LIVE_UPTIMES + " AND client_id = :client_id", {**params, "client_id": client_id}
 
-    def bridge_uptime(self, client_id: str) -> float | None:
-        with self._read() as conn:
-            row = conn.execute(
-                _LIVE_UPTIMES + " AND client_id = :client_id",
-                {**self._clock(), "client_id": client_id},
-            ).fetchone()
-        return None if row is None else max(0.0, row[0])
+    def _event(self, row: Any) -> StoredEvent:
+        seq, topic, event_id, timestamp, source, payload, received_at = row
+        return StoredEvent(
+            seq, topic, event_id, timestamp, source, json.loads(payload), received_at
+        )
 
-    def stats(self) -> Stats:
-        with self._read() as conn:
-            topics = conn.execute(
-                "SELECT topic, unique_processed, duplicate_dropped FROM topic_stats ORDER BY topic"
-            ).fetchall()
-            codes = conn.execute("SELECT code, count FROM rejection_stats ORDER BY code").fetchall()
-            (uptime,) = conn.execute(
-                f"SELECT max(uptime) FROM ({_LIVE_UPTIMES}) AS live", self._clock()
-            ).fetchone()
-        return make_stats(topics, codes, uptime)
-
-    def events(
-        self,
-        *,
-        topic: str | None,
-        after: int,
-        limit: int,
-        newest: bool = False,
-        max_bytes: int | None = None,
-    ) -> list[StoredEvent]:
-        with self._read() as conn:
-            rows = read_page(
-                conn.execute,
-                "?",
-                "SELECT seq, topic, event_id, timestamp, source, payload, received_at FROM events",
-                "SELECT seq, length(payload) FROM events",
-                after=after,
-                limit=limit,
-                newest=newest,
-                topic=topic,
-                max_bytes=max_bytes,
-            )
-        return [
-            StoredEvent(seq, t, eid, ts, src, json.loads(payload), rat)
-            for seq, t, eid, ts, src, payload, rat in rows
-        ]
-
-    def rejected(self, *, after: int, limit: int, newest: bool = False) -> list[StoredRejection]:
-        with self._read() as conn:
-            rows = read_page(
-                conn.execute,
-                "?",
-                "SELECT seq, mqtt_topic, code, reason, body, received_at FROM rejected",
-                after=after,
-                limit=limit,
-                newest=newest,
-            )
-        return [StoredRejection(*row) for row in rows]
+    def _rejection(self, row: Any) -> StoredRejection:
+        return StoredRejection(*row)
 
     def close(self) -> None:
         """Nothing to close: each read opens and closes its own connection."""

@@ -35,7 +35,7 @@ from bridge.store import (
 )
 from bridge.store.base import KEEP_REJECTED, KEEP_ROW_BYTES
 from bridge.store.postgres import _COMMIT_LOCK, PostgresReader, PostgresWriter
-from bridge.store.sqlite import SQLiteReader
+from bridge.store.sqlite import SQLiteReader, SQLiteWriter
 from supervise.mosquitto import free_port
 
 
@@ -431,6 +431,15 @@ def test_postgres_durability_is_synchronous_commit(
     ):
         row = conn.execute("SHOW synchronous_commit").fetchone()
     assert row == (setting,)
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+def test_sqlite_durability_is_synchronous(tmp_path: Path, durability: Durability) -> None:
+    """`--durability` is SQLite's `synchronous` of the same name on the writer's connection."""
+    path = tmp_path / "s.db"
+    with closing(SQLiteWriter(path, StoreOptions(durability))) as opened:
+        (level,) = opened._connection.execute("PRAGMA synchronous").fetchone()  # noqa: SLF001 (on its connection)
+    assert level == {Durability.OFF: 0, Durability.NORMAL: 1, Durability.FULL: 2}[durability]
 
 
 def test_postgres_sessions_carry_the_hold_timeouts(pg_url: str) -> None:

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.query import (
+    PARAMETERS,
     Phrase,
     Query,
     QueryError,
@@ -133,6 +134,12 @@ def test_tokens_are_stable_letters_and_digits(value: str) -> None:
     assert all(t and all(c.isalnum() or c.isdigit() for c in t) for t in found)
 
 
+@given(st.text(st.characters(max_codepoint=127), max_size=120))
+def test_tokens_ascii_shortcut_is_the_same_rule(value: str) -> None:
+    """ASCII text takes a shortcut; with one non-ASCII letter added it takes the full rule."""
+    assert tokens(value + " \u00e9") == [*tokens(value), "e"]
+
+
 def test_document_gaps_between_values_and_bounds() -> None:
     """Values are separated by a gap; positions and repeats are bounded like PostgreSQL's."""
     assert document(["a b", "c"]).slots == ("a", "b", None, "c")
@@ -200,6 +207,13 @@ def test_parse_text_never_raises_and_renders_quoted(q: str) -> None:
     if isinstance(parsed, TextQuery):
         assert render_fts5(parsed).count('"') % 2 == 0
         assert render_tsquery(parsed).count("'") % 2 == 0
+
+
+@given(st.lists(st.tuples(st.sampled_from([*PARAMETERS, "x"]), st.text(max_size=40)), max_size=6))
+def test_parse_query_never_raises(params: list[tuple[str, str]]) -> None:
+    """Any parameters give a query or an error naming one of them."""
+    parsed = parse_query(params, now=NOW)
+    assert isinstance(parsed, Query) or parsed.parameter in {name for name, _ in params}
 
 
 def test_renderers() -> None:
@@ -502,6 +516,8 @@ def test_cursor_round_trip_keeps_the_first_page_clock() -> None:
     assert refused(
         ("topic", "a/b"), ("since", "15m"), ("order", "desc"), ("next", cursor)
     ).reason.startswith("was made for other filters")
+    numeric = query(("field", "s:503")).next_cursor(1)
+    assert query(("field", "s:5.03e2"), ("next", numeric)).position == 1
     assert "order=desc" in refused(("topic", "a/+"), ("since", "15m"), ("next", cursor)).reason
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-# What no stored string holds, and PostgreSQL refuses as a parameter.
 from bridge.event import _UNSTORABLE_CHAR
 
 MAX_FIELDS = 10
@@ -83,7 +82,7 @@ def parse_field(text: str) -> FieldFilter | str:
             quoted = None
         if not isinstance(quoted, str):
             return f"value {_cut(raw)!r} starts with a quote but is not a JSON string"
-        if _UNSTORABLE_CHAR.search(quoted):
+        if _UNSTORABLE_CHAR.search(quoted):  # PostgreSQL would refuse it as a parameter
             return "value holds NUL or an unpaired surrogate, which no stored event holds"
         return FieldFilter(path, quoted)
     if _NUMBER.fullmatch(raw):

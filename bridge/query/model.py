@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from bridge.event import _UNSTORABLE_CHAR, MAX_NAME_LENGTH
 from bridge.query.cursor import MAX_SEQ, Cursor, decode_cursor, filters_digest
 from bridge.query.fields import MAX_FIELDS, FieldFilter, parse_field
-from bridge.query.text import TextQuery, document, parse_text, searchable, text_matches
+from bridge.query.text import Phrase, TextQuery, document, parse_text, searchable, text_matches
 from bridge.query.times import parse_time
 from bridge.query.topic import TopicFilter, parse_topic
 
@@ -31,7 +31,7 @@ T = TypeVar("T")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 PARAMETERS = ("topic", "since", "until", "source", "q", "field", "order", "after", "next", "limit")
-# Beyond every other bound: no parameter's text is longer (q's own limit is lower).
+# No parameter's text is longer, whatever its own bounds.
 MAX_PARAMETER_CHARS = 1024
 
 
@@ -71,7 +71,7 @@ class Query:
                 self.since and self.since.isoformat(),
                 self.until and self.until.isoformat(),
                 self.source,
-                self.text and [[[p.tokens, p.prefix] for p in c] for c in _clauses(self.text)],
+                self.text and [_phrases(self.text.include), _phrases(self.text.exclude)],
                 [[f.path, _typed(f.value)] for f in self.fields],
                 self.order,
                 self.after,
@@ -84,12 +84,12 @@ class Query:
         return Cursor(last_seq, self.order == "desc", self.now, digest).encode()
 
 
-def _clauses(text: TextQuery) -> tuple[Sequence[Any], ...]:
-    return text.include, text.exclude
+def _phrases(phrases: Sequence[Phrase]) -> list[tuple[tuple[str, ...], bool]]:
+    return [(p.tokens, p.prefix) for p in phrases]
 
 
 def _typed(value: str | Decimal | bool | None) -> list[str]:
-    if isinstance(value, Decimal):
+    if isinstance(value, Decimal):  # 503, 503.0 and 5.03e2 are one filter
         return ["number", str(value.normalize())]
     return ["string", value] if isinstance(value, str) else ["json", json.dumps(value)]
 

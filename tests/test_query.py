@@ -52,6 +52,8 @@ from bridge.query.text import (
 from tests.conftest import PG_TEST_URL
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+# Hypothesis times each example; on a shared, loaded machine that measures the machine.
+unhurried = settings(deadline=None)
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ def test_tokens_fold_case_diacritics_and_compatibility_forms() -> None:
     assert tokens("-- ** () :: ^") == []
 
 
+@unhurried
 @given(st.text(max_size=60))
 def test_tokens_are_stable_letters_and_digits(value: str) -> None:
     """Tokens re-tokenize to themselves, so they can be indexed as space-separated text."""
@@ -134,6 +137,7 @@ def test_tokens_are_stable_letters_and_digits(value: str) -> None:
     assert all(t and all(c.isalnum() or c.isdigit() for c in t) for t in found)
 
 
+@unhurried
 @given(st.text(st.characters(max_codepoint=127), max_size=120))
 def test_tokens_ascii_shortcut_is_the_same_rule(value: str) -> None:
     """ASCII text takes a shortcut; with one non-ASCII letter added it takes the full rule."""
@@ -200,6 +204,7 @@ def test_parse_text_refusals(q: str, reason: str) -> None:
     assert reason in parsed
 
 
+@unhurried
 @given(st.text(max_size=300))
 def test_parse_text_never_raises_and_renders_quoted(q: str) -> None:
     """Whatever is typed, the result is a reason or an AST whose renderings quote every token."""
@@ -209,6 +214,7 @@ def test_parse_text_never_raises_and_renders_quoted(q: str) -> None:
         assert render_tsquery(parsed).count("'") % 2 == 0
 
 
+@unhurried
 @given(st.lists(st.tuples(st.sampled_from([*PARAMETERS, "x"]), st.text(max_size=40)), max_size=6))
 def test_parse_query_never_raises(params: list[tuple[str, str]]) -> None:
     """Any parameters give a query or an error naming one of them."""
@@ -232,7 +238,9 @@ def fts() -> Iterator[sqlite3.Connection]:
         yield conn
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    deadline=None, max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(st.lists(value_text, max_size=3), min_size=1, max_size=6), text_queries())
 def test_fts5_finds_what_the_matcher_finds(
     fts: sqlite3.Connection, docs: list[list[str]], parsed: TextQuery
@@ -257,7 +265,9 @@ def pg(postgres_reachable: None) -> Iterator[psycopg.Connection[tuple[Any, ...]]
         yield conn
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    deadline=None, max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(value_text, max_size=4), text_queries())
 def test_tsquery_finds_what_the_matcher_finds(
     pg: psycopg.Connection[tuple[Any, ...]], values: list[str], parsed: TextQuery
@@ -338,6 +348,7 @@ filters = (
 )
 
 
+@unhurried
 @given(filters, st.lists(topics, max_size=10))
 def test_like_pattern_keeps_every_matching_topic(pattern: str, names: list[str]) -> None:
     """LIKE with the pattern (escaped: `%`, `_` and `\\` are literal) keeps all matches."""
@@ -548,6 +559,7 @@ def test_matches_each_filter() -> None:
     assert not matches(query(("after", "5")), row)
 
 
+@unhurried
 @given(
     st.lists(
         st.builds(

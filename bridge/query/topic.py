@@ -51,14 +51,13 @@ class TopicFilter:
         superset to narrow a list of topics before `matches`. For a filter without
         wildcards, only that topic matches it (where LIKE is case-sensitive, as in
         PostgreSQL; SQLite's is not for ASCII unless `case_sensitive_like` is on)."""
-        parts = [_LIKE_SPECIAL.sub(r"\\\1", level) for level in self.levels]
-        pattern = "/".join(
-            "%" if level == "+" else part for level, part in zip(self.levels, parts, strict=True)
-        )
+        parts = [
+            "%" if level == "+" else _LIKE_SPECIAL.sub(r"\\\1", level) for level in self.levels
+        ]
         if self.levels[-1] == "#":
-            # `a/#` names `a` as well as `a/…`: drop the separator with the `#`.
-            pattern = pattern[: -len("/#")] + "%" if len(self.levels) > 1 else "%"
-        return pattern
+            # `a/#` names `a` as well as `a/…`: the `#` takes its separator with it.
+            return "/".join(parts[:-1]) + "%"
+        return "/".join(parts)
 
 
 def parse_topic(text: str) -> TopicFilter | str:

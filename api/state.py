@@ -9,8 +9,9 @@ No `from __future__ import annotations`: FastAPI reads the dependencies' annotat
 run time.
 """
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry
@@ -21,6 +22,8 @@ from api.publishing import Publisher
 from api.stream import StreamHub
 from bridge.lograte import RateLimitedLog
 from bridge.store import Store
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,38 +40,28 @@ class Shared:
     refusals: RateLimitedLog
 
 
-def shared(request: Request) -> Shared:
+def _shared(request: Request) -> Shared:
     found: Shared = request.app.state.shared
     return found
 
 
-async def _store(request: Request) -> Store:
-    return shared(request).store
+def _part(read: Callable[[Shared], T]) -> Callable[[Request], Awaitable[T]]:
+    """A dependency that gives one part of what the routes share."""
+
+    async def dependency(request: Request) -> T:
+        return read(_shared(request))
+
+    return dependency
 
 
-async def _publisher(request: Request) -> Publisher:
-    return shared(request).publisher
-
-
-async def _bodies(request: Request) -> BodyBudget:
-    return shared(request).bodies
-
-
-async def _broker_stats(request: Request) -> BrokerStats:
-    return shared(request).broker_stats
-
-
-async def _hub(request: Request) -> StreamHub:
-    return shared(request).hub
-
-
-async def _registry(request: Request) -> CollectorRegistry:
-    return shared(request).registry
-
-
-async def _refusals(request: Request) -> RateLimitedLog:
-    return shared(request).refusals
-
+# Assigned apart, so that mypy checks each lambda (it skips `Annotated`'s metadata).
+_store = _part(lambda s: s.store)
+_publisher = _part(lambda s: s.publisher)
+_bodies = _part(lambda s: s.bodies)
+_broker_stats = _part(lambda s: s.broker_stats)
+_hub = _part(lambda s: s.hub)
+_registry = _part(lambda s: s.registry)
+_refusals = _part(lambda s: s.refusals)
 
 StoreDep = Annotated[Store, Depends(_store)]
 PublisherDep = Annotated[Publisher, Depends(_publisher)]

@@ -8,8 +8,8 @@ from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from bridge.event import DEFAULT_MAX_EVENT_NODES, DEFAULT_MAX_PAYLOAD_BYTES
-from bridge.settings import DEFAULT_STORE, AliveSeconds, MqttSettings, StoreUrl
-from bridge.store import BRIDGE_ALIVE_SECONDS
+from bridge.settings import DEFAULT_STORE, AliveSeconds, MqttSettings, StoreSetting
+from bridge.store import BRIDGE_ALIVE_SECONDS, StoreOptions
 
 MIN_TOKEN_LENGTH = 16
 # JSON nodes in one request body: parsed, about 65 MB at worst (see DEFAULT_MAX_EVENT_NODES),
@@ -30,7 +30,7 @@ Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_separated)]
 class ApiSettings(MqttSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    store: StoreUrl = DEFAULT_STORE
+    store: StoreSetting = DEFAULT_STORE
     max_batch: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Shared with the bridge (LOGAGG_MAX_PAYLOAD_BYTES): a larger event would be accepted
@@ -77,6 +77,11 @@ class ApiSettings(MqttSettings):
     api_allowed_hosts: Names = ()
     # Origins (scheme://host:port) whose pages may call the API from a browser, with CORS.
     api_allowed_origins: Names = ()
+
+    @property
+    def store_options(self) -> StoreOptions:
+        """The sidecar only reads: of the store's options, the alive window is its own."""
+        return StoreOptions(alive_s=self.bridge_alive_s)
 
     @field_validator("api_token")
     @classmethod

@@ -23,7 +23,7 @@ from pathlib import Path
 from bench.prefill import prefill
 from bench.stream import TOPICS
 from bridge.event import Event
-from bridge.store import open_store
+from bridge.store import Durability, StoreOptions, open_reader, open_writer, parse_store_url
 from bridge.store.base import iso_utc
 
 WINDOW_S = 300
@@ -42,7 +42,8 @@ def _median_ms(call: Callable[[], object]) -> float:
 def _store_recent(path: Path, count: int) -> None:
     """`count` events through `record()`, then their `received_at` spread over the window."""
     stamp = datetime(2026, 11, 26, tzinfo=UTC)
-    with closing(open_store(f"sqlite:///{path}", durability="off")) as store:
+    url = parse_store_url(f"sqlite:///{path}")
+    with closing(open_writer(url, StoreOptions(durability=Durability.OFF))) as store:
         for start in range(0, count, BATCH):
             store.record(
                 [
@@ -72,7 +73,7 @@ def _store_recent(path: Path, count: int) -> None:
 def measure(path: Path, events: int, recent: int) -> dict[str, object]:
     prefill(path, events, payload_bytes=100)
     _store_recent(path, recent)
-    with closing(open_store(f"sqlite:///{path}", readonly=True)) as reader:
+    with closing(open_reader(parse_store_url(f"sqlite:///{path}"))) as reader:
         window = reader.stored_per_second(seconds=WINDOW_S)
         counted = sum(window.counts.values())
         newest = window.next_after

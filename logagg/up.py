@@ -22,7 +22,6 @@ from types import FrameType
 from pydantic import Field
 
 from bridge.settings import BridgeSettings
-from bridge.store import redact_url
 from logagg.embedded import WARNING as EMBEDDED_WARNING
 from supervise.mosquitto import (
     PROJECT_CONFIG,
@@ -127,7 +126,7 @@ def run_up(settings: UpSettings) -> int:
     address = settings.address
     # URLs go through the environment, not argv: they may carry passwords, and every user
     # of the machine can read a process's command line.
-    env = {**os.environ, "LOGAGG_BROKER": settings.broker, "LOGAGG_STORE": settings.store}
+    env = {**os.environ, "LOGAGG_BROKER": settings.broker, "LOGAGG_STORE": settings.store.url}
     bridge = Child(
         "bridge",
         _logagg("bridge", "--client-id", settings.client_id, "--mqtt-version", mqtt_version),
@@ -153,7 +152,7 @@ def run_up(settings: UpSettings) -> int:
             "  watch:    %s/ (dashboard)  %s/metrics  logagg stats  logagg tail -f\n"
             "  Ctrl-C stops everything; running it again resumes on the same store.",
             address,
-            redact_url(settings.store),
+            settings.store.display,
             address.host,
             address.port,
             EXAMPLE_MQTT,

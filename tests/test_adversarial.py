@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from bench.adversarial import BRIDGE_TARGET_MB, SIDECAR_TARGET_MB, measure
 from bench.probe import peak_rss_mb, rss_mb
 from supervise.mosquitto import Mosquitto
-from tests.conftest import BridgeProcess, publish_raw, wait_for_stats
+from tests.helpers import StartBridge, publish_raw, wait_for_stats
 
 pytestmark = pytest.mark.broker
 
@@ -32,7 +31,7 @@ def test_adversarial_corpus_keeps_bridge_and_sidecar_memory_bounded(tmp_path: Pa
 
 def test_bridge_reads_a_backlog_a_byte_budget_at_a_time(
     broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
+    bridge_factory: StartBridge,
     store_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -17,6 +17,9 @@ from tests.helpers import StartBridge, publish_raw, wait_for_stats
 pytestmark = pytest.mark.broker
 
 
+# Slow: it drains a backlog of maximal events and posts 16 MiB bodies from four clients, all
+# measured from /proc (~10 s on an idle machine).
+@pytest.mark.slow
 def test_adversarial_corpus_keeps_bridge_and_sidecar_memory_bounded(tmp_path: Path) -> None:
     """A backlog of maximal events (1 in 20 over the node limit) is drained exactly once,
     the poison counted as rejected; 4 readers page through it all and 4 clients post

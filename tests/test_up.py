@@ -125,6 +125,7 @@ def test_up_falls_back_to_the_embedded_broker_loudly(
         broker.stop()
 
 
+@pytest.mark.broker  # `logagg up` checks the directory before it starts Mosquitto
 def test_up_refuses_a_broker_persistence_directory_it_cannot_write(
     tmp_path: Path, immutable: Callable[[list[Path], bool], None]
 ) -> None:

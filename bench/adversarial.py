@@ -43,7 +43,7 @@ import httpx
 from api.settings import DEFAULT_MAX_BODY_NODES
 from bench.flood import Flood
 from bench.probe import peak_rss_mb, rss_mb
-from bench.procs import BenchError, Child, start_api, start_bridge
+from bench.procs import BenchError, LoggedProcess, start_api, start_bridge
 from bench.soak import store_stats
 from bridge.event import (
     DEFAULT_MAX_EVENT_NODES,
@@ -126,7 +126,7 @@ def maximal_body(index: int) -> bytes:
     return ("[" + ",".join(texts) + "]").replace('"PAYLOAD"', payload).encode()
 
 
-def _wait_stats(store_url: str, done: Callable[[Stats], bool], watch: Child) -> Stats:
+def _wait_stats(store_url: str, done: Callable[[Stats], bool], watch: LoggedProcess) -> Stats:
     deadline = time.monotonic() + TIMEOUT_S
     while True:
         watch.check_alive()

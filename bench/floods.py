@@ -38,7 +38,7 @@ import httpx
 
 from bench.prefill import prefill
 from bench.probe import cpu_seconds, peak_rss_mb
-from bench.procs import BenchError, Child, start_api, start_bridge, start_flood
+from bench.procs import BenchError, LoggedProcess, start_api, start_bridge, start_flood
 from bench.scenarios import _broker, _percentile
 from bench.sessions import register
 from bench.stream import TOPICS, StreamSpec
@@ -253,7 +253,7 @@ def single_stream(work: Path, args: argparse.Namespace, env: dict[str, str]) -> 
     with ExitStack() as stack:
         mosq = stack.enter_context(_broker(work / "broker-stream"))
         port = free_port()
-        api: Child = stack.enter_context(
+        api: LoggedProcess = stack.enter_context(
             start_api(mosq.url, f"sqlite:///{path}", port, work / "api-stream.log", env=env)
         )
         client = StreamClient("after=0")
@@ -286,7 +286,7 @@ def live_stream(work: Path, args: argparse.Namespace, env: dict[str, str]) -> di
         port = free_port()
         stack.enter_context(start_api(mosq.url, store_url, port, work / "api-live.log", env=env))
 
-        def stored_all(bridge: Child) -> float:
+        def stored_all(bridge: LoggedProcess) -> float:
             store = open_reader(parse_store_url(store_url))
             try:
                 deadline = time.monotonic() + 600

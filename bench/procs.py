@@ -12,7 +12,6 @@ import time
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -28,7 +27,7 @@ class BenchError(Exception):
     """A process failed or a count came out wrong: the run is not a valid measurement."""
 
 
-class Child:
+class LoggedProcess:
     """A subprocess with its output in a log file; leaving the `with` block stops it."""
 
     def __init__(
@@ -89,15 +88,10 @@ class Child:
     def stop(self) -> None:
         stop_process(self.process, timeout=STOP_TIMEOUT_S)
 
-    def __enter__(self) -> Child:
+    def __enter__(self) -> LoggedProcess:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 
@@ -120,13 +114,13 @@ def start_bridge(
     *,
     group: str | None = None,
     wait: bool = True,
-) -> Child:
+) -> LoggedProcess:
     """The real bridge with its default settings, bar the store's durability if asked and
     the shared-subscription group if given; by default returns once it has subscribed (so
     it has taken its session)."""
     args = ["bridge", "--broker", broker_url, "--store", store_url, "--client-id", client_id]
     args += ["--durability", durability, *(["--group", group] if group else [])]
-    child = Child(f"bridge {client_id}", _logagg(*args), log)
+    child = LoggedProcess(f"bridge {client_id}", _logagg(*args), log)
     try:
         if wait:
             child.wait_for("subscribed to")
@@ -145,7 +139,7 @@ def start_bridges(
     *,
     group: str | None,
     stack: ExitStack,
-) -> list[Child]:
+) -> list[LoggedProcess]:
     """Several bridges, all started before any is waited for, so they begin together; each
     is stopped when `stack` closes. Returns once all have subscribed."""
     bridges = [
@@ -175,12 +169,12 @@ def start_api(
     *,
     env: dict[str, str] | None = None,
     open_files: int | None = None,
-) -> Child:
+) -> LoggedProcess:
     """The HTTP sidecar; returns once `GET /healthz` answers 200. `env` replaces the
     environment (settings, or PYTHONPATH to run another checkout's sidecar)."""
     args = ["api", "--host", "127.0.0.1", "--port", str(port)]
     args += ["--broker", broker_url, "--store", store_url]
-    child = Child("api", _logagg(*args), log, env=env, open_files=open_files)
+    child = LoggedProcess("api", _logagg(*args), log, env=env, open_files=open_files)
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         while True:
@@ -198,19 +192,21 @@ def start_api(
         raise
 
 
-def start_flood(port: int, spec: StreamSpec, log: Path, *, rate: float = 0.0) -> Child:
+def start_flood(port: int, spec: StreamSpec, log: Path, *, rate: float = 0.0) -> LoggedProcess:
     """The publisher (`bench.flood`); `result()` waits for its summary."""
     args = ["--port", str(port), "--count", str(spec.count), "--dup-ratio", str(spec.dup_ratio)]
     args += ["--payload-bytes", str(spec.payload_bytes), "--seed", str(spec.seed)]
-    return Child(
+    return LoggedProcess(
         "publisher", [sys.executable, "-m", "bench.flood", *args, "--rate", str(rate)], log
     )
 
 
-def start_baseline(port: int, client_id: str, expect: int, log: Path, timeout: float) -> Child:
+def start_baseline(
+    port: int, client_id: str, expect: int, log: Path, timeout: float
+) -> LoggedProcess:
     """The bare aiomqtt subscriber (`bench.baseline`) draining `expect` queued messages."""
     args = ["--port", str(port), "--client-id", client_id, "--expect", str(expect)]
-    return Child(
+    return LoggedProcess(
         "baseline",
         [sys.executable, "-m", "bench.baseline", *args, "--timeout", str(timeout)],
         log,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.procs import Child, start_bridge
+from bench.procs import LoggedProcess, start_bridge
 from bridge.store import Stats, StoreUnavailable, open_reader, parse_store_url
 from publisher.run import run_publisher
 from publisher.settings import PublisherSettings
@@ -68,7 +68,7 @@ def soak(minutes: float, rate: float, dup_ratio: float, out: Path) -> dict[str, 
         )
         api_port = free_port()
         api = stack.enter_context(
-            Child(
+            LoggedProcess(
                 "api",
                 [
                     sys.executable,

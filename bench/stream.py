@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from publisher.stream import spread
+
 TOPICS = tuple(f"bench{i}" for i in range(5))
 PREFIX = "logs/"
 # Repeats are drawn from this many recent events: retries happen soon after the first send.
@@ -51,14 +53,6 @@ class Draft:
         return b"%s%.6f}}" % (self.head, sent_at)
 
 
-def _spread(rng: random.Random, n: int, k: int) -> Iterator[bool]:
-    """Exactly `k` Trues among `n`, every placement equally likely (Knuth's Algorithm S)."""
-    for remaining in range(n, 0, -1):
-        pick = rng.random() * remaining < k
-        k -= pick
-        yield pick
-
-
 def drafts(spec: StreamSpec, *, with_topic: bool = False) -> Iterator[Draft]:
     """The stream, lazily: event ids are `<run>-<n>` like `logagg publish`'s, the run drawn
     from the seed and the clock so two runs never collide in one store. `with_topic` puts
@@ -67,7 +61,7 @@ def drafts(spec: StreamSpec, *, with_topic: bool = False) -> Iterator[Draft]:
     run = uuid.UUID(int=rng.getrandbits(128) ^ time.time_ns()).hex[:12]
     stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
     pad = "x" * max(0, spec.payload_bytes - len('{"n":0,"pad":"","sent_at":0000000000.000000}'))
-    is_repeat = _spread(rng, spec.count - 1, spec.repeats)
+    is_repeat = spread(rng, spec.count - 1, spec.repeats)
     history: deque[Draft] = deque(maxlen=HISTORY)
     n = 0
     for i in range(spec.count):

@@ -50,7 +50,10 @@ class UpSettings(BridgeSettings):
 
 
 @dataclass
-class Child:
+class ManagedProcess:
+    """A command `logagg up` runs beside the others (broker, bridge, sidecar): its name,
+    argv and environment, and its process once started."""
+
     name: str
     args: list[str]
     env: dict[str, str] | None = None
@@ -74,7 +77,7 @@ def _logagg(*args: str) -> list[str]:
     return [sys.executable, "-m", "logagg", *args]
 
 
-def choose_broker(settings: UpSettings) -> tuple[Child | Mosquitto | None, str]:
+def choose_broker(settings: UpSettings) -> tuple[ManagedProcess | Mosquitto | None, str]:
     """The broker to start, if any, and the MQTT version the bridge should speak to it."""
     address = settings.address
     if port_open(address.host, address.port):
@@ -98,7 +101,7 @@ def choose_broker(settings: UpSettings) -> tuple[Child | Mosquitto | None, str]:
         ) from None
     for _ in range(3):
         logger.warning(EMBEDDED_WARNING)
-    embedded = Child(
+    embedded = ManagedProcess(
         "embedded broker", [sys.executable, "-m", "logagg.embedded", str(address.port)]
     )
     return embedded, "3.1.1"
@@ -127,13 +130,15 @@ def run_up(settings: UpSettings) -> int:
     # URLs go through the environment, not argv: they may carry passwords, and every user
     # of the machine can read a process's command line.
     env = {**os.environ, "LOGAGG_BROKER": settings.broker, "LOGAGG_STORE": settings.store.url}
-    bridge = Child(
+    bridge = ManagedProcess(
         "bridge",
         _logagg("bridge", "--client-id", settings.client_id, "--mqtt-version", mqtt_version),
         env,
     )
-    api = Child("api", _logagg("api", "--host", settings.host, "--port", str(settings.port)), env)
-    children: list[Child] = [bridge, api]
+    api = ManagedProcess(
+        "api", _logagg("api", "--host", settings.host, "--port", str(settings.port)), env
+    )
+    children: list[ManagedProcess] = [bridge, api]
     code = 0
     try:
         if broker is not None:

@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from api.models import EventPage, StatsReport, busiest_topics
 from bridge.backoff import Backoff
 from bridge.store import StoredEvent
-from publisher.settings import DEFAULT_API_URL, ApiUrl
+from publisher.settings import DEFAULT_API_URL, SidecarUrl
 
 logger = logging.getLogger("logagg.views")
 
@@ -35,7 +35,7 @@ _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
 class ViewSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOGAGG_", extra="forbid")
 
-    api_url: ApiUrl = DEFAULT_API_URL
+    api_url: SidecarUrl = DEFAULT_API_URL
     # LOGAGG_API_TOKEN, as the sidecar has it; environment only, never a flag.
     api_token: SecretStr | None = None
 

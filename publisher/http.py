@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from types import TracebackType
 
 import httpx
 
 from bridge.backoff import Backoff
 from publisher.settings import PublisherSettings
 from publisher.stream import Message
-from publisher.summary import PublishError, Tally
+from publisher.summary import AckCounts, PublishError
 
 logger = logging.getLogger("logagg.publisher")
 
@@ -35,11 +34,11 @@ _HINTS = {
 class HttpSender:
     """Use as a context manager: leaving closes the connection pool."""
 
-    def __init__(self, settings: PublisherSettings, tally: Tally) -> None:
+    def __init__(self, settings: PublisherSettings, acks: AckCounts) -> None:
         self._url = f"{settings.api_url}/publish"
         self._batch_size = settings.http_batch_size
         self._timeout = settings.ack_timeout_s
-        self._tally = tally
+        self._acks = acks
         self._batch: list[Message] = []
         self._batch_started = 0.0
         headers = {"content-type": "application/json"}
@@ -50,12 +49,7 @@ class HttpSender:
     def __enter__(self) -> HttpSender:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._client.close()
 
     def send(self, message: Message) -> None:
@@ -88,7 +82,7 @@ class HttpSender:
             logger.warning("%s: %s; resending %d events", self._url, problem, len(self._batch))
             time.sleep(backoff.delay())
         for message in self._batch:
-            self._tally.acknowledged(message)
+            self._acks.acknowledged(message)
         self._batch = []
 
     def _post(self, body: bytes, deadline: float) -> str | None:

@@ -20,7 +20,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -31,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from bridge.broker import client_kwargs
 from publisher.settings import PublisherSettings
 from publisher.stream import Message
-from publisher.summary import PublishError, Tally
+from publisher.summary import AckCounts, PublishError
 
 logger = logging.getLogger("logagg.publisher")
 
@@ -47,11 +46,11 @@ class MqttSender:
     """Use as a context manager: entering connects, leaving disconnects and stops paho's
     thread, whatever happened in between."""
 
-    def __init__(self, settings: PublisherSettings, tally: Tally, client_id: str) -> None:
+    def __init__(self, settings: PublisherSettings, acks: AckCounts, client_id: str) -> None:
         self._address = settings.address
         self._prefix = settings.topic_prefix
         self._timeout = settings.ack_timeout_s
-        self._tally = tally
+        self._acks = acks
         self._cond = threading.Condition()
         # Guarded by _cond: written by paho's thread, read by the caller's.
         self._pending: dict[int, Message] = {}
@@ -98,12 +97,7 @@ class MqttSender:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._stop()
 
     def _stop(self) -> None:
@@ -168,7 +162,7 @@ class MqttSender:
                     self._address,
                     self._prefix,
                 )
-            self._tally.acknowledged(message)
+            self._acks.acknowledged(message)
             self._last_progress = time.monotonic()
         self._cond.notify_all()
 

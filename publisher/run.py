@@ -15,7 +15,7 @@ from publisher.http import HttpSender
 from publisher.mqtt import MqttSender
 from publisher.settings import PublisherSettings
 from publisher.stream import Message, generate
-from publisher.summary import PublishError, Summary, Tally
+from publisher.summary import AckCounts, PublishError, Summary
 
 ProgressCallback = Callable[[int], None]
 PROGRESS_EVERY_S = 0.1
@@ -59,11 +59,11 @@ class Pacer:
 
 
 def _sender(
-    settings: PublisherSettings, tally: Tally, run_id: str
+    settings: PublisherSettings, acks: AckCounts, run_id: str
 ) -> AbstractContextManager[Sender]:
     if settings.via == "http":
-        return HttpSender(settings, tally)
-    return MqttSender(settings, tally, client_id=f"logagg-publish-{run_id[:12]}")
+        return HttpSender(settings, acks)
+    return MqttSender(settings, acks, client_id=f"logagg-publish-{run_id[:12]}")
 
 
 def run_publisher(
@@ -76,7 +76,7 @@ def run_publisher(
     stops answering for `ack_timeout_s` or refuses outright.
     """
     run_id = uuid.uuid4().hex
-    tally = Tally()
+    acks = AckCounts()
     messages = generate(
         count=settings.count,
         topics=settings.topics,
@@ -94,14 +94,14 @@ def run_publisher(
             via=settings.via,
             run_id=run_id,
             requested=settings.count,
-            sent=tally.sent,
-            distinct=tally.distinct,
+            sent=acks.sent,
+            distinct=acks.distinct,
             elapsed_s=elapsed_s,
         )
 
     elapsed_s = 0.0
     try:
-        with _sender(settings, tally, run_id) as sender:
+        with _sender(settings, acks, run_id) as sender:
             started = reported = time.monotonic()
             try:
                 for message in messages:
@@ -109,14 +109,14 @@ def run_publisher(
                     sender.send(message)
                     if on_progress is not None and time.monotonic() - reported >= PROGRESS_EVERY_S:
                         reported = time.monotonic()
-                        on_progress(tally.sent)
+                        on_progress(acks.sent)
                 sender.flush()
             finally:  # before disconnecting, which can take a second
                 elapsed_s = time.monotonic() - started
     except PublishError as exc:
         raise PublishError(str(exc), summary(elapsed_s)) from exc
     if on_progress is not None:
-        on_progress(tally.sent)
+        on_progress(acks.sent)
     return summary(elapsed_s)
 
 

@@ -29,7 +29,7 @@ def _http_url(value: str) -> str:
 
 
 # The sidecar's base URL, for each of its HTTP clients (`publish --via http`, `tail`, `stats`).
-ApiUrl = Annotated[str, AfterValidator(_http_url)]
+SidecarUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class PublisherSettings(MqttSettings):
@@ -42,7 +42,7 @@ class PublisherSettings(MqttSettings):
     dup_ratio: float = Field(default=0.2, ge=0, lt=1)
     out_of_order: float = Field(default=0.1, ge=0, le=1)
     via: Literal["mqtt", "http"] = "mqtt"
-    api_url: ApiUrl = DEFAULT_API_URL
+    api_url: SidecarUrl = DEFAULT_API_URL
     # The sidecar's LOGAGG_API_TOKEN, sent as a bearer token; environment only, never a flag.
     api_token: SecretStr | None = None
     # Not `batch_size`: LOGAGG_BATCH_SIZE is the bridge's commit batch.

@@ -90,9 +90,10 @@ class Message:
         return self._body
 
 
-def _spread(rng: random.Random, n: int, k: int) -> Iterator[bool]:
+def spread(rng: random.Random, n: int, k: int) -> Iterator[bool]:
     """Exactly `k` Trues among `n`, every placement equally likely, in constant memory
-    (selection sampling, Knuth's Algorithm S)."""
+    (selection sampling, Knuth's Algorithm S). The benchmark's stream places its repeats
+    with it too."""
     for remaining in range(n, 0, -1):
         pick = rng.random() * remaining < k
         k -= pick
@@ -132,9 +133,9 @@ def generate(
     rng = random.Random(seed)
     repeats = min(round(count * dup_ratio), count - 1)
     distinct = count - repeats
-    shifted = _spread(rng, distinct, round(distinct * out_of_order))
+    shifted = spread(rng, distinct, round(distinct * out_of_order))
     # The first send cannot repeat anything.
-    is_repeat = _spread(rng, count - 1, repeats)
+    is_repeat = spread(rng, count - 1, repeats)
     history: deque[Message] = deque(maxlen=HISTORY)
     seq = 0
     for i in range(count):

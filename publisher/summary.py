@@ -52,7 +52,7 @@ class PublishError(Exception):
 
 
 @dataclass(slots=True)
-class Tally:
+class AckCounts:
     """Counts acknowledgements; the caller serialises calls (MQTT acks arrive on paho's
     thread, under the sender's lock)."""
 

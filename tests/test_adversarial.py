@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,14 @@ import pytest
 from bench.adversarial import BRIDGE_TARGET_MB, SIDECAR_TARGET_MB, measure
 from bench.probe import peak_rss_mb, rss_mb
 from supervise.mosquitto import Mosquitto
-from tests.conftest import BridgeProcess, publish_raw, wait_for_stats
+from tests.helpers import StartBridge, publish_raw, wait_for_stats
 
 pytestmark = pytest.mark.broker
 
 
+# Slow: it drains a backlog of maximal events and posts 16 MiB bodies from four clients, all
+# measured from /proc (~10 s on an idle machine).
+@pytest.mark.slow
 def test_adversarial_corpus_keeps_bridge_and_sidecar_memory_bounded(tmp_path: Path) -> None:
     """A backlog of maximal events (1 in 20 over the node limit) is drained exactly once,
     the poison counted as rejected; 4 readers page through it all and 4 clients post
@@ -32,7 +34,7 @@ def test_adversarial_corpus_keeps_bridge_and_sidecar_memory_bounded(tmp_path: Pa
 
 def test_bridge_reads_a_backlog_a_byte_budget_at_a_time(
     broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
+    bridge_factory: StartBridge,
     store_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

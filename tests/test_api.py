@@ -12,10 +12,10 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -25,36 +25,22 @@ from api.models import BUSIEST_TOPICS
 from bridge.event import BROKER_MAX_SEPARATORS, MAX_TOPIC_LEVELS, Event, check_prefix
 from bridge.store import open_writer, parse_store_url
 from publisher import PublisherSettings, run_publisher
-from supervise.mosquitto import Mosquitto, free_port
-from tests.conftest import BridgeProcess, Sidecar, publish_raw, wait_for_stats
-
-
-def event(event_id: str, topic: str = "app", **fields: Any) -> dict[str, Any]:
-    return {
-        "topic": topic,
-        "event_id": event_id,
-        "timestamp": "2026-11-26T12:00:00+00:00",
-        "source": "test",
-        "payload": {"msg": f"hello {event_id}"},
-        **fields,
-    }
-
-
-def nowhere() -> str:
-    """A broker URL nothing listens on."""
-    return f"mqtt://127.0.0.1:{free_port()}"
+from supervise.mosquitto import Mosquitto
+from tests.helpers import (
+    Sidecar,
+    StartBridge,
+    event,
+    nowhere,
+    publish_raw,
+    wait_for_stats,
+)
 
 
 @pytest.mark.broker
 def test_publish_single_and_batch_are_stored_by_the_bridge(
-    broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
-    sidecar: Sidecar,
-    store_url: str,
+    client: httpx.Client, broker: Mosquitto, store_url: str
 ) -> None:
     """Events posted over HTTP reach the store through the broker; a resent one is a duplicate."""
-    bridge_factory()
-    client = sidecar(broker.url)
 
     single = client.post("/publish", json=event("e1"))
     assert (single.status_code, single.json()) == (200, {"accepted": 1})
@@ -96,7 +82,7 @@ def test_publish_single_and_batch_are_stored_by_the_bridge(
 @pytest.mark.broker
 def test_publish_batch_larger_than_the_inflight_window(
     broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
+    bridge_factory: StartBridge,
     sidecar: Sidecar,
     store_url: str,
 ) -> None:
@@ -132,14 +118,9 @@ def test_concurrent_requests_share_one_connection(
 
 @pytest.mark.broker
 def test_publish_invalid_item_names_index_and_field_and_publishes_nothing(
-    broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
-    sidecar: Sidecar,
-    store_url: str,
+    client: httpx.Client, store_url: str
 ) -> None:
     """422 lists each failing item; the bridge, subscribed to everything, never sees the batch."""
-    bridge_factory()
-    client = sidecar(broker.url)
     batch = [event(f"e{i}") for i in range(5)]
     batch[3]["timestamp"] = "2026-11-26T12:00:00"  # no offset
     del batch[1]["source"]
@@ -308,7 +289,7 @@ def test_publish_answers_503_quickly_when_the_broker_is_down(
 @pytest.mark.broker
 def test_publish_broker_failing_mid_batch_says_how_many_then_resend_is_safe(
     broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
+    bridge_factory: StartBridge,
     sidecar: Sidecar,
     store_url: str,
 ) -> None:
@@ -339,7 +320,7 @@ def test_publish_broker_failing_mid_batch_says_how_many_then_resend_is_safe(
 @pytest.mark.broker
 def test_healthz_ok_then_names_the_broker_when_it_stops(
     broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
+    bridge_factory: StartBridge,
     sidecar: Sidecar,
     store_url: str,
 ) -> None:
@@ -379,7 +360,7 @@ def test_healthz_and_reads_are_503_without_a_store(sidecar: Sidecar) -> None:
 @pytest.mark.broker
 def test_events_paging_with_after_and_topic_filter(
     broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
+    bridge_factory: StartBridge,
     sidecar: Sidecar,
     store_url: str,
 ) -> None:
@@ -414,13 +395,8 @@ def test_events_paging_with_after_and_topic_filter(
 
 @pytest.mark.broker
 def test_rejected_shows_a_malformed_mqtt_message_with_its_reason(
-    broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
-    sidecar: Sidecar,
-    store_url: str,
+    client: httpx.Client, broker: Mosquitto, store_url: str
 ) -> None:
-    bridge_factory()
-    client = sidecar(broker.url)
     publish_raw(broker.port, [("logs/x", b"not json")])
     wait_for_stats(store_url, lambda s: s.rejected == 1)
 
@@ -449,15 +425,8 @@ def test_openapi_documents_the_publish_body_and_responses(sidecar: Sidecar) -> N
 
 
 @pytest.mark.broker
-def test_publisher_via_http_end_to_end(
-    broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
-    sidecar: Sidecar,
-    store_url: str,
-) -> None:
+def test_publisher_via_http_end_to_end(client: httpx.Client, store_url: str) -> None:
     """`logagg publish --via http` through the real sidecar and bridge: exact counts."""
-    bridge_factory()
-    client = sidecar(broker.url)
     summary = run_publisher(
         PublisherSettings(
             via="http", api_url=str(client.base_url), count=3000, dup_ratio=0.25, seed=5
@@ -493,17 +462,11 @@ def test_reads_refuse_impossible_cursors_and_topics_with_422(sidecar: Sidecar) -
 
 @pytest.mark.broker
 def test_topic_the_broker_would_refuse_fails_only_its_own_batch(
-    broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
-    sidecar: Sidecar,
-    store_url: str,
-    caplog: pytest.LogCaptureFixture,
+    client: httpx.Client, broker: Mosquitto, store_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A topic of 200 `/` (Mosquitto drops a connection that publishes it) is a 422 naming
     it, before anything of its batch is published; a batch sent at the same moment by
     another client is accepted whole, on the same connection."""
-    bridge_factory()
-    client = sidecar(broker.url)
     bad = [*(event(f"a-{i}") for i in range(500)), event("a-bad", topic="/" * 200)]
     good = [event(f"b-{i}") for i in range(500)]
     with (
@@ -559,15 +522,10 @@ def test_topic_limits_are_mosquittos(broker: Mosquitto, sidecar: Sidecar) -> Non
 
 @pytest.mark.broker
 def test_stats_lists_the_busiest_topics_and_counts_them_all(
-    broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
-    sidecar: Sidecar,
-    store_url: str,
+    client: httpx.Client, broker: Mosquitto, store_url: str
 ) -> None:
     """/stats lists the BUSIEST_TOPICS busiest (the dashboard polls it), `topics_total` counts
     every topic, `?topics=all` lists them all; /metrics labels the same topics."""
-    bridge_factory()
-    client = sidecar(broker.url)
     # Topic t<i> gets i % 7 + 1 events: a ranking with ties, broken by name.
     messages = [
         (f"logs/t{i:03}", json.dumps(event(f"e{j}", f"t{i:03}")).encode())
@@ -598,16 +556,11 @@ def test_stats_lists_the_busiest_topics_and_counts_them_all(
 
 @pytest.mark.broker
 def test_bom_bodies_and_invisible_names_are_refused_alike_over_http_and_mqtt(
-    broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
-    sidecar: Sidecar,
-    store_url: str,
+    client: httpx.Client, broker: Mosquitto, store_url: str
 ) -> None:
     """One rule on both roads: a BOM-prefixed body, and `auth\\u200b.prod` posing as
     `auth.prod`, are refused by the sidecar (422) and by the bridge (rejected), for the same
     reason; nothing of either is stored."""
-    bridge_factory()
-    client = sidecar(broker.url)
     bom = "\ufeff".encode() + json.dumps(event("bom", "auth.prod")).encode()
     json_type = {"content-type": "application/json"}
     [http_bom] = client.post("/publish", content=bom, headers=json_type).json()["detail"]

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from api import ApiSettings, create_app
 from bridge.store import parse_store_url
 from supervise.mosquitto import Mosquitto, free_port
-from tests.conftest import BridgeProcess, make_stream, publish_raw, serving, wait_for_stats
+from tests.helpers import BridgeProcess, make_stream, publish_raw, serving, wait_for_stats
 
 pytestmark = pytest.mark.broker
 

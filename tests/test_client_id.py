@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import aiomqtt
@@ -14,7 +13,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.refusal import BrokerRefused, Refusals
 from supervise.mosquitto import Mosquitto
-from tests.conftest import BridgeProcess, make_stream, publish_raw, wait_for_stats
+from tests.helpers import BridgeProcess, StartBridge, make_stream, publish_raw, wait_for_stats
 
 
 def client_id(bridge: BridgeProcess) -> str:
@@ -25,7 +24,7 @@ def client_id(bridge: BridgeProcess) -> str:
 
 @pytest.mark.broker
 def test_two_bridges_with_one_client_id_one_stops_naming_the_clash(
-    bridge_factory: Callable[..., BridgeProcess],
+    bridge_factory: StartBridge,
 ) -> None:
     """The broker hands the session to whichever connected last; Mosquitto 2.0 closes the
     other's connection without a reason code (no 0x8E), so after five such drops within

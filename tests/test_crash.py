@@ -2,64 +2,28 @@
 
 from __future__ import annotations
 
-import re
 import signal
-import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
-from bridge.store import Stats
-from supervise.mosquitto import PROJECT_CONFIG, Mosquitto
-from tests.conftest import (
-    BridgeProcess,
+from supervise.mosquitto import Mosquitto
+from tests.helpers import (
+    AUTOSAVE_S,
+    StartBridge,
+    assert_exactly_once,
+    distinct,
     make_stream,
     publish_raw,
-    received_at_least,
+    stream_with_kills,
     wait_for_stats,
 )
-from tests.test_bridge import assert_exactly_once, distinct
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-AUTOSAVE_S = int(
-    re.search(r"^autosave_interval (\d+)", PROJECT_CONFIG.read_text(), re.MULTILINE)[1]  # type: ignore[index]
-)
-
-
-def stream_with_kills(
-    broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
-    store_url: str,
-    stream: list[tuple[str, bytes]],
-    kills: list[int],
-) -> Stats:
-    """Publish `stream` while SIGKILLing the bridge (and restarting it) each time the store
-    has received `kills[i]` messages; then check every distinct event is stored once."""
-    want = distinct(stream)
-    bridge = bridge_factory()
-    publisher = threading.Thread(target=publish_raw, args=(broker.port, stream))
-    publisher.start()
-    try:
-        for at in kills:
-            wait_for_stats(store_url, received_at_least(at), timeout=120)
-            bridge.stop(signal.SIGKILL)
-            bridge = bridge_factory()
-    finally:
-        publisher.join(timeout=180)
-    assert not publisher.is_alive()
-    stats = wait_for_stats(store_url, lambda s: s.unique_processed >= want, timeout=120)
-    assert stats.unique_processed == want
-    assert stats.rejected == 0
-    # Copies in flight at each kill came back from the broker and were counted as duplicates.
-    assert stats.duplicate_dropped >= len(stream) - want
-    assert_exactly_once(store_url, stream)
-    return stats
-
 
 def test_bridge_sigkilled_twice_mid_stream_stores_each_event_once(
-    broker: Mosquitto, bridge_factory: Callable[..., BridgeProcess], store_url: str
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
 ) -> None:
     """20,000 events, 30% duplicates, two SIGKILLs while the stream flows: exactly once."""
     stream = make_stream(20_000, 0.3, seed=7)
@@ -67,7 +31,7 @@ def test_bridge_sigkilled_twice_mid_stream_stores_each_event_once(
 
 
 def test_broker_restarted_mid_stream_loses_nothing(
-    broker: Mosquitto, bridge_factory: Callable[..., BridgeProcess], store_url: str
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
 ) -> None:
     """A graceful broker restart while the bridge drains a backlog: it reconnects, resumes
     its session, and every event is stored once."""
@@ -88,7 +52,7 @@ def test_broker_restarted_mid_stream_loses_nothing(
 
 
 def test_broker_sigkilled_keeps_what_it_saved(
-    broker: Mosquitto, bridge_factory: Callable[..., BridgeProcess], store_url: str
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
 ) -> None:
     """Mosquitto saves its queue every `autosave_interval` (2 s in our config): a backlog
     older than that survives a SIGKILL of the broker. (What arrived since the last save is

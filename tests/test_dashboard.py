@@ -8,90 +8,38 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser
 
 from supervise.mosquitto import Mosquitto
-from tests.conftest import BridgeProcess, Sidecar, publish_raw, wait_for_stats
-from tests.test_api import event
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    # DNS rebinding, for real: a name of the attacker's that resolves to this machine.
-    "--host-resolver-rules=MAP rebind.test 127.0.0.1",
-]
+from tests.helpers import (
+    Sidecar,
+    event,
+    open_dashboard,
+    publish_raw,
+    wait_for_stats,
+)
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.broker,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install chromium"
-    ),
 ]
 
 
 @pytest.fixture
-def browser(sidecar: Sidecar) -> Iterator[Browser]:
-    """Headless Chromium; asks for `sidecar` so that it closes (and drops its live streams)
-    before any sidecar stops: uvicorn waits for open responses when shutting down."""
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def client(
-    broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
-    sidecar: Sidecar,
-    store_url: str,
-) -> httpx.Client:
-    """A sidecar over 6 events on three topics, 2 duplicates and 1 rejected message."""
-    bridge_factory()
-    client = sidecar(broker.url)
+def client(client: httpx.Client, broker: Mosquitto, store_url: str) -> httpx.Client:
+    """conftest's `client` over 6 events on three topics, 2 duplicates and 1 rejected
+    message."""
     batch = [event(f"e{i}", topic) for i, topic in enumerate(["auth", "db", "auth", "web"] * 2)]
     assert client.post("/publish", json=batch[:6] + batch[:2]).json() == {"accepted": 8}
     publish_raw(broker.port, [("logs/auth", b"not json")])
     wait_for_stats(store_url, lambda s: s.received == 9 and s.uptime_s is not None)
     return client
-
-
-def open_dashboard(
-    browser: Browser, client: httpx.Client, *, live: bool = True, **options: Any
-) -> Page:
-    """The dashboard, loaded without a script error or anything its CSP refused; with
-    `live`, once the stream has shown a stored event."""
-    page = browser.new_page(**options)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    # Chromium reports what the Content-Security-Policy blocks as console errors.
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    answer = page.goto(str(client.base_url))
-    assert answer is not None
-    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
-    page.wait_for_selector("[data-stat=received][data-value]")
-    if live:
-        page.wait_for_selector("#live li[data-seq]")
-    assert errors == []
-    return page
 
 
 def test_dashboard_shows_the_stats_and_streams_new_events(

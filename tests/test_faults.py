@@ -30,9 +30,17 @@ from bridge.store import open_reader, parse_store_url
 from publisher.run import run_publisher
 from publisher.settings import PublisherSettings
 from supervise.mosquitto import Mosquitto
-from tests.conftest import BridgeProcess, make_stream, publish_raw, serving, wait_for_stats
-from tests.test_bridge import assert_exactly_once, distinct
-from tests.test_crash import AUTOSAVE_S, stream_with_kills
+from tests.helpers import (
+    AUTOSAVE_S,
+    StartBridge,
+    assert_exactly_once,
+    distinct,
+    make_stream,
+    publish_raw,
+    serving,
+    stream_with_kills,
+    wait_for_stats,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.faults]
 
@@ -50,7 +58,7 @@ def rss_mb(pid: int) -> float:
 
 
 def test_bridge_killed_at_five_random_instants(
-    broker: Mosquitto, bridge_factory: Callable[..., BridgeProcess], store_url: str
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
 ) -> None:
     """LOGAGG_FAULT_EVENTS events (100,000 in the full run), 30% duplicates; the bridge is
     SIGKILLed at 5 seeded random points of the stream and restarted each time: every distinct
@@ -70,7 +78,7 @@ def test_bridge_killed_at_five_random_instants(
 @pytest.mark.parametrize("session_saved", [True, False], ids=["saved-session", "fresh-session"])
 def test_broker_sigkilled_mid_stream_measures_acknowledged_loss(
     broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
+    bridge_factory: StartBridge,
     store_url: str,
     session_saved: bool,
 ) -> None:
@@ -169,7 +177,7 @@ def fill(directory: Path) -> Path:
 
 def test_store_disk_full_holds_messages_and_resumes(
     broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
+    bridge_factory: StartBridge,
     tiny_disk: Path,
 ) -> None:
     """The store's filesystem fills up (SQLITE_FULL): the bridge holds the batch unacked, logs
@@ -214,7 +222,7 @@ def test_store_disk_full_holds_messages_and_resumes(
 
 def test_store_files_read_only_holds_messages_and_resumes(
     broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
+    bridge_factory: StartBridge,
     store_url: str,
     immutable: Callable[[list[Path], bool], None],
 ) -> None:
@@ -246,7 +254,7 @@ def test_store_files_read_only_holds_messages_and_resumes(
 
 
 def test_slow_consumer_keeps_memory_bounded_and_drops_nothing(
-    broker: Mosquitto, bridge_factory: Callable[..., BridgeProcess], store_url: str
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
 ) -> None:
     """Publishing at full speed into a bridge that fsyncs every 5-message batch, for
     LOGAGG_FAULT_BACKPRESSURE_S seconds (60 in the full run): the backlog waits in the broker,

@@ -22,12 +22,12 @@ import pytest
 import api.stream
 from api.stream import Frame
 from bench.floods import StreamClient
-from bench.procs import Child, start_api
+from bench.procs import LoggedProcess, start_api
 from bridge.lograte import RepeatFilter
 from bridge.store import StoreReader
 from logagg.views import server_sent_events
 from supervise.mosquitto import Mosquitto, free_port
-from tests.conftest import BridgeProcess, Sidecar, make_stream, publish_raw, wait_for_stats
+from tests.helpers import StartBridge, make_stream, publish_raw, wait_for_stats
 
 # The test process holds every client socket: stay well inside a 1,024 limit.
 STREAMS = 200
@@ -36,7 +36,7 @@ IDLE = 100
 
 @dataclass(frozen=True, slots=True)
 class Api:
-    child: Child
+    child: LoggedProcess
     url: str
     port: int
 
@@ -47,7 +47,7 @@ class Api:
 @pytest.fixture
 def api_process(
     broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
+    bridge_factory: StartBridge,
     store_url: str,
     tmp_path: Path,
 ) -> Iterator[Callable[..., Api]]:
@@ -55,7 +55,7 @@ def api_process(
     over a bridge's store (the sidecar counts as started once /healthz says 200); every one
     is stopped after the test."""
     bridge_factory()
-    started: list[Child] = []
+    started: list[LoggedProcess] = []
 
     def start(*, open_files: int | None = None, **settings: str) -> Api:
         port = free_port()
@@ -283,11 +283,7 @@ def test_repeated_error_lines_are_summarised_per_interval() -> None:
 
 @pytest.mark.broker
 def test_streams_behind_the_ring_catch_up_from_the_store_gap_free(
-    broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
-    sidecar: Sidecar,
-    store_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    client: httpx.Client, broker: Mosquitto, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With a ring of 20 events or 3,000 bytes and pages of 7, streams that start far behind
     (after=0, a topic, an old Last-Event-ID) read the store from their own cursor, then join
@@ -296,8 +292,6 @@ def test_streams_behind_the_ring_catch_up_from_the_store_gap_free(
     monkeypatch.setattr(api.stream, "PAGE", 7)
     monkeypatch.setattr(api.stream, "CHUNK", 5)
     monkeypatch.setattr(api.stream, "RING_BYTES", 3000)
-    bridge_factory()
-    client = sidecar(broker.url)
     first = make_stream(200, 0.0, seed=3)
     publish_raw(broker.port, first)
     wait_for_stats(store_url, lambda s: s.unique_processed == 200)
@@ -330,11 +324,7 @@ def test_streams_behind_the_ring_catch_up_from_the_store_gap_free(
 
 @pytest.mark.broker
 def test_open_streams_share_one_store_poller(
-    broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
-    sidecar: Sidecar,
-    store_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    client: httpx.Client, broker: Mosquitto, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """50 open streams cost the store one poll per interval, not one each: over ~1.5 s of
     waiting, the store is read ~8 times (every 0.2 s), all by the shared poller; then an
@@ -349,8 +339,6 @@ def test_open_streams_share_one_store_poller(
         return real(store, topic=topic, after=after, limit=limit, max_bytes=max_bytes)
 
     monkeypatch.setattr(api.stream, "read_frames", counted)
-    bridge_factory()
-    client = sidecar(broker.url)
     publish_raw(broker.port, make_stream(5, 0.0, seed=8))
     wait_for_stats(store_url, lambda s: s.unique_processed == 5)
     port = int(str(client.base_url).rsplit(":", 1)[1])

@@ -23,7 +23,7 @@ from bridge.event import MAX_DEPTH, MAX_NAME_LENGTH, Event, Rejection, parse_mes
 from bridge.store import open_reader, parse_store_url
 from bridge.store.base import KEEP_REJECTED
 from supervise.mosquitto import Mosquitto
-from tests.conftest import BridgeProcess, Message, publish_raw, wait_for_stats
+from tests.helpers import Message, StartBridge, publish_raw, wait_for_stats
 
 pytestmark = pytest.mark.broker
 
@@ -113,7 +113,7 @@ def parse(message: Message) -> Event | Rejection:
 
 
 def test_fuzz_through_broker_and_bridge(
-    broker: Mosquitto, bridge_factory: Callable[..., BridgeProcess], store_url: str
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
 ) -> None:
     """The bridge stays up; valid events stored once; every bad one rejected with a reason."""
     stream, bad, distinct = fuzz_stream(FUZZ_COUNT, seed=42)

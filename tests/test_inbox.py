@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 
 from bridge.inbox import PUBACK, READ_SIZE, Inbox, Received
 from supervise.mosquitto import Mosquitto, free_port
-from tests.conftest import publish_raw
+from tests.helpers import publish_raw
 
 pytestmark = pytest.mark.broker
 

@@ -25,21 +25,21 @@ from api import ApiSettings
 from bridge.store import StoreOptions, open_reader, parse_store_url
 from bridge.store.postgres import _COMMIT_LOCK
 from supervise.mosquitto import Mosquitto
-from tests.conftest import (
+from tests.helpers import (
     LOGAGG,
     PG_TEST_URL,
     BridgeProcess,
+    StartBridge,
+    assert_exactly_once,
+    distinct,
     make_stream,
     publish_raw,
     serving,
     wait_for_stats,
 )
-from tests.test_bridge import distinct
-from tests.test_scale import assert_exactly_once
 
 pytestmark = pytest.mark.broker
 
-StartBridge = Callable[..., BridgeProcess]
 LIBFAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), None)
 
 

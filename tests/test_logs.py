@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
 
 import pytest
 import typer
@@ -16,7 +15,7 @@ from bridge.store import open_reader, parse_store_url
 from bridge.store.base import KEEP_ROW_BYTES
 from logagg.cli import app
 from supervise.mosquitto import Mosquitto
-from tests.conftest import BridgeProcess, make_stream, publish_raw, wait_for_stats
+from tests.helpers import StartBridge, make_stream, publish_raw, wait_for_stats
 
 
 def test_every_command_takes_log_format_and_log_level() -> None:
@@ -60,7 +59,7 @@ def test_rejection_log_names_each_up_to_the_rate_then_counts_the_rest(
 @pytest.mark.broker
 def test_bridge_rejection_flood_on_long_topics_is_bounded_in_store_and_log(
     broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
+    bridge_factory: StartBridge,
     store_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -95,7 +94,7 @@ def test_bridge_rejection_flood_on_long_topics_is_bounded_in_store_and_log(
 @pytest.mark.broker
 def test_bridge_json_logs_name_duplicates_and_summarise_when_idle(
     broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
+    bridge_factory: StartBridge,
     store_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -4,46 +4,33 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import TOP_TOPICS, StoreCollector, store_size_bytes
 from bridge.store import Stats, StoreUnavailable, TopicStats, parse_store_url
 from supervise.mosquitto import Mosquitto, free_port
-from tests.conftest import BridgeProcess, Sidecar, make_stream, publish_raw, wait_for_stats
-from tests.test_api import nowhere
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(text: str) -> Samples:
-    """Every sample of a scrape, keyed by (name, labels)."""
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(scrape: Samples, name: str, **labels: str) -> float:
-    return scrape[(name, frozenset(labels.items()))]
+from tests.helpers import (
+    Samples,
+    Sidecar,
+    StartBridge,
+    make_stream,
+    nowhere,
+    publish_raw,
+    samples,
+    value,
+    wait_for_stats,
+)
 
 
 @pytest.mark.broker
 def test_sidecar_metrics_match_stats(
-    broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
-    sidecar: Sidecar,
-    store_url: str,
+    client: httpx.Client, broker: Mosquitto, store_url: str
 ) -> None:
     """Every counter in /metrics is the number /stats shows, read from the store at scrape."""
-    bridge_factory()
-    client = sidecar(broker.url)
     bad = [("logs/x", b"not json"), ("logs/x", b"{}"), ("logs/y", b"[1]")]
     publish_raw(broker.port, make_stream(400, 0.25, topics=3) + bad)
     wait_for_stats(store_url, lambda s: s.received == 403 and s.uptime_s is not None)
@@ -140,7 +127,7 @@ def scrape_bridge(port: int) -> Samples:
 
 @pytest.mark.broker
 def test_bridge_metrics_batches_acks_retries_and_connection(
-    broker: Mosquitto, bridge_factory: Callable[..., BridgeProcess], store_url: str
+    broker: Mosquitto, bridge_factory: StartBridge, store_url: str
 ) -> None:
     """`--metrics-port`: messages received = committed = acked, one histogram observation
     per batch, store retries while the store is locked, the broker link going down."""
@@ -187,7 +174,7 @@ def test_bridge_metrics_batches_acks_retries_and_connection(
 
 @pytest.mark.broker
 def test_bridge_metrics_port_in_use_is_a_clear_error(
-    broker: Mosquitto, bridge_factory: Callable[..., BridgeProcess]
+    broker: Mosquitto, bridge_factory: StartBridge
 ) -> None:
     port = free_port()
     bridge_factory(metrics_port=str(port))

@@ -30,9 +30,8 @@ import yaml
 
 from supervise.mosquitto import Mosquitto, free_port, port_open
 from supervise.process import stop_process
+from tests.helpers import COMPOSE, ROOT, compose
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE = ROOT / "compose.yaml"
 # The scaled-out stack: a file of its own, so it never runs beside the SQLite bridge.
 COMPOSE_SCALE = ROOT / "compose.scale.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -73,12 +72,6 @@ def source_modules() -> set[str]:
             parts = path.relative_to(ROOT).with_suffix("").parts
             names.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     return names
-
-
-def compose(path: Path = COMPOSE) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text())
-    assert isinstance(data, dict), f"{path.name} is not a mapping"
-    return data
 
 
 def all_services() -> dict[str, Any]:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,9 +28,8 @@ from publisher import (
 from publisher.run import Pacer
 from publisher.stream import MAX_SHIFT
 from supervise.mosquitto import Mosquitto, free_port
-from tests.conftest import BridgeProcess, wait_for_stats
+from tests.helpers import StartBridge, wait_for_stats
 
-StartBridge = Callable[..., BridgeProcess]
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 

@@ -49,7 +49,7 @@ from bridge.query.text import (
     MAX_Q_TOKENS,
     MAX_TOKEN_CHARS,
 )
-from tests.conftest import PG_TEST_URL
+from tests.helpers import PG_TEST_URL
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 # Hypothesis times each example; on a shared, loaded machine that measures the machine.

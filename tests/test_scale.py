@@ -7,7 +7,6 @@ bridges are stopped before their database goes away.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -25,12 +24,20 @@ import pytest
 
 from bridge.store import open_reader, parse_store_url
 from supervise.mosquitto import Mosquitto, free_port
-from tests.conftest import BridgeProcess, Message, make_stream, publish_raw, wait_for_stats
-from tests.test_bridge import distinct
+from tests.helpers import (
+    BridgeProcess,
+    Message,
+    StartBridge,
+    assert_exactly_once,
+    distinct,
+    key,
+    make_stream,
+    publish_raw,
+    wait_for_stats,
+)
 
 pytestmark = pytest.mark.broker
 
-StartBridge = Callable[..., BridgeProcess]
 BRIDGES = 3
 DUPLICATE = re.compile(r"duplicate dropped: topic=(\S+) event_id=(\S+)")
 
@@ -39,26 +46,6 @@ def start_bridges(start: StartBridge, store: str) -> list[BridgeProcess]:
     return [
         start(store=store, group="logagg", client_id=f"scale-bridge-{i}") for i in range(BRIDGES)
     ]
-
-
-def key(message: Message) -> tuple[str, str]:
-    topic, body = message
-    return topic.removeprefix("logs/"), str(json.loads(body)["event_id"])
-
-
-def assert_exactly_once(store_url: str, stream: list[Message]) -> None:
-    """Every distinct event stored once and nothing else; the counters agree with the rows."""
-    with closing(open_reader(parse_store_url(store_url))) as store:
-        stored = store.events(topic=None, after=0, limit=len(stream) + 1)
-        stats = store.stats()
-    keys = [(e.topic, e.event_id) for e in stored]
-    assert len(keys) == len(set(keys))
-    assert set(keys) == {key(m) for m in stream}
-    assert stats.unique_processed == len(stored)
-    assert stats.received == stats.unique_processed + stats.duplicate_dropped + stats.rejected
-    assert stats.rejected == 0
-    # Every message was delivered at least once; redeliveries after a crash count as duplicates.
-    assert stats.received >= len(stream)
 
 
 def dealt_stream(count: int, dup_ratio: float, *, seed: int) -> list[Message]:

@@ -43,9 +43,16 @@ from bridge.store import parse_store_url
 from publisher import PublishError, PublisherSettings, run_publisher
 from supervise.mosquitto import PROJECT_CONFIG, Mosquitto, free_port, port_open
 from supervise.process import stop_process
-from tests.conftest import LOGAGG, BridgeProcess, Sidecar, serving, wait_for_stats
-from tests.test_api import event, nowhere
-from tests.test_packaging import compose
+from tests.helpers import (
+    LOGAGG,
+    BridgeProcess,
+    Sidecar,
+    compose,
+    event,
+    nowhere,
+    serving,
+    wait_for_stats,
+)
 
 # The hardened broker is run from the checkout (compose, a production host), not shipped.
 HARDENED = Path(__file__).resolve().parent.parent / "mosquitto" / "hardened.conf"

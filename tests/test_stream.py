@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -12,8 +12,14 @@ import pytest
 import api.stream
 from logagg.views import server_sent_events
 from supervise.mosquitto import Mosquitto
-from tests.conftest import BridgeProcess, Sidecar, publish_raw, wait_for_stats
-from tests.test_api import event, nowhere
+from tests.helpers import (
+    Sidecar,
+    StartBridge,
+    event,
+    nowhere,
+    publish_raw,
+    wait_for_stats,
+)
 
 
 def read_events(response: httpx.Response, count: int) -> Iterator[tuple[str | None, str | None]]:
@@ -27,7 +33,7 @@ def read_events(response: httpx.Response, count: int) -> Iterator[tuple[str | No
 @pytest.fixture
 def stored(
     broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
+    bridge_factory: StartBridge,
     sidecar: Sidecar,
     store_url: str,
 ) -> tuple[httpx.Client, list[int]]:
@@ -125,13 +131,8 @@ def test_stream_waits_for_the_store_with_keep_alive_comments(
 
 @pytest.mark.broker
 def test_rejected_last_gives_the_newest(
-    broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
-    sidecar: Sidecar,
-    store_url: str,
+    client: httpx.Client, broker: Mosquitto, store_url: str
 ) -> None:
-    bridge_factory()
-    client = sidecar(broker.url)
     publish_raw(broker.port, [("logs/x", f"bad {i}".encode()) for i in range(5)])
     wait_for_stats(store_url, lambda s: s.rejected == 5)
     page = client.get("/rejected", params={"last": 2}).json()

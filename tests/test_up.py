@@ -17,7 +17,7 @@ from logagg import up as up_module
 from logagg.up import UpSettings
 from supervise.mosquitto import free_port, port_open
 from supervise.process import stop_process
-from tests.conftest import BridgeProcess, make_stream, publish_raw, wait_for_stats
+from tests.helpers import BridgeProcess, make_stream, publish_raw, wait_for_stats
 
 EVENT = {
     "topic": "auth.prod",
@@ -107,7 +107,7 @@ def test_up_falls_back_to_the_embedded_broker_loudly(
         broker, mqtt_version = up_module.choose_broker(settings)
     assert mqtt_version == "3.1.1"
     assert "CAN BE LOST" in caplog.text
-    assert isinstance(broker, up_module.Child)
+    assert isinstance(broker, up_module.ManagedProcess)
     store_url = f"sqlite:///{tmp_path / 'logagg.db'}"
     bridge = BridgeProcess(
         settings.broker, store_url, tmp_path / "bridge.log", mqtt_version="3.1.1"
@@ -125,6 +125,7 @@ def test_up_falls_back_to_the_embedded_broker_loudly(
         broker.stop()
 
 
+@pytest.mark.broker  # `logagg up` checks the directory before it starts Mosquitto
 def test_up_refuses_a_broker_persistence_directory_it_cannot_write(
     tmp_path: Path, immutable: Callable[[list[Path], bool], None]
 ) -> None:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from contextlib import closing
 
 import httpx
@@ -19,22 +18,22 @@ import api.stream
 from logagg.views import follow
 from supervise.mosquitto import Mosquitto
 from supervise.process import stop_process
-from tests.conftest import LOGAGG, BridgeProcess, Sidecar, publish_raw, wait_for_stats
-from tests.test_api import event, nowhere
+from tests.helpers import (
+    LOGAGG,
+    Sidecar,
+    event,
+    nowhere,
+    publish_raw,
+    wait_for_stats,
+)
 
 pytestmark = pytest.mark.broker
 
 
 @pytest.fixture
-def client(
-    broker: Mosquitto,
-    bridge_factory: Callable[..., BridgeProcess],
-    sidecar: Sidecar,
-    store_url: str,
-) -> httpx.Client:
-    """A sidecar over 4 stored events on two topics, 1 duplicate and 1 rejected message."""
-    bridge_factory()
-    client = sidecar(broker.url)
+def client(client: httpx.Client, broker: Mosquitto, store_url: str) -> httpx.Client:
+    """conftest's `client` over 4 stored events on two topics, 1 duplicate and 1 rejected
+    message."""
     batch = [event("e1", "auth.prod"), event("e2", "auth.prod"), event("e3", "db.prod")]
     batch += [event("e1", "auth.prod"), event("e4", "auth.prod", payload={"n": 4, "ok": True})]
     assert client.post("/publish", json=batch).json() == {"accepted": 5}

@@ -13,6 +13,8 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Callable
+from functools import partial
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import aiomqtt
@@ -45,6 +47,8 @@ HANDLE_PUBLISH = "_handle_publish"
 # paho 2.2: `_in_packet` is a dict; "command" holds the fixed header's first byte and
 # "packet" a bytearray of everything after the remaining length.
 IN_PACKET = "_in_packet"
+IN_PACKET_COMMAND = "command"
+IN_PACKET_BYTES = "packet"
 # paho 2.2: `_packet_queue(command, packet, mid, qos)` appends raw bytes to the out queue
 # and asks aiomqtt's writer to send them; `reconnect()` clears that queue.
 PACKET_QUEUE = "_packet_queue"
@@ -67,6 +71,14 @@ class PahoInternals:
         self.paho_recv: PahoRecv = getattr(self.client, SOCK_RECV)
         # One packet: read (through the recv hook) and handled (a PUBLISH by the hook).
         self.read_packet: Callable[[], MQTTErrorCode] = getattr(self.client, PACKET_READ)
+        # The connected socket, or None (a C-level getter: read once per packet).
+        self.socket: Callable[[], socket.socket | ssl.SSLSocket | None] = partial(
+            attrgetter(SOCK), self.client
+        )
+        self._in_packet: Callable[[], dict[str, Any]] = partial(attrgetter(IN_PACKET), self.client)
+        self._packet_fields: Callable[[dict[str, Any]], tuple[int, bytearray]] = itemgetter(
+            IN_PACKET_COMMAND, IN_PACKET_BYTES
+        )
         # What paho's loop_read does with a failed read: close, tell on_disconnect.
         self.failed: Callable[[MQTTErrorCode], MQTTErrorCode] = getattr(self.client, LOOP_RC_HANDLE)
 
@@ -78,14 +90,10 @@ class PahoInternals:
         setattr(self.client, LOOP_READ, loop_read)
         setattr(self.client, HANDLE_PUBLISH, handle_publish)
 
-    def socket(self) -> socket.socket | ssl.SSLSocket | None:
-        sock: socket.socket | ssl.SSLSocket | None = getattr(self.client, SOCK)
-        return sock
-
     def in_packet(self) -> tuple[int, bytearray]:
-        """The packet paho is handling: its first header byte and the bytes after the length."""
-        packet: dict[str, Any] = getattr(self.client, IN_PACKET)
-        return packet["command"], packet["packet"]
+        """The packet paho is handling: its first header byte and the bytes after the length.
+        (C-level getters, no Python frame: this runs once per message.)"""
+        return self._packet_fields(self._in_packet())
 
     def queue_pubacks(self, command: int, pubacks: bytes) -> MQTTErrorCode:
         """Raw PUBACK packets, written in one send by aiomqtt's writer."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
 
 from paho.mqtt.exception import MalformedPacket
 
@@ -32,16 +31,11 @@ _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length, packet id: as
 _U16 = struct.Struct("!H")
 
 
-class Publish(NamedTuple):
-    """One decoded PUBLISH."""
-
-    topic: str
-    body: bytes
-    mid: int  # 0 for QoS 0, which has no packet id
-    qos: int
-    # RETAIN set and DUP clear: a fresh retained copy, sent because we subscribed (a DUP
-    # one is the broker resending what we left unacked).
-    fresh_retained: bool
+# One decoded PUBLISH: topic, body, packet id (0 for QoS 0), QoS, and whether it is a fresh
+# retained copy (RETAIN set, DUP clear: sent because we subscribed; a DUP one is the broker
+# resending what we left unacked). A plain tuple: a NamedTuple's constructor costs more
+# than the rest of the decoding.
+Publish = tuple[str, bytes, int, int, bool]
 
 
 def decode_publish(command: int, data: bytearray, *, v5: bool) -> Publish:
@@ -74,7 +68,7 @@ def decode_publish(command: int, data: bytearray, *, v5: bool) -> Publish:
     if pos > len(data):
         raise MalformedPacket("PUBLISH properties run past the packet")
     fresh_retained = command & (DUP | RETAIN) == RETAIN
-    return Publish(topic, bytes(data[pos:]), mid, qos, fresh_retained)
+    return topic, bytes(data[pos:]), mid, qos, fresh_retained
 
 
 def pubacks(mids: Iterable[int]) -> bytes:

@@ -91,8 +91,8 @@ class PahoInternals:
         setattr(self.client, HANDLE_PUBLISH, handle_publish)
 
     def in_packet(self) -> tuple[int, bytearray]:
-        """The packet paho is handling: its first header byte and the bytes after the length.
-        (C-level getters, no Python frame: this runs once per message.)"""
+        """The packet paho is handling: its first header byte and the bytes after the length
+        (through C-level getters: this runs once per message)."""
         return self._packet_fields(self._in_packet())
 
     def queue_pubacks(self, command: int, pubacks: bytes) -> MQTTErrorCode:

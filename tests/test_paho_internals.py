@@ -19,6 +19,8 @@ from bridge.paho_internals import (
     AIOMQTT_PAHO_CLIENT,
     HANDLE_PUBLISH,
     IN_PACKET,
+    IN_PACKET_BYTES,
+    IN_PACKET_COMMAND,
     LOOP_RC_HANDLE,
     LOOP_READ,
     PACKET_QUEUE,
@@ -79,8 +81,10 @@ def test_paho_packet_and_socket_state_are_where_expected() -> None:
     assert getattr(client, SOCK, "missing") is None, f"paho.Client.{SOCK} moved: {RECHECK}"
     packet = getattr(client, IN_PACKET, None)
     assert isinstance(packet, dict), f"paho.Client.{IN_PACKET} is no longer a dict: {RECHECK}"
-    assert {"command", "packet"} <= packet.keys(), f"{IN_PACKET} keys changed: {RECHECK}"
-    assert isinstance(packet["packet"], bytearray), f"{IN_PACKET}['packet'] changed: {RECHECK}"
+    fields = {IN_PACKET_COMMAND, IN_PACKET_BYTES}
+    assert fields <= packet.keys(), f"{IN_PACKET} lacks {fields - packet.keys()}: {RECHECK}"
+    assert isinstance(packet[IN_PACKET_COMMAND], int), f"{IN_PACKET} changed: {RECHECK}"
+    assert isinstance(packet[IN_PACKET_BYTES], bytearray), f"{IN_PACKET} changed: {RECHECK}"
 
 
 def test_aiomqtt_still_wraps_a_paho_client() -> None:

@@ -3,10 +3,12 @@
 aiomqtt 2.x gives no manual ack: paho sends PUBACK as soon as aiomqtt has
 queued a message, so a crash loses whatever is queued, and its per-message
 queue and task are most of the receive cost. We keep aiomqtt for the
-connection (connect, subscribe, socket handling, keepalive) and replace, on
-its one paho client, the reading: this module wires four small units together:
+connection (connect, subscribe, socket handling, keepalive) and replace the
+reading of the paho client it wraps, with four small units this module wires
+together:
 
-- `paho_internals`: every private aiomqtt/paho member used, and nothing else;
+- `paho_internals`: every private aiomqtt/paho member used (three of paho's methods
+  replaced on that one instance), and nothing else;
 - `wire`: buffered socket reads, PUBLISH decoding, PUBACK encoding;
 - `backlog`: what waits for the consumer, bounded, and reading paused while full;
 - `acks`: PUBACK only after commit, only on the live connection, in arrival order.

@@ -19,7 +19,7 @@ from typing import Any
 import aiomqtt
 
 from bench.probe import peak_rss_mb
-from bench.sessions import TOPIC_FILTER, session_options
+from bench.sessions import CONNECT_TIMEOUT_S, TOPIC_FILTER, session_options
 
 
 async def count(port: int, client_id: str, expect: int, timeout: float) -> dict[str, Any]:
@@ -32,7 +32,8 @@ async def count(port: int, client_id: str, expect: int, timeout: float) -> dict[
             "127.0.0.1",
             port,
             identifier=client_id,
-            **session_options(),  # type: ignore[arg-type]
+            timeout=CONNECT_TIMEOUT_S,
+            **session_options(),
         ) as client,
     ):
         await client.subscribe(TOPIC_FILTER, qos=1)

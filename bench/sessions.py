@@ -1,7 +1,7 @@
 """Persistent MQTT sessions, registered before a stream is published so a backlog waits for them.
 
-The same session settings as the bridge's: MQTT 5, clean start off, a session
-expiry, so the backlog the baseline drains is queued exactly like the bridge's.
+The same session settings as the bridge's (`bridge.session`): MQTT 5, clean start off, a
+session expiry, so the backlog the baseline drains is queued exactly like the bridge's.
 """
 
 from __future__ import annotations
@@ -10,25 +10,19 @@ import asyncio
 from collections.abc import Iterable
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from bench.stream import PREFIX
+from bridge.session import SessionOptions
+from bridge.session import session_options as bridge_session
 
 SESSION_EXPIRY_S = 3600
+CONNECT_TIMEOUT_S = 10
 TOPIC_FILTER = f"{PREFIX}#"
 
 
-def session_options() -> dict[str, object]:
-    """`aiomqtt.Client` keyword arguments for a persistent MQTT 5 session."""
-    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    properties.SessionExpiryInterval = SESSION_EXPIRY_S
-    return {
-        "protocol": aiomqtt.ProtocolVersion.V5,
-        "clean_start": False,
-        "properties": properties,
-        "timeout": 10,
-    }
+def session_options() -> SessionOptions:
+    """The bridge's persistent MQTT 5 session, with the benchmark's expiry."""
+    return bridge_session("5", session_expiry_s=SESSION_EXPIRY_S)
 
 
 async def _register(port: int, client_id: str, topic_filter: str) -> None:
@@ -36,7 +30,8 @@ async def _register(port: int, client_id: str, topic_filter: str) -> None:
         "127.0.0.1",
         port,
         identifier=client_id,
-        **session_options(),  # type: ignore[arg-type]
+        timeout=CONNECT_TIMEOUT_S,
+        **session_options(),
     ) as client:
         await client.subscribe(topic_filter, qos=1)
 

@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.backoff import Backoff
@@ -33,6 +31,7 @@ from bridge.inbox import Inbox, Received
 from bridge.lograte import RateLimitedLog
 from bridge.metrics import BridgeMetrics, serving
 from bridge.refusal import Refusals
+from bridge.session import session_options
 from bridge.settings import BridgeSettings
 from bridge.store import BatchOutcome, Refused, StoreUnavailable, StoreWriter, open_writer
 from bridge.store.base import rejected_row
@@ -105,21 +104,12 @@ class Bridge:
         self._refusals = Refusals(settings.client_id)
 
     def _client(self) -> aiomqtt.Client:
-        session: dict[str, object]
-        if self.settings.mqtt_version == "3.1.1":
-            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
-        else:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = self.settings.session_expiry_s
+        session = session_options(
+            self.settings.mqtt_version,
+            session_expiry_s=self.settings.session_expiry_s,
             # Our in-flight window: two batches, one committing while the next gathers.
-            properties.ReceiveMaximum = min(2 * self.settings.batch_size, 65535)
-            session = {
-                "protocol": aiomqtt.ProtocolVersion.V5,
-                # False on every connect: aiomqtt re-arms paho's "clean on first connect
-                # only" each time, which would wipe the session we rely on.
-                "clean_start": False,
-                "properties": properties,
-            }
+            receive_maximum=2 * self.settings.batch_size,
+        )
         return make_client(
             self.settings.address,
             self.settings.credentials,
@@ -189,7 +179,9 @@ class Bridge:
         if self.settings.mqtt_version == "3.1.1":
             await client.subscribe(topic, qos=1, timeout=math.inf)
         else:
-            options = SubscribeOptions(qos=1, retainHandling=1)
+            options = SubscribeOptions(
+                qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+            )
             await client.subscribe(topic, options=options, timeout=math.inf)
         logger.info("subscribed to %s on %s", topic, self.settings.address)
         backoff.reset()

@@ -1,8 +1,9 @@
 """Pins the aiomqtt and paho-mqtt behaviour the receive path relies on, against a real broker.
 
-bridge/inbox.py reaches aiomqtt's private paho client for manual acks, and
-replaces four of that client's methods for speed; if a release moves what it
-relies on, these tests say so before any data is at risk.
+bridge/inbox.py reads from aiomqtt's private paho client and acknowledges itself,
+replacing three of that client's methods (see bridge/paho_internals.py); if a release
+changes how they behave, these tests say so before any data is at risk
+(tests/test_paho_internals.py checks the members are still there).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.inbox import PUBACK, READ_SIZE, Inbox, Received
+from bridge.acks import Acks
+from bridge.inbox import Inbox, Received
+from bridge.session import session_options
+from bridge.wire import PUBACK, READ_SIZE
 from supervise.mosquitto import Mosquitto, free_port
 from tests.helpers import publish_raw
 
@@ -40,19 +44,13 @@ def persistent_client(
     port: int | None = None,
     tls_context: ssl.SSLContext | None = None,
 ) -> aiomqtt.Client:
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 3600
-    if receive_maximum is not None:
-        props.ReceiveMaximum = receive_maximum
     return aiomqtt.Client(
         "127.0.0.1",
         port or broker.port,
         identifier=client_id,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=False,
-        properties=props,
         tls_context=tls_context,
         timeout=5,
+        **session_options("5", session_expiry_s=3600, receive_maximum=receive_maximum),
     )
 
 
@@ -106,18 +104,6 @@ async def take_all(
             inbox.ack(batch)
             batches.append(batch)
     return batches
-
-
-def test_aiomqtt_still_wraps_a_paho_client_with_manual_ack() -> None:
-    """The private attribute and paho methods the inbox uses exist."""
-
-    async def check() -> None:
-        client = aiomqtt.Client("127.0.0.1", 1)
-        assert isinstance(client._client, paho.Client)
-        assert callable(client._client.manual_ack_set)
-        assert callable(client._client.ack)
-
-    asyncio.run(check())
 
 
 def test_unacked_message_is_redelivered_after_reconnect(broker: Mosquitto) -> None:
@@ -183,36 +169,31 @@ def test_watch_notices_broker_going_away(broker: Mosquitto) -> None:
         inbox = Inbox(client)
         inbox.connecting()
         async with client:
+            await client.subscribe("logs/#", qos=1)
             watcher = asyncio.create_task(inbox.watch(client))
-            await asyncio.sleep(0.2)
+            await publish(broker, b"held")
+            (held,) = await inbox.take(10, timeout=5)
             broker.stop()
             async with asyncio.timeout(10):
                 await watcher
             assert isinstance(inbox.lost, aiomqtt.MqttError)
             assert await inbox.take(10, timeout=5) == []  # returns at once, no hang
+            assert inbox.ack([held]) == 0  # its connection is gone: no PUBACK, none counted
 
     asyncio.run(scenario())
 
 
-def test_paho_still_has_what_the_fast_path_replaces_and_calls() -> None:
-    """The methods Inbox shadows or calls, and the packet state it reads, are where it expects."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    for name in ("_sock_recv", "loop_read", "_handle_publish", "_packet_read", "_loop_rc_handle"):
-        assert callable(getattr(client, name)), name
-    assert {"command", "packet"} <= client._in_packet.keys()
-    assert isinstance(client._in_packet["packet"], bytearray)
-
-
 def test_coalesced_pubacks_are_the_bytes_paho_sends() -> None:
-    """Inbox.ack queues the same PUBACK bytes as paho's ack(), one after another."""
+    """A batch's PUBACKs are queued as one write of the bytes paho's ack() queues one by one;
+    none once its connection is dropped, and none counted when queueing fails."""
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     queued: list[tuple[int, bytes]] = []
 
     def capture(
         command: int,
         packet: bytes | bytearray,
-        mid: int,
-        qos: int,
+        mid: int = 0,
+        qos: int = 0,
         info: paho.MQTTMessageInfo | None = None,
     ) -> MQTTErrorCode:
         queued.append((command, bytes(packet)))
@@ -223,17 +204,21 @@ def test_coalesced_pubacks_are_the_bytes_paho_sends() -> None:
     client.ack(0x1234, 1)
     client.ack(7, 1)
     paho_bytes = b"".join(packet for _, packet in queued)
+    queued.clear()
 
-    async def ours() -> None:
-        inbox = Inbox(aiomqtt.Client("127.0.0.1", 1))
-        inbox._paho._packet_queue = capture  # type: ignore[method-assign]
-        inbox.connecting()
-        queued.clear()
-        batch = [Received("logs/t", b"", mid, 1, 1) for mid in (0x1234, 7)]
-        assert inbox.ack([*batch, Received("logs/t", b"", 0, 0, 1)]) == 2
-
-    asyncio.run(ours())
+    acks = Acks(capture)
+    connection = acks.connecting()
+    batch = [Received("logs/t", b"", mid, 1, connection) for mid in (0x1234, 7)]
+    assert acks.send([*batch, Received("logs/t", b"", 0, 0, connection)]) == 2
     assert queued == [(PUBACK, paho_bytes)]
+
+    queued.clear()
+    connection.drop()
+    assert acks.send(batch) == 0
+    assert queued == []
+
+    failing = Acks(lambda command, packet: MQTTErrorCode.MQTT_ERR_NO_CONN)
+    assert failing.send([m._replace(connection=failing.connecting()) for m in batch]) == 0
 
 
 def test_inbox_reads_properties_qos0_and_payloads_larger_than_its_buffer(

@@ -1,0 +1,96 @@
+"""Fails loudly, naming what changed, when an aiomqtt or paho-mqtt upgrade moves what the
+inbox relies on: the releases it is proven against, and each private member
+bridge/paho_internals.py names, with the shape it expects."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+import aiomqtt
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bridge.paho_internals import (
+    AIOMQTT_PAHO_CLIENT,
+    HANDLE_PUBLISH,
+    IN_PACKET,
+    IN_PACKET_BYTES,
+    IN_PACKET_COMMAND,
+    LOOP_RC_HANDLE,
+    LOOP_READ,
+    PACKET_QUEUE,
+    PACKET_READ,
+    PROVEN,
+    SOCK,
+    SOCK_RECV,
+)
+
+RECHECK = "re-check each member bridge/paho_internals.py names against the new source"
+
+# The methods the inbox replaces or calls, with the parameters (after self) it passes.
+METHODS = {
+    SOCK_RECV: ["bufsize"],
+    LOOP_READ: ["max_packets"],
+    PACKET_READ: [],
+    LOOP_RC_HANDLE: ["rc"],
+    HANDLE_PUBLISH: [],
+    PACKET_QUEUE: ["command", "packet", "mid", "qos", "info"],
+}
+
+
+def _minor(release: str) -> str:
+    return ".".join(release.split(".")[:2])
+
+
+@pytest.mark.parametrize("dist", sorted(PROVEN))
+def test_installed_release_is_the_proven_one(dist: str) -> None:
+    installed = version(dist)
+    assert _minor(installed) == PROVEN[dist], (
+        f"{dist} {installed} is installed, but the inbox is proven against {PROVEN[dist]}.x: "
+        f"{RECHECK}, then update PROVEN there and the pin in pyproject.toml"
+    )
+
+
+@pytest.mark.parametrize("dist", sorted(PROVEN))
+def test_pyproject_pins_the_proven_minor_release(dist: str) -> None:
+    major, minor = PROVEN[dist].split(".")
+    pin = f"{dist}>={major}.{minor},<{major}.{int(minor) + 1}"
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pin in pyproject["project"]["dependencies"], (
+        f"pyproject.toml should pin {pin!r}, the release bridge/paho_internals.py is proven on"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_paho_methods_have_the_expected_parameters(name: str) -> None:
+    method = getattr(paho.Client, name, None)
+    assert callable(method), f"paho.Client.{name} is gone: {RECHECK}"
+    parameters = list(inspect.signature(method).parameters)[1:]
+    assert parameters == METHODS[name], (
+        f"paho.Client.{name} now takes {parameters}, the inbox expects {METHODS[name]}: {RECHECK}"
+    )
+
+
+def test_paho_packet_and_socket_state_are_where_expected() -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    assert getattr(client, SOCK, "missing") is None, f"paho.Client.{SOCK} moved: {RECHECK}"
+    packet = getattr(client, IN_PACKET, None)
+    assert isinstance(packet, dict), f"paho.Client.{IN_PACKET} is no longer a dict: {RECHECK}"
+    fields = {IN_PACKET_COMMAND, IN_PACKET_BYTES}
+    assert fields <= packet.keys(), f"{IN_PACKET} lacks {fields - packet.keys()}: {RECHECK}"
+    assert isinstance(packet[IN_PACKET_COMMAND], int), f"{IN_PACKET} changed: {RECHECK}"
+    assert isinstance(packet[IN_PACKET_BYTES], bytearray), f"{IN_PACKET} changed: {RECHECK}"
+
+
+def test_aiomqtt_still_wraps_a_paho_client() -> None:
+    async def wrapped() -> object:
+        return getattr(aiomqtt.Client("127.0.0.1", 1), AIOMQTT_PAHO_CLIENT, None)
+
+    assert isinstance(asyncio.run(wrapped()), paho.Client), (
+        f"aiomqtt.Client.{AIOMQTT_PAHO_CLIENT} is no longer paho's client: {RECHECK}"
+    )

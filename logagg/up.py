@@ -24,6 +24,7 @@ from pydantic import Field
 from bridge.settings import BridgeSettings
 from bridge.store import redact_url
 from logagg.embedded import WARNING as EMBEDDED_WARNING
+from logagg.options import as_environment
 from supervise.mosquitto import (
     PROJECT_CONFIG,
     Mosquitto,
@@ -45,9 +46,9 @@ EXAMPLE_HTTP = EXAMPLE_MQTT.replace('{"event_id"', '{"topic":"auth.prod","event_
 
 
 class UpSettings(BridgeSettings):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
-    data_dir: Path = Path("data")
+    host: str = Field("127.0.0.1", description="HTTP sidecar address")
+    port: int = Field(default=8080, ge=1, le=65535, description="HTTP sidecar port")
+    data_dir: Path = Field(Path("data"), description="Where a broker started here keeps its data")
 
 
 @dataclass
@@ -125,9 +126,9 @@ def run_up(settings: UpSettings) -> int:
 
     broker, mqtt_version = choose_broker(settings)
     address = settings.address
-    # URLs go through the environment, not argv: they may carry passwords, and every user
-    # of the machine can read a process's command line.
-    env = {**os.environ, "LOGAGG_BROKER": settings.broker, "LOGAGG_STORE": settings.store}
+    # Every setting goes through the environment, not argv: URLs may carry passwords, and
+    # every user of the machine can read a process's command line.
+    env = {**os.environ, **as_environment(settings)}
     bridge = Child(
         "bridge",
         _logagg("bridge", "--client-id", settings.client_id, "--mqtt-version", mqtt_version),

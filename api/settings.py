@@ -35,9 +35,9 @@ Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_separated)]
 
 
 class ApiSettings(MqttSettings):
-    host: str = Field("127.0.0.1", description="Listen address")
+    host: str = Field(default="127.0.0.1", description="Listen address")
     port: int = Field(default=8080, ge=0, le=65535, description="Listen port")
-    store: StoreUrl = Field(DEFAULT_STORE, description=STORE_HELP)
+    store: StoreUrl = Field(default=DEFAULT_STORE, description=STORE_HELP)
     max_batch: int = Field(default=10_000, ge=1, description="Most events per POST /publish")
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="Larger request bodies get 413"
@@ -82,7 +82,7 @@ class ApiSettings(MqttSettings):
     read_limit_max: int = Field(
         default=1000, ge=1, description="Largest `limit` for /events and /rejected"
     )
-    bridge_alive_s: AliveSeconds = Field(BRIDGE_ALIVE_SECONDS, description=ALIVE_HELP)
+    bridge_alive_s: AliveSeconds = Field(default=BRIDGE_ALIVE_SECONDS, description=ALIVE_HELP)
     # The broker's per-client queue limits (Mosquitto's max_queued_messages and
     # max_queued_bytes; 0 = none), which it does not publish: /stats and /healthz measure
     # its queue against them. Defaults: those of supervise/mosquitto.conf.
@@ -109,15 +109,18 @@ class ApiSettings(MqttSettings):
     # a command line is visible to every user of the machine (ps, /proc/<pid>/cmdline).
     api_token: SecretStr | None = None
     # With a token, reads (GET) need it too unless this is true; publishing always does.
-    api_public_read: bool = Field(False, description="With a token, let reads through without it")
+    api_public_read: bool = Field(
+        default=False, description="With a token, let reads through without it"
+    )
     # Host headers answered besides IP addresses, localhost and --host (api/guards.py): the
     # names clients use to reach the sidecar, e.g. the compose service name; * for any.
     api_allowed_hosts: Names = Field(
-        (), description="Comma-separated Host names answered besides IPs and localhost; * for any"
+        default=(),
+        description="Comma-separated Host names answered besides IPs and localhost; * for any",
     )
     # Origins (scheme://host:port) whose pages may call the API from a browser, with CORS.
     api_allowed_origins: Names = Field(
-        (), description="Comma-separated origins whose pages may call the API (CORS)"
+        default=(), description="Comma-separated origins whose pages may call the API (CORS)"
     )
 
     @field_validator("api_token")

@@ -38,21 +38,25 @@ class MqttSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOGAGG_", extra="forbid")
 
     broker: str = Field(
-        DEFAULT_BROKER, description="Broker URL, mqtt://host:port (mqtts:// for TLS)"
+        default=DEFAULT_BROKER, description="Broker URL, mqtt://host:port (mqtts:// for TLS)"
     )
-    mqtt_username: str | None = Field(None, description="Broker login")
+    mqtt_username: str | None = Field(default=None, description="Broker login")
     # LOGAGG_MQTT_PASSWORD, from the environment only: never a flag (see logagg.options).
     mqtt_password: SecretStr | None = None
-    mqtt_ca_file: str | None = Field(None, description="CA certificate to trust for mqtts://")
-    mqtt_cert_file: str | None = Field(None, description="Client certificate for mqtts://")
-    mqtt_key_file: str | None = Field(None, description="Its private key (with --mqtt-cert-file)")
+    mqtt_ca_file: str | None = Field(
+        default=None, description="CA certificate to trust for mqtts://"
+    )
+    mqtt_cert_file: str | None = Field(default=None, description="Client certificate for mqtts://")
+    mqtt_key_file: str | None = Field(
+        default=None, description="Its private key (with --mqtt-cert-file)"
+    )
     topic_prefix: Annotated[str, AfterValidator(check_prefix)] = Field(
-        DEFAULT_TOPIC_PREFIX, description="The MQTT topic prefix of log events"
+        default=DEFAULT_TOPIC_PREFIX, description="The MQTT topic prefix of log events"
     )
     # 3.1.1 only for brokers without MQTT 5 (the embedded fallback): the bridge's session then
     # rides on clean_session=False and the broker's own in-flight limit.
     mqtt_version: Literal["5", "3.1.1"] = Field(
-        "5", description="5, or 3.1.1 for brokers without MQTT 5"
+        default="5", description="5, or 3.1.1 for brokers without MQTT 5"
     )
 
     @field_validator("broker")
@@ -83,9 +87,9 @@ class MqttSettings(BaseSettings):
 
 
 class BridgeSettings(MqttSettings):
-    store: StoreUrl = Field(DEFAULT_STORE, description=STORE_HELP)
+    store: StoreUrl = Field(default=DEFAULT_STORE, description=STORE_HELP)
     group: str | None = Field(
-        None, description="Share the stream with other bridges: $share/GROUP/…"
+        default=None, description="Share the stream with other bridges: $share/GROUP/…"
     )
     # Several replicas on one host with one store and group need distinct ids: each keeps
     # its own session.
@@ -111,7 +115,7 @@ class BridgeSettings(MqttSettings):
         default=DEFAULT_MAX_BATCH_BYTES, ge=64 * 1024, description="Most payload bytes per commit"
     )
     durability: Literal["full", "normal", "off"] = Field(
-        "full", description="full (survives power loss), normal or off"
+        default="full", description="full (survives power loss), normal or off"
     )
     # Long enough to ride out any outage a supervisor fixes; the broker keeps our queue meanwhile.
     session_expiry_s: int = Field(
@@ -123,7 +127,7 @@ class BridgeSettings(MqttSettings):
     duplicate_log_per_s: int = Field(
         default=100, ge=0, description="Duplicates logged by name each second"
     )
-    bridge_alive_s: AliveSeconds = Field(BRIDGE_ALIVE_SECONDS, description=ALIVE_HELP)
+    bridge_alive_s: AliveSeconds = Field(default=BRIDGE_ALIVE_SECONDS, description=ALIVE_HELP)
     # PostgreSQL: how long one stuck session (a stopped bridge inside its transaction) may
     # hold the other bridges before the server ends it.
     store_hold_s: float = Field(
@@ -139,7 +143,7 @@ class BridgeSettings(MqttSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Serve Prometheus metrics on this port (0: off)"
     )
-    metrics_host: str = Field("127.0.0.1", description="Address for --metrics-port")
+    metrics_host: str = Field(default="127.0.0.1", description="Address for --metrics-port")
 
     @property
     def topic_filter(self) -> str:

@@ -46,9 +46,11 @@ EXAMPLE_HTTP = EXAMPLE_MQTT.replace('{"event_id"', '{"topic":"auth.prod","event_
 
 
 class UpSettings(BridgeSettings):
-    host: str = Field("127.0.0.1", description="HTTP sidecar address")
+    host: str = Field(default="127.0.0.1", description="HTTP sidecar address")
     port: int = Field(default=8080, ge=1, le=65535, description="HTTP sidecar port")
-    data_dir: Path = Field(Path("data"), description="Where a broker started here keeps its data")
+    data_dir: Path = Field(
+        default=Path("data"), description="Where a broker started here keeps its data"
+    )
 
 
 @dataclass

@@ -12,6 +12,6 @@ from publisher.settings import DEFAULT_API_URL, ApiUrl
 class ViewSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOGAGG_", extra="forbid")
 
-    api_url: ApiUrl = Field(DEFAULT_API_URL, description="The sidecar, http://host:port")
+    api_url: ApiUrl = Field(default=DEFAULT_API_URL, description="The sidecar, http://host:port")
     # LOGAGG_API_TOKEN, as the sidecar has it; environment only, never a flag.
     api_token: SecretStr | None = None

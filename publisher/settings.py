@@ -49,8 +49,10 @@ class PublisherSettings(MqttSettings):
     out_of_order: float = Field(
         default=0.1, ge=0, le=1, description="Fraction of events stamped up to 5 minutes early"
     )
-    via: Literal["mqtt", "http"] = Field("mqtt", description="mqtt, or http through the sidecar")
-    api_url: ApiUrl = Field(DEFAULT_API_URL, description="The sidecar, for --via http")
+    via: Literal["mqtt", "http"] = Field(
+        default="mqtt", description="mqtt, or http through the sidecar"
+    )
+    api_url: ApiUrl = Field(default=DEFAULT_API_URL, description="The sidecar, for --via http")
     # The sidecar's LOGAGG_API_TOKEN, sent as a bearer token; environment only, never a flag.
     api_token: SecretStr | None = None
     # Not `batch_size`: LOGAGG_BATCH_SIZE is the bridge's commit batch.
@@ -64,7 +66,7 @@ class PublisherSettings(MqttSettings):
         le=DEFAULT_MAX_PAYLOAD_BYTES - 1024,
         description="Approximate payload size",
     )
-    seed: int | None = Field(None, description="Same seed, same stream (new ids)")
+    seed: int | None = Field(default=None, description="Same seed, same stream (new ids)")
     source: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)] = Field(
         default_factory=lambda: f"logagg-publish@{socket.gethostname()}",
         description="The events' source field (default logagg-publish@HOST)",

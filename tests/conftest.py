@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,12 @@ import pytest
 import uvicorn
 from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import sql
+from typer.testing import CliRunner, Result
 
 from api import ApiSettings, create_app
 from api.server import server_config
 from bridge.store import Stats, StoreUnavailable, open_store
+from logagg.cli import app
 from supervise.mosquitto import Mosquitto, find_mosquitto, free_port
 from supervise.process import stop_process
 
@@ -34,6 +36,17 @@ if find_mosquitto() is None:
     pytest.exit("mosquitto is not installed: apt-get install mosquitto", returncode=2)
 
 LOGAGG = [sys.executable, "-m", "logagg"]
+
+
+def logagg_cli(*args: str, env: Mapping[str, str | None] | None = None) -> Result:
+    """`logagg ARGS` run in this process (stdout and stderr apart), where a subprocess is not
+    the point; the signal handlers a command installs (`tail`) are put back after."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return CliRunner().invoke(app, list(args), env=env)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 @pytest.fixture

@@ -35,7 +35,9 @@ STORE_HELP = (
 class MqttSettings(BaseSettings):
     """Broker address and credentials, shared by every process that speaks MQTT."""
 
-    model_config = SettingsConfigDict(env_prefix="LOGAGG_", extra="forbid")
+    # defer_build: a model is compiled when first used, not when imported, so that
+    # `logagg --help` (which reads every command's fields) does not compile them all.
+    model_config = SettingsConfigDict(env_prefix="LOGAGG_", extra="forbid", defer_build=True)
 
     broker: str = Field(
         default=DEFAULT_BROKER, description="Broker URL, mqtt://host:port (mqtts:// for TLS)"

@@ -19,8 +19,7 @@ from api import ApiSettings
 from bridge import BridgeSettings
 from logagg import logs
 from logagg.options import with_settings
-from logagg.up import UpSettings
-from logagg.view_settings import ViewSettings
+from logagg.settings import UpSettings, ViewSettings
 from publisher import PublisherSettings
 
 app = typer.Typer(

@@ -16,15 +16,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 
-from pydantic import Field
-
-from bridge.settings import BridgeSettings
 from bridge.store import redact_url
 from logagg.embedded import WARNING as EMBEDDED_WARNING
 from logagg.options import as_environment
+from logagg.settings import UpSettings
 from supervise.mosquitto import (
     PROJECT_CONFIG,
     Mosquitto,
@@ -43,14 +40,6 @@ EXAMPLE_MQTT = (
     '{"event_id":"e1","timestamp":"2026-11-26T12:00:00Z","source":"cli","payload":{"msg":"hi"}}'
 )
 EXAMPLE_HTTP = EXAMPLE_MQTT.replace('{"event_id"', '{"topic":"auth.prod","event_id"', 1)
-
-
-class UpSettings(BridgeSettings):
-    host: str = Field(default="127.0.0.1", description="HTTP sidecar address")
-    port: int = Field(default=8080, ge=1, le=65535, description="HTTP sidecar port")
-    data_dir: Path = Field(
-        default=Path("data"), description="Where a broker started here keeps its data"
-    )
 
 
 @dataclass

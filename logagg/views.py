@@ -19,7 +19,7 @@ from pydantic import TypeAdapter
 from api.models import EventPage, StatsReport, busiest_topics
 from bridge.backoff import Backoff
 from bridge.store import StoredEvent
-from logagg.view_settings import ViewSettings
+from logagg.settings import ViewSettings
 
 logger = logging.getLogger("logagg.views")
 

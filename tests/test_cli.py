@@ -16,8 +16,7 @@ from api import ApiSettings
 from bridge import BridgeSettings
 from logagg.cli import app
 from logagg.options import as_environment
-from logagg.up import UpSettings
-from logagg.view_settings import ViewSettings
+from logagg.settings import UpSettings, ViewSettings
 from publisher import PublisherSettings
 from tests.conftest import logagg_cli
 

@@ -87,6 +87,7 @@ def api(config: ApiSettings, log_level: LogLevel = "info", log_format: LogFormat
 
 
 @app.command()
+# The flags these had before their settings got longer names (LOGAGG_BATCH_SIZE is the bridge's).
 @with_settings(
     PublisherSettings, renamed={"http_batch_size": "--batch-size", "ack_timeout_s": "--ack-timeout"}
 )

@@ -46,29 +46,29 @@ def with_settings(
     """
 
     def decorate(command: Callable[Concatenate[S, P], None]) -> Callable[..., None]:
+        settings = _fields(model)
         flags = {
-            name: flag_names(name, field, (renamed or {}).get(name))
-            for name, field in fields(model)
+            name: _flag_names(name, field, (renamed or {}).get(name)) for name, field in settings
         }
         own = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
 
         @functools.wraps(command)
         def run(typer_context: typer.Context, **values: Any) -> None:
-            typed = {name: values.pop(name) for name in flags}
-            given = {k: v for k, v in typed.items() if typed_here(typer_context, k)}
-            cast(Callable[..., None], command)(build(model, given, flags), **values)
+            parsed = {name: values.pop(name) for name in flags}
+            given = {k: v for k, v in parsed.items() if _from_command_line(typer_context, k)}
+            cast(Callable[..., None], command)(_build(model, given, flags), **values)
 
         options = [
             inspect.Parameter(
                 name,
                 KEYWORD_ONLY,
-                default=shown_default(field),
+                default=_shown_default(field),
                 annotation=Annotated[
-                    option_type(field.annotation),
-                    typer.Option(*flags[name], help=help_text(model, name, field)),
+                    _option_type(field.annotation),
+                    typer.Option(*flags[name], help=_help_text(model, name, field)),
                 ],
             )
-            for name, field in fields(model)
+            for name, field in settings
         ]
         context = inspect.Parameter("typer_context", KEYWORD_ONLY, annotation=typer.Context)
         params = [context, *options, *(p.replace(kind=KEYWORD_ONLY) for p in own)]
@@ -79,7 +79,7 @@ def with_settings(
     return decorate
 
 
-def typed_here(context: typer.Context, name: str) -> bool:
+def _from_command_line(context: typer.Context, name: str) -> bool:
     """Whether the value came from the command line, not the option's shown default.
 
     By the source's name: Typer's `ParameterSource` is click's, or its own copy of it."""
@@ -87,30 +87,30 @@ def typed_here(context: typer.Context, name: str) -> bool:
     return source is not None and source.name == "COMMANDLINE"
 
 
-def fields(model: type[BaseSettings]) -> list[tuple[str, FieldInfo]]:
+def _fields(model: type[BaseSettings]) -> list[tuple[str, FieldInfo]]:
     """The model's settings that can be flags, its own before those it inherits."""
     order = [name for cls in model.__mro__ for name in vars(cls).get("__annotations__", {})]
     return [
         (name, model.model_fields[name])
         for name in dict.fromkeys(order)
-        if name in model.model_fields and option_type(model.model_fields[name].annotation)
+        if name in model.model_fields and _option_type(model.model_fields[name].annotation)
     ]
 
 
-def flag_names(name: str, field: FieldInfo, flag: str | None) -> tuple[str]:
+def _flag_names(name: str, field: FieldInfo, flag: str | None) -> tuple[str]:
     flag = flag or "--" + name.replace("_", "-")
-    if value_type(field.annotation) is bool:
+    if _value_type(field.annotation) is bool:
         return (f"{flag}/--no-{flag[2:]}",)
     return (flag,)
 
 
-def option_type(annotation: Any) -> Any:
+def _option_type(annotation: Any) -> Any:
     """The type the command line parses, None for a secret; a flag left out is None."""
-    kind = value_type(annotation)
+    kind = _value_type(annotation)
     return None if kind is SecretStr else kind | None
 
 
-def value_type(annotation: Any) -> Any:
+def _value_type(annotation: Any) -> Any:
     """The field's type without None; a list is typed comma-separated, as in the environment,
     and split by the model."""
     if get_origin(annotation) in (Union, types.UnionType):
@@ -118,7 +118,7 @@ def value_type(annotation: Any) -> Any:
     return str if get_origin(annotation) in (list, tuple) else annotation
 
 
-def shown_default(field: FieldInfo) -> Any:
+def _shown_default(field: FieldInfo) -> Any:
     """The default `--help` shows; a computed default is described in the help instead."""
     if field.default_factory is not None:
         return None
@@ -127,15 +127,15 @@ def shown_default(field: FieldInfo) -> Any:
     return field.default
 
 
-def env_name(model: type[BaseSettings], name: str) -> str:
+def _env_name(model: type[BaseSettings], name: str) -> str:
     return f"{model.model_config.get('env_prefix', '')}{name}".upper()
 
 
-def help_text(model: type[BaseSettings], name: str, field: FieldInfo) -> str:
-    return f"{field.description} (env {env_name(model, name)})"
+def _help_text(model: type[BaseSettings], name: str, field: FieldInfo) -> str:
+    return f"{field.description} (env {_env_name(model, name)})"
 
 
-def build(model: type[S], given: dict[str, Any], flags: Mapping[str, tuple[str]]) -> S:
+def _build(model: type[S], given: dict[str, Any], flags: Mapping[str, tuple[str]]) -> S:
     """The settings; a bad value exits 2 naming the flag or variable it came from."""
     try:
         return model(**given)
@@ -145,8 +145,8 @@ def build(model: type[S], given: dict[str, Any], flags: Mapping[str, tuple[str]]
             name = str(error["loc"][0]) if error["loc"] else ""
             if name in given:
                 where = flags[name][0].partition("/")[0]
-            elif env_name(model, name) in os.environ:
-                where = env_name(model, name)
+            elif _env_name(model, name) in os.environ:
+                where = _env_name(model, name)
             else:
                 where = name
             reasons.append(f"{where}: {error['msg']}" if where else error["msg"])
@@ -157,10 +157,10 @@ def build(model: type[S], given: dict[str, Any], flags: Mapping[str, tuple[str]]
 def as_environment(settings: BaseSettings) -> dict[str, str]:
     """The settings as `LOGAGG_*` variables, for child processes (secrets are inherited)."""
     env = {}
-    for name, _ in fields(type(settings)):
+    for name, _ in _fields(type(settings)):
         value = getattr(settings, name)
         if isinstance(value, list | tuple):
             value = ",".join(map(str, value))
         if value is not None:
-            env[env_name(type(settings), name)] = str(value)
+            env[_env_name(type(settings), name)] = str(value)
     return env

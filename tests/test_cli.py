@@ -72,6 +72,28 @@ def test_every_setting_is_an_option_with_its_default_and_variable(command: str) 
             assert "[default: " not in line, line
 
 
+# Every flag each command had when its options were written by hand: none may go.
+EARLIER_FLAGS = {
+    "bridge": "--broker --store --client-id --replica --group --batch-size --durability"
+    " --max-payload-bytes --mqtt-version --metrics-port --metrics-host",
+    "up": "--broker --store --host --port --data-dir",
+    "api": "--host --port --broker --store --max-batch --max-body-bytes --max-payload-bytes"
+    " --publish-timeout-s --max-inflight --read-limit-max",
+    "publish": "--count --rate --topics --dup-ratio --out-of-order --via --broker --api-url"
+    " --batch-size --payload-bytes --seed --source --ack-timeout --mqtt-version --progress"
+    " --no-progress --json",
+    "ready": "--store --client-id --replica",
+    "tail": "--topic --follow -f --lines -n --api-url",
+    "stats": "--api-url --json",
+}
+
+
+@pytest.mark.parametrize("command", EARLIER_FLAGS)
+def test_every_earlier_flag_still_works(command: str) -> None:
+    flags = {flag for names in options(command).values() for flag in names}
+    assert set(EARLIER_FLAGS[command].split()) <= flags
+
+
 def test_publish_keeps_its_older_flag_names() -> None:
     flags = options("publish")
     assert flags["http_batch_size"] == ["--batch-size"]

@@ -49,7 +49,7 @@ from api.settings import ApiSettings
 from api.stream import EventStream, StreamHub
 from bridge.event import MAX_NAME_LENGTH, NAME_PATTERN, Event
 from bridge.lograte import RateLimitedLog
-from bridge.store import StoreUnavailable, open_store
+from bridge.store import StoreUnavailable, open_reader
 
 logger = logging.getLogger("logagg.api")
 
@@ -73,7 +73,7 @@ def _publish_body_schema(max_batch: int) -> dict[str, Any]:
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
-    store = open_store(settings.store, readonly=True, alive_s=settings.bridge_alive_s)
+    store = open_reader(settings.store, settings.store_options)
     publisher = Publisher(settings)
     bodies = BodyBudget(settings.max_inflight_body_bytes)
     broker_stats = BrokerStats(settings)

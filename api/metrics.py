@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from api.broker_stats import BrokerStats
 from api.models import BUSIEST_TOPICS, busiest_topics
-from bridge.store import Store, StoreUnavailable
+from bridge.store import SQLiteUrl, StoreReader, StoreUnavailable, StoreUrl
 
 logger = logging.getLogger("logagg.api.metrics")
 
@@ -27,13 +26,12 @@ logger = logging.getLogger("logagg.api.metrics")
 TOP_TOPICS = BUSIEST_TOPICS
 
 
-def store_size_bytes(url: str) -> int | None:
+def store_size_bytes(url: StoreUrl) -> int | None:
     """The SQLite store's database file plus its WAL, in bytes; None for other stores, or
-    before the bridge created the file. (Read from the URL as `SQLiteStore.from_url` does,
-    until the store can say its own size.)"""
-    if not url.startswith("sqlite:///"):
+    before the bridge created the file."""
+    if not isinstance(url, SQLiteUrl):
         return None
-    path = Path(url.removeprefix("sqlite:///"))
+    path = url.path
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -46,7 +44,7 @@ class StoreCollector(Collector):
     """Reads `store.stats()` on each scrape; an unreadable store gives `logagg_store_up 0`
     and no counters, rather than a failed scrape."""
 
-    def __init__(self, store: Store, url: str, top_topics: int = TOP_TOPICS) -> None:
+    def __init__(self, store: StoreReader, url: StoreUrl, top_topics: int = TOP_TOPICS) -> None:
         self._store = store
         self._url = url
         self._top_topics = top_topics
@@ -162,7 +160,7 @@ class BrokerCollector(Collector):
                 yield GaugeMetricFamily(f"logagg_broker_{name}", help_text, value=number)
 
 
-def sidecar_registry(store: Store, url: str, broker: BrokerStats) -> CollectorRegistry:
+def sidecar_registry(store: StoreReader, url: StoreUrl, broker: BrokerStats) -> CollectorRegistry:
     """What `GET /metrics` serves: the store's counters, the broker's, and this process's CPU
     and memory."""
     registry = CollectorRegistry()

@@ -14,9 +14,9 @@ from bridge.settings import (
     STORE_HELP,
     AliveSeconds,
     MqttSettings,
-    StoreUrl,
+    StoreSetting,
 )
-from bridge.store import BRIDGE_ALIVE_SECONDS
+from bridge.store import BRIDGE_ALIVE_SECONDS, StoreOptions
 
 MIN_TOKEN_LENGTH = 16
 # JSON nodes in one request body: parsed, about 65 MB at worst (see DEFAULT_MAX_EVENT_NODES),
@@ -37,7 +37,7 @@ Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_separated)]
 class ApiSettings(MqttSettings):
     host: str = Field(default="127.0.0.1", description="Listen address")
     port: int = Field(default=8080, ge=0, le=65535, description="Listen port")
-    store: StoreUrl = Field(default=DEFAULT_STORE, description=STORE_HELP)
+    store: StoreSetting = Field(default=DEFAULT_STORE, description=STORE_HELP)
     max_batch: int = Field(default=10_000, ge=1, description="Most events per POST /publish")
     max_body_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1024, description="Larger request bodies get 413"
@@ -122,6 +122,11 @@ class ApiSettings(MqttSettings):
     api_allowed_origins: Names = Field(
         default=(), description="Comma-separated origins whose pages may call the API (CORS)"
     )
+
+    @property
+    def store_options(self) -> StoreOptions:
+        """The sidecar only reads: of the store's options, the alive window is its own."""
+        return StoreOptions(alive_s=self.bridge_alive_s)
 
     @field_validator("api_token")
     @classmethod

@@ -29,8 +29,7 @@ from pydantic import TypeAdapter
 from starlette.types import Receive, Scope, Send
 
 from api.models import Problem
-from bridge.store import StoredEvent, StoreUnavailable
-from bridge.store.base import Store
+from bridge.store import StoredEvent, StoreReader, StoreUnavailable
 
 logger = logging.getLogger("logagg.api")
 
@@ -66,7 +65,7 @@ class Frame:
 
 
 def read_frames(
-    store: Store, *, topic: str | None, after: int, limit: int, max_bytes: int
+    store: StoreReader, *, topic: str | None, after: int, limit: int, max_bytes: int
 ) -> list[Frame]:
     """Up to `limit` events after `after`, encoded (on a worker thread: the store is sync);
     fewer once their payloads reach `max_bytes`, so a short page is not the end: only an
@@ -80,7 +79,7 @@ def read_frames(
 class StreamHub:
     """The one poller and its ring, and the count of open streams."""
 
-    def __init__(self, store: Store, *, max_streams: int, max_bytes: int) -> None:
+    def __init__(self, store: StoreReader, *, max_streams: int, max_bytes: int) -> None:
         self.store = store
         self.max_streams = max_streams
         self.max_bytes = max_bytes

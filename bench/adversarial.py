@@ -52,7 +52,7 @@ from bridge.event import (
     Event,
     parse_message,
 )
-from bridge.store import Stats, open_store
+from bridge.store import Stats, open_reader, parse_store_url
 from supervise.mosquitto import Mosquitto, free_port
 
 BRIDGE_TARGET_MB = 200.0
@@ -252,7 +252,7 @@ def rejection_flood(count: int, out: Path) -> dict[str, Any]:
         seconds = time.monotonic() - started
         if stats.rejected != count:
             raise BenchError(f"{count} refused messages sent; the store says {stats}")
-        reader = open_store(store_url, readonly=True)
+        reader = open_reader(parse_store_url(store_url))
         stack.callback(reader.close)
         largest = max(
             len(r.mqtt_topic.encode()) + len(r.reason.encode()) + len(r.body.encode())

@@ -42,7 +42,7 @@ from bench.procs import BenchError, Child, start_api, start_bridge, start_flood
 from bench.scenarios import _broker, _percentile
 from bench.sessions import register
 from bench.stream import TOPICS, StreamSpec
-from bridge.store import open_store
+from bridge.store import open_reader, open_writer, parse_store_url
 from supervise.mosquitto import free_port
 
 SHELL_OPEN_FILES = 1024
@@ -218,7 +218,7 @@ def flood(work: Path, args: argparse.Namespace, env: dict[str, str]) -> dict[str
                 return pub.result(args.seconds * 2 + 60)
 
         def expect() -> dict[str, int]:
-            store = open_store(store_url, readonly=True)
+            store = open_reader(parse_store_url(store_url))
             try:
                 deadline = time.monotonic() + 60
                 while (stats := store.stats()).unique_processed < min(spec.count, spec.distinct):
@@ -276,7 +276,7 @@ def live_stream(work: Path, args: argparse.Namespace, env: dict[str, str]) -> di
     the broker for its session first, so the bridge stores at full speed)."""
     spec = StreamSpec(args.stream_events, 0.0, 100, seed=11)
     store_url = f"sqlite:///{work / 'live.db'}"
-    open_store(store_url).close()  # the sidecar starts once its store is readable
+    open_writer(parse_store_url(store_url)).close()  # the sidecar starts once its store is readable
     client = StreamClient("after=0")
     with ExitStack() as stack:
         mosq = stack.enter_context(_broker(work / "broker-live"))
@@ -287,7 +287,7 @@ def live_stream(work: Path, args: argparse.Namespace, env: dict[str, str]) -> di
         stack.enter_context(start_api(mosq.url, store_url, port, work / "api-live.log", env=env))
 
         def stored_all(bridge: Child) -> float:
-            store = open_store(store_url, readonly=True)
+            store = open_reader(parse_store_url(store_url))
             try:
                 deadline = time.monotonic() + 600
                 while store.stats().unique_processed < spec.distinct:

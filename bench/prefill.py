@@ -1,6 +1,6 @@
 """Filling a store with millions of events in seconds, to measure inserts into a large store.
 
-The schema comes from `open_store`, so the indexes are the real ones; the rows
+The schema comes from `open_writer`, so the indexes are the real ones; the rows
 come from one `INSERT … SELECT` over a recursive counter, in one transaction
 with the journal and fsync off (a throwaway store), in key order so every
 index is built by appending. The event ids are spread evenly over the same
@@ -14,7 +14,7 @@ import sqlite3
 from pathlib import Path
 
 from bench.stream import TOPICS
-from bridge.store import open_store
+from bridge.store import open_writer, parse_store_url
 
 _ID_SPACE = 16**12  # the stream's run ids are 12 hex digits
 _FILL = """
@@ -28,7 +28,7 @@ FROM i
 
 def prefill(path: Path, count: int, *, payload_bytes: int) -> None:
     """Put `count` events, spread over the stream's topics, into the store at `path`."""
-    open_store(f"sqlite:///{path.resolve()}").close()
+    open_writer(parse_store_url(f"sqlite:///{path.resolve()}")).close()
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=DELETE")

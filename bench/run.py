@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.procs import BenchError
 from bench.scenarios import SCENARIOS, BenchConfig, scaling
-from bridge.store.base import redact_url
+from bridge.store import redact_url
 from supervise.mosquitto import find_mosquitto
 
 # The targets: (section, key, threshold, higher is better, what it says).

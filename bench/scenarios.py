@@ -39,8 +39,7 @@ from bench.stream import PREFIX, StreamSpec, drafts
 from bench.watch import Counts, StoreWatch
 from bridge.event import Event, parse_message
 from bridge.settings import BridgeSettings
-from bridge.store import open_store
-from bridge.store.postgres import split_schema
+from bridge.store import Durability, PostgresUrl, StoreOptions, open_writer, parse_store_url
 from supervise.mosquitto import Mosquitto, free_port
 
 POLL_S = 0.005
@@ -86,8 +85,9 @@ class BenchConfig:
             raise ValueError(f"dup_ratio must be in [0, 1), not {self.dup_ratio}")
         if self.rate <= 0 or self.duration <= 0 or self.timeout <= 0:
             raise ValueError("rate, duration and timeout must be positive")
-        if self.durability not in ("full", "normal", "off"):
-            raise ValueError(f"durability must be full, normal or off, not {self.durability!r}")
+        if self.durability not in tuple(Durability):
+            levels = ", ".join(Durability)
+            raise ValueError(f"durability must be one of {levels}, not {self.durability!r}")
         if self.store is not None and not self.store.startswith("postgresql://"):
             raise ValueError(f"--store takes a postgresql:// URL, not {self.store!r}")
 
@@ -117,7 +117,9 @@ def _fresh_store(cfg: BenchConfig, work: Path, name: str) -> Iterator[str]:
     if cfg.store is None:
         yield _store(work, name)[1]
         return
-    conninfo, _ = split_schema(cfg.store)
+    pg = parse_store_url(cfg.store)
+    assert isinstance(pg, PostgresUrl)  # checked in BenchConfig
+    conninfo = pg.conninfo
     schema = f"bench_{uuid.uuid4().hex[:12]}"
     try:
         yield f"{conninfo}{'&' if urlsplit(conninfo).query else '?'}schema={schema}"
@@ -519,7 +521,7 @@ def http(cfg: BenchConfig) -> dict[str, Any]:
 
 def _record_rate(url: str, events: list[Event], durability: str) -> float:
     """The store alone: `record()` in the bridge's batch size, events parsed beforehand."""
-    store = open_store(url, durability=durability)
+    store = open_writer(parse_store_url(url), StoreOptions(Durability(durability)))
     try:
         start = time.perf_counter()
         for i in range(0, len(events), BATCH_SIZE):

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from bench.procs import Child, start_bridge
-from bridge.store import Stats, StoreUnavailable, open_store
+from bridge.store import Stats, StoreUnavailable, open_reader, parse_store_url
 from publisher.run import run_publisher
 from publisher.settings import PublisherSettings
 from publisher.summary import PublishError, Summary
@@ -43,7 +43,7 @@ def rss_mb(pid: int) -> float:
 
 def store_stats(store_url: str) -> Stats | None:
     """The store's stats, or None while the bridge has not created it."""
-    store = open_store(store_url, readonly=True)
+    store = open_reader(parse_store_url(store_url))
     try:
         return store.stats()
     except StoreUnavailable:

@@ -21,8 +21,7 @@ from typing import Any
 import psycopg
 
 from bench.procs import BenchError
-from bridge.store.base import redact_url
-from bridge.store.postgres import split_schema
+from bridge.store import PostgresUrl, parse_store_url
 
 # What the database's other client backends are doing: "state" or "state wait_type:wait_event".
 _BACKENDS = """
@@ -50,12 +49,13 @@ class StoreWatch:
     def __init__(self, target: Path | str) -> None:
         self._pg: str | None = None
         self._schema: str | None = None
-        if isinstance(target, str) and target.startswith("postgresql://"):
-            self._pg, self._schema = split_schema(target)
+        url = parse_store_url(target) if isinstance(target, str) else None
+        if isinstance(url, PostgresUrl):
+            self._pg, self._schema = url.conninfo, url.schema
             self.path = Path()  # unused: no file
-            self._where = redact_url(target)
+            self._where = url.display
         else:
-            self.path = Path(str(target).removeprefix("sqlite:///"))
+            self.path = url.path if url is not None else Path(target)
             self._where = str(self.path)
         self._conn: Any = None  # sqlite3.Connection or psycopg.Connection: both `execute`
         self._base = Counts(0, 0, 0, 0, 0)

@@ -34,7 +34,7 @@ from bridge.lograte import RateLimitedLog
 from bridge.metrics import BridgeMetrics, serving
 from bridge.refusal import Refusals
 from bridge.settings import BridgeSettings
-from bridge.store import BatchOutcome, Refused, Store, StoreUnavailable, open_store, redact_url
+from bridge.store import BatchOutcome, Refused, StoreUnavailable, StoreWriter, open_writer
 from bridge.store.base import rejected_row
 
 logger = logging.getLogger("logagg.bridge")
@@ -89,7 +89,7 @@ def parse_batch(
 class Bridge:
     """Subscribes to the log topics and stores every event exactly once."""
 
-    def __init__(self, settings: BridgeSettings, store: Store) -> None:
+    def __init__(self, settings: BridgeSettings, store: StoreWriter) -> None:
         self.settings = settings
         self.store = store
         # Names this run in the heartbeats: the store times its uptime from the first beat.
@@ -143,7 +143,7 @@ class Bridge:
             "bridge %s: broker %s, store %s, topics %s",
             self.settings.client_id,
             self.settings.address,
-            redact_url(self.settings.store),
+            self.settings.store.display,
             self.settings.topic_filter,
         )
         try:
@@ -304,17 +304,12 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def _open_store(settings: BridgeSettings, stop: asyncio.Event) -> Store | None:
+async def _open_store(settings: BridgeSettings, stop: asyncio.Event) -> StoreWriter | None:
     """Wait for the store like for the broker: a supervisor may start us before the database."""
     backoff = Backoff()
     while not stop.is_set():
         try:
-            return await asyncio.to_thread(
-                open_store,
-                settings.store,
-                durability=settings.durability,
-                hold_s=settings.store_hold_s,
-            )
+            return await asyncio.to_thread(open_writer, settings.store, settings.store_options)
         except StoreUnavailable as exc:
             delay = backoff.delay()
             logger.error("store unavailable at start: %s; retrying in %.1fs", exc, delay)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AfterValidator,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    SecretStr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bridge.broker import DEFAULT_BROKER, BrokerAddress, Credentials
 from bridge.event import (
@@ -17,11 +25,33 @@ from bridge.event import (
     DEFAULT_TOPIC_PREFIX,
     check_prefix,
 )
-from bridge.store import BRIDGE_ALIVE_SECONDS, STORE_HOLD_SECONDS, check_store_url, redact_url
+from bridge.store import (
+    BRIDGE_ALIVE_SECONDS,
+    STORE_HOLD_SECONDS,
+    Durability,
+    SQLiteUrl,
+    StoreOptions,
+    StoreUrl,
+    parse_store_url,
+)
 
-DEFAULT_STORE = "sqlite:///data/logagg.db"
+DEFAULT_STORE = parse_store_url("sqlite:///data/logagg.db")
 DEFAULT_MAX_BATCH_BYTES = 2 * 1024 * 1024
-StoreUrl = Annotated[str, AfterValidator(check_store_url)]
+
+
+def _store_url(value: object) -> StoreUrl:
+    return value if isinstance(value, StoreUrl) else parse_store_url(str(value))
+
+
+# A store URL is parsed here, once, when settings are read: an unknown scheme or a SQLite
+# URL without a path is a settings error, not a failure deep inside a running process.
+StoreSetting = Annotated[
+    StoreUrl,
+    NoDecode,
+    PlainValidator(_store_url),
+    PlainSerializer(lambda url: url.url, return_type=str),
+    WithJsonSchema({"type": "string"}),
+]
 # A bridge counts as alive while its last heartbeat is younger than this (it beats three
 # times per window); the bridge, `logagg ready` and the sidecar read the same setting.
 AliveSeconds = Annotated[float, Field(ge=0.3, le=3600)]
@@ -89,7 +119,7 @@ class MqttSettings(BaseSettings):
 
 
 class BridgeSettings(MqttSettings):
-    store: StoreUrl = Field(default=DEFAULT_STORE, description=STORE_HELP)
+    store: StoreSetting = Field(default=DEFAULT_STORE, description=STORE_HELP)
     group: str | None = Field(
         default=None, description="Share the stream with other bridges: $share/GROUP/…"
     )
@@ -116,8 +146,8 @@ class BridgeSettings(MqttSettings):
     max_batch_bytes: int = Field(
         default=DEFAULT_MAX_BATCH_BYTES, ge=64 * 1024, description="Most payload bytes per commit"
     )
-    durability: Literal["full", "normal", "off"] = Field(
-        default="full", description="full (survives power loss), normal or off"
+    durability: Durability = Field(
+        default=Durability.FULL, description="full (survives power loss), normal or off"
     )
     # Long enough to ride out any outage a supervisor fixes; the broker keeps our queue meanwhile.
     session_expiry_s: int = Field(
@@ -151,6 +181,10 @@ class BridgeSettings(MqttSettings):
     def topic_filter(self) -> str:
         return topic_filter(self.topic_prefix, self.group)
 
+    @property
+    def store_options(self) -> StoreOptions:
+        return StoreOptions(self.durability, self.bridge_alive_s, self.store_hold_s)
+
 
 def topic_filter(prefix: str, group: str | None) -> str:
     base = f"{prefix}#"
@@ -169,11 +203,8 @@ def default_client_id(data: dict[str, Any]) -> str:
     index. Two bridges on one host with different stores or topics get different ids;
     two with the same store and topics are the same consumer twice, and the broker's
     take-overs make the second one stop with a clash error (see `bridge.refusal`)."""
-    store: str = data["store"]
-    if store.startswith("sqlite:///"):
-        store = "sqlite://" + str(Path(store.removeprefix("sqlite:///")).resolve())
-    else:
-        store = redact_url(store)
+    url: StoreUrl = data["store"]
+    store = f"sqlite://{url.path.resolve()}" if isinstance(url, SQLiteUrl) else url.display
     identity = "\n".join((store, topic_filter(data["topic_prefix"], data["group"])))
     digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
     return f"logagg-bridge-{socket.gethostname()}-{digest}-{data['replica']}"

@@ -14,10 +14,13 @@ import inspect
 import os
 import types
 from collections.abc import Callable, Mapping
+from enum import Enum
+from pathlib import Path
 from typing import (
     Annotated,
     Any,
     Concatenate,
+    Literal,
     ParamSpec,
     TypeVar,
     Union,
@@ -27,7 +30,7 @@ from typing import (
 )
 
 import typer
-from pydantic import SecretStr, ValidationError
+from pydantic import PlainSerializer, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
@@ -111,20 +114,27 @@ def _option_type(annotation: Any) -> Any:
 
 
 def _value_type(annotation: Any) -> Any:
-    """The field's type without None; a list is typed comma-separated, as in the environment,
-    and split by the model."""
+    """The field's type without None, when the command line can parse it; else text, which
+    the model parses as it parses the environment (a list comma-separated, a store URL)."""
     if get_origin(annotation) in (Union, types.UnionType):
-        (annotation,) = (arg for arg in get_args(annotation) if arg is not type(None))
-    return str if get_origin(annotation) in (list, tuple) else annotation
+        kinds = [arg for arg in get_args(annotation) if arg is not type(None)]
+        annotation = kinds[0] if len(kinds) == 1 else str
+    if annotation in (str, int, float, bool, Path, SecretStr) or get_origin(annotation) is Literal:
+        return annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, Enum) else str
 
 
 def _shown_default(field: FieldInfo) -> Any:
-    """The default `--help` shows; a computed default is described in the help instead."""
+    """The default `--help` shows, written as the model writes it; a computed default is
+    described in the help instead."""
     if field.default_factory is not None:
         return None
-    if isinstance(field.default, list | tuple):
-        return ",".join(map(str, field.default)) or None
-    return field.default
+    value = field.default
+    for serializer in (m for m in field.metadata if isinstance(m, PlainSerializer)):
+        value = cast(Callable[[Any], Any], serializer.func)(value)
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value)) or None
+    return value
 
 
 def _env_name(model: type[BaseSettings], name: str) -> str:
@@ -156,10 +166,10 @@ def _build(model: type[S], given: dict[str, Any], flags: Mapping[str, tuple[str]
 
 def as_environment(settings: BaseSettings) -> dict[str, str]:
     """The settings as `LOGAGG_*` variables, for child processes (secrets are inherited)."""
+    names = {name for name, _ in _fields(type(settings))}
     env = {}
-    for name, _ in _fields(type(settings)):
-        value = getattr(settings, name)
-        if isinstance(value, list | tuple):
+    for name, value in settings.model_dump(mode="json", include=names).items():
+        if isinstance(value, list):
             value = ",".join(map(str, value))
         if value is not None:
             env[_env_name(type(settings), name)] = str(value)

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from bridge.store import redact_url
 from logagg.embedded import WARNING as EMBEDDED_WARNING
 from logagg.options import as_environment
 from logagg.settings import UpSettings
@@ -145,7 +144,7 @@ def run_up(settings: UpSettings) -> int:
             "  watch:    %s/ (dashboard)  %s/metrics  logagg stats  logagg tail -f\n"
             "  Ctrl-C stops everything; running it again resumes on the same store.",
             address,
-            redact_url(settings.store),
+            settings.store.display,
             address.host,
             address.port,
             EXAMPLE_MQTT,

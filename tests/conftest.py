@@ -27,7 +27,7 @@ from typer.testing import CliRunner, Result
 
 from api import ApiSettings, create_app
 from api.server import server_config
-from bridge.store import Stats, StoreUnavailable, open_store
+from bridge.store import Stats, StoreUnavailable, open_reader, parse_store_url
 from logagg.cli import app
 from supervise.mosquitto import Mosquitto, find_mosquitto, free_port
 from supervise.process import stop_process
@@ -194,7 +194,7 @@ def received_at_least(n: int) -> Callable[[Stats], bool]:
 
 def wait_for_stats(store_url: str, done: Callable[[Stats], bool], timeout: float = 60.0) -> Stats:
     """Poll the store until `done(stats)` holds; fail with the last stats seen."""
-    store = open_store(store_url, readonly=True)
+    store = open_reader(parse_store_url(store_url))
     deadline = time.monotonic() + timeout
     last: Stats | None = None
     try:
@@ -299,7 +299,7 @@ def sidecar(store_url: str) -> Iterator[Sidecar]:
     with ExitStack() as stack:
 
         def start(broker_url: str, **overrides: Any) -> httpx.Client:
-            settings = ApiSettings(broker=broker_url, store=store_url, **overrides)
+            settings = ApiSettings(broker=broker_url, store=parse_store_url(store_url), **overrides)
             return stack.enter_context(serving(settings))
 
         yield start

@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from api.app import INVALID_LOG_PER_S
 from api.models import BUSIEST_TOPICS
 from bridge.event import BROKER_MAX_SEPARATORS, MAX_TOPIC_LEVELS, Event, check_prefix
-from bridge.store import open_store
+from bridge.store import open_writer, parse_store_url
 from publisher import PublisherSettings, run_publisher
 from supervise.mosquitto import Mosquitto, free_port
 from tests.conftest import BridgeProcess, Sidecar, publish_raw, wait_for_stats
@@ -262,7 +262,7 @@ def test_publish_waits_for_its_share_of_body_bytes_then_answers_503(sidecar: Sid
 def test_events_pages_stop_at_the_read_byte_budget(sidecar: Sidecar, store_url: str) -> None:
     """Large events come a few to a page (`read_max_bytes` of payloads); `next_after`
     leads through all of them, none missed or repeated."""
-    writer = open_store(store_url)
+    writer = open_writer(parse_store_url(store_url))
     try:
         writer.record(
             [Event.model_validate(event(str(i), payload={"s": "x" * 1500})) for i in range(7)], []

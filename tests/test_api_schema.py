@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, settings
 from pydantic import SecretStr
 
 from api import ApiSettings, create_app
+from bridge.store import parse_store_url
 from supervise.mosquitto import Mosquitto, free_port
 from tests.conftest import BridgeProcess, make_stream, publish_raw, serving, wait_for_stats
 
@@ -31,7 +32,9 @@ EXAMPLES = 100
 
 
 def api_settings(broker_url: str, store_url: str) -> ApiSettings:
-    return ApiSettings(broker=broker_url, store=store_url, api_token=SecretStr(TOKEN))
+    return ApiSettings(
+        broker=broker_url, store=parse_store_url(store_url), api_token=SecretStr(TOKEN)
+    )
 
 
 # Invalid requests must get one of these: a batch over max_batch (the schema's maxItems)

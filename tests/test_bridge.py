@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.store import open_store
+from bridge.store import open_reader, parse_store_url
 from supervise.mosquitto import Mosquitto
 from tests.conftest import (
     LOGAGG,
@@ -34,7 +34,7 @@ def distinct(stream: list[tuple[str, bytes]]) -> int:
 
 def assert_exactly_once(store_url: str, stream: list[tuple[str, bytes]]) -> None:
     """Every distinct event stored once, nothing else, and the counters agree."""
-    store = open_store(store_url, readonly=True)
+    store = open_reader(parse_store_url(store_url))
     stored = store.events(topic=None, after=0, limit=len(stream) + 1)
     keys = [(f"logs/{e.topic}", e.event_id) for e in stored]
     assert len(keys) == len(set(keys))
@@ -138,7 +138,7 @@ def test_bridge_rejects_malformed_messages_and_keeps_going(
         "topic_mismatch": 1,
         "too_large": 1,
     }
-    rejected = open_store(store_url, readonly=True).rejected(after=0, limit=10)
+    rejected = open_reader(parse_store_url(store_url)).rejected(after=0, limit=10)
     assert "timestamp: Field required" in rejected[2].reason
     assert bridge.process is not None
     assert bridge.process.poll() is None
@@ -146,7 +146,7 @@ def test_bridge_rejects_malformed_messages_and_keeps_going(
     bridge.stop()
     bridge_factory()
     time.sleep(2)
-    assert open_store(store_url, readonly=True).stats().received == 7
+    assert open_reader(parse_store_url(store_url)).stats().received == 7
 
 
 def test_bridge_stores_backlog_queued_while_it_was_down(
@@ -187,7 +187,7 @@ def test_bridge_acks_only_after_commit(
     finally:
         blocker.rollback()
         blocker.close()
-    assert open_store(store_url, readonly=True).stats().received == 0
+    assert open_reader(parse_store_url(store_url)).stats().received == 0
     bridge_factory()
     wait_for_stats(store_url, lambda s: s.received >= 50)
     assert_exactly_once(store_url, stream)

@@ -50,6 +50,7 @@ def test_every_setting_is_an_option_with_its_default_and_variable(command: str) 
     model = SETTINGS[command]
     shown = logagg_cli(command, "--help", env=WIDE).stdout
     flags = options(command)
+    written = model.model_construct().model_dump(mode="json")  # the defaults, as text
     for name, field in model.model_fields.items():
         if field.annotation == SecretStr | None:
             assert name not in flags, f"{command}: the secret {name} is a flag"
@@ -63,10 +64,9 @@ def test_every_setting_is_an_option_with_its_default_and_variable(command: str) 
         elif isinstance(field.default, bool):
             assert f"[default: {negative[0][2:] if not field.default else flag[2:]}]" in line
         elif field.default not in (None, ()):
-            if isinstance(field.default, list):
-                default = ",".join(field.default)
-            else:
-                default = str(field.default)
+            default = written[name]
+            if isinstance(default, list):
+                default = ",".join(default)
             assert f"[default: {default}]" in line, line
         else:
             assert "[default: " not in line, line
@@ -130,9 +130,12 @@ def test_up_hands_every_setting_to_its_children_through_the_environment(
     """`logagg up --batch-size 7` reaches the bridge it starts; a secret stays inherited."""
     seen = captured_up(monkeypatch)
     env = {"LOGAGG_MQTT_PASSWORD": "pw-in-the-environment", "LOGAGG_GROUP": "g"}
-    assert logagg_cli("up", "--batch-size", "7", env=env).exit_code == 0
+    store = "postgresql://logagg:pw-in-the-url@db.internal/logagg"
+    assert logagg_cli("up", "--batch-size", "7", "--store", store, env=env).exit_code == 0
     children = as_environment(seen[0])
     assert children["LOGAGG_BATCH_SIZE"] == "7"
+    assert children["LOGAGG_STORE"] == store  # whole: the children need its password
+    assert children["LOGAGG_DURABILITY"] == "full"
     assert children["LOGAGG_GROUP"] == "g"
     assert children["LOGAGG_CLIENT_ID"] == seen[0].client_id
     assert "LOGAGG_MQTT_PASSWORD" not in children

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from api import ApiSettings
-from bridge.store import open_store
+from bridge.store import open_reader, parse_store_url
 from publisher.run import run_publisher
 from publisher.settings import PublisherSettings
 from supervise.mosquitto import Mosquitto
@@ -120,7 +120,7 @@ def test_broker_sigkilled_mid_stream_measures_acknowledged_loss(
             break
         last = now
         time.sleep(3)
-    store = open_store(store_url, readonly=True)
+    store = open_reader(parse_store_url(store_url))
     try:
         stats = store.stats()
         stored = store.events(topic=None, after=0, limit=count + 1)
@@ -191,7 +191,9 @@ def test_store_disk_full_holds_messages_and_resumes(
         assert time.monotonic() < deadline, bridge.output()[-3000:]
         time.sleep(0.2)
     held_from = time.monotonic()
-    with serving(ApiSettings(broker=broker.url, store=url, bridge_alive_s=2)) as api:
+    with serving(
+        ApiSettings(broker=broker.url, store=parse_store_url(url), bridge_alive_s=2)
+    ) as api:
         time.sleep(3)  # past the 2 s liveness window asked for here
         health = api.get("/healthz")
         uptime = api.get("/stats").json().get("uptime_s")

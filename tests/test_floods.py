@@ -24,7 +24,7 @@ from api.stream import Frame
 from bench.floods import StreamClient
 from bench.procs import Child, start_api
 from bridge.lograte import RepeatFilter
-from bridge.store.base import Store
+from bridge.store import StoreReader
 from logagg.views import server_sent_events
 from supervise.mosquitto import Mosquitto, free_port
 from tests.conftest import BridgeProcess, Sidecar, make_stream, publish_raw, wait_for_stats
@@ -343,7 +343,7 @@ def test_open_streams_share_one_store_poller(
     real = api.stream.read_frames
 
     def counted(
-        store: Store, *, topic: str | None, after: int, limit: int, max_bytes: int
+        store: StoreReader, *, topic: str | None, after: int, limit: int, max_bytes: int
     ) -> list[Frame]:
         reads.append(topic)
         return real(store, topic=topic, after=after, limit=limit, max_bytes=max_bytes)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import pytest
 
 from bridge.event import MAX_DEPTH, MAX_NAME_LENGTH, Event, Rejection, parse_message
-from bridge.store import open_store
+from bridge.store import open_reader, parse_store_url
 from bridge.store.base import KEEP_REJECTED
 from supervise.mosquitto import Mosquitto
 from tests.conftest import BridgeProcess, Message, publish_raw, wait_for_stats
@@ -132,7 +132,7 @@ def test_fuzz_through_broker_and_bridge(
     assert stats.rejected_by_code == dict(codes)
     assert stats.unique_processed == distinct
     assert stats.duplicate_dropped == len(stream) - distinct - stats.rejected
-    store = open_store(store_url, readonly=True)
+    store = open_reader(parse_store_url(store_url))
     try:
         kept = store.rejected(after=0, limit=len(stream))
     finally:

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from api import ApiSettings
-from bridge.store import open_store
+from bridge.store import StoreOptions, open_reader, parse_store_url
 from bridge.store.postgres import _COMMIT_LOCK
 from supervise.mosquitto import Mosquitto
 from tests.conftest import (
@@ -116,7 +116,7 @@ def test_bridge_stopped_inside_its_commit_does_not_stall_the_others(
     try:
         wait_for_stats(pg_url, lambda s: s.received >= 2_000, timeout=60)
         with (
-            closing(open_store(pg_url, readonly=True, alive_s=alive_s)) as store,
+            closing(open_reader(parse_store_url(pg_url), StoreOptions(alive_s=alive_s))) as store,
             frozen_inside_commit(victim, names[0]) as tries,
         ):
             before = store.stats().received
@@ -134,7 +134,7 @@ def test_bridge_stopped_inside_its_commit_does_not_stall_the_others(
     assert not publisher.is_alive()
     stats = wait_for_stats(pg_url, lambda s: s.received >= len(stream), timeout=120)
     time.sleep(1)  # anything counted twice would show by now
-    with closing(open_store(pg_url, readonly=True, alive_s=alive_s)) as store:
+    with closing(open_reader(parse_store_url(pg_url), StoreOptions(alive_s=alive_s))) as store:
         stats = store.stats()
         assert store.bridge_uptime(names[0]) is not None  # back, and beating
     assert (stats.received, stats.unique_processed) == (len(stream), distinct(stream))
@@ -209,8 +209,10 @@ def test_bridge_clock_an_hour_off_is_judged_on_the_stores_clock(
     assert -3700 < log_clock_offset(behind) < -3500
     uptimes: list[float | None] = []
     with (
-        serving(ApiSettings(broker=broker.url, store=url, bridge_alive_s=alive_s)) as api,
-        closing(open_store(url, readonly=True, alive_s=alive_s)) as store,
+        serving(
+            ApiSettings(broker=broker.url, store=parse_store_url(url), bridge_alive_s=alive_s)
+        ) as api,
+        closing(open_reader(parse_store_url(url), StoreOptions(alive_s=alive_s))) as store,
     ):
 
         def alive(client_id: str) -> bool:

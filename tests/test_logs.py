@@ -12,7 +12,7 @@ import pytest
 import typer
 
 from bridge.consumer import duplicate_log, rejection_log
-from bridge.store import open_store
+from bridge.store import open_reader, parse_store_url
 from bridge.store.base import KEEP_ROW_BYTES
 from logagg.cli import app
 from supervise.mosquitto import Mosquitto
@@ -73,7 +73,7 @@ def test_bridge_rejection_flood_on_long_topics_is_bounded_in_store_and_log(
     stats = wait_for_stats(store_url, lambda s: s.received == 300)
     assert (stats.rejected, stats.unique_processed) == (300, 0)
     bridge.stop()
-    store = open_store(store_url, readonly=True)
+    store = open_reader(parse_store_url(store_url))
     try:
         rows = store.rejected(after=0, limit=1000)
     finally:

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import TOP_TOPICS, StoreCollector, store_size_bytes
-from bridge.store import Stats, StoreUnavailable, TopicStats
+from bridge.store import Stats, StoreUnavailable, TopicStats, parse_store_url
 from supervise.mosquitto import Mosquitto, free_port
 from tests.conftest import BridgeProcess, Sidecar, make_stream, publish_raw, wait_for_stats
 from tests.test_api import nowhere
@@ -67,7 +67,7 @@ def test_sidecar_metrics_match_stats(
     assert value(scrape, "logagg_topics") == 3
     assert value(scrape, "logagg_bridge_up") == 1
     assert value(scrape, "logagg_bridge_uptime_seconds") >= 0
-    size = store_size_bytes(store_url)
+    size = store_size_bytes(parse_store_url(store_url))
     assert size is not None
     assert value(scrape, "logagg_store_size_bytes") == size > 0
     assert value(scrape, "process_resident_memory_bytes") > 0
@@ -102,7 +102,7 @@ def test_sidecar_metrics_label_only_the_busiest_topics() -> None:
         uptime_s=None,
     )
     registry = CollectorRegistry()
-    registry.register(StoreCollector(FakeStore(stats), "postgresql://db/logagg"))  # type: ignore[arg-type]
+    registry.register(StoreCollector(FakeStore(stats), parse_store_url("postgresql://db/logagg")))  # type: ignore[arg-type]
     scrape = samples(generate_latest(registry).decode())
     labelled = {
         dict(labels)["topic"]
@@ -118,7 +118,7 @@ def test_sidecar_metrics_label_only_the_busiest_topics() -> None:
 
 def test_store_size_bytes_counts_the_wal(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
-    url = f"sqlite:///{db}"
+    url = parse_store_url(f"sqlite:///{db}")
     assert store_size_bytes(url) is None
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -131,7 +131,7 @@ def test_store_size_bytes_counts_the_wal(tmp_path: Path) -> None:
         assert store_size_bytes(url) == db.stat().st_size + wal
     finally:
         conn.close()
-    assert store_size_bytes("postgresql://u@h/db") is None
+    assert store_size_bytes(parse_store_url("postgresql://u@h/db")) is None
 
 
 def scrape_bridge(port: int) -> Samples:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.store import open_store
+from bridge.store import open_reader, parse_store_url
 from supervise.mosquitto import Mosquitto, free_port
 from tests.conftest import BridgeProcess, Message, make_stream, publish_raw, wait_for_stats
 from tests.test_bridge import distinct
@@ -48,7 +48,7 @@ def key(message: Message) -> tuple[str, str]:
 
 def assert_exactly_once(store_url: str, stream: list[Message]) -> None:
     """Every distinct event stored once and nothing else; the counters agree with the rows."""
-    with closing(open_store(store_url, readonly=True)) as store:
+    with closing(open_reader(parse_store_url(store_url))) as store:
         stored = store.events(topic=None, after=0, limit=len(stream) + 1)
         stats = store.stats()
     keys = [(e.topic, e.event_id) for e in stored]
@@ -188,7 +188,7 @@ def test_dead_member_keeps_its_share_until_it_returns(
     stream = make_stream(3_000, 0.0, seed=21)
     publish_raw(broker.port, stream)
     time.sleep(3)
-    with closing(open_store(pg_url, readonly=True)) as store:
+    with closing(open_reader(parse_store_url(pg_url))) as store:
         held = len(stream) - store.stats().received
     assert len(stream) * 0.2 < held < len(stream) * 0.45
     bridge_factory(store=pg_url, group="logagg", client_id="scale-bridge-2")

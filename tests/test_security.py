@@ -39,6 +39,7 @@ from pydantic import SecretStr
 from api import ApiSettings, create_app
 from bridge.broker import BrokerAddress, Credentials, client_kwargs, tls_context
 from bridge.settings import MqttSettings
+from bridge.store import parse_store_url
 from publisher import PublishError, PublisherSettings, run_publisher
 from supervise.mosquitto import PROJECT_CONFIG, Mosquitto, free_port, port_open
 from supervise.process import stop_process
@@ -71,7 +72,7 @@ def guarded(sidecar: Sidecar, **overrides: object) -> httpx.Client:
 def test_token_every_route_but_healthz_needs_it(sidecar: Sidecar, store_url: str) -> None:
     """Secure by default: a route added without a guard fails here. Open: the health check,
     and the API's documentation pages (as its schema, /openapi.json, always was)."""
-    app = create_app(ApiSettings(store=store_url, api_token=SECRET))
+    app = create_app(ApiSettings(store=parse_store_url(store_url), api_token=SECRET))
     routes = [r for r in app.routes if isinstance(r, APIRoute)]
     assert {r.path for r in routes} >= {"/publish", "/stats", "/events", "/rejected", "/healthz"}
     client = guarded(sidecar, api_token=SECRET)
@@ -135,11 +136,15 @@ def test_token_unset_leaves_everything_open(sidecar: Sidecar) -> None:
 
 
 def test_token_is_documented_in_openapi_where_needed(store_url: str) -> None:
-    paths = create_app(ApiSettings(store=store_url, api_token=SECRET)).openapi()["paths"]
+    paths = create_app(ApiSettings(store=parse_store_url(store_url), api_token=SECRET)).openapi()[
+        "paths"
+    ]
     assert paths["/publish"]["post"]["security"] == [{"token": []}]
     assert "401" in paths["/stats"]["get"]["responses"]
     assert "security" not in paths["/healthz"]["get"]
-    public = create_app(ApiSettings(store=store_url, api_token=SECRET, api_public_read=True))
+    public = create_app(
+        ApiSettings(store=parse_store_url(store_url), api_token=SECRET, api_public_read=True)
+    )
     assert "security" not in public.openapi()["paths"]["/events"]["get"]
 
 
@@ -183,7 +188,9 @@ def test_token_in_a_query_string_is_not_logged(tmp_path: Path) -> None:
 @pytest.mark.broker
 def test_token_publisher_http_sends_it(broker: Mosquitto, store_url: str) -> None:
     """`logagg publish --via http` sends LOGAGG_API_TOKEN; without it the sidecar says 401."""
-    with serving(ApiSettings(broker=broker.url, store=store_url, api_token=SECRET)) as client:
+    with serving(
+        ApiSettings(broker=broker.url, store=parse_store_url(store_url), api_token=SECRET)
+    ) as client:
         url = str(client.base_url)
         summary = run_publisher(
             PublisherSettings(via="http", api_url=url, api_token=SECRET, count=50, seed=1)
@@ -517,7 +524,7 @@ def test_hardened_bridge_sidecar_and_publisher_work_over_tls(
         )
         monkeypatch.setenv("LOGAGG_MQTT_USERNAME", "logagg-api")
         monkeypatch.setenv("LOGAGG_MQTT_PASSWORD", PASSWORDS["logagg-api"])
-        with serving(ApiSettings(store=store_url)) as client:
+        with serving(ApiSettings(store=parse_store_url(store_url))) as client:
             assert client.post("/publish", json=event("over-https")).json() == {"accepted": 1}
             # The ACL lets the sidecar read the broker's $SYS counters (and no other topic).
             deadline = time.monotonic() + 10

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from bridge.settings import BridgeSettings
+from bridge.store import parse_store_url
 
 
 def test_bridge_client_id_derives_from_host_store_topics_and_replica(
@@ -28,23 +29,25 @@ def test_bridge_client_id_derives_from_host_store_topics_and_replica(
     monkeypatch.delenv("LOGAGG_REPLICA")
     assert BridgeSettings(client_id="fixed").client_id == "fixed"
     others = {
-        BridgeSettings(store="sqlite:///other.db").client_id,
+        BridgeSettings(store=parse_store_url("sqlite:///other.db")).client_id,
         BridgeSettings(group="g").client_id,
         BridgeSettings(topic_prefix="audit/").client_id,
-        BridgeSettings(store="postgresql://u@db/logs").client_id,
+        BridgeSettings(store=parse_store_url("postgresql://u@db/logs")).client_id,
     }
     assert first not in others
     assert len(others) == 4
     # One file, named relative or absolute, is one store; the same relative name from
     # another directory is another file, so another bridge.
-    absolute = BridgeSettings(store=f"sqlite:///{Path.cwd()}/data/logagg.db").client_id
+    absolute = BridgeSettings(
+        store=parse_store_url(f"sqlite:///{Path.cwd()}/data/logagg.db")
+    ).client_id
     assert absolute == first
     monkeypatch.chdir(tmp_path)
     assert BridgeSettings().client_id != first
     # A new password is the same store: the session must survive its rotation.
     assert (
-        BridgeSettings(store="postgresql://u:old@db/logs").client_id
-        == BridgeSettings(store="postgresql://u:new@db/logs?password=x").client_id
+        BridgeSettings(store=parse_store_url("postgresql://u:old@db/logs")).client_id
+        == BridgeSettings(store=parse_store_url("postgresql://u:new@db/logs?password=x")).client_id
     )
 
 

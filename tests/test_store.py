@@ -19,31 +19,45 @@ import pytest
 from bridge.event import Event, Rejection
 from bridge.store import (
     BatchOutcome,
+    Durability,
+    PostgresUrl,
     Refused,
     SchemaTooNew,
-    Store,
+    SQLiteUrl,
+    StoreOptions,
     StoreUnavailable,
-    open_store,
+    StoreUrl,
+    StoreWriter,
+    open_reader,
+    open_writer,
+    parse_store_url,
     redact_url,
 )
 from bridge.store.base import KEEP_REJECTED, KEEP_ROW_BYTES
-from bridge.store.postgres import _COMMIT_LOCK, PostgresStore
+from bridge.store.postgres import _COMMIT_LOCK, PostgresReader, PostgresWriter
+from bridge.store.sqlite import SQLiteReader, SQLiteWriter
 from supervise.mosquitto import free_port
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> StoreUrl:
     """A URL for a store that does not exist yet, of each kind."""
     if request.param == "postgres":
-        return str(request.getfixturevalue("pg_url"))
-    return f"sqlite:///{tmp_path / 'store.db'}"
+        return parse_store_url(str(request.getfixturevalue("pg_url")))
+    return parse_store_url(f"sqlite:///{tmp_path / 'store.db'}")
 
 
 @pytest.fixture
-def store(url: str) -> Iterator[Store]:
-    opened = open_store(url)
+def store(url: StoreUrl) -> Iterator[StoreWriter]:
+    opened = open_writer(url)
     yield opened
     opened.close()
+
+
+def postgres(url: str) -> PostgresUrl:
+    parsed = parse_store_url(url)
+    assert isinstance(parsed, PostgresUrl)
+    return parsed
 
 
 def event(topic: str, event_id: str, **payload: object) -> Event:
@@ -56,7 +70,7 @@ def event(topic: str, event_id: str, **payload: object) -> Event:
     )
 
 
-def test_record_stores_new_events_and_counts_duplicates(store: Store) -> None:
+def test_record_stores_new_events_and_counts_duplicates(store: StoreWriter) -> None:
     """Same (topic, event_id) again is a duplicate, also within one batch; the first wins."""
     first = store.record([event("a", "1", v=1), event("a", "2"), event("b", "1")], [])
     assert (first.stored, first.duplicates) == (3, [])
@@ -68,7 +82,7 @@ def test_record_stores_new_events_and_counts_duplicates(store: Store) -> None:
     assert stored[0].payload == {"v": 1}
 
 
-def test_stats_agree_with_events_and_received_is_the_sum(store: Store) -> None:
+def test_stats_agree_with_events_and_received_is_the_sum(store: StoreWriter) -> None:
     """Counters live in the event transaction, so they always match what is stored."""
     store.record([event("a", "1"), event("a", "1"), event("b", "9")], [])
     store.record([], [Refused("logs/x", b"\xff", Rejection("not_utf8", "bad bytes"))])
@@ -81,7 +95,7 @@ def test_stats_agree_with_events_and_received_is_the_sum(store: Store) -> None:
     assert len(store.events(topic=None, after=0, limit=100)) == stats.unique_processed
 
 
-def test_events_page_by_seq_and_filter_by_topic(store: Store) -> None:
+def test_events_page_by_seq_and_filter_by_topic(store: StoreWriter) -> None:
     """`after` and `seq` give stable paging in arrival order."""
     store.record([event("t", str(i)) for i in range(5)] + [event("u", "x")], [])
     page1 = store.events(topic="t", after=0, limit=2)
@@ -92,7 +106,7 @@ def test_events_page_by_seq_and_filter_by_topic(store: Store) -> None:
     assert all(e.received_at for e in page2)
 
 
-def test_newest_rows_come_oldest_first(store: Store) -> None:
+def test_newest_rows_come_oldest_first(store: StoreWriter) -> None:
     """`newest` gives the last rows (where a tail starts), still in arrival order."""
     store.record([event("t", str(i)) for i in range(6)] + [event("u", "x")], [])
     newest = store.events(topic="t", after=0, limit=2, newest=True)
@@ -105,7 +119,7 @@ def test_newest_rows_come_oldest_first(store: Store) -> None:
     assert [r.reason for r in store.rejected(after=0, limit=2, newest=True)] == ["3", "4"]
 
 
-def test_events_page_stops_at_a_byte_budget_and_paging_misses_nothing(store: Store) -> None:
+def test_events_page_stops_at_a_byte_budget_and_paging_misses_nothing(store: StoreWriter) -> None:
     """A page of large payloads is cut where they add up past `max_bytes` (never below one
     row); following `after` from its last row still reads every event once, in order."""
     store.record([event("a", str(i), text="x" * 1000) for i in range(10)], [])
@@ -124,7 +138,7 @@ def test_events_page_stops_at_a_byte_budget_and_paging_misses_nothing(store: Sto
     assert [e.event_id for e in newest] == ["8", "9", "huge"]
 
 
-def test_rejected_keeps_reason_and_bounded_body(store: Store) -> None:
+def test_rejected_keeps_reason_and_bounded_body(store: StoreWriter) -> None:
     """Refused messages are kept aside with why, and a prefix of what they were."""
     store.record([], [Refused("logs/t", b"x" * 100_000, Rejection("too_large", "too big"))])
     (rejected,) = store.rejected(after=0, limit=10)
@@ -136,14 +150,14 @@ def test_rejected_keeps_reason_and_bounded_body(store: Store) -> None:
     assert 0 < len(rejected.body) < 10_000
 
 
-def test_rejected_body_with_nul_and_bad_bytes_is_kept_printable(store: Store) -> None:
+def test_rejected_body_with_nul_and_bad_bytes_is_kept_printable(store: StoreWriter) -> None:
     """Whatever bytes were refused can be kept (PostgreSQL text cannot hold NUL)."""
     store.record([], [Refused("logs/t", b'{"a":\x00}\xff', Rejection("not_json", "bad"))])
     (rejected,) = store.rejected(after=0, limit=10)
     assert rejected.body == '{"a":\\x00}\\xff'
 
 
-def test_rejected_row_is_bounded_in_bytes_with_a_note_of_the_size(store: Store) -> None:
+def test_rejected_row_is_bounded_in_bytes_with_a_note_of_the_size(store: StoreWriter) -> None:
     """A 60 KB topic and a reason quoting it are kept cut, saying how large they were:
     topic, reason and body of one row together stay within KEEP_ROW_BYTES."""
     topic = "logs/" + "é" * 30_000
@@ -165,7 +179,7 @@ def test_rejected_row_is_bounded_in_bytes_with_a_note_of_the_size(store: Store) 
     assert (stats.rejected, stats.received, stats.rejected_by_code) == (3, 3, {"topic_mismatch": 3})
 
 
-def test_rejected_table_is_bounded_but_counter_is_exact(store: Store) -> None:
+def test_rejected_table_is_bounded_but_counter_is_exact(store: StoreWriter) -> None:
     """A flood of garbage cannot fill the disk; the count still says how much there was."""
     junk = [Refused("logs/t", b"?", Rejection("not_json", "no")) for _ in range(KEEP_REJECTED + 50)]
     store.record([], junk)
@@ -173,11 +187,11 @@ def test_rejected_table_is_bounded_but_counter_is_exact(store: Store) -> None:
     assert len(store.rejected(after=0, limit=KEEP_REJECTED + 100)) == KEEP_REJECTED
 
 
-def test_heartbeats_are_per_bridge_and_timed_on_the_stores_clock(url: str) -> None:
+def test_heartbeats_are_per_bridge_and_timed_on_the_stores_clock(url: StoreUrl) -> None:
     """Each bridge's liveness is its own. Its uptime runs from its run's first beat, on the
     store's clock (the bridge sends no time, so it is never negative); a new run of the same
     bridge starts it afresh; past the alive window the bridge is dead."""
-    with closing(open_store(url, alive_s=1.0)) as store:
+    with closing(open_writer(url, StoreOptions(alive_s=1.0))) as store:
         assert store.stats().uptime_s is None
         store.heartbeat("b1", "run-1")
         assert store.bridge_uptime("b2") is None
@@ -200,7 +214,7 @@ def test_heartbeats_are_per_bridge_and_timed_on_the_stores_clock(url: str) -> No
         assert store.stats().uptime_s is None
 
 
-def test_payload_round_trips_unicode_and_nesting(store: Store) -> None:
+def test_payload_round_trips_unicode_and_nesting(store: StoreWriter) -> None:
     """What goes in comes out, as JSON."""
     payload = {"msg": "żółw 🐢", "nested": {"list": [1, 2.5, None, True]}}
     store.record([event("t", "u", **payload)], [])
@@ -208,7 +222,7 @@ def test_payload_round_trips_unicode_and_nesting(store: Store) -> None:
     assert stored.payload == json.loads(json.dumps(payload))
 
 
-def test_timestamp_comes_back_as_written(store: Store) -> None:
+def test_timestamp_comes_back_as_written(store: StoreWriter) -> None:
     """The publisher's offset and microseconds survive, whatever the store keeps inside."""
     stamps = [
         datetime(2026, 11, 26, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30))),
@@ -224,38 +238,46 @@ def test_timestamp_comes_back_as_written(store: Store) -> None:
     assert all(datetime.fromisoformat(e.received_at).utcoffset() == timedelta(0) for e in stored)
 
 
-def test_reader_reports_missing_store(url: str) -> None:
+def test_reader_reports_missing_store(url: StoreUrl) -> None:
     """The sidecar may start before the bridge: it says so instead of crashing."""
     with (
-        closing(open_store(url, readonly=True)) as reader,
+        closing(open_reader(url)) as reader,
         pytest.raises(StoreUnavailable, match="does not exist yet"),
     ):
         reader.stats()
 
 
-def test_reader_sees_what_the_writer_committed_and_cannot_write(store: Store, url: str) -> None:
-    """The sidecar's read-only store reads the bridge's data and refuses to write."""
+def test_reader_sees_what_the_writer_committed_and_cannot_write(
+    store: StoreWriter, url: StoreUrl
+) -> None:
+    """The sidecar's reader reads the bridge's data. It has no write method (the type
+    checker holds the sidecar to that), and its database connections refuse writes too."""
     store.record([event("t", "1")], [])
-    with closing(open_store(url, readonly=True)) as reader:
+    with closing(open_reader(url)) as reader:
         assert [e.event_id for e in reader.events(topic=None, after=0, limit=10)] == ["1"]
-        with pytest.raises(RuntimeError, match="read-only"):
-            reader.record([event("t", "2")], [])
+        assert isinstance(reader, SQLiteReader | PostgresReader)
+        assert not hasattr(reader, "record")
+        with (
+            pytest.raises(StoreUnavailable, match=r"read-?only"),
+            reader._read() as conn,  # noqa: SLF001 (what a write there would meet)
+        ):
+            conn.execute("DELETE FROM events")
+    assert store.stats().unique_processed == 1
 
 
 def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
     """A store written by a newer logagg is left alone, with a clear message."""
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    open_store(url).close()
+    url = parse_store_url(f"sqlite:///{tmp_path / 's.db'}")
+    open_writer(url).close()
     with sqlite3.connect(tmp_path / "s.db") as conn:
         conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     with pytest.raises(SchemaTooNew, match="upgrade logagg"):
-        open_store(url)
+        open_writer(url)
 
 
 def test_sqlite_unwritable_store_raises_store_unavailable(tmp_path: Path) -> None:
     """Infrastructure failures surface as StoreUnavailable, which the bridge retries."""
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    writer = open_store(url)
+    writer = open_writer(parse_store_url(f"sqlite:///{tmp_path / 's.db'}"))
     blocker = sqlite3.connect(tmp_path / "s.db", timeout=0)
     blocker.execute("BEGIN IMMEDIATE")
     try:
@@ -268,10 +290,27 @@ def test_sqlite_unwritable_store_raises_store_unavailable(tmp_path: Path) -> Non
     writer.close()
 
 
-def test_open_store_rejects_unknown_scheme() -> None:
+def test_store_url_is_refused_when_parsed() -> None:
     """A typo in --store is a clear error, not a crash deep inside."""
     with pytest.raises(ValueError, match="unsupported store URL scheme 'mysql'"):
-        open_store("mysql://x")
+        parse_store_url("mysql://x")
+    with pytest.raises(ValueError, match="needs a path"):
+        parse_store_url("sqlite://x.db")
+
+
+def test_store_url_is_read_once_into_its_parts() -> None:
+    """Relative and absolute SQLite paths; libpq's URL without `schema`, and how to show it."""
+    relative, absolute = "sqlite:///data/x.db", "sqlite:////abs/x.db"
+    assert parse_store_url(relative) == SQLiteUrl(relative, Path("data/x.db"))
+    assert parse_store_url(absolute) == SQLiteUrl(absolute, Path("/abs/x.db"))
+    pg = postgres("postgresql://u:pw@db/x?schema=s&connect_timeout=2&sslmode=require")
+    assert (pg.conninfo, pg.schema) == (
+        "postgresql://u:pw@db/x?connect_timeout=2&sslmode=require",
+        "s",
+    )
+    assert pg.connect_timeout_s == 2.0
+    assert pg.display == "postgresql://u@db/x?schema=s&connect_timeout=2&sslmode=require"
+    assert "pw" not in repr(pg)
 
 
 def pg_execute(url: str, query: str) -> None:
@@ -284,15 +323,15 @@ def pg_execute(url: str, query: str) -> None:
 
 def test_postgres_refuses_newer_schema(pg_url: str) -> None:
     """A schema written by a newer logagg is left alone, with a clear message."""
-    open_store(pg_url).close()
+    open_writer(postgres(pg_url)).close()
     pg_execute(pg_url, "UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     with pytest.raises(SchemaTooNew, match="upgrade logagg"):
-        open_store(pg_url)
+        open_writer(postgres(pg_url))
 
 
 def test_postgres_reader_does_not_create_the_schema(pg_url: str) -> None:
     """Only the bridge creates tables; the sidecar waits for it."""
-    with closing(open_store(pg_url, readonly=True)) as reader, pytest.raises(StoreUnavailable):
+    with closing(open_reader(postgres(pg_url))) as reader, pytest.raises(StoreUnavailable):
         reader.stats()
     schema = pg_url.split("?schema=")[1]
     with psycopg.connect(pg_url.split("?")[0]) as conn:
@@ -304,7 +343,7 @@ def test_postgres_unreachable_raises_store_unavailable_without_the_password() ->
     """A server that is down is a StoreUnavailable naming why; the URL's password is not shown."""
     url = f"postgres://postgres:s3cret@127.0.0.1:{free_port()}/test?connect_timeout=1"
     with pytest.raises(StoreUnavailable) as caught:
-        open_store(url)
+        open_writer(postgres(url))
     message = str(caught.value)
     assert "refused" in message
     assert "postgres@127.0.0.1" in message
@@ -322,18 +361,18 @@ def test_redact_url_drops_the_password() -> None:
 def test_postgres_bridges_starting_together_create_the_schema_once(pg_url: str) -> None:
     """Several bridges starting at once on an empty database all come up."""
     with ThreadPoolExecutor(4) as pool:
-        stores = list(pool.map(lambda _: open_store(pg_url), range(4)))
+        stores = list(pool.map(lambda _: open_writer(postgres(pg_url)), range(4)))
     for opened in stores:
         opened.record([event("t", "1")], [])
         opened.close()
-    with closing(open_store(pg_url, readonly=True)) as reader:
+    with closing(open_reader(postgres(pg_url))) as reader:
         assert reader.stats().unique_processed == 1
 
 
 def test_postgres_concurrent_overlapping_batches_store_each_key_once(pg_url: str) -> None:
     """Two bridges recording overlapping keys at the same moment, in different orders: each
     key is stored once, new and duplicate counts add up exactly, and nobody deadlocks."""
-    writers = [open_store(pg_url) for _ in range(2)]
+    writers = [open_writer(postgres(pg_url)) for _ in range(2)]
     rounds, per_round, batch = 15, 300, 200
     start = threading.Barrier(len(writers), timeout=30)
 
@@ -367,7 +406,7 @@ def test_postgres_concurrent_overlapping_batches_store_each_key_once(pg_url: str
 def test_postgres_dropped_connection_is_replaced(pg_url: str) -> None:
     """After PostgreSQL dropped the store's connections (a restart, a failover), the next
     call gets a fresh one instead of failing."""
-    with closing(open_store(f"{pg_url}&application_name=logagg-dropped")) as opened:
+    with closing(open_writer(postgres(f"{pg_url}&application_name=logagg-dropped"))) as opened:
         opened.record([event("t", "1")], [])
         pg_execute(
             pg_url,
@@ -378,19 +417,29 @@ def test_postgres_dropped_connection_is_replaced(pg_url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("durability", "setting"), [("full", "on"), ("normal", "local"), ("off", "off")]
+    ("durability", "setting"),
+    [(Durability.FULL, "on"), (Durability.NORMAL, "local"), (Durability.OFF, "off")],
 )
 def test_postgres_durability_is_synchronous_commit(
-    pg_url: str, durability: str, setting: str
+    pg_url: str, durability: Durability, setting: str
 ) -> None:
     """`--durability` chooses how long a commit waits, as documented in the store."""
     # A session setting is only visible from inside the session: ask a pooled connection.
     with (
-        closing(PostgresStore(pg_url, durability=durability)) as opened,
+        closing(PostgresWriter(postgres(pg_url), StoreOptions(durability))) as opened,
         opened._pool.connection() as conn,  # noqa: SLF001 (its own sessions are the point)
     ):
         row = conn.execute("SHOW synchronous_commit").fetchone()
     assert row == (setting,)
+
+
+@pytest.mark.parametrize("durability", list(Durability))
+def test_sqlite_durability_is_synchronous(tmp_path: Path, durability: Durability) -> None:
+    """`--durability` is SQLite's `synchronous` of the same name on the writer's connection."""
+    path = tmp_path / "s.db"
+    with closing(SQLiteWriter(path, StoreOptions(durability))) as opened:
+        (level,) = opened._connection.execute("PRAGMA synchronous").fetchone()  # noqa: SLF001 (on its connection)
+    assert level == {Durability.OFF: 0, Durability.NORMAL: 1, Durability.FULL: 2}[durability]
 
 
 def test_postgres_sessions_carry_the_hold_timeouts(pg_url: str) -> None:
@@ -398,7 +447,7 @@ def test_postgres_sessions_carry_the_hold_timeouts(pg_url: str) -> None:
     that long, the server ends it; a lock wait gives up after twice that, a statement after
     six times."""
     with (
-        closing(PostgresStore(pg_url, hold_s=1.5)) as opened,
+        closing(PostgresWriter(postgres(pg_url), StoreOptions(hold_s=1.5))) as opened,
         opened._pool.connection() as conn,  # noqa: SLF001 (its own sessions are the point)
     ):
         row = conn.execute(
@@ -414,15 +463,14 @@ def test_postgres_stuck_holder_of_the_commit_lock_is_ended(pg_url: str) -> None:
     commits, and the stopped one's batch, never committed, goes in whole when it retries."""
     hold_s = 1.0
     with (
-        closing(open_store(pg_url, hold_s=hold_s)) as stuck,
-        closing(open_store(pg_url, hold_s=hold_s)) as other,
+        closing(PostgresWriter(postgres(pg_url), StoreOptions(hold_s=hold_s))) as stuck,
+        closing(open_writer(postgres(pg_url), StoreOptions(hold_s=hold_s))) as other,
     ):
         stuck.record([event("t", "0")], [])  # the schema exists
-        assert isinstance(stuck, PostgresStore)
         waited = []
 
         def stop_inside_commit() -> None:
-            with stuck._write() as conn:  # noqa: SLF001 (a writer stopped inside its commit)
+            with stuck._connection("write") as conn:  # noqa: SLF001 (a writer stopped inside its commit)
                 conn.execute(
                     "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))",
                     (_COMMIT_LOCK,),
@@ -450,7 +498,7 @@ def test_postgres_stuck_holder_of_the_commit_lock_is_ended(pg_url: str) -> None:
 def test_postgres_lock_held_outside_logagg_is_waited_for_boundedly(pg_url: str) -> None:
     """A session that is not logagg's holds a counter row and walks away: a batch waits for
     the lock twice `hold_s`, then fails as unavailable, saying why (the bridge retries)."""
-    with closing(open_store(pg_url, hold_s=0.5)) as store:
+    with closing(open_writer(postgres(pg_url), StoreOptions(hold_s=0.5))) as store:
         store.record([event("t", "1")], [])
         base, schema = pg_url.split("?schema=")
         with psycopg.connect(base, options=f"-csearch_path={schema}") as blocker:

@@ -1,71 +1,75 @@
-"""The durable store: one interface, chosen by URL (`sqlite:///path`, `postgresql://…`)."""
+"""The durable store, chosen by URL (`sqlite:///path`, `postgresql://…`): the bridge opens
+it as a writer, everything else as a reader, which the type checker holds to reading."""
 
 from __future__ import annotations
 
 from bridge.store.base import (
-    BRIDGE_ALIVE_SECONDS,
-    STORE_HOLD_SECONDS,
     BatchOutcome,
     EventKey,
     Refused,
     SchemaTooNew,
     Stats,
-    Store,
     StoredEvent,
     StoredRejection,
+    StoreReader,
     StoreUnavailable,
+    StoreWriter,
     TopicStats,
-    redact_url,
 )
+from bridge.store.options import (
+    BRIDGE_ALIVE_SECONDS,
+    DEFAULT_OPTIONS,
+    STORE_HOLD_SECONDS,
+    Durability,
+    StoreOptions,
+)
+from bridge.store.url import PostgresUrl, SQLiteUrl, StoreUrl, parse_store_url, redact_url
 
 
-def check_store_url(url: str) -> str:
-    """Refuse an unknown scheme when settings are read, not deep inside a running bridge."""
-    if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
-        scheme = url.split(":", 1)[0]
-        raise ValueError(
-            f"unsupported store URL scheme {scheme!r}: use sqlite:///path or postgresql://host/db"
-        )
-    return url
+def open_reader(url: StoreUrl, options: StoreOptions = DEFAULT_OPTIONS) -> StoreReader:
+    """The store at `url`, to read only: it never creates nor changes it, and says
+    StoreUnavailable until the bridge has created it."""
+    if isinstance(url, SQLiteUrl):
+        from bridge.store.sqlite import SQLiteReader
+
+        return SQLiteReader(url.path, options)
+    from bridge.store.postgres import PostgresReader
+
+    return PostgresReader(url, options)
 
 
-def open_store(
-    url: str,
-    *,
-    durability: str = "full",
-    readonly: bool = False,
-    alive_s: float = BRIDGE_ALIVE_SECONDS,
-    hold_s: float = STORE_HOLD_SECONDS,
-) -> Store:
-    """Open the store named by `url`; the writer creates or upgrades the schema. `alive_s`
-    is the window a bridge's last heartbeat must fall in for it to count as alive; `hold_s`
-    bounds how long one stuck PostgreSQL session may hold the others (SQLite has one writer,
-    so nothing to bound)."""
-    if check_store_url(url).startswith("sqlite://"):
-        from bridge.store.sqlite import SQLiteStore
+def open_writer(url: StoreUrl, options: StoreOptions = DEFAULT_OPTIONS) -> StoreWriter:
+    """The store at `url`, to write (and read): created, or its schema upgraded, if need be."""
+    if isinstance(url, SQLiteUrl):
+        from bridge.store.sqlite import SQLiteWriter
 
-        return SQLiteStore.from_url(url, durability=durability, readonly=readonly, alive_s=alive_s)
-    from bridge.store.postgres import PostgresStore
+        return SQLiteWriter(url.path, options)
+    from bridge.store.postgres import PostgresWriter
 
-    return PostgresStore(
-        url, durability=durability, readonly=readonly, alive_s=alive_s, hold_s=hold_s
-    )
+    return PostgresWriter(url, options)
 
 
 __all__ = [
     "BRIDGE_ALIVE_SECONDS",
     "STORE_HOLD_SECONDS",
     "BatchOutcome",
+    "Durability",
     "EventKey",
+    "PostgresUrl",
     "Refused",
+    "SQLiteUrl",
     "SchemaTooNew",
     "Stats",
-    "Store",
+    "StoreOptions",
+    "StoreReader",
     "StoreUnavailable",
+    "StoreUrl",
+    "StoreWriter",
     "StoredEvent",
     "StoredRejection",
     "TopicStats",
-    "check_store_url",
-    "open_store",
+    "open_reader",
+    "open_writer",
+    "parse_store_url",
     "redact_url",
 ]

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from bridge.event import Event, Rejection
 
 # 2: per-bridge heartbeats stamped on the store's clock (`heartbeats` replaces `bridges`).
 SCHEMA_VERSION = 2
-# A bridge whose heartbeat is older than this is not counted as running (default; the
-# `bridge_alive_s` setting). The bridge beats three times per window.
-BRIDGE_ALIVE_SECONDS = 15.0
-# How long one stuck PostgreSQL session may hold the others (default; `store_hold_s`).
-STORE_HOLD_SECONDS = 5.0
-DURABILITY_LEVELS = ("full", "normal", "off")
 # The rejected table keeps the newest rows, each cut to a bounded size: topic, reason and
 # body together at most KEEP_ROW_BYTES of UTF-8 (a 60 KB topic would otherwise be kept
 # whole, twice with its reason), so the table holds at most KEEP_REJECTED rows of
@@ -101,20 +94,8 @@ class StoredRejection:
     received_at: str
 
 
-class Store(Protocol):
-    """A durable, deduplicating event store.
-
-    `record` is the whole write side: in one transaction it inserts the new
-    events, counts the duplicates and keeps the rejections, so the stored
-    events and the counters never disagree, whatever crashes in between.
-    """
-
-    def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome: ...
-
-    def heartbeat(self, client_id: str, run_id: str) -> None:
-        """Say that bridge `client_id` is alive, stamped on the store's clock, never the
-        bridge's; `run_id` names this run of it: a new run starts its uptime afresh."""
-        ...
+class StoreReader(Protocol):
+    """What the sidecar and the read-only commands hold: a store they can only read."""
 
     def bridge_uptime(self, client_id: str) -> float | None:
         """Seconds since that bridge's run began, or None unless it beat in the alive window."""
@@ -143,10 +124,20 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def check_durability(durability: str) -> str:
-    if durability not in DURABILITY_LEVELS:
-        raise ValueError(f"durability must be full, normal or off, not {durability!r}")
-    return durability
+class StoreWriter(StoreReader, Protocol):
+    """What the bridge holds: a durable, deduplicating event store it writes (and may read).
+
+    `record` is the whole write side: in one transaction it inserts the new
+    events, counts the duplicates and keeps the rejections, so the stored
+    events and the counters never disagree, whatever crashes in between.
+    """
+
+    def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome: ...
+
+    def heartbeat(self, client_id: str, run_id: str) -> None:
+        """Say that bridge `client_id` is alive, stamped on the store's clock, never the
+        bridge's; `run_id` names this run of it: a new run starts its uptime afresh."""
+        ...
 
 
 def check_schema_version(found: int) -> None:
@@ -156,19 +147,6 @@ def check_schema_version(found: int) -> None:
             f"store schema version {found} is newer than this logagg's {SCHEMA_VERSION}:"
             " upgrade logagg"
         )
-
-
-def redact_url(url: str) -> str:
-    """`url` without its password (in the authority or as a query parameter), for messages."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, host = netloc.rsplit("@", 1)
-        netloc = f"{user.split(':', 1)[0]}@{host}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
-    redacted = parts._replace(netloc=netloc, query=query)
-    # Untouched when there is nothing to hide: urlunsplit turns sqlite:///x into sqlite:/x.
-    return url if redacted == parts else urlunsplit(redacted)
 
 
 def iso_utc(moment: datetime) -> str:
@@ -223,7 +201,7 @@ def first_copies(events: Sequence[Event]) -> list[Event]:
 
 
 @dataclass(frozen=True, slots=True)
-class Tally:
+class BatchTally:
     """What one batch adds to the counters, each list sorted by its key.
 
     Sorted, because concurrent writers (several bridges on PostgreSQL) that
@@ -235,7 +213,9 @@ class Tally:
     codes: list[tuple[str, int]]  # (rejection code, count)
 
 
-def tally(events: Sequence[Event], refused: Sequence[Refused], inserted: set[EventKey]) -> Tally:
+def tally(
+    events: Sequence[Event], refused: Sequence[Refused], inserted: set[EventKey]
+) -> BatchTally:
     """Split a batch into new events and duplicates from the keys the store actually inserted.
 
     Walks the batch in arrival order: the first copy of an inserted key is new,
@@ -256,62 +236,8 @@ def tally(events: Sequence[Event], refused: Sequence[Refused], inserted: set[Eve
             outcome.duplicates.append(key)
     outcome.stored = sum(new.values())
     codes = Counter(r.rejection.code for r in refused)
-    return Tally(
+    return BatchTally(
         outcome=outcome,
         topics=[(t, new[t], dup[t]) for t in sorted(new.keys() | dup.keys())],
         codes=sorted(codes.items()),
     )
-
-
-def make_stats(
-    topic_rows: Iterable[tuple[str, int, int]],
-    code_rows: Iterable[tuple[str, int]],
-    uptime_s: float | None,
-) -> Stats:
-    """Stats from the counter tables and the oldest live bridge's uptime."""
-    topics = {t: TopicStats(u, d) for t, u, d in topic_rows}
-    codes = dict(code_rows)
-    return Stats(
-        unique_processed=sum(t.unique_processed for t in topics.values()),
-        duplicate_dropped=sum(t.duplicate_dropped for t in topics.values()),
-        rejected=sum(codes.values()),
-        topics=topics,
-        rejected_by_code=codes,
-        uptime_s=None if uptime_s is None else round(max(0.0, uptime_s), 3),
-    )
-
-
-def page(
-    mark: str,
-    *,
-    after: int,
-    limit: int,
-    newest: bool,
-    topic: str | None = None,
-    through: int | None = None,
-) -> tuple[str, list[object]]:
-    """The `WHERE … ORDER BY seq … LIMIT` of a read by seq, and its parameters; `mark` is
-    the driver's placeholder. With `newest` the rows come newest first: callers reverse.
-    `through` is the seq where the page stops (see `page_end`)."""
-    clause = f" WHERE seq > {mark}"
-    params: list[object] = [after]
-    if topic is not None:
-        clause += f" AND topic = {mark}"
-        params.append(topic)
-    if through is not None:
-        clause += f" AND seq {'>=' if newest else '<='} {mark}"
-        params.append(through)
-    return f"{clause} ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT {mark}", [*params, limit]
-
-
-def page_end(sizes: Iterable[tuple[int, int]], max_bytes: int) -> int | None:
-    """From `(seq, payload size)` of a page's rows in its order, the seq of the last row that
-    keeps the page within `max_bytes` (the first row always: a page is never empty while
-    rows remain), or None when there are no rows. Read before the rows themselves, so a
-    reader never holds, nor parses, more than about `max_bytes` of payloads at once."""
-    total, end = 0, None
-    for seq, size in sizes:
-        if end is not None and total + size > max_bytes:
-            break
-        total, end = total + size, seq
-    return end

@@ -2,8 +2,9 @@
 
 `postgresql://user@host/db?schema=NAME` keeps the tables in schema NAME (created by the
 writer; default: the connection's search_path, normally `public`). Any other query
-parameter goes to libpq; `connect_timeout` (default 5 s) also bounds how long a call
-waits for a pooled connection before it reports the store unavailable.
+parameter goes to libpq (see `bridge.store.url`); `connect_timeout` (default 5 s) also
+bounds how long a call waits for a pooled connection before it reports the store
+unavailable.
 
 Isolation is PostgreSQL's default, READ COMMITTED, and it suffices: a batch never
 decides anything from what it read. `INSERT … ON CONFLICT DO NOTHING` arbitrates on
@@ -14,14 +15,9 @@ increment is lost. SERIALIZABLE would add serialization failures and nothing els
 
 Deadlocks between bridges are avoided by taking row locks in one global order: each
 batch inserts its events sorted by key, then updates topic counters and rejection
-counters sorted by name (see `Tally`).
+counters sorted by name (see `BatchTally`).
 
-`durability` maps to `synchronous_commit`: full → on (the commit is flushed, and
-replicated if the server has synchronous standbys), normal → local (flushed on this
-server only; a failover may lose the last commits), off → off (not waited for: a
-server crash may lose the last few hundred milliseconds of acknowledged events, but
-never corrupts). Only `full` and `normal` keep "acked means stored" through a crash
-of PostgreSQL itself.
+`durability` maps to `synchronous_commit` (see `Durability`).
 
 `seq` comes from an identity column, which is monotonic in insert order; but with
 several bridges a transaction could commit after one that took a higher `seq`, and a
@@ -50,9 +46,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from functools import partial
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -60,31 +54,25 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge.event import Event
 from bridge.store.base import (
-    BRIDGE_ALIVE_SECONDS,
     KEEP_REJECTED,
     SCHEMA_VERSION,
-    STORE_HOLD_SECONDS,
     BatchOutcome,
     EventKey,
     Refused,
-    Stats,
     StoredEvent,
     StoredRejection,
     StoreUnavailable,
-    check_durability,
     check_schema_version,
     first_copies,
     iso_utc,
-    make_stats,
-    page,
-    page_end,
     payload_json,
-    redact_url,
     rejected_row,
     tally,
 )
+from bridge.store.options import StoreOptions
+from bridge.store.reading import SqlReader
+from bridge.store.url import PostgresUrl
 
-_SYNCHRONOUS_COMMIT = {"full": "on", "normal": "local", "off": "off"}
 DEFAULT_TIMEOUT_S = 5.0
 # A bridge uses one connection at a time (one writer thread); the sidecar's readers share these.
 POOL_MAX = 4
@@ -180,34 +168,21 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def split_schema(url: str) -> tuple[str, str | None]:
-    """`postgresql://…?schema=NAME&…` → (the URL for libpq without `schema`, NAME or None)."""
-    parts = urlsplit(url)
-    params = parse_qsl(parts.query, keep_blank_values=True)
-    libpq = [(k, v) for k, v in params if k != "schema"]
-    return urlunsplit(parts._replace(query=urlencode(libpq))), dict(params).get("schema")
+class PostgresReader(SqlReader):
+    """Reads one PostgreSQL store through a connection pool, in read-only transactions;
+    never creates the schema."""
 
+    _MARK = "%s"
+    _EVENT_COLUMNS = "seq, topic, event_id, timestamp, utc_offset_s, source, payload, received_at"
+    _PAYLOAD_SIZE = "octet_length(payload::text)"
 
-class PostgresStore:
-    """The store for many bridges: one PostgreSQL, a connection pool per process."""
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        durability: str = "full",
-        readonly: bool = False,
-        alive_s: float = BRIDGE_ALIVE_SECONDS,
-        hold_s: float = STORE_HOLD_SECONDS,
-    ) -> None:
-        self.display = redact_url(url)
-        self._alive_s = alive_s
-        self._hold_ms = max(1, round(hold_s * 1000))
-        self._conninfo, self._schema = split_schema(url)
-        libpq = dict(parse_qsl(urlsplit(self._conninfo).query))
-        self._timeout = float(libpq.get("connect_timeout") or DEFAULT_TIMEOUT_S)
-        self._synchronous_commit = _SYNCHRONOUS_COMMIT[check_durability(durability)]
-        self._readonly = readonly
+    def __init__(self, url: PostgresUrl, options: StoreOptions) -> None:
+        self.display = url.display
+        self._alive_s = options.alive_s
+        self._hold_ms = max(1, round(options.hold_s * 1000))
+        self._conninfo, self._schema = url.conninfo, url.schema
+        self._timeout = url.connect_timeout_s or DEFAULT_TIMEOUT_S
+        self._synchronous_commit = options.durability.postgres_synchronous_commit
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             self._conninfo,
             min_size=1,
@@ -223,12 +198,6 @@ class PostgresStore:
             name="logagg-store",
         )
         self._pool.open(wait=False)
-        if not readonly:
-            try:
-                self._migrate()
-            except BaseException:
-                self._pool.close()
-                raise
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         """Runs on every new pooled connection: our durability and timeouts, and our schema
@@ -250,28 +219,6 @@ class PostgresStore:
                 "SELECT set_config('search_path', quote_ident(%s), false)", (self._schema,)
             )
         conn.commit()
-
-    def _migrate(self) -> None:
-        """Create the tables, or check that existing ones are not newer than this logagg.
-        An advisory lock makes bridges starting together take turns: CREATE … IF NOT EXISTS
-        alone races on the system catalogs."""
-        with self._connection("create the schema in") as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            if self._schema is not None:
-                conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema))
-                )
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL)"
-            )
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            check_schema_version(int(row[0]) if row else 0)
-            conn.execute(_SCHEMA)
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', %s)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (str(SCHEMA_VERSION),),
-            )
 
     @contextmanager
     def _connection(self, doing: str) -> Iterator[psycopg.Connection[Any]]:
@@ -296,13 +243,6 @@ class PostgresStore:
         return f"no pooled connection free within {self._timeout:g}s"
 
     @contextmanager
-    def _write(self) -> Iterator[psycopg.Connection[Any]]:
-        if self._readonly:
-            raise RuntimeError("this store was opened read-only")
-        with self._connection("write") as conn:
-            yield conn
-
-    @contextmanager
     def _read(self) -> Iterator[psycopg.Connection[Any]]:
         """One snapshot for all the statements of a read, which cannot write."""
         with self._connection("read") as conn:
@@ -314,6 +254,64 @@ class PostgresStore:
                     f"the store in {self.display} does not exist yet: the bridge creates it"
                 ) from exc
 
+    def _live_uptimes(self, client_id: str | None) -> tuple[str, tuple[object, ...]]:
+        if client_id is None:
+            return _LIVE_UPTIMES, (self._alive_s,)
+        return _LIVE_UPTIMES + " AND client_id = %s", (self._alive_s, client_id)
+
+    def _event(self, row: Any) -> StoredEvent:
+        seq, topic, event_id, timestamp, offset, source, payload, received_at = row
+        return StoredEvent(
+            seq,
+            topic,
+            event_id,
+            timestamp.astimezone(timezone(timedelta(seconds=offset))).isoformat(),
+            source,
+            payload,
+            iso_utc(received_at),
+        )
+
+    def _rejection(self, row: Any) -> StoredRejection:
+        seq, topic, code, reason, body, received_at = row
+        return StoredRejection(seq, topic, code, reason, body, iso_utc(received_at))
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class PostgresWriter(PostgresReader):
+    """A bridge's store: creates the schema (or checks it is not newer) when opened."""
+
+    def __init__(self, url: PostgresUrl, options: StoreOptions) -> None:
+        super().__init__(url, options)
+        try:
+            self._migrate()
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Create the tables, or check that existing ones are not newer than this logagg.
+        An advisory lock makes bridges starting together take turns: CREATE … IF NOT EXISTS
+        alone races on the system catalogs."""
+        with self._connection("create the schema in") as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            if self._schema is not None:
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema))
+                )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL)"
+            )
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            check_schema_version(int(row[0]) if row else 0)
+            conn.execute(_SCHEMA)
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+
     def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome:
         # Sorted by key: two bridges inserting overlapping keys wait on each other in the
         # same order, never in a cycle. Parameters are built before the commit lock is
@@ -324,7 +322,7 @@ class PostgresStore:
             for e in rows
         )
         rejected_columns = _columns(map(rejected_row, refused))
-        with self._write() as conn:
+        with self._connection("write") as conn:
             conn.execute(
                 "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_COMMIT_LOCK,)
             )
@@ -345,82 +343,8 @@ class PostgresStore:
         return counts.outcome
 
     def heartbeat(self, client_id: str, run_id: str) -> None:
-        with self._write() as conn:
+        with self._connection("write") as conn:
             conn.execute(_HEARTBEAT, (client_id, run_id))
-
-    def bridge_uptime(self, client_id: str) -> float | None:
-        with self._read() as conn:
-            row = conn.execute(
-                _LIVE_UPTIMES + " AND client_id = %s", (self._alive_s, client_id)
-            ).fetchone()
-        return None if row is None else max(0.0, row[0])
-
-    def stats(self) -> Stats:
-        with self._read() as conn:
-            topics = conn.execute(
-                "SELECT topic, unique_processed, duplicate_dropped FROM topic_stats ORDER BY topic"
-            ).fetchall()
-            codes = conn.execute("SELECT code, count FROM rejection_stats ORDER BY code").fetchall()
-            (uptime,) = conn.execute(
-                f"SELECT max(uptime) FROM ({_LIVE_UPTIMES}) AS live", (self._alive_s,)
-            ).fetchone() or (None,)
-        return make_stats(topics, codes, uptime)
-
-    def events(
-        self,
-        *,
-        topic: str | None,
-        after: int,
-        limit: int,
-        newest: bool = False,
-        max_bytes: int | None = None,
-    ) -> list[StoredEvent]:
-        window = partial(page, "%s", after=after, limit=limit, newest=newest, topic=topic)
-        with self._read() as conn:
-            through = None
-            if max_bytes is not None:
-                clause, params = window()
-                sizes = conn.execute(
-                    "SELECT seq, octet_length(payload::text) FROM events" + clause, params
-                )
-                through = page_end(sizes, max_bytes)
-            clause, params = window(through=through)
-            rows = conn.execute(
-                "SELECT seq, topic, event_id, timestamp, utc_offset_s, source, payload, received_at"
-                " FROM events" + clause,
-                params,
-            ).fetchall()
-        if newest:
-            rows.reverse()
-        return [
-            StoredEvent(
-                seq,
-                t,
-                eid,
-                ts.astimezone(timezone(timedelta(seconds=offset))).isoformat(),
-                src,
-                payload,
-                iso_utc(rat),
-            )
-            for seq, t, eid, ts, offset, src, payload, rat in rows
-        ]
-
-    def rejected(self, *, after: int, limit: int, newest: bool = False) -> list[StoredRejection]:
-        clause, params = page("%s", after=after, limit=limit, newest=newest)
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT seq, mqtt_topic, code, reason, body, received_at FROM rejected" + clause,
-                params,
-            ).fetchall()
-        if newest:
-            rows.reverse()
-        return [
-            StoredRejection(seq, topic, code, reason, body, iso_utc(rat))
-            for seq, topic, code, reason, body, rat in rows
-        ]
-
-    def close(self) -> None:
-        self._pool.close()
 
 
 def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:

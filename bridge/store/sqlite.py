@@ -15,32 +15,28 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
+from typing import Any
 
 from bridge.event import Event
 from bridge.store.base import (
-    BRIDGE_ALIVE_SECONDS,
     KEEP_REJECTED,
     SCHEMA_VERSION,
     BatchOutcome,
     EventKey,
     Refused,
-    Stats,
     StoredEvent,
     StoredRejection,
     StoreUnavailable,
-    check_durability,
     check_schema_version,
     first_copies,
     iso_utc,
-    make_stats,
-    page,
-    page_end,
     payload_json,
     rejected_row,
     tally,
 )
+from bridge.store.options import StoreOptions
+from bridge.store.reading import SqlReader
 
 # Rows per multi-row INSERT: 6 parameters each stays far below SQLite's variable limit.
 _CHUNK = 500
@@ -107,71 +103,16 @@ def host_clock() -> tuple[str, float]:
     return boot_id, float(Path("/proc/uptime").read_text().split()[0])
 
 
-class SQLiteStore:
-    """The default store. `durability` is SQLite's `synchronous`: FULL survives power loss."""
+class SQLiteReader(SqlReader):
+    """Reads the store at `path` in short read-only transactions; never creates it."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        durability: str = "full",
-        readonly: bool = False,
-        alive_s: float = BRIDGE_ALIVE_SECONDS,
-    ) -> None:
+    _MARK = "?"
+    _EVENT_COLUMNS = "seq, topic, event_id, timestamp, source, payload, received_at"
+    _PAYLOAD_SIZE = "length(payload)"
+
+    def __init__(self, path: Path, options: StoreOptions) -> None:
         self.path = path
-        self._alive_s = alive_s
-        self._readonly = readonly
-        self._durability = check_durability(durability).upper()
-        self._writer: sqlite3.Connection | None = None
-        if not readonly:
-            self._writer = self._open_writer()
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        durability: str = "full",
-        readonly: bool = False,
-        alive_s: float = BRIDGE_ALIVE_SECONDS,
-    ) -> SQLiteStore:
-        path = url.removeprefix("sqlite://")
-        if not path.startswith("/"):
-            raise ValueError(
-                f"store URL {url!r} needs a path: sqlite:///relative or sqlite:////abs"
-            )
-        # sqlite:///data/x.db is relative (three slashes), sqlite:////abs/x.db absolute.
-        return cls(Path(path[1:]), durability=durability, readonly=readonly, alive_s=alive_s)
-
-    def _open_writer(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self._durability}")
-            self._migrate(conn)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
-        return conn
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _SCHEMA.split(";"):
-                conn.execute(statement)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            check_schema_version(int(row[0]) if row else 0)
-            conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        self._alive_s = options.alive_s
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -194,13 +135,63 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
 
-    def _write(self) -> sqlite3.Connection:
-        if self._writer is None:
-            raise RuntimeError("this store was opened read-only")
-        return self._writer
+    def _live_uptimes(self, client_id: str | None) -> tuple[str, dict[str, object]]:
+        boot_id, now = host_clock()
+        params: dict[str, object] = {"boot_id": boot_id, "now": now, "alive_s": self._alive_s}
+        if client_id is None:
+            return _LIVE_UPTIMES, params
+        return _LIVE_UPTIMES + " AND client_id = :client_id", {**params, "client_id": client_id}
+
+    def _event(self, row: Any) -> StoredEvent:
+        seq, topic, event_id, timestamp, source, payload, received_at = row
+        return StoredEvent(
+            seq, topic, event_id, timestamp, source, json.loads(payload), received_at
+        )
+
+    def _rejection(self, row: Any) -> StoredRejection:
+        return StoredRejection(*row)
+
+    def close(self) -> None:
+        """Nothing to close: each read opens and closes its own connection."""
+
+
+class SQLiteWriter(SQLiteReader):
+    """The bridge's store: one connection, created with the file and schema if need be.
+    `durability` is SQLite's `synchronous`."""
+
+    def __init__(self, path: Path, options: StoreOptions) -> None:
+        super().__init__(path, options)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={options.durability.sqlite_synchronous}")
+            self._migrate(conn)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+        self._connection = conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                conn.execute(statement)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            check_schema_version(int(row[0]) if row else 0)
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome:
-        conn = self._write()
+        conn = self._connection
         received_at = iso_utc(datetime.now(UTC))
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -273,77 +264,12 @@ class SQLiteStore:
     def heartbeat(self, client_id: str, run_id: str) -> None:
         boot_id, now = host_clock()
         try:
-            self._write().execute(
+            self._connection.execute(
                 _HEARTBEAT,
                 {"client_id": client_id, "run_id": run_id, "boot_id": boot_id, "now": now},
             )
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot write {self.path}: {exc}") from exc
 
-    def _clock(self) -> dict[str, object]:
-        boot_id, now = host_clock()
-        return {"boot_id": boot_id, "now": now, "alive_s": self._alive_s}
-
-    def bridge_uptime(self, client_id: str) -> float | None:
-        with self._read() as conn:
-            row = conn.execute(
-                _LIVE_UPTIMES + " AND client_id = :client_id",
-                {**self._clock(), "client_id": client_id},
-            ).fetchone()
-        return None if row is None else max(0.0, row[0])
-
-    def stats(self) -> Stats:
-        with self._read() as conn:
-            topics = conn.execute(
-                "SELECT topic, unique_processed, duplicate_dropped FROM topic_stats ORDER BY topic"
-            ).fetchall()
-            codes = conn.execute("SELECT code, count FROM rejection_stats ORDER BY code").fetchall()
-            (uptime,) = conn.execute(
-                f"SELECT max(uptime) FROM ({_LIVE_UPTIMES}) AS live", self._clock()
-            ).fetchone()
-        return make_stats(topics, codes, uptime)
-
-    def events(
-        self,
-        *,
-        topic: str | None,
-        after: int,
-        limit: int,
-        newest: bool = False,
-        max_bytes: int | None = None,
-    ) -> list[StoredEvent]:
-        window = partial(page, "?", after=after, limit=limit, newest=newest, topic=topic)
-        with self._read() as conn:
-            through = None
-            if max_bytes is not None:
-                clause, params = window()
-                sizes = conn.execute("SELECT seq, length(payload) FROM events" + clause, params)
-                through = page_end(sizes, max_bytes)
-            clause, params = window(through=through)
-            rows = conn.execute(
-                "SELECT seq, topic, event_id, timestamp, source, payload, received_at"
-                " FROM events" + clause,
-                params,
-            ).fetchall()
-        if newest:
-            rows.reverse()
-        return [
-            StoredEvent(seq, t, eid, ts, src, json.loads(payload), rat)
-            for seq, t, eid, ts, src, payload, rat in rows
-        ]
-
-    def rejected(self, *, after: int, limit: int, newest: bool = False) -> list[StoredRejection]:
-        clause, params = page("?", after=after, limit=limit, newest=newest)
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT seq, mqtt_topic, code, reason, body, received_at FROM rejected" + clause,
-                params,
-            ).fetchall()
-        if newest:
-            rows.reverse()
-        return [StoredRejection(*row) for row in rows]
-
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._connection.close()

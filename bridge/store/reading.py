@@ -1,0 +1,183 @@
+"""The read side both SQL stores share: the same queries and paging, over each backend's
+connection, placeholder and column types."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from functools import partial
+from typing import Any, ClassVar, Protocol
+
+from bridge.store.base import Stats, StoredEvent, StoredRejection, TopicStats
+
+
+class Rows(Protocol):
+    """What `execute` returns in both drivers (sqlite3 and psycopg cursors)."""
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    def execute(self, query: str, params: Any = ..., /) -> Rows: ...
+
+
+class SqlReader(ABC):
+    """`StoreReader` for a SQL database: a backend says how to open a read transaction,
+    its placeholder, how to read a payload's size, and how its rows become values."""
+
+    _MARK: ClassVar[str]
+    # The `events` columns a backend reads, in the order its `_event` takes them.
+    _EVENT_COLUMNS: ClassVar[str]
+    _PAYLOAD_SIZE: ClassVar[str]
+
+    @abstractmethod
+    def _read(self) -> AbstractContextManager[Connection]:
+        """One read-only transaction: every query of a call sees the same snapshot."""
+
+    @abstractmethod
+    def _live_uptimes(self, client_id: str | None) -> tuple[str, Any]:
+        """The query for the uptimes of the bridges alive now (of `client_id` only, if
+        given), on the store's clock, and its parameters."""
+
+    @abstractmethod
+    def _event(self, row: Any) -> StoredEvent: ...
+
+    @abstractmethod
+    def _rejection(self, row: Any) -> StoredRejection: ...
+
+    def bridge_uptime(self, client_id: str) -> float | None:
+        with self._read() as conn:
+            row = conn.execute(*self._live_uptimes(client_id)).fetchone()
+        return None if row is None else max(0.0, row[0])
+
+    def stats(self) -> Stats:
+        with self._read() as conn:
+            live, params = self._live_uptimes(None)
+            topics = conn.execute(
+                "SELECT topic, unique_processed, duplicate_dropped FROM topic_stats ORDER BY topic"
+            ).fetchall()
+            codes = conn.execute("SELECT code, count FROM rejection_stats ORDER BY code").fetchall()
+            (uptime,) = conn.execute(
+                f"SELECT max(uptime) FROM ({live}) AS live", params
+            ).fetchone() or (None,)
+        return make_stats(topics, codes, uptime)
+
+    def events(
+        self,
+        *,
+        topic: str | None,
+        after: int,
+        limit: int,
+        newest: bool = False,
+        max_bytes: int | None = None,
+    ) -> list[StoredEvent]:
+        with self._read() as conn:
+            rows = read_page(
+                conn,
+                self._MARK,
+                f"SELECT {self._EVENT_COLUMNS} FROM events",
+                f"SELECT seq, {self._PAYLOAD_SIZE} FROM events",
+                after=after,
+                limit=limit,
+                newest=newest,
+                topic=topic,
+                max_bytes=max_bytes,
+            )
+        return [self._event(row) for row in rows]
+
+    def rejected(self, *, after: int, limit: int, newest: bool = False) -> list[StoredRejection]:
+        with self._read() as conn:
+            rows = read_page(
+                conn,
+                self._MARK,
+                "SELECT seq, mqtt_topic, code, reason, body, received_at FROM rejected",
+                after=after,
+                limit=limit,
+                newest=newest,
+            )
+        return [self._rejection(row) for row in rows]
+
+
+def make_stats(
+    topic_rows: Iterable[tuple[str, int, int]],
+    code_rows: Iterable[tuple[str, int]],
+    uptime_s: float | None,
+) -> Stats:
+    """Stats from the counter tables and the oldest live bridge's uptime."""
+    topics = {t: TopicStats(u, d) for t, u, d in topic_rows}
+    codes = dict(code_rows)
+    return Stats(
+        unique_processed=sum(t.unique_processed for t in topics.values()),
+        duplicate_dropped=sum(t.duplicate_dropped for t in topics.values()),
+        rejected=sum(codes.values()),
+        topics=topics,
+        rejected_by_code=codes,
+        uptime_s=None if uptime_s is None else round(max(0.0, uptime_s), 3),
+    )
+
+
+def page(
+    mark: str,
+    *,
+    after: int,
+    limit: int,
+    newest: bool,
+    topic: str | None = None,
+    through: int | None = None,
+) -> tuple[str, list[object]]:
+    """The `WHERE … ORDER BY seq … LIMIT` of a read by seq, and its parameters; `mark` is
+    the driver's placeholder. With `newest` the rows come newest first: callers reverse.
+    `through` is the seq where the page stops (see `page_end`)."""
+    clause = f" WHERE seq > {mark}"
+    params: list[object] = [after]
+    if topic is not None:
+        clause += f" AND topic = {mark}"
+        params.append(topic)
+    if through is not None:
+        clause += f" AND seq {'>=' if newest else '<='} {mark}"
+        params.append(through)
+    return f"{clause} ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT {mark}", [*params, limit]
+
+
+def page_end(sizes: Iterable[tuple[int, int]], max_bytes: int) -> int | None:
+    """From `(seq, payload size)` of a page's rows in its order, the seq of the last row that
+    keeps the page within `max_bytes` (the first row always: a page is never empty while
+    rows remain), or None when there are no rows. Read before the rows themselves, so a
+    reader never holds, nor parses, more than about `max_bytes` of payloads at once."""
+    total, end = 0, None
+    for seq, size in sizes:
+        if end is not None and total + size > max_bytes:
+            break
+        total, end = total + size, seq
+    return end
+
+
+def read_page(
+    conn: Connection,
+    mark: str,
+    select: str,
+    sizes: str | None = None,
+    *,
+    after: int,
+    limit: int,
+    newest: bool,
+    topic: str | None = None,
+    max_bytes: int | None = None,
+) -> list[Any]:
+    """The rows of one read by seq, oldest first: `select` is the `SELECT … FROM table` of
+    the rows, `sizes` that of `(seq, payload size)`, read first when there is a `max_bytes`."""
+    window = partial(page, mark, after=after, limit=limit, newest=newest, topic=topic)
+    through = None
+    if sizes is not None and max_bytes is not None:
+        clause, params = window()
+        through = page_end(conn.execute(sizes + clause, params), max_bytes)
+    clause, params = window(through=through)
+    rows = conn.execute(select + clause, params).fetchall()
+    if newest:
+        rows.reverse()
+    return rows

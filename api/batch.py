@@ -1,15 +1,15 @@
 """From a `POST /publish` body to MQTT messages, or to errors naming each failing item.
 
 Every item is checked before anything is published: one bad item refuses the
-whole batch, so a client never has to work out which part got through.
+whole batch, so a client never has to work out which part got through. The errors
+are the sidecar's own; api/errors.py answers them over HTTP (413, 422).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, Sequence
 
-from fastapi import HTTPException, Request
 from pydantic import ValidationError
 
 from api.models import ItemError
@@ -26,17 +26,17 @@ from bridge.event import (
 )
 
 
-async def read_body(request: Request, limit: int) -> bytearray:
-    """The body, refused with 413 as soon as it is known to exceed `limit` bytes: from
-    Content-Length when declared, and while reading, for chunked bodies or a lying header."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"body is {declared} bytes, limit {limit}")
+async def read_body(chunks: AsyncIterable[bytes], declared: int | None, limit: int) -> bytearray:
+    """The body, refused (`TooLarge`) as soon as it is known to exceed `limit` bytes: from
+    its declared length when there is one, and while reading, for chunked bodies or a lying
+    header."""
+    if declared is not None and declared > limit:
+        raise TooLarge(f"body is {declared} bytes, limit {limit}")
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in chunks:
         body += chunk
         if len(body) > limit:
-            raise HTTPException(413, f"body exceeds the limit of {limit} bytes")
+            raise TooLarge(f"body exceeds the limit of {limit} bytes")
     return body  # not copied to bytes: a 16 MiB body would be held twice
 
 
@@ -45,11 +45,15 @@ def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-class InvalidBatch(HTTPException):
-    """A 422 listing every failing item; `reason` is the same in one bounded line, for the log."""
+class TooLarge(Exception):
+    """A body past one of its size limits (bytes, events or JSON nodes): the message says which."""
+
+
+class InvalidBatch(Exception):
+    """Every failing item, each with its index and field; `reason` is the same in one bounded
+    line, for the log."""
 
     def __init__(self, errors: Sequence[ItemError]) -> None:
-        super().__init__(422, [e.model_dump() for e in errors])
         self.errors = tuple(errors)
         parts = [
             " ".join(
@@ -61,6 +65,7 @@ class InvalidBatch(HTTPException):
             parts.append(f"and {len(errors) - MAX_REASON_ERRORS} more errors")
         # Field names and messages can quote what was sent: one printable line, bounded.
         self.reason = "; ".join(p if p.isprintable() else repr(p) for p in parts)[:2000]
+        super().__init__(self.reason)
 
 
 def _invalid(*errors: ItemError) -> InvalidBatch:
@@ -89,10 +94,10 @@ def to_messages(
 ) -> list[Message]:
     """One event object or a JSON array of them, as `(mqtt_topic, compact JSON)` pairs.
 
-    Raises 422 listing every failing item's index and field, or 413 past `max_batch` or
-    `max_body_nodes` JSON nodes (counted on the text: parsed, they would cost up to 30
-    times the body). An item of more than `max_nodes` nodes is a 422, as the bridge
-    would reject it.
+    Raises `InvalidBatch` listing every failing item's index and field, or `TooLarge` past
+    `max_batch` events or `max_body_nodes` JSON nodes (counted on the text: parsed, they
+    would cost up to 30 times the body). An item of more than `max_nodes` nodes is invalid,
+    as the bridge would reject it.
     """
     text = decode_body(body)
     if isinstance(text, Rejection):
@@ -100,7 +105,7 @@ def to_messages(
     try:
         # Each node after the first takes two characters at least: most bodies are not counted.
         if (len(text) + 1) // 2 > max_body_nodes and (nodes := count_nodes(text)) > max_body_nodes:
-            raise HTTPException(413, f"body holds {nodes} JSON nodes, limit {max_body_nodes}")
+            raise TooLarge(f"body holds {nodes} JSON nodes, limit {max_body_nodes}")
         data = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise _invalid(
@@ -112,7 +117,7 @@ def to_messages(
             ItemError(index=None, field=None, message="empty batch: send 1 or more events")
         )
     if len(items) > max_batch:
-        raise HTTPException(413, f"batch has {len(items)} events, limit {max_batch}")
+        raise TooLarge(f"batch has {len(items)} events, limit {max_batch}")
     errors: list[ItemError] = []
     messages: list[Message] = []
     for index, item in enumerate(items):

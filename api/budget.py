@@ -13,11 +13,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-RETRY_AFTER_S = 1
-
 
 class Busy(Exception):
-    """The body budget stayed full for as long as a request may wait: answered with 503."""
+    """The body budget stayed full for as long as a request may wait (a 503 with Retry-After)."""
 
 
 class BodyBudget:

@@ -12,6 +12,8 @@ from bridge.store import Stats, StoredEvent, StoredRejection, TopicStats
 
 # /stats lists this many topics unless asked for more, and /metrics labels as many.
 BUSIEST_TOPICS = 50
+# /stats/rate counts at most this far back: its cost follows the events it counts.
+RATE_WINDOW_MAX_S = 3600
 
 
 class Problem(BaseModel):

@@ -370,7 +370,7 @@ def test_healthz_and_reads_are_503_without_a_store(sidecar: Sidecar) -> None:
     assert health.status_code == 503
     assert "does not exist yet" in health.json()["store"]
     assert "Connection refused" in health.json()["broker"]
-    for path in ("/stats", "/events", "/rejected"):
+    for path in ("/stats", "/stats/rate", "/events", "/rejected"):
         answer = client.get(path)
         assert answer.status_code == 503
         assert "does not exist yet" in answer.json()["detail"]
@@ -476,6 +476,8 @@ def test_reads_refuse_impossible_cursors_and_topics_with_422(sidecar: Sidecar) -
     for path, params in (
         ("/events", {"after": too_far}),
         ("/rejected", {"after": too_far}),
+        ("/stats/rate", {"after": too_far}),
+        ("/stats/rate", {"seconds": "0"}),
         ("/events/stream", {"after": too_far}),
         ("/events", {"topic": "a\x00b"}),
         ("/events", {"topic": "a/#"}),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import chart_read
 from bench.broker_queue import measure
 from tests.conftest import logagg_cli
 
@@ -86,3 +87,10 @@ def test_broker_queue_measures_what_a_backlog_costs_mosquitto(tmp_path: Path) ->
     assert result["rss_mb"] > result["rss_empty_mb"]
     assert result["file_per_event_bytes"] > result["event_bytes"] > 200
     assert result["idle_cpu"] >= 0
+
+
+def test_chart_read_counts_only_the_last_minutes(tmp_path: Path) -> None:
+    """`python -m bench.chart_read`, small: the dashboard's window counts exactly the recent
+    events, however many older ones lie before them."""
+    result = chart_read.measure(tmp_path / "store.db", 2_000, 300)
+    assert (result["events"], result["counted"]) == (2_300, 300)

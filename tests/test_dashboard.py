@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,69 @@ def test_dashboard_shows_the_stats_and_streams_new_events(
         "() => [...document.querySelectorAll('#live li[data-event-id]')]"
         ".map(li => li.dataset.eventId).join() === 'e5,e1'"
     )
+
+
+def test_chart_starts_with_the_events_stored_before_the_page_opened(
+    browser: Browser, client: httpx.Client
+) -> None:
+    """The chart reads the last minutes from the store on load, then keeps counting."""
+    page = open_dashboard(browser, client, live=False)
+    page.wait_for_selector("#chart[data-total='6']", timeout=5000)
+    assert page.get_attribute("#line", "d")
+    assert client.post("/publish", json=event("later", "web")).status_code == 200
+    page.wait_for_selector("#chart[data-total='7']", timeout=5000)
+
+
+def test_event_times_show_their_date_unless_today(browser: Browser, client: httpx.Client) -> None:
+    """An event from another day shows its date; one from today only its time."""
+    page = open_dashboard(browser, client, locale="en-US", timezone_id="UTC")
+    now = datetime.now(UTC).replace(microsecond=0)
+    assert client.post("/publish", json=event("today", timestamp=now.isoformat())).is_success
+    page.wait_for_selector("#live li[data-event-id=today]", timeout=5000)
+    today = page.inner_text("#live li[data-event-id=today]")
+    assert now.strftime("%H:%M:%S") in today
+    assert now.strftime("%Y-%m-%d") not in today
+    assert "2026-11-26 12:00:00" in page.inner_text("#live li[data-event-id=e0]")
+
+
+def test_topics_table_sorts_by_the_column_it_shows(
+    browser: Browser, client: httpx.Client, store_url: str
+) -> None:
+    """Rows follow the marked column (stored, by default), not a total the table does not
+    show; a click on a header sorts by it, a second click the other way round."""
+    # The most messages but the fewest stored: first by the old hidden total.
+    assert client.post("/publish", json=[event("n", "noisy")] * 5).is_success
+    wait_for_stats(store_url, lambda s: s.received == 14)
+    page = open_dashboard(browser, client, live=False)
+    page.wait_for_selector("#topics tr[data-topic=noisy]")
+
+    def shown() -> list[list[str]]:
+        return [row.split() for row in page.locator("#topics tr").all_inner_texts()]
+
+    def sorted_by() -> list[str]:
+        return [
+            f"{th.inner_text().split()[0]} {th.get_attribute('aria-sort')}"
+            for th in page.locator("th[aria-sort]:not([aria-sort=none])").all()
+        ]
+
+    assert sorted_by() == ["stored descending"]
+    assert shown() == [
+        ["auth", "3", "1", "25.0%"],
+        ["db", "2", "1", "33.3%"],
+        ["noisy", "1", "4", "80.0%"],
+        ["web", "1", "0", "0.0%"],
+    ]
+    page.click("th >> text=duplicates")
+    assert sorted_by() == ["duplicates descending"]
+    assert [row[0] for row in shown()] == ["noisy", "auth", "db", "web"]
+    page.click("th >> text=duplicates")
+    assert sorted_by() == ["duplicates ascending"]
+    assert [row[0] for row in shown()] == ["web", "auth", "db", "noisy"]
+    page.click("th >> text=dup %")
+    assert [row[0] for row in shown()] == ["noisy", "db", "auth", "web"]
+    page.click("th >> text=topic")
+    assert sorted_by() == ["topic ascending"]
+    assert [row[0] for row in shown()] == ["auth", "db", "noisy", "web"]
 
 
 def test_dashboard_fits_a_phone(browser: Browser, client: httpx.Client) -> None:

@@ -8,6 +8,7 @@ from functools import partial
 import pytest
 
 from api.batch import InvalidBatch, to_messages
+from api.errors import answer
 from api.models import ItemError
 from bridge.event import (
     DEFAULT_MAX_EVENT_NODES,
@@ -207,7 +208,7 @@ def test_a_byte_order_mark_is_refused_over_mqtt_and_http_alike() -> None:
     assert isinstance(result, Rejection)
     with pytest.raises(InvalidBatch) as refused:
         http_messages(raw)
-    assert refused.value.status_code == 422
+    assert answer(refused.value).status_code == 422
     assert refused.value.errors == (ItemError(index=None, field=None, message=result.reason),)
     assert (result.code, result.reason) == (
         "not_json",

@@ -13,11 +13,11 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from fastapi import HTTPException
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from api.batch import to_messages
+from api.batch import InvalidBatch, TooLarge, to_messages
+from api.errors import answer
 from bridge.event import (
     MAX_NAME_LENGTH,
     MAX_TOPIC_LEVELS,
@@ -162,17 +162,17 @@ def test_deep_nesting_as_text(depth: int, field: str | None, brackets: tuple[str
 @PROPERTY
 @given(doc=documents | values | deep, batch=st.booleans(), ascii_only=st.booleans())
 def test_sidecar_batches_of_jsonish_documents(doc: Any, batch: bool, ascii_only: bool) -> None:
-    """POST /publish's parser: messages the bridge accepts as they are, or a 413/422 whose
-    detail can be sent as JSON."""
+    """POST /publish's parser: messages the bridge accepts as they are, or a refusal whose
+    answer (413/422) can be sent as JSON."""
     body = dump([doc] if batch else doc, ascii_only)
-    refused: HTTPException | None = None
+    refused: InvalidBatch | TooLarge | None = None
     try:
         messages = to_messages(body, prefix="logs/", max_batch=100, max_payload_bytes=LIMIT)
-    except HTTPException as exc:
+    except (InvalidBatch, TooLarge) as exc:
         refused = exc
     if refused is not None:
-        assert refused.status_code in (413, 422)
-        json.dumps(refused.detail, ensure_ascii=False).encode()
+        # The answer is rendered as it is made: JSON, or an error here.
+        assert answer(refused).status_code in (413, 422)
         return
     for mqtt_topic, message in messages:
         assert isinstance(parse_message(mqtt_topic, message, max_payload_bytes=LIMIT), Event)

@@ -35,6 +35,7 @@ from bridge.store import (
 )
 from bridge.store.base import KEEP_REJECTED, KEEP_ROW_BYTES
 from bridge.store.postgres import _COMMIT_LOCK, PostgresReader, PostgresWriter
+from bridge.store.reading import first_recent
 from bridge.store.sqlite import SQLiteReader, SQLiteWriter
 from supervise.mosquitto import free_port
 
@@ -236,6 +237,58 @@ def test_timestamp_comes_back_as_written(store: StoreWriter) -> None:
     stored = store.events(topic="t", after=0, limit=10)
     assert [e.timestamp for e in stored] == [ts.isoformat() for ts in stamps]
     assert all(datetime.fromisoformat(e.received_at).utcoffset() == timedelta(0) for e in stored)
+
+
+def store_execute(url: StoreUrl, query: str) -> None:
+    """Run one statement on either kind of store, behind its back."""
+    if isinstance(url, PostgresUrl):
+        pg_execute(url.url, query)
+        return
+    with closing(sqlite3.connect(url.path)) as conn, conn:
+        conn.execute(query)
+
+
+def test_stored_per_second_counts_the_recent_events_and_then_only_new_ones(
+    store: StoreWriter, url: StoreUrl
+) -> None:
+    """The last minutes per second of the store's clock; events stored before are left out,
+    and `after` counts only what came since."""
+    store.record([event("t", str(i)) for i in range(5)], [])
+    store_execute(url, "UPDATE events SET received_at = '2000-01-01T00:00:00.000000+00:00'")
+    store.record([event("t", "5"), event("u", "6"), event("t", "5")], [])
+    store.record([event("t", "7")], [])
+    newest = store.events(topic=None, after=0, limit=1, newest=True)[0].seq
+    with closing(open_reader(url)) as reader:
+        rate = reader.stored_per_second(seconds=300)
+        assert sum(rate.counts.values()) == 3
+        assert all(rate.now - 301 < second <= rate.now for second in rate.counts)
+        assert abs(rate.now - time.time()) < 5
+        assert rate.next_after == newest
+        idle = reader.stored_per_second(seconds=300, after=rate.next_after)
+        assert (idle.counts, idle.next_after) == ({}, newest)
+        store.record([event("t", "8")], [])
+        later = reader.stored_per_second(seconds=300, after=rate.next_after)
+        assert sum(later.counts.values()) == 1
+        assert later.next_after > newest
+        ahead = reader.stored_per_second(seconds=300, after=later.next_after + 10)
+        assert (ahead.counts, ahead.next_after) == ({}, later.next_after)
+
+
+def test_first_recent_bisects_over_gaps_in_seq() -> None:
+    """Seq may have gaps (PostgreSQL spends one on every duplicate): the boundary is still the
+    first recent row, found in a logarithmic number of lookups."""
+    recent = {seq: seq >= 700 for seq in range(1, 1000, 3)}
+    probes: list[int] = []
+
+    def probe(seq: int) -> tuple[int, bool]:
+        probes.append(seq)
+        found = min(s for s in recent if s >= seq)
+        return found, recent[found]
+
+    assert 697 < first_recent(probe, 1, 998) <= 700
+    assert len(probes) <= 11
+    assert first_recent(lambda seq: (seq, True), 1, 998) == 1
+    assert first_recent(lambda seq: (seq, False), 1, 998) == 998
 
 
 def test_reader_reports_missing_store(url: StoreUrl) -> None:

@@ -94,6 +94,22 @@ class StoredRejection:
     received_at: str
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRate:
+    """Events stored per second of the store's clock, for a chart of the last minutes.
+
+    `now` is that clock (Unix seconds), so a reader whose own clock differs can still place
+    the seconds; `counts` maps each whole Unix second to the events stored in it, oldest
+    first, seconds with none left out; the current second is still filling. `next_after` is the
+    store's newest seq (0 when empty): pass it as `after` to count only what came since
+    (a store made anew answers with its own, so a poller follows it).
+    """
+
+    now: float
+    counts: dict[int, int]
+    next_after: int
+
+
 class StoreReader(Protocol):
     """What the sidecar and the read-only commands hold: a store they can only read."""
 
@@ -120,6 +136,11 @@ class StoreReader(Protocol):
     def rejected(
         self, *, after: int, limit: int, newest: bool = False
     ) -> list[StoredRejection]: ...
+
+    def stored_per_second(self, *, seconds: float, after: int = 0) -> StoredRate:
+        """Events with seq above `after` stored in the last `seconds`, per second. Reads by
+        seq, never scanning older rows: the cost follows the events counted, not the store."""
+        ...
 
     def close(self) -> None: ...
 

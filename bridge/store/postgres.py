@@ -70,7 +70,7 @@ from bridge.store.base import (
     tally,
 )
 from bridge.store.options import StoreOptions
-from bridge.store.reading import SqlReader
+from bridge.store.reading import Connection, SqlReader
 from bridge.store.url import PostgresUrl
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -175,6 +175,9 @@ class PostgresReader(SqlReader):
     _MARK = "%s"
     _EVENT_COLUMNS = "seq, topic, event_id, timestamp, utc_offset_s, source, payload, received_at"
     _PAYLOAD_SIZE = "octet_length(payload::text)"
+    _SINCE = "received_at >= to_timestamp(%s)"
+    _SECOND = "date_trunc('second', received_at)"
+    _UNIX = "extract(epoch FROM {})::bigint"
 
     def __init__(self, url: PostgresUrl, options: StoreOptions) -> None:
         self.display = url.display
@@ -258,6 +261,14 @@ class PostgresReader(SqlReader):
         if client_id is None:
             return _LIVE_UPTIMES, (self._alive_s,)
         return _LIVE_UPTIMES + " AND client_id = %s", (self._alive_s, client_id)
+
+    def _now(self, conn: Connection) -> float:
+        """The server's clock, which stamps `received_at`."""
+        (now,) = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+        return float(now)
+
+    def _instant(self, unix: float) -> object:
+        return unix
 
     def _event(self, row: Any) -> StoredEvent:
         seq, topic, event_id, timestamp, offset, source, payload, received_at = row

@@ -4,12 +4,12 @@ connection, placeholder and column types."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, ClassVar, Protocol
 
-from bridge.store.base import Stats, StoredEvent, StoredRejection, TopicStats
+from bridge.store.base import Stats, StoredEvent, StoredRate, StoredRejection, TopicStats
 
 
 class Rows(Protocol):
@@ -34,6 +34,11 @@ class SqlReader(ABC):
     # The `events` columns a backend reads, in the order its `_event` takes them.
     _EVENT_COLUMNS: ClassVar[str]
     _PAYLOAD_SIZE: ClassVar[str]
+    # `received_at` at or after the placeholder's instant (see `_instant`); the key of its
+    # whole second; that key (in place of `{}`) as Unix seconds.
+    _SINCE: ClassVar[str]
+    _SECOND: ClassVar[str]
+    _UNIX: ClassVar[str]
 
     @abstractmethod
     def _read(self) -> AbstractContextManager[Connection]:
@@ -43,6 +48,14 @@ class SqlReader(ABC):
     def _live_uptimes(self, client_id: str | None) -> tuple[str, Any]:
         """The query for the uptimes of the bridges alive now (of `client_id` only, if
         given), on the store's clock, and its parameters."""
+
+    @abstractmethod
+    def _now(self, conn: Connection) -> float:
+        """The clock that stamps `received_at`, now, in Unix seconds."""
+
+    @abstractmethod
+    def _instant(self, unix: float) -> object:
+        """A Unix time as `_SINCE`'s parameter."""
 
     @abstractmethod
     def _event(self, row: Any) -> StoredEvent: ...
@@ -101,6 +114,33 @@ class SqlReader(ABC):
                 newest=newest,
             )
         return [self._rejection(row) for row in rows]
+
+    def stored_per_second(self, *, seconds: float, after: int = 0) -> StoredRate:
+        mark = self._MARK
+        with self._read() as conn:
+            now = self._now(conn)
+            (newest,) = conn.execute("SELECT max(seq) FROM events").fetchone()
+            if newest is None or newest <= after:
+                return StoredRate(now, {}, newest or 0)
+            since = self._instant(now - seconds)
+            start = first_recent(
+                lambda seq: conn.execute(
+                    f"SELECT seq, {self._SINCE} FROM events WHERE seq >= {mark}"
+                    " ORDER BY seq LIMIT 1",
+                    (since, seq),
+                ).fetchall()[0],
+                after + 1,
+                newest + 1,
+            )
+            # Grouped by the cheap key, converted once per second rather than once per row.
+            counts = conn.execute(
+                f"SELECT {self._UNIX.format('second')}, n FROM ("
+                f" SELECT {self._SECOND} AS second, count(*) AS n FROM events"
+                f" WHERE seq >= {mark} AND {self._SINCE} GROUP BY second) AS seconds"
+                " ORDER BY second",
+                (start, since),
+            ).fetchall()
+        return StoredRate(now, dict(counts), newest)
 
 
 def make_stats(
@@ -181,3 +221,23 @@ def read_page(
     if newest:
         rows.reverse()
     return rows
+
+
+def first_recent(probe: Callable[[int], tuple[int, bool]], lo: int, hi: int) -> int:
+    """The seq where the recent rows begin, between `lo` and `hi` (one past the newest row),
+    by bisection: O(log n) lookups by primary key instead of a scan of `received_at`.
+
+    `probe(seq)` gives the first row at or after `seq` (there is one: `seq` is never past
+    the newest row) and whether it is recent. Rows are stored in seq order, so `received_at`
+    grows with seq; only a wall clock stepped back (SQLite) or a batch that waited for the
+    commit lock (PostgreSQL) breaks that, by about as long as the step or the wait, at the
+    window's edge.
+    """
+    while lo < hi:
+        mid = (lo + hi) // 2
+        seq, recent = probe(mid)
+        if recent:
+            hi = mid
+        else:
+            lo = min(seq + 1, hi)
+    return lo

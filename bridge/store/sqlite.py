@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
@@ -36,7 +37,7 @@ from bridge.store.base import (
     tally,
 )
 from bridge.store.options import StoreOptions
-from bridge.store.reading import SqlReader
+from bridge.store.reading import Connection, SqlReader
 
 # Rows per multi-row INSERT: 6 parameters each stays far below SQLite's variable limit.
 _CHUNK = 500
@@ -109,6 +110,10 @@ class SQLiteReader(SqlReader):
     _MARK = "?"
     _EVENT_COLUMNS = "seq, topic, event_id, timestamp, source, payload, received_at"
     _PAYLOAD_SIZE = "length(payload)"
+    # `received_at` is always the same width (`iso_utc`): text compares and cuts as time does.
+    _SINCE = "received_at >= ?"
+    _SECOND = "substr(received_at, 1, 19)"
+    _UNIX = "CAST(strftime('%s', {}) AS INTEGER)"
 
     def __init__(self, path: Path, options: StoreOptions) -> None:
         self.path = path
@@ -141,6 +146,13 @@ class SQLiteReader(SqlReader):
         if client_id is None:
             return _LIVE_UPTIMES, params
         return _LIVE_UPTIMES + " AND client_id = :client_id", {**params, "client_id": client_id}
+
+    def _now(self, conn: Connection) -> float:
+        """The wall clock, which stamps `received_at`: the bridge's and ours, on one host."""
+        return time.time()
+
+    def _instant(self, unix: float) -> object:
+        return iso_utc(datetime.fromtimestamp(unix, UTC))
 
     def _event(self, row: Any) -> StoredEvent:
         seq, topic, event_id, timestamp, source, payload, received_at = row

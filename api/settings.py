@@ -8,7 +8,14 @@ from pydantic import BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from bridge.event import DEFAULT_MAX_EVENT_NODES, DEFAULT_MAX_PAYLOAD_BYTES
-from bridge.settings import DEFAULT_STORE, AliveSeconds, MqttSettings, StoreSetting
+from bridge.settings import (
+    ALIVE_HELP,
+    DEFAULT_STORE,
+    STORE_HELP,
+    AliveSeconds,
+    MqttSettings,
+    StoreSetting,
+)
 from bridge.store import BRIDGE_ALIVE_SECONDS, StoreOptions
 
 MIN_TOKEN_LENGTH = 16
@@ -28,55 +35,93 @@ Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_comma_separated)]
 
 
 class ApiSettings(MqttSettings):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    store: StoreSetting = DEFAULT_STORE
-    max_batch: int = Field(default=10_000, ge=1)
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    host: str = Field(default="127.0.0.1", description="Listen address")
+    port: int = Field(default=8080, ge=0, le=65535, description="Listen port")
+    store: StoreSetting = Field(default=DEFAULT_STORE, description=STORE_HELP)
+    max_batch: int = Field(default=10_000, ge=1, description="Most events per POST /publish")
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Larger request bodies get 413"
+    )
     # Shared with the bridge (LOGAGG_MAX_PAYLOAD_BYTES): a larger event would be accepted
     # here and then rejected there, so it is refused up front with its index.
-    max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=64)
+    max_payload_bytes: int = Field(
+        default=DEFAULT_MAX_PAYLOAD_BYTES,
+        ge=64,
+        description="Larger events get 422 (the bridge would reject them)",
+    )
     # Shared with the bridge (LOGAGG_MAX_EVENT_NODES), like max_payload_bytes.
-    max_event_nodes: int = Field(default=DEFAULT_MAX_EVENT_NODES, ge=64)
-    max_body_nodes: int = Field(default=DEFAULT_MAX_BODY_NODES, ge=1000)
+    max_event_nodes: int = Field(
+        default=DEFAULT_MAX_EVENT_NODES, ge=64, description="Most JSON nodes in one event"
+    )
+    max_body_nodes: int = Field(
+        default=DEFAULT_MAX_BODY_NODES, ge=1000, description="Most JSON nodes in one request body"
+    )
     # Request bodies being read, parsed and published at once (Content-Length, or
     # max_body_bytes when not declared): past it a request waits, up to publish_timeout_s,
     # then gets 503. Two maximal bodies by default: ~130 MB each at worst while parsed.
-    max_inflight_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_inflight_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="Request body bytes handled at once"
+    )
     # Payload bytes of one /events page or stream poll: it stops early (`next_after` still
     # exact), so 1,000 large events are never parsed and serialised at once.
-    read_max_bytes: int = Field(default=1024 * 1024, ge=1024)
-    publish_timeout_s: float = Field(default=10.0, gt=0)
+    read_max_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Most payload bytes in one page or poll"
+    )
+    publish_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest a publish waits for the broker before 503"
+    )
     # paho numbers QoS 1 messages with 16-bit ids and stalls silently past 65,535 outstanding.
     # aiomqtt rescans its pending calls on every publish: measured here, a window of 50 gave
     # 15k events/s, 500 gave 9-10k/s, 5,000 gave 4k/s. 100 keeps most of the speed.
-    max_inflight: int = Field(default=100, ge=1, le=65_535)
-    read_limit_max: int = Field(default=1000, ge=1)
-    bridge_alive_s: AliveSeconds = BRIDGE_ALIVE_SECONDS
+    max_inflight: int = Field(
+        default=100,
+        ge=1,
+        le=65_535,
+        description="Most unacknowledged QoS 1 messages, all requests together",
+    )
+    read_limit_max: int = Field(
+        default=1000, ge=1, description="Largest `limit` for /events and /rejected"
+    )
+    bridge_alive_s: AliveSeconds = Field(default=BRIDGE_ALIVE_SECONDS, description=ALIVE_HELP)
     # The broker's per-client queue limits (Mosquitto's max_queued_messages and
     # max_queued_bytes; 0 = none), which it does not publish: /stats and /healthz measure
     # its queue against them. Defaults: those of supervise/mosquitto.conf.
-    broker_queue_max_messages: int = Field(default=1_000_000, ge=0)
-    broker_queue_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    broker_queue_max_messages: int = Field(
+        default=1_000_000, ge=0, description="The broker's queue limit per client, in messages"
+    )
+    broker_queue_max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=0, description="The broker's queue limit per client, in bytes"
+    )
     # Connection floods (api/server.py, api/stream.py): open /events/stream responses past
     # max_streams get 503; connections past max_connections (or the open-files limit less a
     # reserve) are answered 503 and closed; a request's headers must be complete within
     # header_timeout_s of the connection opening or its previous response (slowloris); an
     # idle keep-alive connection is closed after keep_alive_timeout_s.
-    max_streams: int = Field(default=1000, ge=1)
-    max_connections: int = Field(default=4096, ge=1)
-    header_timeout_s: float = Field(default=10.0, gt=0)
-    keep_alive_timeout_s: int = Field(default=5, ge=1)
+    max_streams: int = Field(default=1000, ge=1, description="Most open /events/stream responses")
+    max_connections: int = Field(default=4096, ge=1, description="Most connections at once")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A request's headers must be complete within this"
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, description="An idle keep-alive connection is closed after this"
+    )
     # LOGAGG_API_TOKEN, from the environment only: `logagg api` has no flag for it, because
     # a command line is visible to every user of the machine (ps, /proc/<pid>/cmdline).
     api_token: SecretStr | None = None
     # With a token, reads (GET) need it too unless this is true; publishing always does.
-    api_public_read: bool = False
+    api_public_read: bool = Field(
+        default=False, description="With a token, let reads through without it"
+    )
     # Host headers answered besides IP addresses, localhost and --host (api/guards.py): the
     # names clients use to reach the sidecar, e.g. the compose service name; * for any.
-    api_allowed_hosts: Names = ()
+    api_allowed_hosts: Names = Field(
+        default=(),
+        description="Comma-separated Host names answered besides IPs and localhost; * for any",
+    )
     # Origins (scheme://host:port) whose pages may call the API from a browser, with CORS.
-    api_allowed_origins: Names = ()
+    api_allowed_origins: Names = Field(
+        default=(), description="Comma-separated origins whose pages may call the API (CORS)"
+    )
 
     @property
     def store_options(self) -> StoreOptions:

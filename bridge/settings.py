@@ -55,23 +55,41 @@ StoreSetting = Annotated[
 # A bridge counts as alive while its last heartbeat is younger than this (it beats three
 # times per window); the bridge, `logagg ready` and the sidecar read the same setting.
 AliveSeconds = Annotated[float, Field(ge=0.3, le=3600)]
+ALIVE_HELP = "A bridge is alive while its last heartbeat is younger than this"
+STORE_HELP = (
+    "Store URL: sqlite:///relative/path, sqlite:////abs/path or"
+    " postgresql://user@host/db?schema=NAME"
+)
 
 
 class MqttSettings(BaseSettings):
     """Broker address and credentials, shared by every process that speaks MQTT."""
 
-    model_config = SettingsConfigDict(env_prefix="LOGAGG_", extra="forbid")
+    # defer_build: a model is compiled when first used, not when imported, so that
+    # `logagg --help` (which reads every command's fields) does not compile them all.
+    model_config = SettingsConfigDict(env_prefix="LOGAGG_", extra="forbid", defer_build=True)
 
-    broker: str = DEFAULT_BROKER
-    mqtt_username: str | None = None
+    broker: str = Field(
+        default=DEFAULT_BROKER, description="Broker URL, mqtt://host:port (mqtts:// for TLS)"
+    )
+    mqtt_username: str | None = Field(default=None, description="Broker login")
+    # LOGAGG_MQTT_PASSWORD, from the environment only: never a flag (see logagg.options).
     mqtt_password: SecretStr | None = None
-    mqtt_ca_file: str | None = None
-    mqtt_cert_file: str | None = None
-    mqtt_key_file: str | None = None
-    topic_prefix: Annotated[str, AfterValidator(check_prefix)] = DEFAULT_TOPIC_PREFIX
+    mqtt_ca_file: str | None = Field(
+        default=None, description="CA certificate to trust for mqtts://"
+    )
+    mqtt_cert_file: str | None = Field(default=None, description="Client certificate for mqtts://")
+    mqtt_key_file: str | None = Field(
+        default=None, description="Its private key (with --mqtt-cert-file)"
+    )
+    topic_prefix: Annotated[str, AfterValidator(check_prefix)] = Field(
+        default=DEFAULT_TOPIC_PREFIX, description="The MQTT topic prefix of log events"
+    )
     # 3.1.1 only for brokers without MQTT 5 (the embedded fallback): the bridge's session then
     # rides on clean_session=False and the broker's own in-flight limit.
-    mqtt_version: Literal["5", "3.1.1"] = "5"
+    mqtt_version: Literal["5", "3.1.1"] = Field(
+        default="5", description="5, or 3.1.1 for brokers without MQTT 5"
+    )
 
     @field_validator("broker")
     @classmethod
@@ -101,31 +119,63 @@ class MqttSettings(BaseSettings):
 
 
 class BridgeSettings(MqttSettings):
-    store: StoreSetting = DEFAULT_STORE
-    group: str | None = None
+    store: StoreSetting = Field(default=DEFAULT_STORE, description=STORE_HELP)
+    group: str | None = Field(
+        default=None, description="Share the stream with other bridges: $share/GROUP/…"
+    )
     # Several replicas on one host with one store and group need distinct ids: each keeps
     # its own session.
-    replica: int = Field(default=0, ge=0)
-    client_id: str = Field(default_factory=lambda data: default_client_id(data))
-    batch_size: int = Field(default=1000, ge=1, le=10_000)
-    max_payload_bytes: int = Field(default=DEFAULT_MAX_PAYLOAD_BYTES, ge=64)
-    max_event_nodes: int = Field(default=DEFAULT_MAX_EVENT_NODES, ge=64)
+    replica: int = Field(
+        default=0, ge=0, description="This replica's index, for the default client id"
+    )
+    client_id: str = Field(
+        default_factory=lambda data: default_client_id(data),
+        description="Fixed MQTT client id: the session is kept under it"
+        " (default logagg-bridge-HOST-DIGEST-REPLICA, DIGEST from store and topics)",
+    )
+    batch_size: int = Field(default=1000, ge=1, le=10_000, description="Most messages per commit")
+    max_payload_bytes: int = Field(
+        default=DEFAULT_MAX_PAYLOAD_BYTES, ge=64, description="Larger messages are rejected"
+    )
+    max_event_nodes: int = Field(
+        default=DEFAULT_MAX_EVENT_NODES, ge=64, description="Most JSON nodes in one event"
+    )
     # The bodies of one batch add up to at most this (a larger message goes alone). Parsed,
     # JSON costs up to ~31 times its text, so the default bounds a batch to ~65 MB whatever
     # it holds; twice this may wait to be taken meanwhile.
-    max_batch_bytes: int = Field(default=DEFAULT_MAX_BATCH_BYTES, ge=64 * 1024)
-    durability: Durability = Durability.FULL
+    max_batch_bytes: int = Field(
+        default=DEFAULT_MAX_BATCH_BYTES, ge=64 * 1024, description="Most payload bytes per commit"
+    )
+    durability: Durability = Field(
+        default=Durability.FULL, description="full (survives power loss), normal or off"
+    )
     # Long enough to ride out any outage a supervisor fixes; the broker keeps our queue meanwhile.
-    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=1, le=0xFFFFFFFE)
-    duplicate_log_per_s: int = Field(default=100, ge=0)
-    bridge_alive_s: AliveSeconds = BRIDGE_ALIVE_SECONDS
+    session_expiry_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=1,
+        le=0xFFFFFFFE,
+        description="How long the broker keeps the session of a bridge that is gone",
+    )
+    duplicate_log_per_s: int = Field(
+        default=100, ge=0, description="Duplicates logged by name each second"
+    )
+    bridge_alive_s: AliveSeconds = Field(default=BRIDGE_ALIVE_SECONDS, description=ALIVE_HELP)
     # PostgreSQL: how long one stuck session (a stopped bridge inside its transaction) may
     # hold the other bridges before the server ends it.
-    store_hold_s: float = Field(default=STORE_HOLD_SECONDS, gt=0, le=3600)
-    rejection_log_per_s: int = Field(default=100, ge=0)
+    store_hold_s: float = Field(
+        default=STORE_HOLD_SECONDS,
+        gt=0,
+        le=3600,
+        description="PostgreSQL: longest one stuck session may hold the others",
+    )
+    rejection_log_per_s: int = Field(
+        default=100, ge=0, description="Rejections logged by name each second"
+    )
     # Prometheus metrics at http://metrics_host:metrics_port/metrics; port 0 = off.
-    metrics_port: int = Field(default=0, ge=0, le=65535)
-    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Serve Prometheus metrics on this port (0: off)"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address for --metrics-port")
 
     @property
     def topic_filter(self) -> str:

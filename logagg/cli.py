@@ -1,8 +1,8 @@
 """`logagg`: one console script, a subcommand per process kind.
 
-Each subcommand parses flags, builds its settings (flags, then `LOGAGG_*`
-environment variables, then defaults), configures logging and calls one
-function. A flag left out is `None` here, so the environment can fill it.
+Each subcommand builds its settings (flags, then `LOGAGG_*` environment variables, then
+defaults: its options are the settings model's fields, see `logagg.options`), configures
+logging and calls one function.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ import asyncio
 import os
 from contextlib import closing
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings
 
-from bridge.event import describe
-from bridge.settings import BridgeSettings
+from api import ApiSettings
+from bridge import BridgeSettings
 from logagg import logs
+from logagg.options import with_settings
+from logagg.settings import UpSettings, ViewSettings
+from publisher import PublisherSettings
 
 app = typer.Typer(
     help="MQTT log aggregator: every event the broker accepted, stored exactly once.",
@@ -29,18 +30,6 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-S = TypeVar("S", bound=BaseSettings)
-
-Broker = Annotated[
-    str | None, typer.Option(help="Broker URL, mqtt://host:port (env LOGAGG_BROKER)")
-]
-Store = Annotated[
-    str | None,
-    typer.Option(
-        help="Store URL: sqlite:///relative/path, sqlite:////abs/path or "
-        "postgresql://user@host/db?schema=NAME (env LOGAGG_STORE)"
-    ),
-]
 LogLevel = Annotated[
     str, typer.Option(envvar="LOGAGG_LOG_LEVEL", help="debug, info, warning or error")
 ]
@@ -48,55 +37,12 @@ LogFormat = Annotated[
     logs.LogFormat,
     typer.Option(envvar="LOGAGG_LOG_FORMAT", help="text or json (one object a line)"),
 ]
-ApiUrl = Annotated[
-    str | None, typer.Option(help="The sidecar, http://host:port (env LOGAGG_API_URL)")
-]
-
-
-def settings(cls: type[S], **flags: Any) -> S:
-    """Build settings from the flags given; a bad value exits with the setting's name."""
-    try:
-        return cls(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as exc:
-        typer.echo(f"error: {describe(exc)}", err=True)
-        raise typer.Exit(2) from None
 
 
 @app.command()
+@with_settings(BridgeSettings)
 def bridge(
-    broker: Broker = None,
-    store: Store = None,
-    client_id: Annotated[
-        str | None,
-        typer.Option(
-            help="Fixed MQTT client id: the session is kept under it"
-            " (default logagg-bridge-HOST-DIGEST-REPLICA, DIGEST from store and topics)"
-        ),
-    ] = None,
-    replica: Annotated[
-        int | None, typer.Option(help="This replica's index, for the default client id")
-    ] = None,
-    group: Annotated[
-        str | None, typer.Option(help="Share the stream with other bridges: $share/GROUP/…")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Most messages per commit")] = None,
-    durability: Annotated[
-        str | None, typer.Option(help="full (survives power loss), normal or off")
-    ] = None,
-    max_payload_bytes: Annotated[
-        int | None, typer.Option(help="Larger messages are rejected")
-    ] = None,
-    mqtt_version: Annotated[
-        str | None, typer.Option(help="5, or 3.1.1 for brokers without MQTT 5")
-    ] = None,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Serve Prometheus metrics on this port (0: off)")
-    ] = None,
-    metrics_host: Annotated[
-        str | None, typer.Option(help="Address for --metrics-port (default 127.0.0.1)")
-    ] = None,
-    log_level: LogLevel = "info",
-    log_format: LogFormat = "text",
+    config: BridgeSettings, log_level: LogLevel = "info", log_format: LogFormat = "text"
 ) -> None:
     """Subscribe to logs/# and store every event exactly once."""
     from bridge.consumer import run_bridge
@@ -104,20 +50,6 @@ def bridge(
     from bridge.refusal import BrokerRefused
     from bridge.store import SchemaTooNew
 
-    config = settings(
-        BridgeSettings,
-        broker=broker,
-        store=store,
-        client_id=client_id,
-        replica=replica,
-        group=group,
-        batch_size=batch_size,
-        durability=durability,
-        max_payload_bytes=max_payload_bytes,
-        mqtt_version=mqtt_version,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
-    )
     logs.configure(log_level, log_format)
     try:
         asyncio.run(run_bridge(config))
@@ -127,23 +59,11 @@ def bridge(
 
 
 @app.command()
-def up(
-    broker: Broker = None,
-    store: Store = None,
-    host: Annotated[str | None, typer.Option(help="HTTP sidecar address")] = None,
-    port: Annotated[int | None, typer.Option(help="HTTP sidecar port")] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Where a broker started here keeps its data")
-    ] = None,
-    log_level: LogLevel = "info",
-    log_format: LogFormat = "text",
-) -> None:
+@with_settings(UpSettings)
+def up(config: UpSettings, log_level: LogLevel = "info", log_format: LogFormat = "text") -> None:
     """Run the whole system: broker (if none is running), bridge and HTTP sidecar."""
-    from logagg.up import UpSettings, run_up
+    from logagg.up import run_up
 
-    config = settings(
-        UpSettings, broker=broker, store=store, host=host, port=port, data_dir=data_dir
-    )
     logs.configure(log_level, log_format)
     # The bridge and the sidecar log the same way.
     os.environ.update(LOGAGG_LOG_LEVEL=log_level, LOGAGG_LOG_FORMAT=log_format)
@@ -151,49 +71,14 @@ def up(
 
 
 @app.command()
-def api(
-    host: Annotated[str | None, typer.Option(help="Listen address (default 127.0.0.1)")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port (default 8080)")] = None,
-    broker: Broker = None,
-    store: Store = None,
-    max_batch: Annotated[int | None, typer.Option(help="Most events per POST /publish")] = None,
-    max_body_bytes: Annotated[
-        int | None, typer.Option(help="Larger request bodies get 413")
-    ] = None,
-    max_payload_bytes: Annotated[
-        int | None, typer.Option(help="Larger events get 422 (the bridge would reject them)")
-    ] = None,
-    publish_timeout_s: Annotated[
-        float | None, typer.Option(help="Longest a publish waits for the broker before 503")
-    ] = None,
-    max_inflight: Annotated[
-        int | None, typer.Option(help="Most unacknowledged QoS 1 messages, all requests together")
-    ] = None,
-    read_limit_max: Annotated[
-        int | None, typer.Option(help="Largest `limit` for /events and /rejected")
-    ] = None,
-    log_level: LogLevel = "info",
-    log_format: LogFormat = "text",
-) -> None:
+@with_settings(ApiSettings)
+def api(config: ApiSettings, log_level: LogLevel = "info", log_format: LogFormat = "text") -> None:
     """Serve HTTP: POST /publish through the broker, GET /stats, /events, /rejected, /healthz."""
     import uvicorn
 
-    from api import ApiSettings, create_app
+    from api import create_app
     from api.server import raise_open_files_limit, server_config
 
-    config = settings(
-        ApiSettings,
-        host=host,
-        port=port,
-        broker=broker,
-        store=store,
-        max_batch=max_batch,
-        max_body_bytes=max_body_bytes,
-        max_payload_bytes=max_payload_bytes,
-        publish_timeout_s=publish_timeout_s,
-        max_inflight=max_inflight,
-        read_limit_max=read_limit_max,
-    )
     logs.configure(log_level, log_format)
     raise_open_files_limit()
     # log_config=None: uvicorn's loggers go through ours, in the same format.
@@ -202,38 +87,12 @@ def api(
 
 
 @app.command()
+# The flags these had before their settings got longer names (LOGAGG_BATCH_SIZE is the bridge's).
+@with_settings(
+    PublisherSettings, renamed={"http_batch_size": "--batch-size", "ack_timeout_s": "--ack-timeout"}
+)
 def publish(
-    count: Annotated[int | None, typer.Option(help="Messages to send, repeats included")] = None,
-    rate: Annotated[
-        float | None, typer.Option(help="Events per second, 0 = as fast as acknowledged")
-    ] = None,
-    topics: Annotated[
-        str | None, typer.Option(help="Comma-separated topics, published under logs/")
-    ] = None,
-    dup_ratio: Annotated[
-        float | None, typer.Option(help="Fraction of sends that repeat an event already sent")
-    ] = None,
-    out_of_order: Annotated[
-        float | None, typer.Option(help="Fraction of events stamped up to 5 minutes early")
-    ] = None,
-    via: Annotated[str | None, typer.Option(help="mqtt, or http through the sidecar")] = None,
-    broker: Broker = None,
-    api_url: Annotated[
-        str | None, typer.Option(help="Sidecar URL for --via http (env LOGAGG_API_URL)")
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(help="Events per POST for --via http (env LOGAGG_HTTP_BATCH_SIZE)"),
-    ] = None,
-    payload_bytes: Annotated[int | None, typer.Option(help="Approximate payload size")] = None,
-    seed: Annotated[int | None, typer.Option(help="Same seed, same stream (new ids)")] = None,
-    source: Annotated[str | None, typer.Option(help="The events' source field")] = None,
-    ack_timeout: Annotated[
-        float | None, typer.Option(help="Give up after this many seconds unacknowledged")
-    ] = None,
-    mqtt_version: Annotated[
-        str | None, typer.Option(help="5, or 3.1.1 for brokers without MQTT 5")
-    ] = None,
+    config: PublisherSettings,
     progress: Annotated[bool, typer.Option(help="Progress bar on a terminal")] = True,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object")
@@ -244,31 +103,8 @@ def publish(
     """Send simulated log events, with duplicates and late timestamps; print a summary."""
     import json
 
-    from publisher import (
-        PublishError,
-        PublisherSettings,
-        Summary,
-        run_publisher,
-        terminal_progress,
-    )
+    from publisher import PublishError, Summary, run_publisher, terminal_progress
 
-    config = settings(
-        PublisherSettings,
-        count=count,
-        rate=rate,
-        topics=topics,
-        dup_ratio=dup_ratio,
-        out_of_order=out_of_order,
-        via=via,
-        broker=broker,
-        api_url=api_url,
-        http_batch_size=batch_size,
-        payload_bytes=payload_bytes,
-        seed=seed,
-        source=source,
-        ack_timeout_s=ack_timeout,
-        mqtt_version=mqtt_version,
-    )
     logs.configure(log_level, log_format)
     summary: Summary | None
     error: str | None = None
@@ -384,26 +220,14 @@ def bench(
 
 
 @app.command()
+@with_settings(BridgeSettings)
 def ready(
-    store: Store = None,
-    client_id: Annotated[
-        str | None,
-        typer.Option(
-            help="The bridge asked about (default: the bridge's default for --store,"
-            " LOGAGG_GROUP and LOGAGG_TOPIC_PREFIX)"
-        ),
-    ] = None,
-    replica: Annotated[
-        int | None, typer.Option(help="Its replica index, for the default client id")
-    ] = None,
-    log_level: LogLevel = "warning",
-    log_format: LogFormat = "text",
+    config: BridgeSettings, log_level: LogLevel = "warning", log_format: LogFormat = "text"
 ) -> None:
     """Exit 0 when this bridge (by client id, as `logagg bridge` names it: the same flags and
     LOGAGG_* variables) has subscribed and is alive on this store (for health checks)."""
     from bridge.store import StoreOptions, StoreUnavailable, open_reader
 
-    config = settings(BridgeSettings, store=store, client_id=client_id, replica=replica)
     logs.configure(log_level, log_format)
     try:
         with closing(open_reader(config.store, StoreOptions(alive_s=config.bridge_alive_s))) as db:
@@ -422,7 +246,9 @@ def ready(
 
 
 @app.command()
+@with_settings(ViewSettings)
 def tail(
+    config: ViewSettings,
     topic: Annotated[str | None, typer.Option(help="Only this topic")] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Then print each event as it is stored")
@@ -430,16 +256,14 @@ def tail(
     lines: Annotated[
         int, typer.Option("--lines", "-n", min=0, help="How many of the newest to print")
     ] = 10,
-    api_url: ApiUrl = None,
     log_level: LogLevel = "warning",
     log_format: LogFormat = "text",
 ) -> None:
     """Print the newest stored events, one a line: seq time topic source event_id payload."""
-    from logagg.views import ViewError, ViewSettings, latest, one_line, sidecar
+    from logagg.views import ViewError, latest, one_line, sidecar
     from logagg.views import follow as follow_events
     from supervise.process import interrupt_on_stop_signals
 
-    config = settings(ViewSettings, api_url=api_url)
     logs.configure(log_level, log_format)
     interrupt_on_stop_signals()
     try:
@@ -455,16 +279,16 @@ def tail(
 
 
 @app.command()
+@with_settings(ViewSettings)
 def stats(
-    api_url: ApiUrl = None,
+    config: ViewSettings,
     json_output: Annotated[bool, typer.Option("--json", help="Print /stats as JSON")] = False,
     log_level: LogLevel = "warning",
     log_format: LogFormat = "text",
 ) -> None:
     """Print the counters: received, stored, duplicates, rejected (by reason), per topic."""
-    from logagg.views import ViewError, ViewSettings, fetch_stats, sidecar, summary
+    from logagg.views import ViewError, fetch_stats, sidecar, summary
 
-    config = settings(ViewSettings, api_url=api_url)
     logs.configure(log_level, log_format)
     try:
         with sidecar(config) as client:

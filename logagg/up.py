@@ -16,13 +16,11 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 
-from pydantic import Field
-
-from bridge.settings import BridgeSettings
 from logagg.embedded import WARNING as EMBEDDED_WARNING
+from logagg.options import as_environment
+from logagg.settings import UpSettings
 from supervise.mosquitto import (
     PROJECT_CONFIG,
     Mosquitto,
@@ -41,12 +39,6 @@ EXAMPLE_MQTT = (
     '{"event_id":"e1","timestamp":"2026-11-26T12:00:00Z","source":"cli","payload":{"msg":"hi"}}'
 )
 EXAMPLE_HTTP = EXAMPLE_MQTT.replace('{"event_id"', '{"topic":"auth.prod","event_id"', 1)
-
-
-class UpSettings(BridgeSettings):
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
-    data_dir: Path = Path("data")
 
 
 @dataclass
@@ -127,9 +119,9 @@ def run_up(settings: UpSettings) -> int:
 
     broker, mqtt_version = choose_broker(settings)
     address = settings.address
-    # URLs go through the environment, not argv: they may carry passwords, and every user
-    # of the machine can read a process's command line.
-    env = {**os.environ, "LOGAGG_BROKER": settings.broker, "LOGAGG_STORE": settings.store.url}
+    # Every setting goes through the environment, not argv: URLs may carry passwords, and
+    # every user of the machine can read a process's command line.
+    env = {**os.environ, **as_environment(settings)}
     bridge = ManagedProcess(
         "bridge",
         _logagg("bridge", "--client-id", settings.client_id, "--mqtt-version", mqtt_version),

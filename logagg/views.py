@@ -14,13 +14,12 @@ from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 
 import httpx
-from pydantic import SecretStr, TypeAdapter
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import TypeAdapter
 
 from api.models import EventPage, StatsReport, busiest_topics
 from bridge.backoff import Backoff
 from bridge.store import StoredEvent
-from publisher.settings import DEFAULT_API_URL, SidecarUrl
+from logagg.settings import ViewSettings
 
 logger = logging.getLogger("logagg.views")
 
@@ -30,14 +29,6 @@ TIMEOUT = httpx.Timeout(10.0, read=60.0)
 TOPICS_SHOWN = 20
 # Control characters would break the one-line format (or drive the terminal).
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
-
-
-class ViewSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LOGAGG_", extra="forbid")
-
-    api_url: SidecarUrl = DEFAULT_API_URL
-    # LOGAGG_API_TOKEN, as the sidecar has it; environment only, never a flag.
-    api_token: SecretStr | None = None
 
 
 class ViewError(Exception):

@@ -33,25 +33,45 @@ SidecarUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class PublisherSettings(MqttSettings):
-    count: int = Field(default=1000, ge=1)
+    count: int = Field(default=1000, ge=1, description="Messages to send, repeats included")
     # Events per second; 0 sends as fast as the broker (or sidecar) acknowledges.
-    rate: float = Field(default=0.0, ge=0)
-    topics: Annotated[list[Name], NoDecode, BeforeValidator(_split_commas)] = Field(
-        default=list(DEFAULT_TOPICS), min_length=1
+    rate: float = Field(
+        default=0.0, ge=0, description="Events per second, 0 = as fast as acknowledged"
     )
-    dup_ratio: float = Field(default=0.2, ge=0, lt=1)
-    out_of_order: float = Field(default=0.1, ge=0, le=1)
-    via: Literal["mqtt", "http"] = "mqtt"
-    api_url: SidecarUrl = DEFAULT_API_URL
+    topics: Annotated[list[Name], NoDecode, BeforeValidator(_split_commas)] = Field(
+        default=list(DEFAULT_TOPICS),
+        min_length=1,
+        description="Comma-separated topics, published under the prefix",
+    )
+    dup_ratio: float = Field(
+        default=0.2, ge=0, lt=1, description="Fraction of sends that repeat an event already sent"
+    )
+    out_of_order: float = Field(
+        default=0.1, ge=0, le=1, description="Fraction of events stamped up to 5 minutes early"
+    )
+    via: Literal["mqtt", "http"] = Field(
+        default="mqtt", description="mqtt, or http through the sidecar"
+    )
+    api_url: SidecarUrl = Field(default=DEFAULT_API_URL, description="The sidecar, for --via http")
     # The sidecar's LOGAGG_API_TOKEN, sent as a bearer token; environment only, never a flag.
     api_token: SecretStr | None = None
     # Not `batch_size`: LOGAGG_BATCH_SIZE is the bridge's commit batch.
-    http_batch_size: int = Field(default=500, ge=1, le=10_000)
+    http_batch_size: int = Field(
+        default=500, ge=1, le=10_000, description="Events per POST for --via http"
+    )
     # Room for the envelope keeps every message under the bridge's default size limit.
-    payload_bytes: int = Field(default=100, ge=0, le=DEFAULT_MAX_PAYLOAD_BYTES - 1024)
-    seed: int | None = None
+    payload_bytes: int = Field(
+        default=100,
+        ge=0,
+        le=DEFAULT_MAX_PAYLOAD_BYTES - 1024,
+        description="Approximate payload size",
+    )
+    seed: int | None = Field(default=None, description="Same seed, same stream (new ids)")
     source: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)] = Field(
-        default_factory=lambda: f"logagg-publish@{socket.gethostname()}"
+        default_factory=lambda: f"logagg-publish@{socket.gethostname()}",
+        description="The events' source field (default logagg-publish@HOST)",
     )
     # Give up when nothing is acknowledged for this long while something waits for it.
-    ack_timeout_s: float = Field(default=30.0, gt=0)
+    ack_timeout_s: float = Field(
+        default=30.0, gt=0, description="Give up after this many seconds unacknowledged"
+    )

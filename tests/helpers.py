@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,12 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from playwright.sync_api import Browser, Page
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner, Result
 
 from api import ApiSettings, create_app
 from api.server import server_config
 from bridge.store import Stats, StoreUnavailable, open_reader, parse_store_url
+from logagg.cli import app
 from supervise.mosquitto import PROJECT_CONFIG, Mosquitto, find_mosquitto, free_port
 from supervise.process import stop_process
 
@@ -349,3 +351,14 @@ def compose(path: Path = COMPOSE) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text())
     assert isinstance(data, dict), f"{path.name} is not a mapping"
     return data
+
+
+def logagg_cli(*args: str, env: Mapping[str, str | None] | None = None) -> Result:
+    """`logagg ARGS` run in this process (stdout and stderr apart), where a subprocess is not
+    the point; the signal handlers a command installs (`tail`) are put back after."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return CliRunner().invoke(app, list(args), env=env)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

@@ -15,6 +15,7 @@ import pytest
 
 from bench import chart_read
 from bench.broker_queue import measure
+from tests.helpers import logagg_cli
 
 pytestmark = pytest.mark.broker
 
@@ -51,14 +52,8 @@ def test_bench_quick_runs_every_scenario_with_exact_counts(tmp_path: Path) -> No
 
 def test_bench_refuses_an_unknown_scenario() -> None:
     """A typo in --skip is an error, not a silently fuller run."""
-    done = subprocess.run(
-        [sys.executable, "-m", "logagg", "bench", "--quick", "--skip", "drian"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2
+    done = logagg_cli("bench", "--quick", "--skip", "drian")
+    assert done.exit_code == 2
     assert "unknown scenario" in done.stderr
 
 

@@ -30,7 +30,7 @@ import yaml
 
 from supervise.mosquitto import Mosquitto, free_port, port_open
 from supervise.process import stop_process
-from tests.helpers import COMPOSE, ROOT, compose
+from tests.helpers import COMPOSE, ROOT, compose, logagg_cli
 
 # The scaled-out stack: a file of its own, so it never runs beside the SQLite bridge.
 COMPOSE_SCALE = ROOT / "compose.scale.yaml"
@@ -39,7 +39,6 @@ RUN_LOCK = ROOT / "requirements" / "run.txt"
 VENV_BIN = Path(sys.executable).parent  # hadolint and check-jsonschema come with the dev extra
 # Wide and plain, so typer's help never wraps or colours an option name.
 HELP_ENV_EXTRA = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
-HELP_ENV = {**os.environ, **HELP_ENV_EXTRA}
 
 # The project's top-level packages, as pyproject.toml tells setuptools to find them.
 SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -199,14 +198,8 @@ def test_compose_healthchecks_ask_about_their_own_bridge() -> None:
 def test_shipped_commands_are_real_logagg_commands(command: list[str]) -> None:
     assert command[0] == "logagg", f"not a logagg command: {command}"
     subcommand = command[1]
-    result = subprocess.run(
-        [sys.executable, "-m", "logagg", subcommand, "--help"],
-        capture_output=True,
-        text=True,
-        env=HELP_ENV,
-        timeout=60,
-    )
-    assert result.returncode == 0, f"`logagg {subcommand}` is not a subcommand:\n{result.stderr}"
+    result = logagg_cli(subcommand, "--help", env=HELP_ENV_EXTRA)
+    assert result.exit_code == 0, f"`logagg {subcommand}` is not a subcommand:\n{result.stderr}"
     flags = {arg.split("=")[0] for arg in command[2:] if arg.startswith("--")}
     for flag in sorted(flags):
         # Whole option names only: --store must not be found inside --store-timeout.

@@ -281,16 +281,6 @@ def test_cli_publish_failure_still_prints_json() -> None:
     assert "could not connect" in summary["error"]
 
 
-def test_cli_publish_bad_flag_names_the_setting() -> None:
-    """A bad value exits 2 with the setting's name, before connecting anywhere."""
-    done = subprocess.run(
-        [sys.executable, "-m", "logagg", "publish", "--dup-ratio", "1.5"],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert "dup_ratio" in done.stderr
-
-
 # Through HTTP: a stand-in for the sidecar, until api/ has an end-to-end test of its own.
 
 

@@ -170,7 +170,7 @@ def test_token_with_surrounding_whitespace_is_refused_at_start(token: str) -> No
     exits at once with a reason that names the setting, not its value."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOGAGG_")}
     output = _run(["api", "--port", str(free_port())], {**env, "LOGAGG_API_TOKEN": token})
-    assert output.startswith("error: api_token: Value error, must not start or end with white")
+    assert output.startswith("error: LOGAGG_API_TOKEN: Value error, must not start or end with")
     assert TOKEN not in output
 
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from logagg import up as up_module
-from logagg.up import UpSettings
+from logagg.settings import UpSettings
 from supervise.mosquitto import free_port, port_open
 from supervise.process import stop_process
 from tests.helpers import BridgeProcess, make_stream, publish_raw, wait_for_stats

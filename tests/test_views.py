@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from tests.helpers import (
     LOGAGG,
     Sidecar,
     event,
+    logagg_cli,
     nowhere,
     publish_raw,
     wait_for_stats,
@@ -42,13 +42,9 @@ def client(client: httpx.Client, broker: Mosquitto, store_url: str) -> httpx.Cli
     return client
 
 
-def logagg(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LOGAGG, *args], capture_output=True, text=True, timeout=60)
-
-
 def test_stats_prints_the_counters(client: httpx.Client) -> None:
-    done = logagg("stats", "--api-url", str(client.base_url))
-    assert done.returncode == 0, done.stderr
+    done = logagg_cli("stats", "--api-url", str(client.base_url))
+    assert done.exit_code == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["received", "6"]
     assert lines[1].split() == ["stored", "4", "unique", "(topic,", "event_id)"]
@@ -64,7 +60,7 @@ def test_stats_prints_the_counters(client: httpx.Client) -> None:
 
 
 def test_stats_json_is_the_stats_endpoint(client: httpx.Client) -> None:
-    done = logagg("stats", "--json", "--api-url", str(client.base_url))
+    done = logagg_cli("stats", "--json", "--api-url", str(client.base_url))
     printed, served = json.loads(done.stdout), client.get("/stats").json()
     assert printed.pop("uptime_s") > 0
     served.pop("uptime_s")
@@ -80,27 +76,24 @@ def test_stats_and_tail_send_the_token_from_the_environment(
 ) -> None:
     token = "a-token-of-16-chars-or-more"
     locked = str(sidecar(broker.url, api_token=token).base_url)
-    refused = logagg("stats", "--api-url", locked)
-    assert refused.returncode == 1
+    refused = logagg_cli("stats", "--api-url", locked, env={"LOGAGG_API_TOKEN": None})
+    assert refused.exit_code == 1
     assert "answered 401" in refused.stderr
     assert "set LOGAGG_API_TOKEN" in refused.stderr
-    env = {**os.environ, "LOGAGG_API_TOKEN": token}
     for command in (["stats"], ["tail", "-n", "1"]):
-        done = subprocess.run(
-            [*LOGAGG, *command, "--api-url", locked], env=env, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
+        done = logagg_cli(*command, "--api-url", locked, env={"LOGAGG_API_TOKEN": token})
+        assert done.exit_code == 0, done.stderr
 
 
 def test_tail_prints_the_newest_events_one_a_line(client: httpx.Client) -> None:
-    done = logagg("tail", "-n", "2", "--api-url", str(client.base_url))
-    assert done.returncode == 0, done.stderr
+    done = logagg_cli("tail", "-n", "2", "--api-url", str(client.base_url))
+    assert done.exit_code == 0, done.stderr
     seqs = [e["seq"] for e in client.get("/events").json()["events"]]
     assert done.stdout.splitlines() == [
         f'{seqs[2]} 2026-11-26T12:00:00+00:00 db.prod test e3 {{"msg":"hello e3"}}',
         f'{seqs[3]} 2026-11-26T12:00:00+00:00 auth.prod test e4 {{"n":4,"ok":true}}',
     ]
-    only_db = logagg("tail", "--topic", "db.prod", "--api-url", str(client.base_url))
+    only_db = logagg_cli("tail", "--topic", "db.prod", "--api-url", str(client.base_url))
     assert [line.split()[4] for line in only_db.stdout.splitlines()] == ["e3"]
 
 
@@ -159,6 +152,6 @@ def test_follow_resumes_where_an_ended_stream_stopped(
 def test_tail_and_stats_say_when_the_sidecar_is_unreachable() -> None:
     url = nowhere().replace("mqtt://", "http://")
     for command in (["tail"], ["tail", "-f"], ["stats"]):
-        done = logagg(*command, "--api-url", url)
-        assert done.returncode == 1
+        done = logagg_cli(*command, "--api-url", url)
+        assert done.exit_code == 1
         assert done.stderr.startswith(f"error: cannot reach the sidecar at {url}")

@@ -27,9 +27,9 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from bridge.backoff import Backoff
 from bridge.broker import make_client
 from bridge.event import Event, parse_message
-from bridge.inbox import Inbox, Received
 from bridge.lograte import RateLimitedLog
 from bridge.metrics import BridgeMetrics, serving
+from bridge.receive.inbox import Inbox, Received
 from bridge.refusal import Refusals
 from bridge.session import session_options
 from bridge.settings import BridgeSettings

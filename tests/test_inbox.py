@@ -1,7 +1,7 @@
 """Pins the aiomqtt and paho-mqtt behaviour the receive path relies on, against a real broker.
 
-bridge/inbox.py reads from aiomqtt's private paho client and acknowledges itself,
-replacing three of that client's methods (see bridge/paho_internals.py); if a release
+bridge/receive/inbox.py reads from aiomqtt's private paho client and acknowledges itself,
+replacing three of that client's methods (see bridge/receive/paho_internals.py); if a release
 changes how they behave, these tests say so before any data is at risk
 (tests/test_paho_internals.py checks the members are still there).
 """
@@ -26,10 +26,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.acks import Acks
-from bridge.inbox import Inbox, Received
+from bridge.receive.acks import Acks
+from bridge.receive.inbox import Inbox, Received
+from bridge.receive.wire import PUBACK, READ_SIZE
 from bridge.session import session_options
-from bridge.wire import PUBACK, READ_SIZE
 from supervise.mosquitto import Mosquitto, free_port
 from tests.helpers import publish_raw
 

@@ -1,6 +1,6 @@
 """Fails loudly, naming what changed, when an aiomqtt or paho-mqtt upgrade moves what the
 inbox relies on: the releases it is proven against, and each private member
-bridge/paho_internals.py names, with the shape it expects."""
+bridge/receive/paho_internals.py names, with the shape it expects."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bridge.paho_internals import (
+from bridge.receive.paho_internals import (
     AIOMQTT_PAHO_CLIENT,
     HANDLE_PUBLISH,
     IN_PACKET,
@@ -30,7 +30,7 @@ from bridge.paho_internals import (
     SOCK_RECV,
 )
 
-RECHECK = "re-check each member bridge/paho_internals.py names against the new source"
+RECHECK = "re-check each member bridge/receive/paho_internals.py names against the new source"
 
 # The methods the inbox replaces or calls, with the parameters (after self) it passes.
 METHODS = {
@@ -62,7 +62,7 @@ def test_pyproject_pins_the_proven_minor_release(dist: str) -> None:
     pin = f"{dist}>={major}.{minor},<{major}.{int(minor) + 1}"
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert pin in pyproject["project"]["dependencies"], (
-        f"pyproject.toml should pin {pin!r}, the release bridge/paho_internals.py is proven on"
+        f"pyproject.toml should pin {pin!r}, the release the receive path is proven on"
     )
 
 

@@ -39,10 +39,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from bridge.acks import Acks, Connection
-from bridge.backlog import Backlog, ReadPause
-from bridge.paho_internals import PahoInternals
-from bridge.wire import ReadBuffer, decode_publish
+from bridge.receive.acks import Acks, Connection
+from bridge.receive.backlog import Backlog, ReadPause
+from bridge.receive.paho_internals import PahoInternals
+from bridge.receive.wire import ReadBuffer, decode_publish
 
 # Socket reads per wake-up: the loop also has commits to await and acks to send.
 READS_PER_WAKEUP = 4

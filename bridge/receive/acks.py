@@ -20,7 +20,7 @@ from typing import Protocol
 
 from paho.mqtt.enums import MQTTErrorCode
 
-from bridge.wire import PUBACK, pubacks
+from bridge.receive.wire import PUBACK, pubacks
 
 
 class Connection:

@@ -107,9 +107,11 @@ def table(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lines = [
         f"logagg bench  {m['date']}  nproc {m['nproc']}  {m['cpu']}  Python {m['python']}",
-        f"  durability {cfg['durability']}, payload {cfg['payload_bytes']} B, "
-        f"dup ratio {cfg['dup_ratio']}, {m['mosquitto']}, load average at start "
-        f"{m['loadavg_1m_at_start']}",
+        (
+            f"  durability {cfg['durability']}, payload {cfg['payload_bytes']} B, "
+            f"dup ratio {cfg['dup_ratio']}, {m['mosquitto']}, load average at start "
+            f"{m['loadavg_1m_at_start']}"
+        ),
     ]
     if d := report.get("drain"):
         b, r = d["baseline"], d["bridge"]
@@ -117,14 +119,22 @@ def table(report: dict[str, Any]) -> str:
         label = f"{who}{d['store']})"
         lines += [
             "",
-            f"drain ({_n(d['messages'])} queued messages, median of {d['repeat']})"
-            "      events/s   CPU s/1000   peak RSS",
-            f"  baseline (bare aiomqtt, counts)     {_n(b['events_per_s']):>9}"
-            f"   {b['cpu_s_per_1000']:>10.4f}",
-            f"  {label:<36}{_n(r['events_per_s']):>9}"
-            f"   {r['cpu_s_per_1000']:>10.4f}   {r['peak_rss_mb']:>6.1f} MB",
-            f"  bridge / baseline                   {d['ratio']['throughput']:>8.2f}x"
-            f"   {d['ratio']['cpu']:>9.2f}x",
+            (
+                f"drain ({_n(d['messages'])} queued messages, median of {d['repeat']})"
+                "      events/s   CPU s/1000   peak RSS"
+            ),
+            (
+                f"  baseline (bare aiomqtt, counts)     {_n(b['events_per_s']):>9}"
+                f"   {b['cpu_s_per_1000']:>10.4f}"
+            ),
+            (
+                f"  {label:<36}{_n(r['events_per_s']):>9}"
+                f"   {r['cpu_s_per_1000']:>10.4f}   {r['peak_rss_mb']:>6.1f} MB"
+            ),
+            (
+                f"  bridge / baseline                   {d['ratio']['throughput']:>8.2f}x"
+                f"   {d['ratio']['cpu']:>9.2f}x"
+            ),
         ]
     if sc := report.get("scaling"):
         lines += [
@@ -142,10 +152,14 @@ def table(report: dict[str, Any]) -> str:
     if lat := report.get("latency"):
         lines += [
             "",
-            f"latency (live, {_n(lat['rate'])}/s for {lat['duration_s']:g} s, "
-            f"{_n(lat['events'])} events)",
-            f"  publish → queryable   p50 {lat['p50_ms']} ms   p99 {lat['p99_ms']} ms"
-            f"   max {lat['max_ms']} ms   (bridge CPU {lat['bridge_cpu_percent']}%)",
+            (
+                f"latency (live, {_n(lat['rate'])}/s for {lat['duration_s']:g} s, "
+                f"{_n(lat['events'])} events)"
+            ),
+            (
+                f"  publish → queryable   p50 {lat['p50_ms']} ms   p99 {lat['p99_ms']} ms"
+                f"   max {lat['max_ms']} ms   (bridge CPU {lat['bridge_cpu_percent']}%)"
+            ),
         ]
     if h := report.get("http"):
         lines += [
@@ -156,12 +170,18 @@ def table(report: dict[str, Any]) -> str:
     if g := report.get("growth"):
         lines += [
             "",
-            f"growth (fresh store vs {_n(g['prefill_events'])} events, "
-            f"prefilled in {g['prefill_s']} s)       fresh    prefilled   ratio",
-            f"  store alone, record()           {_n(g['store_fresh_per_s']):>9}/s"
-            f" {_n(g['store_prefilled_per_s']):>9}/s   {g['store_ratio']:.2f}x",
-            f"  bridge draining a backlog       {_n(g['bridge_fresh_per_s']):>9}/s"
-            f" {_n(g['bridge_prefilled_per_s']):>9}/s   {g['bridge_ratio']:.2f}x",
+            (
+                f"growth (fresh store vs {_n(g['prefill_events'])} events, "
+                f"prefilled in {g['prefill_s']} s)       fresh    prefilled   ratio"
+            ),
+            (
+                f"  store alone, record()           {_n(g['store_fresh_per_s']):>9}/s"
+                f" {_n(g['store_prefilled_per_s']):>9}/s   {g['store_ratio']:.2f}x"
+            ),
+            (
+                f"  bridge draining a backlog       {_n(g['bridge_fresh_per_s']):>9}/s"
+                f" {_n(g['bridge_prefilled_per_s']):>9}/s   {g['bridge_ratio']:.2f}x"
+            ),
         ]
     if mem := report.get("memory"):
         curve = ", ".join(f"{_n(s['events'])}: {s['peak_rss_mb']:.0f}" for s in mem["samples"][::3])

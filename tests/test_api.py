@@ -147,8 +147,10 @@ def test_publish_invalid_item_names_index_and_field_and_publishes_nothing(
         (b"{not json", None, None, "not JSON"),
         (b"[]", None, None, "empty batch"),
         (
-            b'{"topic":"t","event_id":"e","timestamp":"2026-11-26T12:00:00Z","source":"s",'
-            b'"payload":{"x":NaN}}',
+            (
+                b'{"topic":"t","event_id":"e","timestamp":"2026-11-26T12:00:00Z","source":"s",'
+                b'"payload":{"x":NaN}}'
+            ),
             None,
             None,
             "NaN is not JSON",

@@ -329,7 +329,7 @@ class FakeSidecar:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, format: str, *args: Any) -> None:
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the stdlib signature)
                 pass
 
         return Handler

@@ -3,15 +3,16 @@ old event is found; a read past the query timeout is stopped."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
+from collections.abc import Sequence
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+import bridge.store.sqlite as sqlite_store
 from bridge.query import QueryError, parse_query
 from bridge.store import (
     QueryTimeout,
@@ -21,59 +22,58 @@ from bridge.store import (
     open_writer,
     parse_store_url,
 )
+from bridge.store.sqlite_search import Indexed, index_events
 from tests.test_search import NOW, random_events
 
-# The schema 2 tables an upgrade changes, as logagg before search created them.
-_SCHEMA_2 = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT INTO meta (key, value) VALUES ('schema_version', '2');
-CREATE TABLE events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    timestamp TEXT NOT NULL,
-    source TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    UNIQUE (topic, event_id)
-);
-CREATE INDEX events_topic_seq ON events (topic, seq);
-CREATE TABLE topic_stats (
-    topic TEXT PRIMARY KEY,
-    unique_processed INTEGER NOT NULL,
-    duplicate_dropped INTEGER NOT NULL
-);
+# What schema 3 added: without it, a store is as logagg before search left it.
+_BACK_TO_SCHEMA_2 = """
+DROP TABLE events_fts;
+DROP TABLE minute_seqs;
+DROP INDEX events_topic_ts;
+ALTER TABLE events DROP COLUMN ts;
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
 """
 
 
 def test_a_store_from_before_search_is_upgraded_and_every_event_found(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Upgraded on open, in steps that each commit: killed midway, the next open resumes."""
     path = tmp_path / "v2.db"
-    events = random_events(300, seed=3)
-    with closing(sqlite3.connect(path)) as conn, conn:
-        conn.executescript(_SCHEMA_2)
-        conn.executemany(
-            "INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
-            " VALUES (?, ?, ?, ?, ?, '2026-12-01T00:00:00.000000+00:00')",
-            [
-                (e.topic, e.event_id, e.timestamp.isoformat(), e.source, json.dumps(e.payload))
-                for e in events
-            ],
-        )
     url = parse_store_url(f"sqlite:///{path}")
+    events = random_events(300, seed=3)
+    with closing(open_writer(url)) as store:
+        store.record(events, [])
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executescript(_BACK_TO_SCHEMA_2)
     everything = parse_query([("limit", "1000")], now=NOW)
     assert not isinstance(everything, QueryError)
+
+    # The first upgrade dies after indexing 100 events: search says how far it got.
+    monkeypatch.setattr(sqlite_store, "_UPGRADE_FIRST_STEP", 100)
+
+    def index_once(conn: sqlite3.Connection, stored: Sequence[Indexed]) -> None:
+        monkeypatch.setattr(f"{sqlite_store.__name__}.index_events", crash)
+        index_events(conn, stored)
+
+    def crash(conn: sqlite3.Connection, stored: Sequence[Indexed]) -> None:
+        raise RuntimeError("killed mid-upgrade")
+
+    monkeypatch.setattr(f"{sqlite_store.__name__}.index_events", index_once)
+    with pytest.raises(RuntimeError, match="killed mid-upgrade"):
+        open_writer(url)
     with (
         closing(open_reader(url)) as reader,
-        pytest.raises(StoreUnavailable, match="search is not ready"),
+        pytest.raises(StoreUnavailable, match=r"search is not ready: .* \(33% done\)"),
     ):
         reader.search(everything)
 
+    monkeypatch.setattr(f"{sqlite_store.__name__}.index_events", index_events)
     with caplog.at_level(logging.INFO, "logagg.bridge.store"):
         open_writer(url).close()
     assert "100% indexed" in caplog.text
-    assert "300 events indexed in" in caplog.text
+    assert "indexing up to 200 stored events" in caplog.text
+    assert "200 events indexed in" in caplog.text
 
     with closing(open_reader(url)) as reader:
         stored = reader.search(everything)

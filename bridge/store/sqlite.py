@@ -63,6 +63,7 @@ _CHUNK = 500
 # The upgrade to schema 3 indexes old events in transactions of about this long, so that
 # it never holds the store for much longer at a time; and logs its progress every 5%.
 _UPGRADE_STEP_S = 0.05
+_UPGRADE_FIRST_STEP = 1000  # events in the first transaction; then adapted to the time
 _UPGRADE_REPORT_SHARE = 0.05
 # A read checks its deadline every this many SQLite VM instructions (about a millisecond).
 _TIMEOUT_CHECK_STEPS = 10_000
@@ -286,7 +287,7 @@ class SQLiteWriter(SQLiteReader):
         (done,) = conn.execute(
             "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?", (_INDEXED_THROUGH,)
         ).fetchone()
-        started, total, step, reported = time.monotonic(), last - done, 1000, 0.0
+        started, total, step, reported = time.monotonic(), last - done, _UPGRADE_FIRST_STEP, 0.0
         logger.info(
             "upgrading %s to schema %d: indexing up to %d stored events for search; the bridge"
             " consumes once this is done",

@@ -288,6 +288,7 @@ class SQLiteWriter(SQLiteReader):
             "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?", (_INDEXED_THROUGH,)
         ).fetchone()
         started, total, step, reported = time.monotonic(), last - done, _UPGRADE_FIRST_STEP, 0.0
+        longest = 0.0
         logger.info(
             "upgrading %s to schema %d: indexing up to %d stored events for search; the bridge"
             " consumes once this is done",
@@ -322,7 +323,8 @@ class SQLiteWriter(SQLiteReader):
                     conn.execute("ROLLBACK")
                 raise
             took = time.monotonic() - began
-            step = max(100, min(100_000, int(step * _UPGRADE_STEP_S / max(took, 1e-3))))
+            longest = max(longest, took)
+            step = max(100, min(2 * step, int(step * _UPGRADE_STEP_S / max(took, 1e-3))))
             share = 1 - (last - done) / total
             if share >= reported + _UPGRADE_REPORT_SHARE or done >= last:
                 reported = share
@@ -339,12 +341,14 @@ class SQLiteWriter(SQLiteReader):
             )
         took = time.monotonic() - started
         logger.info(
-            "upgraded %s to schema %d: %d events indexed in %.1f s (%.0f events/s)",
+            "upgraded %s to schema %d: %d events indexed in %.1f s (%.0f events/s; the"
+            " store held at most %.0f ms at a time)",
             self.path,
             SCHEMA_VERSION,
             total,
             took,
             total / max(took, 1e-3),
+            1000 * longest,
         )
 
     def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome:

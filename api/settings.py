@@ -16,7 +16,7 @@ from bridge.settings import (
     MqttSettings,
     StoreSetting,
 )
-from bridge.store import BRIDGE_ALIVE_SECONDS, StoreOptions
+from bridge.store import BRIDGE_ALIVE_SECONDS, QUERY_TIMEOUT_SECONDS, StoreOptions
 
 MIN_TOKEN_LENGTH = 16
 # JSON nodes in one request body: parsed, about 65 MB at worst (see DEFAULT_MAX_EVENT_NODES),
@@ -82,6 +82,13 @@ class ApiSettings(MqttSettings):
     read_limit_max: int = Field(
         default=1000, ge=1, description="Largest `limit` for /events and /rejected"
     )
+    query_timeout_s: float = Field(
+        default=QUERY_TIMEOUT_SECONDS,
+        gt=0,
+        le=3600,
+        description="Each read of the store (a page, a search, a histogram) is stopped past "
+        "this and answered 503: a query too expensive as asked, not a store down",
+    )
     bridge_alive_s: AliveSeconds = Field(default=BRIDGE_ALIVE_SECONDS, description=ALIVE_HELP)
     # The broker's per-client queue limits (Mosquitto's max_queued_messages and
     # max_queued_bytes; 0 = none), which it does not publish: /stats and /healthz measure
@@ -125,8 +132,9 @@ class ApiSettings(MqttSettings):
 
     @property
     def store_options(self) -> StoreOptions:
-        """The sidecar only reads: of the store's options, the alive window is its own."""
-        return StoreOptions(alive_s=self.bridge_alive_s)
+        """The sidecar only reads: of the store's options, the alive window and the query
+        timeout are its own."""
+        return StoreOptions(alive_s=self.bridge_alive_s, query_timeout_s=self.query_timeout_s)
 
     @field_validator("api_token")
     @classmethod

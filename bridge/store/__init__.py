@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from bridge.store.base import (
     BatchOutcome,
+    Bucket,
     EventKey,
+    QueryTimeout,
     Refused,
     SchemaTooNew,
     Stats,
@@ -20,6 +22,7 @@ from bridge.store.base import (
 from bridge.store.options import (
     BRIDGE_ALIVE_SECONDS,
     DEFAULT_OPTIONS,
+    QUERY_TIMEOUT_SECONDS,
     STORE_HOLD_SECONDS,
     Durability,
     StoreOptions,
@@ -52,11 +55,14 @@ def open_writer(url: StoreUrl, options: StoreOptions = DEFAULT_OPTIONS) -> Store
 
 __all__ = [
     "BRIDGE_ALIVE_SECONDS",
+    "QUERY_TIMEOUT_SECONDS",
     "STORE_HOLD_SECONDS",
     "BatchOutcome",
+    "Bucket",
     "Durability",
     "EventKey",
     "PostgresUrl",
+    "QueryTimeout",
     "Refused",
     "SQLiteUrl",
     "SchemaTooNew",

@@ -408,6 +408,10 @@ class PostgresWriter(PostgresReader):
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             found = int(row[0]) if row else 0
             check_schema_version(found)
+            if found == SCHEMA_VERSION:
+                # Nothing to create: and DDL here would deadlock with a backfill's
+                # CREATE INDEX CONCURRENTLY, which waits for this transaction.
+                return conn.execute(BACKFILL_PROGRESS).fetchone() is not None
             conn.execute(_SCHEMA)
             if found == 0:  # a new store: its indexes cost nothing to build
                 for name, how in {**TIME_INDEXES, **TEXT_INDEXES}.items():

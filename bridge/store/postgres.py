@@ -35,7 +35,11 @@ the others for long: every session gets `idle_in_transaction_session_timeout` = 
 (the server ends a session idle inside a transaction, which releases its locks; its
 bridge never acked that batch, so it commits it again when it wakes), `lock_timeout` =
 twice `hold_s` (a wait outlasting a stuck holder's removal is reported, then retried),
-and `statement_timeout` = six times `hold_s`.
+and `statement_timeout` = six times `hold_s` (a read transaction sets its own,
+`query_timeout_s`, and reports running past it as `QueryTimeout`).
+
+Search (issue 11): each event's `tsv` is written by its own INSERT; `postgres_search`
+turns a `Query` into SQL, `postgres_backfill` upgrades a schema 2 store beside ingest.
 
 Heartbeats are stamped with the server's `now()` and judged against its
 `clock_timestamp()`: one clock, whatever the bridges' clocks say.
@@ -416,7 +420,7 @@ class PostgresWriter(PostgresReader):
             if found == 0:  # a new store: its indexes cost nothing to build
                 for name, how in {**TIME_INDEXES, **TEXT_INDEXES}.items():
                     create_index(conn, name, how, concurrently=False)
-            elif found < 3:
+            elif found < 3:  # from before search
                 conn.execute("ALTER TABLE events ADD COLUMN IF NOT EXISTS tsv tsvector")
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES (%s, '0') ON CONFLICT DO NOTHING",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sqlite3
 import statistics
 import sys
@@ -39,8 +40,10 @@ import psycopg
 from bench.corpus import Corpus, Row, fold
 from bench.prefill import prefill_corpus
 from bridge.event import Event
-from bridge.store import open_store
+from bridge.store import Store, open_store
+from bridge.store.base import first_copies
 from bridge.store.postgres import split_schema
+from bridge.store.sqlite import SQLiteStore
 
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
@@ -192,6 +195,7 @@ def kinds(corpus: Corpus, rng: random.Random) -> dict[str, Callable[[], Params]]
         "needle": lambda: Params(word=fold(rng.choice(needles))),
         "common_day": lambda: word_span(DAY_US),
         "common_day_ts": lambda: word_span(DAY_US),
+        "bounds_day": lambda: word_span(DAY_US),
         "field_topic_day": lambda: replace(topic_span(DAY_US), field="level", value="error"),
         "field_topic_day_expr": lambda: replace(topic_span(DAY_US), field="level", value="error"),
         "histogram_topic_day": lambda: topic_span(DAY_US),
@@ -199,6 +203,7 @@ def kinds(corpus: Corpus, rng: random.Random) -> dict[str, Callable[[], Params]]
         "page1000_topic": lambda: Params(topic=rng.choice(corpus.topics)),
         "page1_common": lambda: Params(word=rng.choice(common)),
         "page1000_common": lambda: Params(word=rng.choice(common)),
+        "page1000_topic_offset": lambda: Params(topic=rng.choice(corpus.topics)),
     }
 
 
@@ -267,6 +272,8 @@ def sqlite_queries(fts: str) -> dict[str, Callable[[sqlite3.Connection, Params],
             PAGE,
         ),
         "common_day": common_day,
+        # The bounds alone: what common_day spends before it touches the text index.
+        "bounds_day": lambda c, p: [seq_bounds(c, p)],
         "field_topic_day": lambda c, p: run(
             c,
             f"SELECT {cols} FROM events AS e WHERE topic = ? AND ts_us >= ? AND ts_us < ?"
@@ -314,6 +321,14 @@ def sqlite_queries(fts: str) -> dict[str, Callable[[sqlite3.Connection, Params],
         ),
         "page1_common": deep_common,
         "page1000_common": deep_common,
+        # What a cursor saves: page 1,000 by OFFSET.
+        "page1000_topic_offset": lambda c, p: run(
+            c,
+            f"SELECT {cols} FROM events AS e WHERE topic = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
+            p.topic,
+            PAGE,
+            (DEEP_PAGE - 1) * PAGE,
+        ),
     }
 
 
@@ -354,14 +369,17 @@ def pg_queries(tsv: str) -> dict[str, Callable[[psycopg.Connection[Any], Params]
     ts = "timestamp >= to_timestamp(%s / 1e6) AND timestamp < to_timestamp(%s / 1e6)"
     match = f"{tsv} @@ to_tsquery('logagg_search', %s)"
 
-    def common_day(conn: psycopg.Connection[Any], p: Params) -> list[Any]:
-        # As on SQLite: the time range's seq bounds, then newest matches by seq within them.
+    def seq_bounds(conn: psycopg.Connection[Any], p: Params) -> tuple[int, int]:
         row = conn.execute(
             # seq + 0: not the min/max shortcut, which walks the seq index filtering on time.
             f"SELECT min(seq + 0), max(seq + 0) FROM events WHERE {ts}".encode(),
             (p.since_us, p.until_us),
         ).fetchone()
-        lo, hi = (row[0], row[1]) if row and row[0] is not None else (0, -1)
+        return (row[0], row[1]) if row and row[0] is not None else (0, -1)
+
+    def common_day(conn: psycopg.Connection[Any], p: Params) -> list[Any]:
+        # As on SQLite: the time range's seq bounds, then newest matches by seq within them.
+        lo, hi = seq_bounds(conn, p)
         return run(
             conn,
             f"SELECT {cols} FROM events WHERE {match} AND seq BETWEEN %s AND %s AND {ts}"
@@ -390,6 +408,7 @@ def pg_queries(tsv: str) -> dict[str, Callable[[psycopg.Connection[Any], Params]
             PAGE,
         ),
         "common_day": common_day,
+        "bounds_day": lambda c, p: [seq_bounds(c, p)],
         # Newest by timestamp instead of seq: the time index's order, no bounds needed.
         "common_day_ts": lambda c, p: run(
             c,
@@ -443,6 +462,13 @@ def pg_queries(tsv: str) -> dict[str, Callable[[psycopg.Connection[Any], Params]
             p.topic,
             p.cursor,
             PAGE,
+        ),
+        "page1000_topic_offset": lambda c, p: run(
+            c,
+            f"SELECT {cols} FROM events WHERE topic = %s ORDER BY seq DESC LIMIT %s OFFSET %s",
+            p.topic,
+            PAGE,
+            (DEEP_PAGE - 1) * PAGE,
         ),
         "page1_common": lambda c, p: run(
             c,
@@ -522,7 +548,7 @@ def measure_queries(
         names = [k for k in draws if (not only or k in only) and k in shapes]
         for kind in names:
             params = [draws[kind]() for _ in range(n)]
-            if kind.startswith("page"):
+            if kind.startswith("page") and not kind.endswith("offset"):
                 params = [cursor(conn, kind, p, fts) for p in params]
             if explain:
                 print(f"-- {kind}: {params[0]}", flush=True)
@@ -676,6 +702,53 @@ SQLITE_INGEST: dict[str, list[str]] = {
         " new.payload AS payload) AS e; END",
     ],
 }
+# Written by Python in `record`'s transaction instead of by a trigger (see _PythonFts).
+SQLITE_INGEST["fts_python"] = [
+    SQLITE_INDEXES["topic_ts"][0],
+    SQLITE_INDEXES["fts_contentless"][0],
+    f"INSERT INTO fts_cl (rowid, body) SELECT e.seq, {SQLITE_TEXT} FROM events AS e",
+]
+# One tokenizer rule for both stores, applied in Python: runs of letters and digits
+# (unicode61's token characters, less private-use ones), case and diacritics folded.
+_WORD = re.compile(r"[^\W_]+")
+
+
+def search_text(event_id: str, source: str, payload: object) -> str:
+    """What the full-text index holds for one event, as space-separated folded words."""
+    text = " ".join((event_id, source, *_strings(payload)))
+    return " ".join(_WORD.findall(text.lower() if text.isascii() else fold(text.casefold())))
+
+
+def _strings(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+class _PythonFts(SQLiteStore):
+    """The real store, plus the full-text rows of the batch's new events, from Python."""
+
+    @staticmethod
+    def _record(conn: sqlite3.Connection, events: Sequence[Event], *args: Any) -> Any:
+        (before,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        outcome = SQLiteStore._record(conn, events, *args)  # noqa: SLF001
+        texts = {
+            (e.topic, e.event_id): search_text(e.event_id, e.source, e.payload)
+            for e in first_copies(events)
+        }
+        new = conn.execute("SELECT seq, topic, event_id FROM events WHERE seq > ?", (before,))
+        conn.executemany(
+            "INSERT INTO fts_cl (rowid, body) VALUES (?, ?)",
+            [(seq, texts[(topic, eid)]) for seq, topic, eid in new.fetchall()],
+        )
+        return outcome
+
+
 PG_INGEST: dict[str, list[str]] = {
     "plain": [],
     "topic_ts": PG_INDEXES["topic_ts"],
@@ -718,7 +791,10 @@ def measure_ingest(
     batches = [[_event(r) for r in new[i : i + batch]] for i in range(0, len(new), batch)]
     per_round = max(1, len(batches) // rounds)
     spent = dict.fromkeys(variants, 0.0)
-    stores = {v: open_store(u, durability="full") for v, u in urls.items()}
+    stores: dict[str, Store] = {
+        v: _PythonFts.from_url(u) if v == "fts_python" else open_store(u, durability="full")
+        for v, u in urls.items()
+    }
     try:
         for start in range(0, len(batches), per_round):
             for variant, store in stores.items():

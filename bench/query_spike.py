@@ -228,6 +228,40 @@ def kinds(corpus: Corpus, rng: random.Random) -> dict[str, Callable[[], Params]]
 # ---------------------------------------------------------------- SQLite
 
 
+Shape = Callable[[Any, Params], list[Any]]
+
+
+def _topic_shapes(run: Callable[..., list[Any]], mark: str, ts: str) -> dict[str, Shape]:
+    """The shapes both stores write alike: a topic in a time range, and paging a topic
+    (`mark` is the driver's placeholder, `ts` the store's time-range condition)."""
+    keyset = f"SELECT * FROM events WHERE topic = {mark} AND seq < {mark}"
+    return {
+        "topic_hour": lambda c, p: run(
+            c,
+            f"SELECT * FROM events WHERE topic = {mark} AND {ts} ORDER BY seq DESC LIMIT {mark}",
+            p.topic,
+            p.since_us,
+            p.until_us,
+            PAGE,
+        ),
+        "page1_topic": lambda c, p: run(
+            c, f"{keyset} ORDER BY seq DESC LIMIT {mark}", p.topic, p.cursor, PAGE
+        ),
+        "page1000_topic": lambda c, p: run(
+            c, f"{keyset} ORDER BY seq DESC LIMIT {mark}", p.topic, p.cursor, PAGE
+        ),
+        # What a cursor saves: page 1,000 by OFFSET.
+        "page1000_topic_offset": lambda c, p: run(
+            c,
+            f"SELECT * FROM events WHERE topic = {mark}"
+            f" ORDER BY seq DESC LIMIT {mark} OFFSET {mark}",
+            p.topic,
+            PAGE,
+            (DEEP_PAGE - 1) * PAGE,
+        ),
+    }
+
+
 _SQLITE_COLUMNS = "e.seq, e.topic, e.event_id, e.timestamp, e.source, e.payload, e.received_at"
 
 
@@ -284,15 +318,7 @@ def sqlite_queries(fts: str) -> dict[str, Callable[[sqlite3.Connection, Params],
         )
 
     return {
-        "topic_hour": lambda c, p: run(
-            c,
-            f"SELECT {cols} FROM events AS e WHERE topic = ? AND ts_us >= ? AND ts_us < ?"
-            " ORDER BY seq DESC LIMIT ?",
-            p.topic,
-            p.since_us,
-            p.until_us,
-            PAGE,
-        ),
+        **_topic_shapes(run, "?", "ts_us >= ? AND ts_us < ?"),
         "needle": lambda c, p: run(
             c,
             f"SELECT {cols} FROM {fts} AS f JOIN events AS e ON e.seq = f.rowid"
@@ -360,30 +386,8 @@ def sqlite_queries(fts: str) -> dict[str, Callable[[sqlite3.Connection, Params],
             p.since_us,
             p.until_us,
         ),
-        "page1_topic": lambda c, p: run(
-            c,
-            f"SELECT {cols} FROM events AS e WHERE topic = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-            p.topic,
-            p.cursor,
-            PAGE,
-        ),
-        "page1000_topic": lambda c, p: run(
-            c,
-            f"SELECT {cols} FROM events AS e WHERE topic = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-            p.topic,
-            p.cursor,
-            PAGE,
-        ),
         "page1_common": deep_common,
         "page1000_common": deep_common,
-        # What a cursor saves: page 1,000 by OFFSET.
-        "page1000_topic_offset": lambda c, p: run(
-            c,
-            f"SELECT {cols} FROM events AS e WHERE topic = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
-            p.topic,
-            PAGE,
-            (DEEP_PAGE - 1) * PAGE,
-        ),
     }
 
 
@@ -460,14 +464,7 @@ def pg_queries(tsv: str) -> dict[str, Callable[[psycopg.Connection[Any], Params]
         )
 
     return {
-        "topic_hour": lambda c, p: run(
-            c,
-            f"SELECT {cols} FROM events WHERE topic = %s AND {ts} ORDER BY seq DESC LIMIT %s",
-            p.topic,
-            p.since_us,
-            p.until_us,
-            PAGE,
-        ),
+        **_topic_shapes(run, "%s", ts),
         "needle": lambda c, p: run(
             c,
             f"SELECT {cols} FROM events WHERE {match} ORDER BY seq DESC LIMIT %s",
@@ -517,27 +514,6 @@ def pg_queries(tsv: str) -> dict[str, Callable[[psycopg.Connection[Any], Params]
             p.topic,
             p.since_us,
             p.until_us,
-        ),
-        "page1_topic": lambda c, p: run(
-            c,
-            f"SELECT {cols} FROM events WHERE topic = %s AND seq < %s ORDER BY seq DESC LIMIT %s",
-            p.topic,
-            p.cursor,
-            PAGE,
-        ),
-        "page1000_topic": lambda c, p: run(
-            c,
-            f"SELECT {cols} FROM events WHERE topic = %s AND seq < %s ORDER BY seq DESC LIMIT %s",
-            p.topic,
-            p.cursor,
-            PAGE,
-        ),
-        "page1000_topic_offset": lambda c, p: run(
-            c,
-            f"SELECT {cols} FROM events WHERE topic = %s ORDER BY seq DESC LIMIT %s OFFSET %s",
-            p.topic,
-            PAGE,
-            (DEEP_PAGE - 1) * PAGE,
         ),
         "page1_common": lambda c, p: run(
             c,

@@ -231,11 +231,26 @@ def kinds(corpus: Corpus, rng: random.Random) -> dict[str, Callable[[], Params]]
 Shape = Callable[[Any, Params], list[Any]]
 
 
-def _topic_shapes(run: Callable[..., list[Any]], mark: str, ts: str) -> dict[str, Shape]:
-    """The shapes both stores write alike: a topic in a time range, and paging a topic
-    (`mark` is the driver's placeholder, `ts` the store's time-range condition)."""
+def _topic_shapes(
+    run: Callable[..., list[Any]], mark: str, ts: str, *, field: str, level: str
+) -> dict[str, Shape]:
+    """The shapes both stores write alike: a topic in a time range, with a field equal to
+    a value, and paging a topic. `mark` is the driver's placeholder, `ts` the store's
+    time-range condition, `field` its generic (path, value) test, `level` the same with
+    the path written into the SQL, as an expression index needs it."""
     keyset = f"SELECT * FROM events WHERE topic = {mark} AND seq < {mark}"
+    in_range = f"SELECT * FROM events WHERE topic = {mark} AND {ts}"
     return {
+        "field_topic_day": lambda c, p: run(
+            c,
+            f"{in_range} AND {field} ORDER BY seq DESC LIMIT {mark}",
+            *(p.topic, p.since_us, p.until_us, p.field, p.value, PAGE),
+        ),
+        "field_topic_day_expr": lambda c, p: run(
+            c,
+            f"{in_range} AND {level} ORDER BY seq DESC LIMIT {mark}",
+            *(p.topic, p.since_us, p.until_us, p.value, PAGE),
+        ),
         "topic_hour": lambda c, p: run(
             c,
             f"SELECT * FROM events WHERE topic = {mark} AND {ts} ORDER BY seq DESC LIMIT {mark}",
@@ -259,6 +274,21 @@ def _topic_shapes(run: Callable[..., list[Any]], mark: str, ts: str) -> dict[str
             PAGE,
             (DEEP_PAGE - 1) * PAGE,
         ),
+    }
+
+
+def _bounds_shapes(
+    common_day: Callable[..., list[Any]],
+    seq_bounds: Callable[[Any, Params], tuple[int, int]],
+    span_bounds: Callable[[Any, Params], tuple[int, int]],
+) -> dict[str, Shape]:
+    """A common word in a day with seq bounds from the time index or the zone map, and
+    each way of finding the bounds alone (what the text query spends before the index)."""
+    return {
+        "common_day": common_day,
+        "bounds_day": lambda c, p: [seq_bounds(c, p)],
+        "bounds_day_spans": lambda c, p: [span_bounds(c, p)],
+        "common_day_spans": lambda c, p: common_day(c, p, span_bounds),
     }
 
 
@@ -318,7 +348,13 @@ def sqlite_queries(fts: str) -> dict[str, Callable[[sqlite3.Connection, Params],
         )
 
     return {
-        **_topic_shapes(run, "?", "ts_us >= ? AND ts_us < ?"),
+        **_topic_shapes(
+            run,
+            "?",
+            "ts_us >= ? AND ts_us < ?",
+            field="json_extract(payload, '$.' || ?) = ?",
+            level="json_extract(payload, '$.level') = ?",
+        ),
         "needle": lambda c, p: run(
             c,
             f"SELECT {cols} FROM {fts} AS f JOIN events AS e ON e.seq = f.rowid"
@@ -326,11 +362,7 @@ def sqlite_queries(fts: str) -> dict[str, Callable[[sqlite3.Connection, Params],
             _fts_words(p.word),
             PAGE,
         ),
-        "common_day": common_day,
-        # The bounds alone: what common_day spends before it touches the text index.
-        "bounds_day": lambda c, p: [seq_bounds(c, p)],
-        "bounds_day_spans": lambda c, p: [span_bounds(c, p)],
-        "common_day_spans": lambda c, p: common_day(c, p, span_bounds),
+        **_bounds_shapes(common_day, seq_bounds, span_bounds),
         # Within the zone map's seq bounds, newest first along (topic, seq): stops at 100.
         "topic_hour_spans": lambda c, p: run(
             c,
@@ -352,28 +384,6 @@ def sqlite_queries(fts: str) -> dict[str, Callable[[sqlite3.Connection, Params],
             p.since_us,
             p.until_us,
             p.field,
-            p.value,
-            PAGE,
-        ),
-        "field_topic_day": lambda c, p: run(
-            c,
-            f"SELECT {cols} FROM events AS e WHERE topic = ? AND ts_us >= ? AND ts_us < ?"
-            " AND json_extract(payload, '$.' || ?) = ? ORDER BY seq DESC LIMIT ?",
-            p.topic,
-            p.since_us,
-            p.until_us,
-            p.field,
-            p.value,
-            PAGE,
-        ),
-        # The path written into the SQL, as an expression index needs it.
-        "field_topic_day_expr": lambda c, p: run(
-            c,
-            f"SELECT {cols} FROM events AS e WHERE topic = ? AND ts_us >= ? AND ts_us < ?"
-            " AND json_extract(payload, '$.level') = ? ORDER BY seq DESC LIMIT ?",
-            p.topic,
-            p.since_us,
-            p.until_us,
             p.value,
             PAGE,
         ),
@@ -464,17 +474,20 @@ def pg_queries(tsv: str) -> dict[str, Callable[[psycopg.Connection[Any], Params]
         )
 
     return {
-        **_topic_shapes(run, "%s", ts),
+        **_topic_shapes(
+            run,
+            "%s",
+            ts,
+            field="payload @> jsonb_build_object(%s::text, %s::text)",
+            level="payload ->> 'level' = %s",
+        ),
         "needle": lambda c, p: run(
             c,
             f"SELECT {cols} FROM events WHERE {match} ORDER BY seq DESC LIMIT %s",
             _tsquery(p.word),
             PAGE,
         ),
-        "common_day": common_day,
-        "bounds_day": lambda c, p: [seq_bounds(c, p)],
-        "bounds_day_spans": lambda c, p: [span_bounds(c, p)],
-        "common_day_spans": lambda c, p: common_day(c, p, span_bounds),
+        **_bounds_shapes(common_day, seq_bounds, span_bounds),
         # Newest by timestamp instead of seq: the time index's order, no bounds needed.
         "common_day_ts": lambda c, p: run(
             c,
@@ -482,28 +495,6 @@ def pg_queries(tsv: str) -> dict[str, Callable[[psycopg.Connection[Any], Params]
             _tsquery(p.word),
             p.since_us,
             p.until_us,
-            PAGE,
-        ),
-        "field_topic_day": lambda c, p: run(
-            c,
-            f"SELECT {cols} FROM events WHERE topic = %s AND {ts}"
-            " AND payload @> jsonb_build_object(%s::text, %s::text)"
-            " ORDER BY seq DESC LIMIT %s",
-            p.topic,
-            p.since_us,
-            p.until_us,
-            p.field,
-            p.value,
-            PAGE,
-        ),
-        "field_topic_day_expr": lambda c, p: run(
-            c,
-            f"SELECT {cols} FROM events WHERE topic = %s AND {ts}"
-            " AND payload ->> 'level' = %s ORDER BY seq DESC LIMIT %s",
-            p.topic,
-            p.since_us,
-            p.until_us,
-            p.value,
             PAGE,
         ),
         "histogram_topic_day": lambda c, p: run(

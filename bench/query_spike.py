@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from bench.corpus import Corpus, Row, fold
 from bench.prefill import prefill_corpus
@@ -619,11 +620,10 @@ def _connection(url: str) -> Iterator[tuple[Any, bool, str]]:
             names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
             yield conn, False, "fts_cl" if "fts_cl" in names else "fts_ext"
         return
-    conninfo, _ = split_schema(url)
-    with psycopg.connect(conninfo, autocommit=True) as pg:
+    with _pg(url) as pg:
         has_column = pg.execute(
             "SELECT 1 FROM information_schema.columns WHERE table_name = 'events'"
-            " AND column_name = 'tsv'"
+            " AND column_name = 'tsv' AND table_schema = current_schema()"
         ).fetchone()
         yield pg, True, "tsv" if has_column else PG_TSV
 
@@ -654,8 +654,7 @@ def build_indexes(url: str, names: Sequence[str]) -> None:
                     }
                 )
         return
-    conninfo, _ = split_schema(url)
-    with psycopg.connect(conninfo, autocommit=True) as pg:
+    with _pg(url) as pg:
         pg.execute("SET maintenance_work_mem = '1GB'")
         for statement in PG_SETUP:
             pg.execute(statement.encode())
@@ -707,8 +706,7 @@ def table_sizes(url: str) -> None:
                     }
                 )
         return
-    conninfo, _ = split_schema(url)
-    with psycopg.connect(conninfo, autocommit=True) as pg:
+    with _pg(url) as pg:
         (count,) = pg.execute("SELECT count(*) FROM events").fetchone() or (0,)
         for name, size in pg.execute(
             "SELECT c.relname, pg_relation_size(c.oid) + coalesce(pg_relation_size("
@@ -878,6 +876,17 @@ def _variant_url(url: str, variant: str) -> str:
     return f"{url}{sep}schema=ingest_{variant}"
 
 
+@contextmanager
+def _pg(url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the store at `url`, in its schema (then `public`,
+    where the extensions are) when the URL names one."""
+    conninfo, schema = split_schema(url)
+    with psycopg.connect(conninfo, autocommit=True) as pg:
+        if schema is not None:
+            pg.execute(sql.SQL("SET search_path = {}, public").format(sql.Identifier(schema)))
+        yield pg
+
+
 def _reset(url: str) -> None:
     if url.startswith("sqlite://"):
         path = Path(url.removeprefix("sqlite:///"))
@@ -896,11 +905,9 @@ def _apply(url: str, statements: Sequence[str]) -> None:
             for statement in statements:
                 c.execute(statement)
         return
-    conninfo, schema = split_schema(url)
     open_store(url).close()
-    with psycopg.connect(conninfo, autocommit=True) as pg:
+    with _pg(url) as pg:
         pg.execute("SET maintenance_work_mem = '1GB'")
-        pg.execute(f'SET search_path = "{schema}", public'.encode())
         for statement in statements:
             pg.execute(statement.encode())
 

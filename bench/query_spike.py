@@ -572,13 +572,19 @@ class _Explain:
 
 
 def measure_queries(
-    url: str, corpus: Corpus, n: int, only: Sequence[str], seed: int, explain: bool = False
+    url: str,
+    corpus: Corpus,
+    n: int,
+    only: Sequence[str],
+    seed: int,
+    explain: bool = False,
+    prepare_threshold: int | None = None,
 ) -> None:
     """`n` random queries of each kind, each timed from sending to the last row fetched;
     with `explain`, one of each with its plan instead."""
     rng = random.Random(seed)
     draws = kinds(corpus, rng)
-    with _connection(url) as (conn, is_pg, fts):
+    with _connection(url, prepare_threshold) as (conn, is_pg, fts):
         shapes: dict[str, Callable[[Any, Params], list[Any]]]
         shapes = pg_queries(fts) if is_pg else sqlite_queries(fts)
         cursor = pg_cursor if is_pg else sqlite_cursor
@@ -612,7 +618,7 @@ def measure_queries(
 
 
 @contextmanager
-def _connection(url: str) -> Iterator[tuple[Any, bool, str]]:
+def _connection(url: str, prepare_threshold: int | None) -> Iterator[tuple[Any, bool, str]]:
     """A read connection to the store at `url`, and which full-text candidate it has."""
     if url.startswith("sqlite://"):
         path = url.removeprefix("sqlite:///")
@@ -621,6 +627,8 @@ def _connection(url: str) -> Iterator[tuple[Any, bool, str]]:
             yield conn, False, "fts_cl" if "fts_cl" in names else "fts_ext"
         return
     with _pg(url) as pg:
+        # Never prepared: a generic plan ignores the bounds (docs/search-indexes.md, 9).
+        pg.prepare_threshold = prepare_threshold
         has_column = pg.execute(
             "SELECT 1 FROM information_schema.columns WHERE table_name = 'events'"
             " AND column_name = 'tsv' AND table_schema = current_schema()"
@@ -934,6 +942,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--kind", action="append", default=[])
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--explain", action="store_true", help="print one plan of each kind")
+    p.add_argument(
+        "--prepare-threshold",
+        type=int,
+        default=None,
+        help="PostgreSQL: prepare a statement on this execution (psycopg's default: 5)",
+    )
     p = sub.add_parser("ingest", help="record() throughput per index variant, interleaved")
     p.add_argument("url", help="a scratch SQLite path or PostgreSQL database")
     p.add_argument("variants", nargs="+")
@@ -955,7 +969,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         table_sizes(args.url)
     elif args.command == "queries":
         measure_queries(
-            args.url, Corpus(args.count), args.n, args.kind, args.seed, explain=args.explain
+            args.url,
+            Corpus(args.count),
+            args.n,
+            args.kind,
+            args.seed,
+            explain=args.explain,
+            prepare_threshold=args.prepare_threshold,
         )
     else:
         measure_ingest(

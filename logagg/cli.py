@@ -421,7 +421,44 @@ def ready(
     typer.echo(f"ready: bridge {config.client_id} up for {uptime:.0f}s")
 
 
-app.command()(search.search)
+@app.command(name="search")
+def search_command(
+    topic: search.TopicFlag = None,
+    since: search.SinceFlag = None,
+    until: search.UntilFlag = None,
+    source: search.SourceFlag = None,
+    q: search.TextFlag = None,
+    field: search.FieldFlag = None,
+    order: Annotated[
+        str | None, typer.Option(help="asc (default: oldest first) or desc (newest first)")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Print at most this many events")] = 100,
+    every: Annotated[bool, typer.Option("--all", help="Print every event found")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON object a line (NDJSON), as /events has it")
+    ] = False,
+    api_url: ApiUrl = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="Read this store directly instead of asking the sidecar: sqlite:///path or"
+            " postgresql://user@host/db?schema=NAME"
+        ),
+    ] = None,
+    log_level: LogLevel = "warning",
+    log_format: LogFormat = "text",
+) -> None:
+    """Print the stored events a query finds, one a line: seq time topic source event_id
+    payload. Exit status 2 names a refused flag."""
+    logs.configure(log_level, log_format)
+    params = search.query_params(topic, since, until, source, q, field)
+    search.run(
+        [*params, *([("order", order)] if order is not None else [])],
+        limit=None if every else limit,
+        json_output=json_output,
+        api_url=api_url,
+        store=store,
+    )
 
 
 @app.command()

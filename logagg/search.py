@@ -2,9 +2,10 @@
 (or NDJSON), read page by page from the sidecar (`GET /events`, following `next`) or,
 with `--store`, from the store itself; and the query flags `logagg tail` shares.
 
-The flags are the query parameters of `GET /events` (README, "Searching"), parsed by the
-same `bridge.query.parse_query`, so a refused one exits with status 2 naming it. Heavy
-imports wait for the command to run: `logagg --help` stays quick.
+The flags (declared here, registered in logagg/cli.py) are the query parameters of
+`GET /events` (README, "Searching"), parsed by the same `bridge.query.parse_query`, so a
+refused one exits with status 2 naming it. Heavy imports wait for the command to run:
+`logagg --help` stays quick.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from contextlib import closing, contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-
-from logagg import logs
 
 if TYPE_CHECKING:
     import httpx
@@ -121,54 +120,23 @@ def from_store(store: StoreReader) -> PageReader:
     return read
 
 
-def search(
-    topic: TopicFlag = None,
-    since: SinceFlag = None,
-    until: UntilFlag = None,
-    source: SourceFlag = None,
-    q: TextFlag = None,
-    field: FieldFlag = None,
-    order: Annotated[
-        str | None, typer.Option(help="asc (default: oldest first) or desc (newest first)")
-    ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="Print at most this many events")] = 100,
-    every: Annotated[
-        bool, typer.Option("--all", help="Print every event found (no --limit)")
-    ] = False,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="One JSON object a line (NDJSON), as /events has it")
-    ] = False,
-    api_url: Annotated[
-        str | None, typer.Option(help="The sidecar, http://host:port (env LOGAGG_API_URL)")
-    ] = None,
-    store: Annotated[
-        str | None,
-        typer.Option(
-            help="Read this store directly instead of asking the sidecar: sqlite:///path or"
-            " postgresql://user@host/db?schema=NAME"
-        ),
-    ] = None,
-    log_level: Annotated[
-        str, typer.Option(envvar="LOGAGG_LOG_LEVEL", help="debug, info, warning or error")
-    ] = "warning",
-    log_format: Annotated[
-        logs.LogFormat,
-        typer.Option(envvar="LOGAGG_LOG_FORMAT", help="text or json (one object a line)"),
-    ] = "text",
+def run(
+    params: list[tuple[str, str]],
+    *,
+    limit: int | None,
+    json_output: bool,
+    api_url: str | None,
+    store: str | None,
 ) -> None:
-    """Print the stored events a query finds, one a line: seq time topic source event_id
-    payload. Exit status 2 names a refused flag."""
+    """Print up to `limit` (None: all) events the query `params` finds, one a line (or
+    NDJSON); exit 2 naming a refused parameter, 1 when the sidecar or store fails."""
     from bridge.store import StoreUnavailable
     from logagg.views import EVENT, QueryRefused, ViewError, one_line
 
-    logs.configure(log_level, log_format)
-    params = query_params(topic, since, until, source, q, field)
-    if order is not None:
-        params.append(("order", order))
     show = (lambda e: EVENT.dump_json(e).decode()) if json_output else one_line
     try:
         with pages(api_url, store) as read:
-            for event in found(read, params, None if every else limit):
+            for event in found(read, params, limit):
                 typer.echo(show(event))
     except QueryRefused as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -30,7 +30,7 @@ from pydantic import TypeAdapter
 from starlette.types import Receive, Scope, Send
 
 from api.models import Problem
-from bridge.query import Query, matches
+from bridge.query import Document, Query, document, matches, searchable, text_matches
 from bridge.store import StoredEvent, StoreReader, StoreUnavailable
 
 logger = logging.getLogger("logagg.api")
@@ -57,26 +57,41 @@ EVENT_JSON = TypeAdapter(StoredEvent)
 PING = b": ping\n\n"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Frame:
     """One stored event as Server-Sent Event text: `id` its seq, `data` as in `/events`;
-    with the event itself, for the streams' filters."""
+    with the event itself, for the streams' filters, and its full-text document once a
+    stream with `q` needed it (made once, whichever stream asks first)."""
 
     event: StoredEvent
     text: bytes
+    _document: Document | None = field(default=None, repr=False, compare=False)
 
     @property
     def seq(self) -> int:
         return self.event.seq
+
+    @property
+    def document(self) -> Document:
+        if self._document is None:
+            event = self.event
+            self._document = document(searchable(event.event_id, event.source, event.payload))
+        return self._document
 
 
 Wanted = Callable[[Frame], bool]
 
 
 def wanted(query: Query) -> Wanted | None:
-    """Which frames a stream of `query` sends (None: all). A topic alone, today's stream,
-    is a string comparison; any other filter is `matches`."""
-    if query.since or query.until or query.source or query.text or query.fields or query.after:
+    """Which frames a stream of `query` sends (None: all): what `matches` says. A topic
+    alone, today's stream, is a string comparison; `q` is decided on the frame's document,
+    so that streams with text share its making (about 15 µs an event) instead of each
+    paying for it: `matches` without the text, then `text_matches`, is `matches`."""
+    text = query.text
+    if text is not None:
+        rest = replace(query, text=None)
+        return lambda frame: matches(rest, frame.event) and text_matches(text, frame.document)
+    if query.since or query.until or query.source or query.fields or query.after:
         return lambda frame: matches(query, frame.event)
     topic = query.topic
     if topic is None:

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api import ApiSettings
+from api.stream import Frame, wanted
 from bridge.event import Event
 from bridge.query import Query, QueryError, matches, parse_query
 from bridge.store import StoredEvent, StoreWriter, open_writer, parse_store_url
@@ -446,6 +447,30 @@ def sse(response: httpx.Response) -> Iterator[tuple[str | None, dict[str, Any] |
     """`(id, event)` of each Server-Sent Event; an id alone gives None."""
     for event_id, data in server_sent_events(response.iter_lines()):
         yield event_id, None if data is None else json.loads(data)
+
+
+STREAM_SAMPLE = [
+    Frame(
+        StoredEvent(n, e.topic, e.event_id, e.timestamp.isoformat(), e.source, e.payload, ""), b""
+    )
+    for n, e in enumerate(random_events(300, seed=13), 1)
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(params=query_params())
+def test_a_streams_filter_is_matches(params: list[tuple[str, str]]) -> None:
+    """The stream's shortcuts (a topic compared as a string, text decided on a shared
+    document) take exactly the frames `matches` takes."""
+    filters = [
+        (k, v) for k, v in params if k in ("topic", "since", "until", "source", "q", "field")
+    ]
+    query = parse_query(filters, now=NOW)
+    if isinstance(query, QueryError):
+        return
+    want = wanted(query)
+    taken = [f.seq for f in STREAM_SAMPLE if want is None or want(f)]
+    assert taken == [f.seq for f in STREAM_SAMPLE if matches(query, f.event)]
 
 
 def test_stream_with_a_query_sends_only_matches_and_resumes(

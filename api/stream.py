@@ -59,17 +59,24 @@ PING = b": ping\n\n"
 
 @dataclass(slots=True)
 class Frame:
-    """One stored event as Server-Sent Event text: `id` its seq, `data` as in `/events`;
-    with the event itself, for the streams' filters, and its full-text document once a
-    stream with `q` needed it (made once, whichever stream asks first)."""
+    """One stored event as Server-Sent Event text: `id` its seq, `data` as in `/events`.
 
-    event: StoredEvent
+    A stream filtering on more than the topic reads the event back from the text, and
+    one with `q` its full-text document: each made once, by the first stream that needs
+    it, and kept with the frame. Without such streams the ring holds only the text (about
+    a fifth of what the event and its document take in memory)."""
+
+    seq: int
+    topic: str
     text: bytes
+    _event: StoredEvent | None = field(default=None, repr=False, compare=False)
     _document: Document | None = field(default=None, repr=False, compare=False)
 
     @property
-    def seq(self) -> int:
-        return self.event.seq
+    def event(self) -> StoredEvent:
+        if self._event is None:
+            self._event = EVENT_JSON.validate_json(self.text.partition(b"\ndata: ")[2][:-2])
+        return self._event
 
     @property
     def document(self) -> Document:
@@ -97,28 +104,29 @@ def wanted(query: Query) -> Wanted | None:
     if topic is None:
         return None
     if topic.wildcard:
-        return lambda frame: topic.matches(frame.event.topic)
+        return lambda frame: topic.matches(frame.topic)
     name = topic.text
-    return lambda frame: frame.event.topic == name
+    return lambda frame: frame.topic == name
 
 
-def _frames(rows: list[StoredEvent]) -> list[Frame]:
+def encoded(rows: list[StoredEvent]) -> list[Frame]:
     """`rows` encoded (on a worker thread: the store is sync)."""
     return [
-        Frame(row, b"id: %d\ndata: %s\n\n" % (row.seq, EVENT_JSON.dump_json(row))) for row in rows
+        Frame(row.seq, row.topic, b"id: %d\ndata: %s\n\n" % (row.seq, EVENT_JSON.dump_json(row)))
+        for row in rows
     ]
 
 
 def read_frames(store: StoreReader, *, after: int, limit: int, max_bytes: int) -> list[Frame]:
     """Up to `limit` events of every topic after `after`; fewer once their payloads reach
     `max_bytes`, so a short page is not the end: only an empty one is."""
-    return _frames(store.events(topic=None, after=after, limit=limit, max_bytes=max_bytes))
+    return encoded(store.events(topic=None, after=after, limit=limit, max_bytes=max_bytes))
 
 
 def search_frames(store: StoreReader, query: Query, *, after: int, max_bytes: int) -> list[Frame]:
     """As `read_frames`, only the events matching `query`."""
     page = replace(query, order="asc", position=after, limit=PAGE)
-    return _frames(store.search(page, max_bytes=max_bytes))
+    return encoded(store.search(page, max_bytes=max_bytes))
 
 
 class StreamHub:

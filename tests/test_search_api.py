@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api import ApiSettings
-from api.stream import Frame, wanted
+from api.stream import encoded, wanted
 from bridge.event import Event
 from bridge.query import Query, QueryError, matches, parse_query
 from bridge.store import StoredEvent, StoreWriter, open_writer, parse_store_url
@@ -449,12 +449,12 @@ def sse(response: httpx.Response) -> Iterator[tuple[str | None, dict[str, Any] |
         yield event_id, None if data is None else json.loads(data)
 
 
-STREAM_SAMPLE = [
-    Frame(
-        StoredEvent(n, e.topic, e.event_id, e.timestamp.isoformat(), e.source, e.payload, ""), b""
-    )
-    for n, e in enumerate(random_events(300, seed=13), 1)
-]
+STREAM_SAMPLE = encoded(
+    [
+        StoredEvent(n, e.topic, e.event_id, e.timestamp.isoformat(), e.source, e.payload, "")
+        for n, e in enumerate(random_events(300, seed=13), 1)
+    ]
+)
 
 
 @settings(max_examples=200, deadline=None)

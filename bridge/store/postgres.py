@@ -82,10 +82,12 @@ from bridge.store.postgres_backfill import (
     create_index,
 )
 from bridge.store.postgres_search import (
+    COUNT_SPANS,
     TOPICS_LIKE,
     Where,
     histogram_sql,
     page_sql,
+    seq_bounds,
     span_sql,
     where,
 )
@@ -121,6 +123,13 @@ CREATE TABLE IF NOT EXISTS topic_stats (
     unique_processed bigint NOT NULL,
     duplicate_dropped bigint NOT NULL
 );
+-- Per 5 minutes of `timestamp` from `start`, the lowest and highest seq of their events:
+-- bounds in seq of a time range (see `postgres_search.seq_bounds`).
+CREATE TABLE IF NOT EXISTS time_seqs (
+    start timestamptz PRIMARY KEY,
+    low bigint NOT NULL,
+    high bigint NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rejection_stats (code text PRIMARY KEY, count bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -155,14 +164,20 @@ SELECT extract(epoch FROM clock_timestamp() - started_at)::float8 AS uptime FROM
 WHERE seen_at > clock_timestamp() - make_interval(secs => %s)
 """
 
-_INSERT_EVENTS = """
-INSERT INTO events (topic, event_id, timestamp, utc_offset_s, source, payload, tsv)
-SELECT topic, event_id, ts, utc_offset_s, source, payload::jsonb, tsv::tsvector
-FROM unnest(
-    %s::text[], %s::text[], %s::timestamptz[], %s::integer[], %s::text[], %s::text[], %s::text[]
-) AS batch (topic, event_id, ts, utc_offset_s, source, payload, tsv)
-ON CONFLICT DO NOTHING
-RETURNING topic, event_id
+# The new events, and the seqs of their spans of time (see `postgres_search.seq_bounds`),
+# in one statement.
+_INSERT_EVENTS = f"""
+WITH inserted AS (
+    INSERT INTO events (topic, event_id, timestamp, utc_offset_s, source, payload, tsv)
+    SELECT topic, event_id, ts, utc_offset_s, source, payload::jsonb, tsv::tsvector
+    FROM unnest(
+        %s::text[], %s::text[], %s::timestamptz[], %s::integer[], %s::text[], %s::text[],
+        %s::text[]
+    ) AS batch (topic, event_id, ts, utc_offset_s, source, payload, tsv)
+    ON CONFLICT DO NOTHING
+    RETURNING topic, event_id, seq, timestamp
+), spans AS ({COUNT_SPANS.format(rows="inserted")})
+SELECT topic, event_id FROM inserted
 """
 
 _COUNT_TOPICS = """
@@ -286,34 +301,42 @@ class PostgresReader(SqlReader):
                     f" {self.display}: narrow it (a time range, a topic, rarer words)"
                 ) from exc
 
+    # The searches run unprepared: PostgreSQL would switch a prepared statement to a generic
+    # plan after five runs, blind to the values (a needle or a common word, a seq range of
+    # an hour or a month), which is what picks the index.
     def search(self, query: Query, *, max_bytes: int | None = None) -> list[StoredEvent]:
         with self._read() as conn:
             filters = self._where(conn, query, paged=True)
             sql_text = page_sql(self._EVENT_COLUMNS, query, filters, max_bytes)
             params = (*filters.params, query.limit, *(() if max_bytes is None else (max_bytes,)))
-            rows = conn.execute(sql_text.encode(), params).fetchall()
+            rows = conn.execute(sql_text.encode(), params, prepare=False).fetchall()
         return [self._event(row) for row in rows]
 
     def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
         with self._read() as conn:
             filters = self._where(conn, query, paged=False)
-            rows = conn.execute(histogram_sql(filters).encode(), (interval_s, *filters.params))
+            rows = conn.execute(
+                histogram_sql(filters).encode(), (interval_s, *filters.params), prepare=False
+            )
             return [Bucket(start.astimezone(UTC), count) for start, count in rows]
 
     def time_span(self, query: Query) -> tuple[datetime, datetime] | None:
         with self._read() as conn:
             filters = self._where(conn, query, paged=False)
-            row = conn.execute(span_sql(filters).encode(), filters.params).fetchone()
+            row = conn.execute(span_sql(filters).encode(), filters.params, prepare=False).fetchone()
         if row is None or row[0] is None:
             return None
         return row[0].astimezone(UTC), row[1].astimezone(UTC)
 
     def _where(self, conn: psycopg.Connection[Any], query: Query, *, paged: bool) -> Where:
-        """The filters of `query`, once a wildcard topic is resolved; refused while a text
-        query would miss events the backfill of an upgraded store has not reached."""
-        if query.text is not None:
+        """The filters of `query`, once a wildcard topic is resolved and its time range
+        bounded in seq. While the backfill of an upgraded store runs, a text query is
+        refused (it would miss the events not reached yet) and time ranges are not
+        bounded (the spans of older events are not all counted yet)."""
+        pending = None
+        if query.text is not None or query.since is not None or query.until is not None:
             pending = conn.execute(BACKFILL_PROGRESS).fetchone()
-            if pending is not None:
+            if pending is not None and query.text is not None:
                 raise StoreUnavailable(
                     f"full-text search in {self.display} is not ready: its text index is being"
                     f" built after the upgrade to schema {SCHEMA_VERSION} (events up to seq"
@@ -323,7 +346,12 @@ class PostgresReader(SqlReader):
         if wanted is not None and wanted.wildcard:
             rows = conn.execute(TOPICS_LIKE, (wanted.like_pattern(),))
             topics = [topic for (topic,) in rows if wanted.matches(topic)]
-        return where(query, topics, paged=paged)
+        seqs = None
+        if pending is None and (bounds := seq_bounds(query)) is not None:
+            row = conn.execute(bounds.sql.encode(), bounds.params).fetchone()
+            low, high = row or (None, None)
+            seqs = (low or 1, high or 0)  # no event in those spans: an empty interval
+        return where(query, topics, paged=paged, seqs=seqs)
 
     def _live_uptimes(self, client_id: str | None) -> tuple[str, tuple[object, ...]]:
         if client_id is None:
@@ -380,6 +408,10 @@ class PostgresWriter(PostgresReader):
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             found = int(row[0]) if row else 0
             check_schema_version(found)
+            if found == SCHEMA_VERSION:
+                # Nothing to create: and DDL here would deadlock with a backfill's
+                # CREATE INDEX CONCURRENTLY, which waits for this transaction.
+                return conn.execute(BACKFILL_PROGRESS).fetchone() is not None
             conn.execute(_SCHEMA)
             if found == 0:  # a new store: its indexes cost nothing to build
                 for name, how in {**TIME_INDEXES, **TEXT_INDEXES}.items():

@@ -6,19 +6,19 @@ on every new event is written with its `tsv`. What remains, the old events' `tsv
 the search indexes, runs beside ingest in a thread of one writer (`Backfill`):
 
 1. the time indexes, by `CREATE INDEX CONCURRENTLY` (inserts go on meanwhile);
-2. `tsv` of the older events, by seq, a chunk per transaction, so no row lock is held
-   for long (a duplicate of an event being updated waits for that chunk's commit);
-   the `meta` row keeps the last seq done, so a restart resumes there, and the progress
-   is logged every 5%;
+2. `tsv` of the older events, and their spans in `time_seqs`, by seq, a chunk per
+   transaction, so no row lock is held for long (a duplicate of an event being updated
+   waits for that chunk's commit); the `meta` row keeps the last seq done, so a restart
+   resumes there, and the progress is logged every 5%;
 3. the GIN index over `tsv`, concurrently, once (cheaper than keeping it up to date
    through the updates);
 4. the `meta` row is deleted: full-text search is ready.
 
 While the row exists, readers refuse text queries (they would silently miss the events
-not reached yet) and answer every other filter. Of several bridges, the one holding a
-session advisory lock does the work; the others check every `RETRY_S` seconds, so one
-takes over if that bridge stops. An index build that was interrupted leaves an invalid
-index behind: it is dropped and built again.
+not reached yet), and answer every other filter, without bounding time ranges in seq.
+Of several bridges, the one holding a session advisory lock does the work; the others
+check every `RETRY_S` seconds, so one takes over if that bridge stops. An index build
+that was interrupted leaves an invalid index behind: it is dropped and built again.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 
 from bridge.query import document, searchable, tsvector_literal
+from bridge.store.postgres_search import COUNT_SPANS
 
 logger = logging.getLogger("logagg.bridge.store")
 
@@ -50,7 +51,7 @@ TIME_INDEXES = {
 TEXT_INDEXES = {"events_tsv": "USING gin (tsv)"}
 
 _READ_CHUNK = """
-SELECT seq, event_id, source, payload FROM events
+SELECT seq, timestamp, event_id, source, payload FROM events
 WHERE seq > %s AND seq <= %s AND tsv IS NULL
 """
 _WRITE_CHUNK = """
@@ -58,6 +59,9 @@ UPDATE events SET tsv = chunk.tsv::tsvector
 FROM unnest(%s::bigint[], %s::text[]) AS chunk (seq, tsv)
 WHERE events.seq = chunk.seq AND events.tsv IS NULL
 """
+_COUNT_CHUNK_SPANS = COUNT_SPANS.format(
+    rows="unnest(%s::bigint[], %s::timestamptz[]) AS chunk (seq, timestamp)"
+)
 
 
 def create_index(conn: psycopg.Connection[Any], name: str, how: str, *, concurrently: bool) -> None:
@@ -184,9 +188,11 @@ class Backfill:
         """`tsv` of the events with seq in (after, upto], and the progress, in one commit."""
         with conn.transaction():
             rows = conn.execute(_READ_CHUNK, (after, upto)).fetchall()
+            seqs = [row[0] for row in rows]
             literals = [
                 tsvector_literal(document(searchable(event_id, source, payload)))
-                for _, event_id, source, payload in rows
+                for _, _, event_id, source, payload in rows
             ]
-            conn.execute(_WRITE_CHUNK, ([row[0] for row in rows], literals))
+            conn.execute(_WRITE_CHUNK, (seqs, literals))
+            conn.execute(_COUNT_CHUNK_SPANS, (seqs, [row[1] for row in rows]))
             conn.execute("UPDATE meta SET value = %s WHERE key = %s", (str(upto), PENDING_KEY))

@@ -9,7 +9,7 @@ which filters are present (and how many field keys and topics), never on what th
   never a number with a string, and `true`/`null` only with themselves.
 - A wildcard topic: the topics of `topic_stats` narrowed by LIKE and decided by
   `TopicFilter.matches`, then `topic = ANY(%s)` through the (topic, …) indexes.
-- A time range also bounds `seq` (see `seq_bounds`).
+- A time range without a topic also bounds `seq` (see `seq_bounds`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,17 @@ from bridge.query import FieldFilter, Query, render_tsquery
 
 # Topics that LIKE finds for a wildcard filter, which `TopicFilter.matches` then decides.
 TOPICS_LIKE = "SELECT topic FROM topic_stats WHERE topic LIKE %s ESCAPE '\\'"
+_SPAN = "date_bin('5 minutes', {moment}, 'epoch'::timestamptz)"
+# The seqs of the events in table `rows` (with `seq` and `timestamp`) merged into
+# `time_seqs` per span, spans in order: every writer locks them in that order, so two
+# never deadlock.
+COUNT_SPANS = (
+    "INSERT INTO time_seqs AS t (start, low, high)"
+    f" SELECT {_SPAN.format(moment='timestamp')}, min(seq), max(seq) FROM {{rows}}"
+    " GROUP BY 1 ORDER BY 1"
+    " ON CONFLICT (start) DO UPDATE SET low = least(t.low, excluded.low),"
+    " high = greatest(t.high, excluded.high)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,14 +44,24 @@ class Where:
     params: tuple[object, ...]
 
 
-def where(query: Query, topics: Sequence[str] | None, *, paged: bool) -> Where:
+def where(
+    query: Query,
+    topics: Sequence[str] | None,
+    *,
+    paged: bool,
+    seqs: tuple[int, int] | None = None,
+) -> Where:
     """The filters of `query` (`topics`: a wildcard topic's resolved list); `paged` adds
-    the cursor's position, which a histogram or time span ignores."""
+    the cursor's position, which a histogram or time span ignores; `seqs` are the bounds
+    `seq_bounds` found for its time range."""
     clauses: list[str] = ["seq > %s"]
     params: list[object] = [query.after]
     if query.position is not None and paged:
         clauses.append("seq < %s" if query.order == "desc" else "seq > %s")
         params.append(query.position)
+    if seqs is not None:
+        clauses.append("seq BETWEEN %s AND %s")
+        params += seqs
     if query.topic is not None:
         if query.topic.wildcard:
             clauses.append("topic = ANY(%s::text[])")
@@ -64,6 +85,34 @@ def where(query: Query, topics: Sequence[str] | None, *, paged: bool) -> Where:
         clauses.append("payload" + " -> %s::text" * len(found.path) + " = %s::jsonb")
         params += [*found.path, json_value(found)]
     return Where(" WHERE " + " AND ".join(clauses), tuple(params))
+
+
+def seq_bounds(query: Query) -> Where | None:
+    """For a time range without a topic: the query of the lowest and highest seq of the
+    5-minute spans it overlaps, from `time_seqs`, which every insert keeps up to date.
+
+    Pages follow seq, and a LIMIT over `ORDER BY seq` with a time filter is a trap: the
+    planner, taking time and seq as independent, walks the seq index from the newest
+    event and filters on time through every event after the range (for a day a week
+    ago: millions). Bounding seq as well turns that walk into one over the range's own
+    events, whatever the range's width, for the price of reading a row per 5 minutes. The
+    bounds hold every event in range (they may hold more: an event that arrived late
+    widens its span's). With a topic the (topic, timestamp) index already bounds the
+    work to that topic's events in range, and the planner uses it.
+    """
+    if query.topic is not None or (query.since is None and query.until is None):
+        return None
+    clauses: list[str] = []
+    params: list[object] = []
+    if query.since is not None:
+        clauses.append(f"start >= {_SPAN.format(moment='%s')}")
+        params.append(query.since)
+    if query.until is not None:
+        clauses.append("start < %s")
+        params.append(query.until)
+    return Where(
+        "SELECT min(low), max(high) FROM time_seqs WHERE " + " AND ".join(clauses), tuple(params)
+    )
 
 
 def json_value(found: FieldFilter) -> str:

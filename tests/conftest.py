@@ -155,3 +155,12 @@ def browser(sidecar: Sidecar) -> Iterator[Browser]:
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.fixture(scope="module")
+def pg_module_url(postgres_reachable: None) -> Iterator[str]:
+    """A PostgreSQL schema for this module's store, dropped afterwards."""
+    schema = f"logagg_search_{uuid.uuid4().hex[:12]}"
+    yield f"{PG_TEST_URL}{'&' if '?' in PG_TEST_URL else '?'}schema={schema}"
+    with psycopg.connect(PG_TEST_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

@@ -16,13 +16,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 import paho.mqtt.client as paho
+import psycopg
 import uvicorn
 import yaml
+from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 from playwright.sync_api import Browser, Page
 from prometheus_client.parser import text_string_to_metric_families
@@ -30,7 +33,14 @@ from typer.testing import CliRunner, Result
 
 from api import ApiSettings, create_app
 from api.server import server_config
-from bridge.store import Stats, StoreUnavailable, open_reader, parse_store_url
+from bridge.event import Event
+from bridge.store import (
+    PostgresUrl,
+    Stats,
+    StoreUnavailable,
+    open_reader,
+    parse_store_url,
+)
 from logagg.cli import app
 from supervise.mosquitto import PROJECT_CONFIG, Mosquitto, find_mosquitto, free_port
 from supervise.process import stop_process
@@ -362,3 +372,104 @@ def logagg_cli(*args: str, env: Mapping[str, str | None] | None = None) -> Resul
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+# Search tests (issue 11): a small vocabulary so random queries hit; mixed case,
+# diacritics, digits, MQTT topic levels, several UTC offsets.
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+START = NOW - timedelta(days=3)
+TOPICS = ["auth.prod", "auth/dev", "a/b/c", "a/b", "a/x/c", "billing.eu"]
+SOURCES = ["api-1", "api-2", "worker", "Édge"]
+# A small vocabulary so random queries hit: mixed case, diacritics, digits, a prefix family.
+WORDS = ["timeout", "Timeout", "time", "timer", "café", "CAFE", "résumé", "user42", "disk"]
+WORDS += ["full", "login", "failed", "ok", "naïve", "straße", "strasse", "retry", "x"]
+LEVELS = ["info", "info", "warn", "error"]
+STATUSES: list[Any] = [200, 200, 503, 503.0, "503", 404, None]
+OFFSETS = [UTC, timezone(timedelta(hours=1)), timezone(timedelta(hours=-7, minutes=-30))]
+FILTERS = ["a/+/c", "a/#", "+/b", "a/b", "#", "auth.prod", "+", "a/+"]
+
+
+def random_events(count: int, seed: int) -> list[Event]:
+    rnd = random.Random(seed)
+    events = []
+    for i in range(count):
+        when = START + timedelta(
+            seconds=rnd.randrange(3 * 86400), microseconds=rnd.randrange(10**6)
+        )
+        payload: dict[str, Any] = {
+            "msg": " ".join(rnd.choice(WORDS) for _ in range(rnd.randrange(1, 8))),
+            "level": rnd.choice(LEVELS),
+        }
+        status = rnd.choice(STATUSES)
+        if status is not None:
+            payload["http"] = {"status": status, "path": f"/v1/{rnd.choice(WORDS)}"}
+        if rnd.random() < 0.2:
+            payload["tags"] = [rnd.choice(WORDS), {"deep": rnd.choice(WORDS)}]
+        if rnd.random() < 0.1:
+            payload["level"] = {"nested": "error"}
+        events.append(
+            Event(
+                topic=rnd.choice(TOPICS),
+                event_id=f"{rnd.choice(WORDS)}-{i}",
+                timestamp=when.astimezone(rnd.choice(OFFSETS)),
+                source=rnd.choice(SOURCES),
+                payload=payload,
+            )
+        )
+    return events
+
+
+def query_params() -> st.SearchStrategy[list[tuple[str, str]]]:
+    moment = st.integers(0, 3 * 86400).map(
+        lambda s: (
+            (START + timedelta(seconds=s)).astimezone(timezone(timedelta(hours=2))).isoformat()
+        )
+    )
+    word = st.sampled_from([*WORDS, "tim*", "caf*", "nothing", "user", "42"])
+    clause = st.one_of(
+        word,
+        word.map(lambda w: f"-{w.rstrip('*')}"),
+        st.lists(st.sampled_from(WORDS), min_size=2, max_size=3).map(
+            lambda ws: f'"{" ".join(ws)}"'
+        ),
+    )
+    field = st.sampled_from(
+        [
+            "level:error",
+            "level:info",
+            "http.status:503",
+            'http.status:"503"',
+            "http.status:404",
+            "http.path:/v1/disk",
+            "nope.path:1",
+            "level.nested:error",
+            "http:200",
+        ]
+    )
+    optional = {
+        "topic": st.sampled_from(TOPICS + FILTERS),
+        "since": moment,
+        "until": moment,
+        "source": st.sampled_from(SOURCES),
+        "q": st.lists(clause, min_size=1, max_size=3).map(" ".join),
+        "order": st.sampled_from(["asc", "desc"]),
+        "after": st.integers(0, 300).map(str),
+    }
+    chosen = st.fixed_dictionaries({}, optional=optional).map(lambda d: list(d.items()))
+    fields = st.lists(field, max_size=2).map(lambda fs: [("field", f) for f in fs])
+    limit = st.integers(1, 60).map(lambda n: [("limit", str(n))])
+    return st.tuples(chosen, fields, limit).map(lambda t: t[0] + t[1] + t[2])
+
+
+def postgres(url: str) -> PostgresUrl:
+    parsed = parse_store_url(url)
+    assert isinstance(parsed, PostgresUrl)
+    return parsed
+
+
+def pg_execute(url: str, query: str) -> None:
+    """Run one statement in the test schema of a postgresql://…?schema=NAME URL, behind the
+    store's back."""
+    base, schema = url.split("?schema=")
+    with psycopg.connect(base, options=f"-csearch_path={schema}", autocommit=True) as conn:
+        conn.execute(query.encode())

@@ -22,8 +22,7 @@ from bridge.store import (
     postgres_backfill,
 )
 from bridge.store.postgres import PostgresWriter
-from tests.test_search import NOW, START, random_events
-from tests.test_store import pg_execute, postgres
+from tests.helpers import NOW, START, pg_execute, postgres, random_events
 
 
 def query(*params: tuple[str, str]) -> Query:

@@ -3,74 +3,18 @@ finds, page after page, on random events and random queries, and its histogram a
 
 from __future__ import annotations
 
-import random
-import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from datetime import datetime
 
-import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from psycopg import sql
 
 from bridge.event import Event
 from bridge.query import Query, QueryError, matches, parse_query, reference_page
 from bridge.store import StoredEvent, StoreWriter, open_writer, parse_store_url
-from tests.helpers import PG_TEST_URL
-
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-START = NOW - timedelta(days=3)
-TOPICS = ["auth.prod", "auth/dev", "a/b/c", "a/b", "a/x/c", "billing.eu"]
-SOURCES = ["api-1", "api-2", "worker", "Édge"]
-# A small vocabulary so random queries hit: mixed case, diacritics, digits, a prefix family.
-WORDS = ["timeout", "Timeout", "time", "timer", "café", "CAFE", "résumé", "user42", "disk"]
-WORDS += ["full", "login", "failed", "ok", "naïve", "straße", "strasse", "retry", "x"]
-LEVELS = ["info", "info", "warn", "error"]
-STATUSES: list[Any] = [200, 200, 503, 503.0, "503", 404, None]
-OFFSETS = [UTC, timezone(timedelta(hours=1)), timezone(timedelta(hours=-7, minutes=-30))]
-FILTERS = ["a/+/c", "a/#", "+/b", "a/b", "#", "auth.prod", "+", "a/+"]
-
-
-def random_events(count: int, seed: int) -> list[Event]:
-    rnd = random.Random(seed)
-    events = []
-    for i in range(count):
-        when = START + timedelta(
-            seconds=rnd.randrange(3 * 86400), microseconds=rnd.randrange(10**6)
-        )
-        payload: dict[str, Any] = {
-            "msg": " ".join(rnd.choice(WORDS) for _ in range(rnd.randrange(1, 8))),
-            "level": rnd.choice(LEVELS),
-        }
-        status = rnd.choice(STATUSES)
-        if status is not None:
-            payload["http"] = {"status": status, "path": f"/v1/{rnd.choice(WORDS)}"}
-        if rnd.random() < 0.2:
-            payload["tags"] = [rnd.choice(WORDS), {"deep": rnd.choice(WORDS)}]
-        if rnd.random() < 0.1:
-            payload["level"] = {"nested": "error"}
-        events.append(
-            Event(
-                topic=rnd.choice(TOPICS),
-                event_id=f"{rnd.choice(WORDS)}-{i}",
-                timestamp=when.astimezone(rnd.choice(OFFSETS)),
-                source=rnd.choice(SOURCES),
-                payload=payload,
-            )
-        )
-    return events
-
-
-@pytest.fixture(scope="module")
-def pg_module_url(postgres_reachable: None) -> Iterator[str]:
-    """A PostgreSQL schema for this module's store, dropped afterwards."""
-    schema = f"logagg_search_{uuid.uuid4().hex[:12]}"
-    yield f"{PG_TEST_URL}{'&' if '?' in PG_TEST_URL else '?'}schema={schema}"
-    with psycopg.connect(PG_TEST_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+from tests.helpers import NOW, query_params, random_events
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -91,48 +35,6 @@ def stored(
     assert len(everything) == len(events)
     yield store, everything
     store.close()
-
-
-def query_params() -> st.SearchStrategy[list[tuple[str, str]]]:
-    moment = st.integers(0, 3 * 86400).map(
-        lambda s: (
-            (START + timedelta(seconds=s)).astimezone(timezone(timedelta(hours=2))).isoformat()
-        )
-    )
-    word = st.sampled_from([*WORDS, "tim*", "caf*", "nothing", "user", "42"])
-    clause = st.one_of(
-        word,
-        word.map(lambda w: f"-{w.rstrip('*')}"),
-        st.lists(st.sampled_from(WORDS), min_size=2, max_size=3).map(
-            lambda ws: f'"{" ".join(ws)}"'
-        ),
-    )
-    field = st.sampled_from(
-        [
-            "level:error",
-            "level:info",
-            "http.status:503",
-            'http.status:"503"',
-            "http.status:404",
-            "http.path:/v1/disk",
-            "nope.path:1",
-            "level.nested:error",
-            "http:200",
-        ]
-    )
-    optional = {
-        "topic": st.sampled_from(TOPICS + FILTERS),
-        "since": moment,
-        "until": moment,
-        "source": st.sampled_from(SOURCES),
-        "q": st.lists(clause, min_size=1, max_size=3).map(" ".join),
-        "order": st.sampled_from(["asc", "desc"]),
-        "after": st.integers(0, 300).map(str),
-    }
-    chosen = st.fixed_dictionaries({}, optional=optional).map(lambda d: list(d.items()))
-    fields = st.lists(field, max_size=2).map(lambda fs: [("field", f) for f in fs])
-    limit = st.integers(1, 60).map(lambda n: [("limit", str(n))])
-    return st.tuples(chosen, fields, limit).map(lambda t: t[0] + t[1] + t[2])
 
 
 def parsed(params: list[tuple[str, str]]) -> Query | None:

@@ -23,7 +23,7 @@ from bridge.store import (
     parse_store_url,
 )
 from bridge.store.sqlite_search import Indexed, index_events
-from tests.test_search import NOW, random_events
+from tests.helpers import NOW, random_events
 
 # What schema 3 added: without it, a store is as logagg before search left it.
 _BACK_TO_SCHEMA_2 = """

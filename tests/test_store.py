@@ -38,6 +38,7 @@ from bridge.store.postgres import _COMMIT_LOCK, PostgresReader, PostgresWriter
 from bridge.store.reading import first_recent
 from bridge.store.sqlite import SQLiteReader, SQLiteWriter
 from supervise.mosquitto import free_port
+from tests.helpers import pg_execute, postgres
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -53,12 +54,6 @@ def store(url: StoreUrl) -> Iterator[StoreWriter]:
     opened = open_writer(url)
     yield opened
     opened.close()
-
-
-def postgres(url: str) -> PostgresUrl:
-    parsed = parse_store_url(url)
-    assert isinstance(parsed, PostgresUrl)
-    return parsed
 
 
 def event(topic: str, event_id: str, **payload: object) -> Event:
@@ -364,14 +359,6 @@ def test_store_url_is_read_once_into_its_parts() -> None:
     assert pg.connect_timeout_s == 2.0
     assert pg.display == "postgresql://u@db/x?schema=s&connect_timeout=2&sslmode=require"
     assert "pw" not in repr(pg)
-
-
-def pg_execute(url: str, query: str) -> None:
-    """Run one statement in the test schema of a postgresql://…?schema=NAME URL, behind the
-    store's back."""
-    base, schema = url.split("?schema=")
-    with psycopg.connect(base, options=f"-csearch_path={schema}", autocommit=True) as conn:
-        conn.execute(query.encode())
 
 
 def test_postgres_refuses_newer_schema(pg_url: str) -> None:

@@ -48,6 +48,7 @@ from bridge.query.text import (
     MAX_POSITIONS_PER_TOKEN,
     MAX_Q_TOKENS,
     MAX_TOKEN_CHARS,
+    unicode_tokens,
 )
 from tests.helpers import PG_TEST_URL
 
@@ -142,6 +143,16 @@ def test_tokens_are_stable_letters_and_digits(value: str) -> None:
 def test_tokens_ascii_shortcut_is_the_same_rule(value: str) -> None:
     """ASCII text takes a shortcut; with one non-ASCII letter added it takes the full rule."""
     assert tokens(value + " \u00e9") == [*tokens(value), "e"]
+
+
+@unhurried
+@given(st.lists(st.one_of(st.text(max_size=12), st.sampled_from(["café", "ﬁn", "x\u0301y", "¨a"]))))
+def test_tokens_word_by_word_is_the_whole_text_rule(words: list[str]) -> None:
+    """Tokenizing word by word (ASCII words by the shortcut, others remembered) gives what
+    the rule gives applied to the whole text at once, whatever the spaces and marks."""
+    for text in (" ".join(words), "\u00a0".join(words), "".join(words)):
+        assert tokens(text) == unicode_tokens(text)
+        assert tokens(text) == unicode_tokens(text)  # the second time from the cache
 
 
 def test_document_gaps_between_values_and_bounds() -> None:

@@ -16,6 +16,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 # A token is cut to this many characters: PostgreSQL refuses lexemes over 2,047 bytes, and
@@ -51,6 +52,32 @@ def tokens(text: str) -> list[str]:
     if text.isascii():
         # The same rule, 5 times faster: ASCII has no marks or compatibility forms.
         return _ASCII_TOKEN.findall(text.lower())
+    # Whitespace separates tokens before normalising as after it, so each word can be
+    # tokenized alone: ASCII words by the shortcut, the others once each (log text
+    # repeats its words; the full rule costs ~10 µs a word in Python).
+    found: list[str] = []
+    for word in text.split():
+        if word.isascii():
+            found += _ASCII_TOKEN.findall(word.lower())
+        elif len(word) <= _CACHED_WORD_CHARS:
+            found += _word_tokens(word)
+        else:
+            found += unicode_tokens(word)
+    return found
+
+
+# Words up to this long are remembered (at most _CACHED_WORDS of them).
+_CACHED_WORD_CHARS = 64
+_CACHED_WORDS = 1 << 16
+
+
+@lru_cache(maxsize=_CACHED_WORDS)
+def _word_tokens(word: str) -> tuple[str, ...]:
+    return tuple(unicode_tokens(word))
+
+
+def unicode_tokens(text: str) -> list[str]:
+    """`tokens`' rule applied to the whole of `text` at once, with no shortcut."""
     folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
     spaced = "".join(_spaced(folded))
     return [unicodedata.normalize("NFC", run)[:MAX_TOKEN_CHARS] for run in spaced.split()]

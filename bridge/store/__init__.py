@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from bridge.store.base import (
     BatchOutcome,
+    Bucket,
     EventKey,
+    QueryTimeout,
     Refused,
     SchemaTooNew,
     Stats,
@@ -54,9 +56,11 @@ __all__ = [
     "BRIDGE_ALIVE_SECONDS",
     "STORE_HOLD_SECONDS",
     "BatchOutcome",
+    "Bucket",
     "Durability",
     "EventKey",
     "PostgresUrl",
+    "QueryTimeout",
     "Refused",
     "SQLiteUrl",
     "SchemaTooNew",

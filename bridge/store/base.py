@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from bridge.event import Event, Rejection
+from bridge.query import Query
 
 # 2: per-bridge heartbeats stamped on the store's clock (`heartbeats` replaces `bridges`).
 SCHEMA_VERSION = 2
@@ -85,6 +86,19 @@ class StoredEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Bucket:
+    """A histogram bar: how many matching events have a `timestamp` in
+    [start, start + interval). `start` is a multiple of the interval since the Unix epoch."""
+
+    start: datetime
+    count: int
+
+
+class QueryTimeout(StoreUnavailable):
+    """A read ran past the store's statement timeout: the query is too expensive as asked."""
+
+
+@dataclass(frozen=True, slots=True)
 class StoredRejection:
     seq: int
     mqtt_topic: str
@@ -131,6 +145,24 @@ class StoreReader(Protocol):
         """Up to `limit` events with seq above `after`, oldest first: the first ones, or
         with `newest` the last ones (where a tail starts); fewer when their payloads add
         up to more than `max_bytes` (but at least one)."""
+        ...
+
+    def search(self, query: Query, *, max_bytes: int | None = None) -> list[StoredEvent]:
+        """The page of events `query` asks for: matching every filter, in its order, after
+        its cursor's position (or `after`), at most `limit`; fewer when their payloads add
+        up to more than `max_bytes` (but at least one). The same events, in the same order,
+        as `bridge.query.reference_page` finds by brute force. Raises QueryTimeout when the
+        query runs past the store's statement timeout."""
+        ...
+
+    def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
+        """The non-empty buckets of `interval_s` seconds, oldest first, counting the events
+        matching `query`'s filters (its order, position and limit aside) by `timestamp`."""
+        ...
+
+    def time_span(self, query: Query) -> tuple[datetime, datetime] | None:
+        """The earliest and latest `timestamp` of the events matching `query`'s filters
+        (for choosing a histogram's interval), or None when none match."""
         ...
 
     def rejected(

@@ -1,8 +1,8 @@
 """The sidecar's domain errors as HTTP answers: the one place that knows their status codes.
 
 The code that refuses or fails raises what went wrong (`InvalidBatch`, `TooLarge`, `Busy`,
-`BrokerUnavailable`, `StoreUnavailable`), and `answer` turns each into its status, body
-and headers, as documented in the routes' `responses=`.
+`BrokerUnavailable`, `InvalidQuery`, `StoreUnavailable`), and `answer` turns each into its
+status, body and headers, as documented in the routes' `responses=`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from api.batch import InvalidBatch, TooLarge
 from api.budget import Busy
 from api.models import Problem, PublishFailed, PublishInvalid
 from api.publishing import BrokerUnavailable
-from bridge.store import StoreUnavailable
+from api.search import InvalidQuery
+from bridge.store import QueryTimeout, StoreUnavailable
 
 # A client refused because too many bodies are in progress may try again this soon.
 BUSY_RETRY_AFTER_S = 1
 
-DomainError = InvalidBatch | TooLarge | Busy | BrokerUnavailable | StoreUnavailable
-DOMAIN_ERRORS = (InvalidBatch, TooLarge, Busy, BrokerUnavailable, StoreUnavailable)
+DomainError = InvalidBatch | TooLarge | Busy | BrokerUnavailable | InvalidQuery | StoreUnavailable
+DOMAIN_ERRORS = (InvalidBatch, TooLarge, Busy, BrokerUnavailable, InvalidQuery, StoreUnavailable)
 
 
 def answer(exc: DomainError) -> JSONResponse:
@@ -37,6 +38,12 @@ def answer(exc: DomainError) -> JSONResponse:
             return JSONResponse(failed.model_dump(), 503, {"Retry-After": str(BUSY_RETRY_AFTER_S)})
         case BrokerUnavailable(accepted=accepted):
             return JSONResponse(PublishFailed(detail=str(exc), accepted=accepted).model_dump(), 503)
+        case InvalidQuery(error=error):
+            # The shape of FastAPI's own 422s for query parameters (`limit=0`).
+            refused = {"type": "query", "loc": ["query", error.parameter], "msg": error.reason}
+            return JSONResponse({"detail": [refused]}, 422)
+        case QueryTimeout():
+            return JSONResponse(Problem(detail=str(exc)).model_dump(), 503)
         case StoreUnavailable():
             return JSONResponse(Problem(detail=f"store unavailable: {exc}").model_dump(), 503)
         case _:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from bridge.store import Stats, StoredEvent, StoredRejection, TopicStats
+from bridge.store import Bucket, Stats, StoredEvent, StoredRejection, TopicStats
 
 # /stats lists this many topics unless asked for more, and /metrics labels as many.
 BUSIEST_TOPICS = 50
@@ -109,7 +109,24 @@ def busiest_topics(topics: dict[str, TopicStats], count: int) -> list[tuple[str,
 
 class EventPage(BaseModel):
     events: list[StoredEvent]
-    next_after: int | None = Field(description="Pass as `after` for the next page; null if empty")
+    next_after: int | None = Field(
+        description="The last event's seq, to pass as `after` (oldest first); null if empty"
+    )
+    next: str | None = Field(
+        default=None,
+        description="Pass as `next`, with the same filters, for the following page; null when"
+        " an `order=desc` page is empty (an empty `asc` page has one: poll it for new events)",
+    )
+
+
+class HistogramPage(BaseModel):
+    interval: str = Field(description="The buckets' width: `30s`, `1m`, `1h`, `1d`…")
+    buckets: list[Bucket] = Field(
+        description="Oldest first, every bucket of the range, empty ones included: `start` is"
+        " a multiple of the interval since the Unix epoch, `count` the matching events with a"
+        " `timestamp` in [start, start + interval)"
+    )
+    total: int = Field(description="The sum of the counts: how many events match")
 
 
 class RejectedPage(BaseModel):

@@ -2,10 +2,11 @@
 
 One task reads the rows after the newest it has seen (all topics, in pages) and encodes each
 once as Server-Sent Event text into a bounded ring; each stream keeps its own cursor (a
-seq) and sends, in one write, what the ring holds after it for its topic. The ring holds
+seq) and sends, in one write, what the ring holds after it that its query's filters match
+(`bridge.query.matches`, the reference the stores are tested against). The ring holds
 every stored row with `floor < seq <= head`, so a stream whose cursor is at or past `floor`
 is served from memory, and one that fell behind (a slow reader, or a resume from an old
-Last-Event-ID) reads the store from its own cursor until it is back in the ring. Nothing is
+Last-Event-ID) searches the store from its own cursor until it is back in the ring. Nothing is
 skipped or repeated, a slow stream never holds up the others (the poller waits for no one)
 and memory stays bounded (the ring, and one write per stream in flight).
 
@@ -20,8 +21,8 @@ import bisect
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -29,6 +30,7 @@ from pydantic import TypeAdapter
 from starlette.types import Receive, Scope, Send
 
 from api.models import Problem
+from bridge.query import Query, matches
 from bridge.store import StoredEvent, StoreReader, StoreUnavailable
 
 logger = logging.getLogger("logagg.api")
@@ -57,23 +59,51 @@ PING = b": ping\n\n"
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One stored event as Server-Sent Event text: `id` its seq, `data` as in `/events`."""
+    """One stored event as Server-Sent Event text: `id` its seq, `data` as in `/events`;
+    with the event itself, for the streams' filters."""
 
-    seq: int
-    topic: str
+    event: StoredEvent
     text: bytes
 
+    @property
+    def seq(self) -> int:
+        return self.event.seq
 
-def read_frames(
-    store: StoreReader, *, topic: str | None, after: int, limit: int, max_bytes: int
-) -> list[Frame]:
-    """Up to `limit` events after `after`, encoded (on a worker thread: the store is sync);
-    fewer once their payloads reach `max_bytes`, so a short page is not the end: only an
-    empty one is."""
+
+Wanted = Callable[[Frame], bool]
+
+
+def wanted(query: Query) -> Wanted | None:
+    """Which frames a stream of `query` sends (None: all). A topic alone, today's stream,
+    is a string comparison; any other filter is `matches`."""
+    if query.since or query.until or query.source or query.text or query.fields or query.after:
+        return lambda frame: matches(query, frame.event)
+    topic = query.topic
+    if topic is None:
+        return None
+    if topic.wildcard:
+        return lambda frame: topic.matches(frame.event.topic)
+    name = topic.text
+    return lambda frame: frame.event.topic == name
+
+
+def _frames(rows: list[StoredEvent]) -> list[Frame]:
+    """`rows` encoded (on a worker thread: the store is sync)."""
     return [
-        Frame(row.seq, row.topic, b"id: %d\ndata: %s\n\n" % (row.seq, EVENT_JSON.dump_json(row)))
-        for row in store.events(topic=topic, after=after, limit=limit, max_bytes=max_bytes)
+        Frame(row, b"id: %d\ndata: %s\n\n" % (row.seq, EVENT_JSON.dump_json(row))) for row in rows
     ]
+
+
+def read_frames(store: StoreReader, *, after: int, limit: int, max_bytes: int) -> list[Frame]:
+    """Up to `limit` events of every topic after `after`; fewer once their payloads reach
+    `max_bytes`, so a short page is not the end: only an empty one is."""
+    return _frames(store.events(topic=None, after=after, limit=limit, max_bytes=max_bytes))
+
+
+def search_frames(store: StoreReader, query: Query, *, after: int, max_bytes: int) -> list[Frame]:
+    """As `read_frames`, only the events matching `query`."""
+    page = replace(query, order="asc", position=after, limit=PAGE)
+    return _frames(store.search(page, max_bytes=max_bytes))
 
 
 class StreamHub:
@@ -121,12 +151,7 @@ class StreamHub:
                     )
                     self._floor = self._head = newest[-1].seq if newest else 0
                 frames = await run_in_threadpool(
-                    read_frames,
-                    self.store,
-                    topic=None,
-                    after=self._head,
-                    limit=PAGE,
-                    max_bytes=self.max_bytes,
+                    read_frames, self.store, after=self._head, limit=PAGE, max_bytes=self.max_bytes
                 )
             except StoreUnavailable:
                 pass  # not created yet, or briefly unreadable: keep polling
@@ -154,55 +179,60 @@ class StreamHub:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _from_ring(self, cursor: int, topic: str | None) -> tuple[list[Frame], int]:
-        """Up to CHUNK frames after `cursor` for `topic`, and the seq up to which the ring
-        was looked through (the stream's next cursor, even when nothing matched)."""
+    def _from_ring(self, cursor: int, want: Wanted | None) -> tuple[list[Frame], int]:
+        """Up to CHUNK frames after `cursor` that `want` takes, and the seq up to which the
+        ring was looked through (the stream's next cursor, even when nothing matched)."""
         start = bisect.bisect_right(self._seqs, cursor)
-        if topic is None:
+        if want is None:
             chunk = self._frames[start : start + CHUNK]
             return chunk, chunk[-1].seq if chunk else cursor
         found: list[Frame] = []
         scanned = cursor
         for frame in self._frames[start:]:
             scanned = frame.seq
-            if frame.topic == topic:
+            if want(frame):
                 found.append(frame)
                 if len(found) == CHUNK:
                     break
         return found, scanned
 
-    async def _next(self, cursor: int, topic: str | None) -> tuple[list[Frame], int, bool]:
+    async def _next(
+        self, cursor: int, query: Query, want: Wanted | None
+    ) -> tuple[list[Frame], int, bool]:
         """The next frames after `cursor` (maybe none yet), the cursor after them, and
         whether to ask again at once (False: wait for the poller)."""
         floor = self._floor
         if floor is not None and cursor >= floor:
-            frames, cursor = self._from_ring(cursor, topic)
+            frames, cursor = self._from_ring(cursor, want)
             return frames, cursor, len(frames) == CHUNK
-        # Behind the ring (or no ring yet): read the store from our own cursor.
+        # Behind the ring (or no ring yet): search the store from our own cursor.
         frames = await run_in_threadpool(
-            read_frames, self.store, topic=topic, after=cursor, limit=PAGE, max_bytes=self.max_bytes
+            search_frames, self.store, query, after=cursor, max_bytes=self.max_bytes
         )
         if not frames and floor is not None:
             # Everything of ours up to `floor` was committed before this read: all here.
             return frames, max(frames[-1].seq if frames else cursor, floor), True
         return frames, frames[-1].seq if frames else cursor, bool(frames)
 
-    async def start_cursor(self, topic: str | None, last: int) -> int:
-        """Where a stream with no cursor starts: just before the newest `last` events of its
-        topic, or (0) after the newest one."""
-        newest = await run_in_threadpool(
-            self.store.events, topic=topic, after=0, limit=max(last, 1), newest=True
+    async def start_cursor(self, query: Query, last: int) -> int:
+        """Where a stream with no cursor starts: just before the newest `last` events its
+        query matches, or (0) after the newest event stored."""
+        if last == 0:
+            newest = await run_in_threadpool(
+                self.store.events, topic=None, after=0, limit=1, newest=True
+            )
+            return newest[-1].seq if newest else 0
+        found = await run_in_threadpool(
+            self.store.search, replace(query, order="desc", position=None, limit=last)
         )
-        if not newest:
-            return 0
-        return newest[0].seq - 1 if last else newest[-1].seq
+        return found[-1].seq - 1 if found else 0
 
-    async def events(
-        self, topic: str | None, cursor: int | None, last: int
-    ) -> AsyncIterator[bytes]:
+    async def events(self, query: Query, cursor: int | None, last: int) -> AsyncIterator[bytes]:
         """The stream's body: `retry`, then (without a cursor) an id alone where a reconnect
-        would resume, then the events, several per write; ends after STREAM_MAX_S."""
+        would resume, then the events `query` matches, several per write; ends after
+        STREAM_MAX_S."""
         yield b"retry: %d\n\n" % RETRY_MS
+        want = wanted(query)
         deadline = time.monotonic() + STREAM_MAX_S
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
@@ -211,12 +241,12 @@ class StreamHub:
             unavailable = more = False
             try:
                 if cursor is None:
-                    cursor = await self.start_cursor(topic, last)
+                    cursor = await self.start_cursor(query, last)
                     # An id alone moves the client's Last-Event-ID: a reconnect resumes
                     # here even when no event came before it.
                     yield b"id: %d\n\n" % cursor
                     quiet_since = time.monotonic()
-                frames, cursor, more = await self._next(cursor, topic)
+                frames, cursor, more = await self._next(cursor, query, want)
             except StoreUnavailable:
                 unavailable = True  # not created yet, or briefly unreadable: try again
             now = time.monotonic()
@@ -243,9 +273,9 @@ class EventStream(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, hub: StreamHub, topic: str | None, cursor: int | None, last: int) -> None:
+    def __init__(self, hub: StreamHub, query: Query, cursor: int | None, last: int) -> None:
         super().__init__(
-            hub.events(topic, cursor, last),
+            hub.events(query, cursor, last),
             # No caching, and no buffering by an nginx in front.
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )

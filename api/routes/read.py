@@ -1,4 +1,5 @@
-"""`GET /stats`, `/stats/rate`, `/events`, `/rejected`: what the bridge stored, read page by page.
+"""`GET /stats`, `/stats/rate`, `/events`, `/events/histogram`, `/rejected`: what the bridge
+stored, read page by page, searched (api/routes/query.py), counted over time.
 
 Store calls are synchronous, so these routes are plain `def` (FastAPI runs them on its
 thread pool) and the loop stays free for the MQTT traffic.
@@ -7,24 +8,28 @@ No `from __future__ import annotations`: FastAPI reads the routes' annotations a
 time, and the query limits are local to `router`.
 """
 
-from functools import partial
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import Field
 
+from api import search
 from api.auth import Guard
 from api.models import (
     BUSIEST_TOPICS,
     RATE_WINDOW_MAX_S,
     EventPage,
+    HistogramPage,
     Problem,
     RejectedPage,
     StatsReport,
 )
-from api.routes.params import MAX_SEQ, Topic
+from api.routes.params import MAX_SEQ
+from api.routes.query import FILTERS, PAGING, documented, parsed
+from api.search import INTERVAL_PATTERN, InvalidQuery
 from api.settings import ApiSettings
 from api.state import BrokerStatsDep, StoreDep
+from bridge.query import QueryError
 from bridge.store import StoredRate
 
 
@@ -69,19 +74,47 @@ def router(settings: ApiSettings, guard: Guard) -> APIRouter:
         dashboard's chart). Poll with `after` = `next_after` to count only what is new."""
         return store.stored_per_second(seconds=seconds, after=after)
 
-    @routes.get("/events")
-    def events(
+    searching = FILTERS + PAGING
+    max_limit = settings.read_limit_max
+
+    @routes.get("/events", openapi_extra=documented(searching, max_limit))
+    def events(request: Request, store: StoreDep, last: Last = None) -> EventPage:
+        """Stored (unique) events matching every filter given, in arrival order (`seq`), oldest
+        first unless `order=desc`. A page of large events stops early, once their payloads
+        reach the sidecar's read budget: follow `next` (or `next_after`) for the rest."""
+        query = parsed(request, searching, own=("last",), max_limit=max_limit)
+        if last is not None and query.position is not None:
+            raise InvalidQuery(QueryError("last", "asks for the newest events: drop `next`"))
+        found = search.page(store, query, max_bytes=settings.read_max_bytes, last=last)
+        rows = found.events
+        return EventPage(events=rows, next_after=rows[-1].seq if rows else None, next=found.next)
+
+    @routes.get("/events/histogram", openapi_extra=documented(FILTERS, max_limit))
+    def histogram(
+        request: Request,
         store: StoreDep,
-        topic: Topic = None,
-        limit: Limit = 100,
-        after: After = 0,
-        last: Last = None,
-    ) -> EventPage:
-        """Stored (unique) events in arrival order. A page of large events stops early, once
-        their payloads reach the sidecar's read budget: follow `next_after` for the rest."""
-        page = partial(store.events, topic=topic, after=after, max_bytes=settings.read_max_bytes)
-        rows = page(limit=last, newest=True) if last is not None else page(limit=limit)
-        return EventPage(events=rows, next_after=rows[-1].seq if rows else None)
+        interval: Annotated[
+            str | None,
+            Query(
+                pattern=INTERVAL_PATTERN,
+                description="Each bucket's width, 1s to 1d (`30s`, `5m`, `1h`, `1d`); left"
+                f" out, a round one giving about {search.TARGET_BUCKETS} buckets over the range",
+            ),
+        ] = None,
+    ) -> HistogramPage:
+        """How many events match the filters, per bucket of time, by `timestamp`: every bucket
+        over [since, until) (a bound left out: the matches' first or last timestamp; with
+        `since` alone, up to now), empty ones included, at most 10,000."""
+        query = parsed(request, FILTERS, own=("interval",), max_limit=max_limit)
+        interval_s = None if interval is None else search.parse_interval(interval)
+        if isinstance(interval_s, str):
+            raise InvalidQuery(QueryError("interval", interval_s))
+        counted = search.histogram(store, query, interval_s)
+        if isinstance(counted, QueryError):
+            raise InvalidQuery(counted)
+        return HistogramPage(
+            interval=counted.interval, buckets=counted.buckets, total=counted.total
+        )
 
     @routes.get("/rejected")
     def rejected(

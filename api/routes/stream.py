@@ -7,12 +7,13 @@ time, and the query limits are local to `router`.
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
 from api.auth import Guard
 from api.models import Problem
-from api.routes.params import MAX_SEQ, Topic
+from api.routes.params import MAX_SEQ
+from api.routes.query import FILTERS, documented, parsed
 from api.settings import ApiSettings
 from api.state import HubDep
 from api.stream import EventStream
@@ -26,6 +27,7 @@ def router(settings: ApiSettings, guard: Guard) -> APIRouter:
         "/events/stream",
         response_class=EventStream,
         status_code=200,
+        openapi_extra=documented(FILTERS, settings.read_limit_max),
         responses={
             503: {
                 "description": "Too many open streams",
@@ -34,8 +36,8 @@ def router(settings: ApiSettings, guard: Guard) -> APIRouter:
         },
     )
     async def stream(
+        request: Request,
         hub: HubDep,
-        topic: Topic = None,
         after: Annotated[
             int | None, Query(ge=0, le=MAX_SEQ, description="Start after this seq")
         ] = None,
@@ -54,10 +56,12 @@ def router(settings: ApiSettings, guard: Guard) -> APIRouter:
         ] = None,
     ) -> Response:
         """Stored events as they arrive, as Server-Sent Events: `id` is the event's seq,
-        `data` the event as in `/events`. A stream ends after a few minutes; clients resume
-        from their Last-Event-ID, so nothing is missed. Past `LOGAGG_MAX_STREAMS` open
-        streams, 503 with Retry-After."""
+        `data` the event as in `/events`; only those matching every filter given (a live
+        tail of a search). A stream ends after a few minutes; clients resume from their
+        Last-Event-ID, so nothing is missed. Past `LOGAGG_MAX_STREAMS` open streams, 503
+        with Retry-After."""
+        query = parsed(request, FILTERS, own=("after", "last"), max_limit=settings.read_limit_max)
         cursor = last_event_id if last_event_id is not None else after
-        return EventStream(hub, topic, cursor, last)
+        return EventStream(hub, query, cursor, last)
 
     return routes

@@ -10,6 +10,9 @@ from enum import StrEnum
 BRIDGE_ALIVE_SECONDS = 15.0
 # How long one stuck PostgreSQL session may hold the others (default; `store_hold_s`).
 STORE_HOLD_SECONDS = 5.0
+# How long one read (a search, a histogram, a page) may run before it is stopped and
+# answered as too expensive (default; `query_timeout_s`).
+QUERY_TIMEOUT_SECONDS = 5.0
 
 
 class Durability(StrEnum):
@@ -40,11 +43,13 @@ class Durability(StrEnum):
 class StoreOptions:
     """`durability` applies to writes; `alive_s` is the window a bridge's last heartbeat
     must fall in for it to count as alive; `hold_s` bounds how long one stuck PostgreSQL
-    session may hold the others (SQLite has one writer, so nothing to bound)."""
+    session may hold the others (SQLite has one writer, so nothing to bound);
+    `query_timeout_s` bounds each read, which then raises QueryTimeout."""
 
     durability: Durability = Durability.FULL
     alive_s: float = BRIDGE_ALIVE_SECONDS
     hold_s: float = STORE_HOLD_SECONDS
+    query_timeout_s: float = QUERY_TIMEOUT_SECONDS
 
 
 DEFAULT_OPTIONS = StoreOptions()

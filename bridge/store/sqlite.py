@@ -11,6 +11,7 @@ another boot is never fresh.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -20,11 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from bridge.event import Event
+from bridge.query import Query
 from bridge.store.base import (
     KEEP_REJECTED,
     SCHEMA_VERSION,
     BatchOutcome,
+    Bucket,
     EventKey,
+    QueryTimeout,
     Refused,
     StoredEvent,
     StoredRejection,
@@ -38,9 +42,30 @@ from bridge.store.base import (
 )
 from bridge.store.options import StoreOptions
 from bridge.store.reading import Connection, SqlReader
+from bridge.store.search_sql import micros
+from bridge.store.sqlite_search import (
+    SEARCH_SCHEMA,
+    Indexed,
+    histogram,
+    index_events,
+    search_rows,
+    time_span,
+)
 
-# Rows per multi-row INSERT: 6 parameters each stays far below SQLite's variable limit.
+logger = logging.getLogger("logagg.bridge.store")
+# The schema that can be searched; a store below it is still being upgraded.
+SEARCH_SCHEMA_VERSION = 3
+# In `meta` while upgrading: the last seq indexed.
+_INDEXED_THROUGH = "indexed_through"
+
+# Rows per multi-row INSERT: 7 parameters each stays far below SQLite's variable limit.
 _CHUNK = 500
+# The upgrade to schema 3 indexes old events in transactions of about this long, so that
+# it never holds the store for much longer at a time; and logs its progress every 5%.
+_UPGRADE_STEP_S = 0.05
+_UPGRADE_REPORT_SHARE = 0.05
+# A read checks its deadline every this many SQLite VM instructions (about a millisecond).
+_TIMEOUT_CHECK_STEPS = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -52,6 +77,9 @@ CREATE TABLE IF NOT EXISTS events (
     source TEXT NOT NULL,
     payload TEXT NOT NULL,
     received_at TEXT NOT NULL,
+    -- `timestamp` as µs since the epoch, UTC: what time ranges compare and histograms
+    -- bucket. NULL only in a store still being upgraded to schema 3.
+    ts INTEGER,
     UNIQUE (topic, event_id)
 );
 CREATE INDEX IF NOT EXISTS events_topic_seq ON events (topic, seq);
@@ -98,6 +126,25 @@ WHERE boot_id = :boot_id AND seen_at > :now - :alive_s
 """
 
 
+def _schema_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _require_search(conn: sqlite3.Connection) -> None:
+    """Refuse to search a store whose old events are not all indexed yet: it would miss them."""
+    if _schema_version(conn) >= SEARCH_SCHEMA_VERSION:
+        return
+    row = conn.execute(
+        "SELECT CAST(value AS INTEGER), (SELECT max(seq) FROM events) FROM meta WHERE key = ?",
+        (_INDEXED_THROUGH,),
+    ).fetchone()
+    progress = f" ({100 * row[0] // max(row[1], 1)}% done)" if row else ""
+    raise StoreUnavailable(
+        f"search is not ready: the bridge is upgrading the store to index its events{progress}"
+    )
+
+
 def host_clock() -> tuple[str, float]:
     """(this boot's id, seconds since boot): the host's clock, the same in every process."""
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -118,12 +165,13 @@ class SQLiteReader(SqlReader):
     def __init__(self, path: Path, options: StoreOptions) -> None:
         self.path = path
         self._alive_s = options.alive_s
+        self._timeout_s = options.query_timeout_s
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A short-lived read-only connection in one read transaction: every query of a call
         sees the same snapshot (so /stats never straddles a commit), and in WAL mode readers
-        never block the writer."""
+        never block the writer. The call is interrupted past the query timeout."""
         if not self.path.exists():
             raise StoreUnavailable(f"{self.path} does not exist yet: the bridge creates it")
         try:
@@ -132,11 +180,20 @@ class SQLiteReader(SqlReader):
             )
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
+        deadline = time.monotonic() + self._timeout_s
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, _TIMEOUT_CHECK_STEPS)
         with closing(conn):
             try:
                 conn.execute("BEGIN")
                 yield conn
                 conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() > deadline and "interrupted" in str(exc):
+                    raise QueryTimeout(
+                        f"the query ran past the store's {self._timeout_s:g} s timeout"
+                        " (query_timeout_s): narrow it, e.g. with a shorter time range or a topic"
+                    ) from exc
+                raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot read {self.path}: {exc}") from exc
 
@@ -163,6 +220,22 @@ class SQLiteReader(SqlReader):
     def _rejection(self, row: Any) -> StoredRejection:
         return StoredRejection(*row)
 
+    def search(self, query: Query, *, max_bytes: int | None = None) -> list[StoredEvent]:
+        with self._read() as conn:
+            _require_search(conn)
+            rows = search_rows(conn, query, self._EVENT_COLUMNS, self._PAYLOAD_SIZE, max_bytes)
+        return [self._event(row) for row in rows]
+
+    def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
+        with self._read() as conn:
+            _require_search(conn)
+            return histogram(conn, query, interval_s)
+
+    def time_span(self, query: Query) -> tuple[datetime, datetime] | None:
+        with self._read() as conn:
+            _require_search(conn)
+            return time_span(conn, query)
+
     def close(self) -> None:
         """Nothing to close: each read opens and closes its own connection."""
 
@@ -185,22 +258,104 @@ class SQLiteWriter(SQLiteReader):
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         self._connection = conn
 
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Create the schema, or upgrade it: an older store gains the search columns and
+        tables at once, then its events are indexed by `_index_old_events` before the
+        store says schema 3 (until then search says it is not ready)."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in _SCHEMA.split(";"):
                 conn.execute(statement)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            check_schema_version(int(row[0]) if row else 0)
+            found = _schema_version(conn)
+            check_schema_version(found)
+            if "ts" not in {row[1] for row in conn.execute("PRAGMA table_info(events)")}:
+                conn.execute("ALTER TABLE events ADD COLUMN ts INTEGER")
+            for statement in SEARCH_SCHEMA.split(";"):
+                conn.execute(statement)
+            (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+            upgrading = found < SEARCH_SCHEMA_VERSION and last > 0
+            if upgrading:
+                conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?, '0')", (_INDEXED_THROUGH,)
+                )
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
+                (str(found if upgrading else SCHEMA_VERSION),),
             )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        if upgrading:
+            self._index_old_events(conn, last)
+
+    def _index_old_events(self, conn: sqlite3.Connection, last: int) -> None:
+        """Index the events up to seq `last` stored before schema 3, oldest first, in
+        short transactions that each record how far they got (an interrupted upgrade
+        resumes there), then say schema 3. Runs before the bridge consumes: its log says
+        how long that takes."""
+        (done,) = conn.execute(
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?", (_INDEXED_THROUGH,)
+        ).fetchone()
+        started, total, step, reported = time.monotonic(), last - done, 1000, 0.0
+        logger.info(
+            "upgrading %s to schema %d: indexing up to %d stored events for search; the bridge"
+            " consumes once this is done",
+            self.path,
+            SCHEMA_VERSION,
+            total,
+        )
+        while done < last:
+            began = time.monotonic()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = conn.execute(
+                    "SELECT seq, event_id, source, payload, timestamp FROM events"
+                    " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                    (done, last, step),
+                ).fetchall()
+                stored: list[Indexed] = [
+                    (seq, eid, source, json.loads(payload), micros(datetime.fromisoformat(at)))
+                    for seq, eid, source, payload, at in rows
+                ]
+                conn.executemany(
+                    "UPDATE events SET ts = ? WHERE seq = ?", [(e[4], e[0]) for e in stored]
+                )
+                index_events(conn, stored)
+                done = rows[-1][0] if rows else last
+                conn.execute(
+                    "UPDATE meta SET value = ? WHERE key = ?", (str(done), _INDEXED_THROUGH)
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            took = time.monotonic() - began
+            step = max(100, min(100_000, int(step * _UPGRADE_STEP_S / max(took, 1e-3))))
+            share = 1 - (last - done) / total
+            if share >= reported + _UPGRADE_REPORT_SHARE or done >= last:
+                reported = share
+                logger.info(
+                    "upgrading %s: %.0f%% indexed (%.0f s)",
+                    self.path,
+                    100 * share,
+                    time.monotonic() - started,
+                )
+        with conn:
+            conn.execute("DELETE FROM meta WHERE key = ?", (_INDEXED_THROUGH,))
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
+        took = time.monotonic() - started
+        logger.info(
+            "upgraded %s to schema %d: %d events indexed in %.1f s (%.0f events/s)",
+            self.path,
+            SCHEMA_VERSION,
+            total,
+            took,
+            total / max(took, 1e-3),
+        )
 
     def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome:
         conn = self._connection
@@ -231,8 +386,8 @@ class SQLiteWriter(SQLiteReader):
         inserted: set[EventKey] = set()
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
-            values = ",".join(["(?,?,?,?,?,?)"] * len(chunk))
-            params: list[str] = []
+            values = ",".join(["(?,?,?,?,?,?,?)"] * len(chunk))
+            params: list[str | int] = []
             for e in chunk:
                 params += (
                     e.topic,
@@ -241,13 +396,23 @@ class SQLiteWriter(SQLiteReader):
                     e.source,
                     payload_json(e),
                     received_at,
+                    micros(e.timestamp),
                 )
             cur = conn.execute(
-                "INSERT INTO events (topic, event_id, timestamp, source, payload, received_at)"
-                f" VALUES {values} ON CONFLICT DO NOTHING RETURNING topic, event_id",
+                "INSERT INTO events (topic, event_id, timestamp, source, payload, received_at, ts)"
+                f" VALUES {values} ON CONFLICT DO NOTHING RETURNING seq, topic, event_id",
                 params,
             )
-            inserted.update(cur.fetchall())
+            new = {(topic, event_id): seq for seq, topic, event_id in cur.fetchall()}
+            inserted.update(new)
+            index_events(
+                conn,
+                [
+                    (new[key], e.event_id, e.source, e.payload, micros(e.timestamp))
+                    for e in chunk
+                    if (key := (e.topic, e.event_id)) in new
+                ],
+            )
         counts = tally(events, refused, inserted)
         conn.executemany(
             "INSERT INTO topic_stats (topic, unique_processed, duplicate_dropped) VALUES (?, ?, ?)"

@@ -269,10 +269,13 @@ def test_a_search_past_the_time_limit_says_so(
 
 
 def test_search_fits_a_phone(browser: Browser, client: httpx.Client) -> None:
-    """At 390 px wide, with results and a histogram, nothing scrolls sideways."""
+    """At 390 px wide, with results and a histogram, nothing scrolls sideways. (A span of
+    time typed in the URL, not a preset, is offered as one.)"""
     page = browser.new_page(viewport={"width": 390, "height": 844})
-    page.goto(f"{client.base_url}/#search?q=timeout*")
-    page.wait_for_selector("#histogram[data-total='4']")
+    page.goto(f"{client.base_url}/#search?q=timeout*&since=90m")
+    page.wait_for_selector("#histogram[data-total='3']")
+    assert page.input_value("#s-range") == "90m"
+    assert page.inner_text("#s-range option:checked") == "last 90m"
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     box = page.locator("#histogram").bounding_box()
     assert box is not None

@@ -131,8 +131,9 @@ def test_typed_words_find_their_events_and_histogram_and_the_url_reproduces_them
 ) -> None:
     """The word timeout, in the last day, finds the two events that say it (any case; not
     "timeouts"), newest first, the word marked; the histogram counts them; the URL, opened
-    fresh, shows the same; back returns to the search before."""
-    page = open_dashboard(browser, client, live=False, viewport={"width": 1280, "height": 900})
+    fresh, shows the same (a time from another day with its date); back returns to the
+    search before."""
+    page = open_dashboard(browser, client, live=False, timezone_id="UTC")
     errors = watched(page)
     search(page, range="24h", q="timeout")
     page.wait_for_selector("#histogram[data-total='2']")
@@ -149,11 +150,14 @@ def test_typed_words_find_their_events_and_histogram_and_the_url_reproduces_them
     page.wait_for_selector("#histogram[data-total='4']")
     assert shown(page) == ["old", "t3", "t2", "t1"]
 
-    again = browser.new_page(viewport={"width": 1280, "height": 900})
+    again = browser.new_page(timezone_id="UTC")
     again_errors = watched(again)
     again.goto(page.url)
     again.wait_for_selector("#histogram[data-total='4']")
     assert shown(again) == ["old", "t3", "t2", "t1"]
+    old = NOW - timedelta(days=3)
+    assert old.strftime("%Y-%m-%d %H:%M:%S") in again.inner_text("#results [data-event-id=old]")
+    assert NOW.strftime("%Y-%m-%d") not in again.inner_text("#results [data-event-id=t3]")
     assert again.input_value("#s-q") == "timeout*"
     assert again.input_value("#s-range") == ""
     assert bars(again) == bars(page)

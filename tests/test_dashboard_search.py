@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -31,7 +31,9 @@ pytestmark = [
 # Headless Chromium, as tests/test_dashboard.py drives it.
 browser = test_dashboard.browser
 
-NOW = datetime.now(UTC).replace(microsecond=0)
+_now = datetime.now(UTC).replace(microsecond=0)
+# A few seconds ago, and 2 s past a multiple of 5 s: never at the start of a histogram bucket.
+NOW = _now - timedelta(seconds=_now.second % 5 + 3)
 # (event_id, minutes ago, topic, message): three "timeout"s, spread over the last hour.
 EVENTS = [
     ("t1", 50, "auth/prod", "login timeout for user 7"),
@@ -202,6 +204,20 @@ def test_a_histogram_bar_narrows_the_range_to_its_bucket(
     page.wait_for_selector("#histogram[data-total='5']")
     assert page.input_value("#s-range") == "1h"
     assert len(shown(page)) == 5
+
+    # A range from t1 on, typed into the URL: its first 5 s bucket starts 2 s before t1, its
+    # bar searches from t1 to the end of the bucket.
+    t1 = (NOW - timedelta(minutes=50)).astimezone(ZoneInfo("Europe/Berlin"))
+    typed = {"since": t1.isoformat(), "until": (t1 + timedelta(minutes=5)).isoformat()}
+    page.goto(f"{client.base_url}/#search?{urlencode(typed)}")
+    page.wait_for_selector("#histogram[data-total='1'][data-interval='5s']")
+    page.click("#histogram button:enabled")
+    page.wait_for_selector("#histogram[data-interval='1s']")
+    assert hash_query(page) == {
+        "since": [t1.isoformat()],
+        "until": [(t1.replace(second=t1.second // 5 * 5) + timedelta(seconds=5)).isoformat()],
+    }
+    assert shown(page) == ["t1"]
     assert errors == []
 
 
@@ -230,9 +246,10 @@ def test_a_refused_filter_is_shown_at_its_field(browser: Browser, client: httpx.
 def test_results_page_on_and_payloads_expand(
     browser: Browser, sidecar: Sidecar, store_url: str
 ) -> None:
-    """120 matches: 50 a page, "load more" twice, then no more; a payload opens in full."""
+    """120 matches: 50 a page, "load more" twice, then no more. A payload's line starts
+    shortly before the word found; it opens in full."""
     events = [
-        stamped(f"e{i:03}", 1000 - i, "app", f"disk full on host {i}", host={"n": i})
+        stamped(f"e{i:03}", 1000 - i, "app", f"host {i} of the cluster says: disk full", n=i)
         for i in range(120)
     ]
     client = filled(sidecar, store_url, events)
@@ -247,8 +264,12 @@ def test_results_page_on_and_payloads_expand(
     assert page.is_hidden("#s-more")
     assert shown(page)[-1] == "e000"
     last = page.locator("#results li[data-event-id=e000] details")
+    line = last.locator("summary").inner_text()
+    assert line.startswith("…")
+    assert "of the cluster says: disk full" in line
     assert not last.locator("pre").is_visible()
     last.locator("summary").click()
+    assert '"msg": "host 0 of the cluster' in last.locator("pre").inner_text()
     assert '"n": 0' in last.locator("pre").inner_text()
     assert errors == []
 

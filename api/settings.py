@@ -9,8 +9,7 @@ from pydantic_settings import NoDecode
 
 from bridge.event import DEFAULT_MAX_EVENT_NODES, DEFAULT_MAX_PAYLOAD_BYTES
 from bridge.settings import DEFAULT_STORE, AliveSeconds, MqttSettings, StoreSetting
-from bridge.store import BRIDGE_ALIVE_SECONDS, StoreOptions
-from bridge.store.options import QUERY_TIMEOUT_SECONDS
+from bridge.store import BRIDGE_ALIVE_SECONDS, QUERY_TIMEOUT_SECONDS, StoreOptions
 
 MIN_TOKEN_LENGTH = 16
 # JSON nodes in one request body: parsed, about 65 MB at worst (see DEFAULT_MAX_EVENT_NODES),
@@ -53,8 +52,9 @@ class ApiSettings(MqttSettings):
     # 15k events/s, 500 gave 9-10k/s, 5,000 gave 4k/s. 100 keeps most of the speed.
     max_inflight: int = Field(default=100, ge=1, le=65_535)
     read_limit_max: int = Field(default=1000, ge=1)
-    # Longest one store read may run (a search, a histogram): past it, 503 with the reason.
-    query_timeout_s: float = Field(default=QUERY_TIMEOUT_SECONDS, gt=0)
+    # Each read of the store (a page, a search, a histogram) is stopped past this and
+    # answered 503: a query too expensive as asked, not a store down.
+    query_timeout_s: float = Field(default=QUERY_TIMEOUT_SECONDS, gt=0, le=3600)
     bridge_alive_s: AliveSeconds = BRIDGE_ALIVE_SECONDS
     # The broker's per-client queue limits (Mosquitto's max_queued_messages and
     # max_queued_bytes; 0 = none), which it does not publish: /stats and /healthz measure
@@ -83,7 +83,7 @@ class ApiSettings(MqttSettings):
 
     @property
     def store_options(self) -> StoreOptions:
-        """The sidecar only reads: of the store's options, the alive window and the read
+        """The sidecar only reads: of the store's options, the alive window and the query
         timeout are its own."""
         return StoreOptions(alive_s=self.bridge_alive_s, query_timeout_s=self.query_timeout_s)
 

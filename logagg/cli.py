@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings
 
 from bridge.event import describe
 from bridge.settings import BridgeSettings
-from logagg import logs
+from logagg import logs, search
 
 app = typer.Typer(
     help="MQTT log aggregator: every event the broker accepted, stored exactly once.",
@@ -421,9 +421,54 @@ def ready(
     typer.echo(f"ready: bridge {config.client_id} up for {uptime:.0f}s")
 
 
+@app.command(name="search")
+def search_command(
+    topic: search.TopicFlag = None,
+    since: search.SinceFlag = None,
+    until: search.UntilFlag = None,
+    source: search.SourceFlag = None,
+    q: search.TextFlag = None,
+    field: search.FieldFlag = None,
+    order: Annotated[
+        str | None, typer.Option(help="asc (default: oldest first) or desc (newest first)")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Print at most this many events")] = 100,
+    every: Annotated[bool, typer.Option("--all", help="Print every event found")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="One JSON object a line (NDJSON), as /events has it")
+    ] = False,
+    api_url: ApiUrl = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="Read this store directly instead of asking the sidecar: sqlite:///path or"
+            " postgresql://user@host/db?schema=NAME"
+        ),
+    ] = None,
+    log_level: LogLevel = "warning",
+    log_format: LogFormat = "text",
+) -> None:
+    """Print the stored events a query finds, one a line: seq time topic source event_id
+    payload. Exit status 2 names a refused flag."""
+    logs.configure(log_level, log_format)
+    params = search.query_params(topic, since, until, source, q, field)
+    search.run(
+        [*params, *([("order", order)] if order is not None else [])],
+        limit=None if every else limit,
+        json_output=json_output,
+        api_url=api_url,
+        store=store,
+    )
+
+
 @app.command()
 def tail(
-    topic: Annotated[str | None, typer.Option(help="Only this topic")] = None,
+    topic: search.TopicFlag = None,
+    since: search.SinceFlag = None,
+    until: search.UntilFlag = None,
+    source: search.SourceFlag = None,
+    q: search.TextFlag = None,
+    field: search.FieldFlag = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Then print each event as it is stored")
     ] = False,
@@ -434,8 +479,9 @@ def tail(
     log_level: LogLevel = "warning",
     log_format: LogFormat = "text",
 ) -> None:
-    """Print the newest stored events, one a line: seq time topic source event_id payload."""
-    from logagg.views import ViewError, ViewSettings, latest, one_line, sidecar
+    """Print the newest stored events (those the filters match), one a line: seq time topic
+    source event_id payload."""
+    from logagg.views import QueryRefused, ViewError, ViewSettings, latest, one_line, sidecar
     from logagg.views import follow as follow_events
     from supervise.process import interrupt_on_stop_signals
 
@@ -445,8 +491,12 @@ def tail(
     try:
         with sidecar(config) as client:
             events = follow_events if follow else latest
-            for event in events(client, topic, lines):
+            filters = search.query_params(topic, since, until, source, q, field)
+            for event in events(client, filters, lines):
                 typer.echo(one_line(event))
+    except QueryRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except ViewError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -14,7 +14,7 @@ from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 
 import httpx
-from pydantic import SecretStr, TypeAdapter
+from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.models import EventPage, StatsReport, busiest_topics
@@ -44,6 +44,25 @@ class ViewError(Exception):
     """The sidecar could not be reached, or refused the request."""
 
 
+class QueryRefused(ViewError):
+    """The sidecar refused the query (a 422): the message names the parameter."""
+
+
+# Query parameters, in order, `field` repeated.
+Params = list[tuple[str, str]]
+
+
+class _Refusal(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class _Refused(BaseModel):
+    """A 422's body, as FastAPI and api/errors.py give it."""
+
+    detail: list[_Refusal]
+
+
 @contextmanager
 def sidecar(settings: ViewSettings) -> Iterator[httpx.Client]:
     """A client for the sidecar, with its token when there is one."""
@@ -55,6 +74,14 @@ def sidecar(settings: ViewSettings) -> Iterator[httpx.Client]:
 
 
 def _checked(response: httpx.Response) -> httpx.Response:
+    if response.status_code == 422:
+        response.read()
+        try:
+            refusal = _Refused.model_validate_json(response.content).detail[0]
+        except (ValidationError, IndexError):
+            pass
+        else:
+            raise QueryRefused(f"{refusal.loc[-1]}: {refusal.msg}")
     if response.is_error:
         response.read()
         hint = (
@@ -66,15 +93,12 @@ def _checked(response: httpx.Response) -> httpx.Response:
     return response
 
 
-def _get(client: httpx.Client, path: str, params: dict[str, str | int]) -> httpx.Response:
+def get(client: httpx.Client, path: str, params: Params) -> httpx.Response:
+    """`path` with `params`, checked: a refusal raises ViewError (QueryRefused for a 422)."""
     try:
-        return _checked(client.get(path, params=params))
+        return _checked(client.get(path, params=tuple(params)))
     except httpx.TransportError as exc:
         raise ViewError(f"cannot reach the sidecar at {client.base_url}: {exc}") from exc
-
-
-def _params(topic: str | None, **more: int) -> dict[str, str | int]:
-    return {**more, **({"topic": topic} if topic is not None else {})}
 
 
 def one_line(event: StoredEvent) -> str:
@@ -84,18 +108,17 @@ def one_line(event: StoredEvent) -> str:
     return " ".join([str(event.seq), *(f.translate(_CONTROL) for f in fields), payload])
 
 
-def latest(client: httpx.Client, topic: str | None, count: int) -> list[StoredEvent]:
-    """The newest `count` stored events, oldest first."""
+def latest(client: httpx.Client, filters: Params, count: int) -> list[StoredEvent]:
+    """The newest `count` stored events the `filters` match, oldest first."""
     if count == 0:
         return []
-    response = _get(client, "/events", _params(topic, last=count))
+    response = get(client, "/events", [*filters, ("last", str(count))])
     return EventPage.model_validate_json(response.content).events
 
 
-def follow(
-    client: httpx.Client, topic: str | None, count: int
-) -> Generator[StoredEvent, None, None]:
-    """The newest `count` events, then each one as it is stored, until interrupted.
+def follow(client: httpx.Client, filters: Params, count: int) -> Generator[StoredEvent, None, None]:
+    """The newest `count` events the `filters` match, then each one as it is stored, until
+    interrupted.
 
     Reads `/events/stream`; when the stream ends or the connection drops, it
     resumes after the last seq seen (Last-Event-ID), so nothing is skipped."""
@@ -104,9 +127,8 @@ def follow(
     while True:
         headers = {} if cursor is None else {"last-event-id": str(cursor)}
         try:
-            with client.stream(
-                "GET", "/events/stream", params=_params(topic, last=count), headers=headers
-            ) as response:
+            params = (*filters, ("last", str(count)))
+            with client.stream("GET", "/events/stream", params=params, headers=headers) as response:
                 _checked(response)
                 backoff.reset()
                 for event_id, data in server_sent_events(response.iter_lines()):
@@ -141,7 +163,7 @@ def server_sent_events(lines: Iterable[str]) -> Iterator[tuple[str | None, str |
 
 
 def fetch_stats(client: httpx.Client) -> StatsReport:
-    return StatsReport.model_validate_json(_get(client, "/stats", {}).content)
+    return StatsReport.model_validate_json(get(client, "/stats", []).content)
 
 
 def _duration(seconds: float) -> str:

@@ -370,7 +370,7 @@ def test_healthz_and_reads_are_503_without_a_store(sidecar: Sidecar) -> None:
     assert health.status_code == 503
     assert "does not exist yet" in health.json()["store"]
     assert "Connection refused" in health.json()["broker"]
-    for path in ("/stats", "/stats/rate", "/events", "/rejected"):
+    for path in ("/stats", "/stats/rate", "/events", "/events/histogram", "/rejected"):
         answer = client.get(path)
         assert answer.status_code == 503
         assert "does not exist yet" in answer.json()["detail"]

@@ -24,6 +24,7 @@ from api.stream import Frame
 from bench.floods import StreamClient
 from bench.procs import Child, start_api
 from bridge.lograte import RepeatFilter
+from bridge.query import Query
 from bridge.store import StoreReader
 from logagg.views import server_sent_events
 from supervise.mosquitto import Mosquitto, free_port
@@ -339,16 +340,19 @@ def test_open_streams_share_one_store_poller(
     """50 open streams cost the store one poll per interval, not one each: over ~1.5 s of
     waiting, the store is read ~8 times (every 0.2 s), all by the shared poller; then an
     event reaches every stream."""
-    reads: list[str | None] = []
-    real = api.stream.read_frames
+    reads: list[str] = []
+    polled_by_hub, searched_by_stream = api.stream.read_frames, api.stream.search_frames
 
-    def counted(
-        store: StoreReader, *, topic: str | None, after: int, limit: int, max_bytes: int
-    ) -> list[Frame]:
-        reads.append(topic)
-        return real(store, topic=topic, after=after, limit=limit, max_bytes=max_bytes)
+    def counted(store: StoreReader, *, after: int, limit: int, max_bytes: int) -> list[Frame]:
+        reads.append("poller")
+        return polled_by_hub(store, after=after, limit=limit, max_bytes=max_bytes)
+
+    def searched(store: StoreReader, query: Query, *, after: int, max_bytes: int) -> list[Frame]:
+        reads.append("stream")
+        return searched_by_stream(store, query, after=after, max_bytes=max_bytes)
 
     monkeypatch.setattr(api.stream, "read_frames", counted)
+    monkeypatch.setattr(api.stream, "search_frames", searched)
     bridge_factory()
     client = sidecar(broker.url)
     publish_raw(broker.port, make_stream(5, 0.0, seed=8))
@@ -375,5 +379,5 @@ def test_open_streams_share_one_store_poller(
         return clients
 
     clients = asyncio.run(scenario())
-    assert set(reads) == {None}  # only the poller's reads (all topics), none per stream
+    assert set(reads) == {"poller"}  # only the poller's reads (all topics), none per stream
     assert [c.events for c in clients] == [1] * 50

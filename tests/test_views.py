@@ -149,7 +149,7 @@ def test_follow_resumes_where_an_ended_stream_stopped(
     """Streams end (so that none holds a shutdown for long); `follow` reconnects with the
     last seq it saw and misses or repeats nothing."""
     monkeypatch.setattr(api.stream, "STREAM_MAX_S", 0.5)
-    with closing(follow(client, None, 1)) as events:
+    with closing(follow(client, [], 1)) as events:
         assert next(events).event_id == "e4"
         for event_id in ("e5", "e6"):
             time.sleep(1)  # the stream in hand has ended

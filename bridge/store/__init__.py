@@ -22,6 +22,7 @@ from bridge.store.base import (
 from bridge.store.options import (
     BRIDGE_ALIVE_SECONDS,
     DEFAULT_OPTIONS,
+    QUERY_TIMEOUT_SECONDS,
     STORE_HOLD_SECONDS,
     Durability,
     StoreOptions,
@@ -54,6 +55,7 @@ def open_writer(url: StoreUrl, options: StoreOptions = DEFAULT_OPTIONS) -> Store
 
 __all__ = [
     "BRIDGE_ALIVE_SECONDS",
+    "QUERY_TIMEOUT_SECONDS",
     "STORE_HOLD_SECONDS",
     "BatchOutcome",
     "Bucket",

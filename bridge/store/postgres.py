@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -53,11 +53,14 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge.event import Event
+from bridge.query import Query, document, searchable, tsvector_literal
 from bridge.store.base import (
     KEEP_REJECTED,
     SCHEMA_VERSION,
     BatchOutcome,
+    Bucket,
     EventKey,
+    QueryTimeout,
     Refused,
     StoredEvent,
     StoredRejection,
@@ -70,6 +73,24 @@ from bridge.store.base import (
     tally,
 )
 from bridge.store.options import StoreOptions
+from bridge.store.postgres_backfill import (
+    BACKFILL_PROGRESS,
+    PENDING_KEY,
+    TEXT_INDEXES,
+    TIME_INDEXES,
+    Backfill,
+    create_index,
+)
+from bridge.store.postgres_search import (
+    COUNT_SPANS,
+    TOPICS_LIKE,
+    Where,
+    histogram_sql,
+    page_sql,
+    seq_bounds,
+    span_sql,
+    where,
+)
 from bridge.store.reading import Connection, SqlReader
 from bridge.store.url import PostgresUrl
 
@@ -92,6 +113,8 @@ CREATE TABLE IF NOT EXISTS events (
     payload jsonb NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now(),
     seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+    -- What `q` searches, as Python tokenized it (NULL until a v2 store's backfill).
+    tsv tsvector,
     PRIMARY KEY (topic, event_id)
 );
 CREATE INDEX IF NOT EXISTS events_topic_seq ON events (topic, seq);
@@ -99,6 +122,13 @@ CREATE TABLE IF NOT EXISTS topic_stats (
     topic text PRIMARY KEY,
     unique_processed bigint NOT NULL,
     duplicate_dropped bigint NOT NULL
+);
+-- Per 5 minutes of `timestamp` from `start`, the lowest and highest seq of their events:
+-- bounds in seq of a time range (see `postgres_search.seq_bounds`).
+CREATE TABLE IF NOT EXISTS time_seqs (
+    start timestamptz PRIMARY KEY,
+    low bigint NOT NULL,
+    high bigint NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rejection_stats (code text PRIMARY KEY, count bigint NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected (
@@ -134,13 +164,20 @@ SELECT extract(epoch FROM clock_timestamp() - started_at)::float8 AS uptime FROM
 WHERE seen_at > clock_timestamp() - make_interval(secs => %s)
 """
 
-_INSERT_EVENTS = """
-INSERT INTO events (topic, event_id, timestamp, utc_offset_s, source, payload)
-SELECT topic, event_id, ts, utc_offset_s, source, payload::jsonb
-FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::integer[], %s::text[], %s::text[])
-    AS batch (topic, event_id, ts, utc_offset_s, source, payload)
-ON CONFLICT DO NOTHING
-RETURNING topic, event_id
+# The new events, and the seqs of their spans of time (see `postgres_search.seq_bounds`),
+# in one statement.
+_INSERT_EVENTS = f"""
+WITH inserted AS (
+    INSERT INTO events (topic, event_id, timestamp, utc_offset_s, source, payload, tsv)
+    SELECT topic, event_id, ts, utc_offset_s, source, payload::jsonb, tsv::tsvector
+    FROM unnest(
+        %s::text[], %s::text[], %s::timestamptz[], %s::integer[], %s::text[], %s::text[],
+        %s::text[]
+    ) AS batch (topic, event_id, ts, utc_offset_s, source, payload, tsv)
+    ON CONFLICT DO NOTHING
+    RETURNING topic, event_id, seq, timestamp
+), spans AS ({COUNT_SPANS.format(rows="inserted")})
+SELECT topic, event_id FROM inserted
 """
 
 _COUNT_TOPICS = """
@@ -183,6 +220,7 @@ class PostgresReader(SqlReader):
         self.display = url.display
         self._alive_s = options.alive_s
         self._hold_ms = max(1, round(options.hold_s * 1000))
+        self._query_ms = max(1, round(options.query_timeout_s * 1000))
         self._conninfo, self._schema = url.conninfo, url.schema
         self._timeout = url.connect_timeout_s or DEFAULT_TIMEOUT_S
         self._synchronous_commit = options.durability.postgres_synchronous_commit
@@ -247,15 +285,76 @@ class PostgresReader(SqlReader):
 
     @contextmanager
     def _read(self) -> Iterator[psycopg.Connection[Any]]:
-        """One snapshot for all the statements of a read, which cannot write."""
+        """One snapshot for all the statements of a read, which cannot write, each
+        statement cut off at the query timeout."""
         with self._connection("read") as conn:
             try:
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                conn.execute(
+                    "SELECT set_config('statement_timeout', %s, true)", (str(self._query_ms),)
+                )
                 yield conn
             except psycopg.errors.UndefinedTable as exc:
                 raise StoreUnavailable(
                     f"the store in {self.display} does not exist yet: the bridge creates it"
                 ) from exc
+            except psycopg.errors.QueryCanceled as exc:
+                raise QueryTimeout(
+                    f"the query ran past the {self._query_ms / 1000:g}s statement timeout of"
+                    f" {self.display}: narrow it (a time range, a topic, rarer words)"
+                ) from exc
+
+    # The searches run unprepared: PostgreSQL would switch a prepared statement to a generic
+    # plan after five runs, blind to the values (a needle or a common word, a seq range of
+    # an hour or a month), which is what picks the index.
+    def search(self, query: Query, *, max_bytes: int | None = None) -> list[StoredEvent]:
+        with self._read() as conn:
+            filters = self._where(conn, query, paged=True)
+            sql_text = page_sql(self._EVENT_COLUMNS, query, filters, max_bytes)
+            params = (*filters.params, query.limit, *(() if max_bytes is None else (max_bytes,)))
+            rows = conn.execute(sql_text.encode(), params, prepare=False).fetchall()
+        return [self._event(row) for row in rows]
+
+    def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
+        with self._read() as conn:
+            filters = self._where(conn, query, paged=False)
+            rows = conn.execute(
+                histogram_sql(filters).encode(), (interval_s, *filters.params), prepare=False
+            )
+            return [Bucket(start.astimezone(UTC), count) for start, count in rows]
+
+    def time_span(self, query: Query) -> tuple[datetime, datetime] | None:
+        with self._read() as conn:
+            filters = self._where(conn, query, paged=False)
+            row = conn.execute(span_sql(filters).encode(), filters.params, prepare=False).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return row[0].astimezone(UTC), row[1].astimezone(UTC)
+
+    def _where(self, conn: psycopg.Connection[Any], query: Query, *, paged: bool) -> Where:
+        """The filters of `query`, once a wildcard topic is resolved and its time range
+        bounded in seq. While the backfill of an upgraded store runs, a text query is
+        refused (it would miss the events not reached yet) and time ranges are not
+        bounded (the spans of older events are not all counted yet)."""
+        pending = None
+        if query.text is not None or query.since is not None or query.until is not None:
+            pending = conn.execute(BACKFILL_PROGRESS).fetchone()
+            if pending is not None and query.text is not None:
+                raise StoreUnavailable(
+                    f"full-text search in {self.display} is not ready: its text index is being"
+                    f" built after the upgrade to schema {SCHEMA_VERSION} (events up to seq"
+                    f" {pending[0]} done); other filters work meanwhile"
+                )
+        topics, wanted = None, query.topic
+        if wanted is not None and wanted.wildcard:
+            rows = conn.execute(TOPICS_LIKE, (wanted.like_pattern(),))
+            topics = [topic for (topic,) in rows if wanted.matches(topic)]
+        seqs = None
+        if pending is None and (bounds := seq_bounds(query)) is not None:
+            row = conn.execute(bounds.sql.encode(), bounds.params).fetchone()
+            low, high = row or (None, None)
+            seqs = (low or 1, high or 0)  # no event in those spans: an empty interval
+        return where(query, topics, paged=paged, seqs=seqs)
 
     def _live_uptimes(self, client_id: str | None) -> tuple[str, tuple[object, ...]]:
         if client_id is None:
@@ -295,16 +394,19 @@ class PostgresWriter(PostgresReader):
 
     def __init__(self, url: PostgresUrl, options: StoreOptions) -> None:
         super().__init__(url, options)
+        self.backfill: Backfill | None = None
         try:
-            self._migrate()
+            if self._migrate():
+                self.backfill = Backfill(self._conninfo, self._schema, self.display)
         except BaseException:
             self._pool.close()
             raise
 
-    def _migrate(self) -> None:
-        """Create the tables, or check that existing ones are not newer than this logagg.
-        An advisory lock makes bridges starting together take turns: CREATE … IF NOT EXISTS
-        alone races on the system catalogs."""
+    def _migrate(self) -> bool:
+        """Create the tables, or check that existing ones are not newer than this logagg
+        and upgrade older ones; whether the search upgrade's backfill is still to do (see
+        `bridge.store.postgres_backfill`). An advisory lock makes bridges starting together
+        take turns: CREATE … IF NOT EXISTS alone races on the system catalogs."""
         with self._connection("create the schema in") as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             if self._schema is not None:
@@ -315,13 +417,28 @@ class PostgresWriter(PostgresReader):
                 "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL)"
             )
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            check_schema_version(int(row[0]) if row else 0)
+            found = int(row[0]) if row else 0
+            check_schema_version(found)
+            if found == SCHEMA_VERSION:
+                # Nothing to create: and DDL here would deadlock with a backfill's
+                # CREATE INDEX CONCURRENTLY, which waits for this transaction.
+                return conn.execute(BACKFILL_PROGRESS).fetchone() is not None
             conn.execute(_SCHEMA)
+            if found == 0:  # a new store: its indexes cost nothing to build
+                for name, how in {**TIME_INDEXES, **TEXT_INDEXES}.items():
+                    create_index(conn, name, how, concurrently=False)
+            elif found < 3:
+                conn.execute("ALTER TABLE events ADD COLUMN IF NOT EXISTS tsv tsvector")
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (%s, '0') ON CONFLICT DO NOTHING",
+                    (PENDING_KEY,),
+                )
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', %s)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(SCHEMA_VERSION),),
             )
+            return conn.execute(BACKFILL_PROGRESS).fetchone() is not None
 
     def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome:
         # Sorted by key: two bridges inserting overlapping keys wait on each other in the
@@ -329,7 +446,15 @@ class PostgresWriter(PostgresReader):
         # taken, so the lock covers only the round trips.
         rows = sorted(first_copies(events), key=lambda e: (e.topic, e.event_id))
         event_columns = _columns(
-            (e.topic, e.event_id, e.timestamp, _offset_s(e.timestamp), e.source, payload_json(e))
+            (
+                e.topic,
+                e.event_id,
+                e.timestamp,
+                _offset_s(e.timestamp),
+                e.source,
+                payload_json(e),
+                tsvector_literal(document(searchable(e.event_id, e.source, e.payload))),
+            )
             for e in rows
         )
         rejected_columns = _columns(map(rejected_row, refused))
@@ -356,6 +481,11 @@ class PostgresWriter(PostgresReader):
     def heartbeat(self, client_id: str, run_id: str) -> None:
         with self._connection("write") as conn:
             conn.execute(_HEARTBEAT, (client_id, run_id))
+
+    def close(self) -> None:
+        if self.backfill is not None:
+            self.backfill.stop()
+        super().close()
 
 
 def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:

@@ -387,8 +387,9 @@ class SQLiteWriter(SQLiteReader):
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             values = ",".join(["(?,?,?,?,?,?,?)"] * len(chunk))
+            stamps = [micros(e.timestamp) for e in chunk]
             params: list[str | int] = []
-            for e in chunk:
+            for e, ts in zip(chunk, stamps, strict=True):
                 params += (
                     e.topic,
                     e.event_id,
@@ -396,7 +397,7 @@ class SQLiteWriter(SQLiteReader):
                     e.source,
                     payload_json(e),
                     received_at,
-                    micros(e.timestamp),
+                    ts,
                 )
             cur = conn.execute(
                 "INSERT INTO events (topic, event_id, timestamp, source, payload, received_at, ts)"
@@ -408,8 +409,8 @@ class SQLiteWriter(SQLiteReader):
             index_events(
                 conn,
                 [
-                    (new[key], e.event_id, e.source, e.payload, micros(e.timestamp))
-                    for e in chunk
+                    (new[key], e.event_id, e.source, e.payload, ts)
+                    for e, ts in zip(chunk, stamps, strict=True)
                     if (key := (e.topic, e.event_id)) in new
                 ],
             )

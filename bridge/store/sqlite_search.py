@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -46,7 +47,9 @@ from bridge.store.search_sql import (
 
 SEARCH_SCHEMA = """
 CREATE INDEX IF NOT EXISTS events_topic_ts ON events (topic, ts);
-CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5 (body, content = '', tokenize = 'ascii');
+-- Contentless (the text is not kept: the event is), no column sizes (nothing ranks).
+CREATE VIRTUAL TABLE IF NOT EXISTS events_fts
+    USING fts5 (body, content = '', columnsize = 0, tokenize = 'ascii');
 CREATE TABLE IF NOT EXISTS minute_seqs (
     minute INTEGER PRIMARY KEY,
     first_seq INTEGER NOT NULL,
@@ -213,7 +216,7 @@ def search_rows(
 
 
 def histogram(conn: sqlite3.Connection, query: Query, interval_s: int) -> list[Bucket]:
-    select = _select(conn, query, "ts", page=False)
+    select = _select(conn, replace(query, position=None), "ts", page=False)
     if select is None:
         return []
     sql, params = select
@@ -225,9 +228,27 @@ def histogram(conn: sqlite3.Connection, query: Query, interval_s: int) -> list[B
 
 
 def time_span(conn: sqlite3.Connection, query: Query) -> tuple[datetime, datetime] | None:
-    select = _select(conn, query, "ts", page=False)
-    if select is None:
-        return None
-    sql, params = select
-    first, last = conn.execute(f"SELECT min(ts), max(ts) FROM ({sql})", params).fetchone()
+    """With topic and time filters only, the ends of each topic's range in `(topic, ts)`
+    (two index seeks a topic); else the ends of what `_select` reads."""
+    query = replace(query, position=None)
+    if query.text is None and query.source is None and not query.fields and not query.after:
+        if query.topic is None:
+            topics = [name for (name,) in conn.execute("SELECT topic FROM topic_stats")]
+        else:
+            topics = named_topics(conn, "?", query.topic)
+        where = row_conditions(query, "?", _field)
+        where.clauses.insert(0, "topic = t.value")
+        ends = f"SELECT {{}}(ts) FROM events WHERE {where.sql}"
+        sql = (
+            f"SELECT min(first), max(last) FROM (SELECT ({ends.format('min')}) AS first,"
+            f" ({ends.format('max')}) AS last FROM json_each(?) AS t)"
+        )
+        params = [*where.params, *where.params, json.dumps(topics)]
+    else:
+        select = _select(conn, query, "ts", page=False)
+        if select is None:
+            return None
+        inner, params = select
+        sql = f"SELECT min(ts), max(ts) FROM ({inner})"
+    first, last = conn.execute(sql, params).fetchone()
     return None if first is None else (from_micros(first), from_micros(last))

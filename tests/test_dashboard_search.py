@@ -284,6 +284,35 @@ def test_results_page_on_and_payloads_expand(
     assert errors == []
 
 
+def test_event_data_is_shown_as_text_never_as_html(
+    browser: Browser, sidecar: Sidecar, store_url: str
+) -> None:
+    """Markup in every part of an event found is shown as the characters it is: no element of
+    it is made, no script of it runs; the word searched is still marked."""
+    markup = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+    hostile = Event(
+        topic="<b>web</b>",
+        event_id=f"<i>id</i>{markup}",
+        timestamp=NOW,
+        source=f"<u>src</u>{markup}",
+        payload={"msg": f"hostile {markup}", "<em>key</em>": markup},
+    )
+    client = filled(sidecar, store_url, [hostile])
+    page = open_dashboard(browser, client, live=False)
+    errors = watched(page)
+    search(page, q="hostile")
+    page.wait_for_selector("#histogram[data-total='1']")
+    item = page.locator("#results li").first
+    made = item.evaluate("li => [...li.querySelectorAll('*')].map(e => e.localName).sort()")
+    assert set(made) == {"details", "mark", "pre", "span", "summary"}
+    assert page.evaluate("window.pwned") is None
+    text = item.text_content() or ""
+    for part in ("<b>web</b>", "<i>id</i><img src=x", "<u>src</u>", "<script>window.pwned=2"):
+        assert part in text, part
+    assert item.locator("mark").all_text_contents() == ["hostile", "hostile"]
+    assert errors == []
+
+
 def test_a_search_past_the_time_limit_says_so(
     browser: Browser, sidecar: Sidecar, store_url: str
 ) -> None:

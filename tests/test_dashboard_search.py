@@ -256,7 +256,7 @@ def test_a_refused_filter_is_shown_at_its_field(browser: Browser, client: httpx.
 def test_results_page_on_and_payloads_expand(
     browser: Browser, sidecar: Sidecar, store_url: str
 ) -> None:
-    """120 matches: 50 a page, "load more" twice, then no more. A payload's line starts
+    """120 matches: 50 a page, "load older" twice, then no more. A payload's line starts
     shortly before the word found; it opens in full."""
     events = [
         stamped(f"e{i:03}", 1000 - i, "app", f"host {i} of the cluster says: disk full", n=i)
@@ -268,6 +268,7 @@ def test_results_page_on_and_payloads_expand(
     search(page, q="disk")
     page.wait_for_selector("#histogram[data-total='120']")
     assert shown(page) == [f"e{i:03}" for i in range(119, 69, -1)]
+    assert page.inner_text("#s-more") == "Load older"
     for count in (100, 120):
         page.click("#s-more")
         page.wait_for_selector(f"#results[data-shown='{count}']")
@@ -281,6 +282,13 @@ def test_results_page_on_and_payloads_expand(
     last.locator("summary").click()
     assert '"msg": "host 0 of the cluster' in last.locator("pre").inner_text()
     assert '"n": 0' in last.locator("pre").inner_text()
+
+    page.select_option("#s-order", "asc")
+    page.press("#s-q", "Enter")
+    page.wait_for_selector("#results[data-shown='50'] li[data-event-id=e000]:first-child")
+    assert shown(page) == [f"e{i:03}" for i in range(50)]
+    assert page.inner_text("#s-more") == "Load newer"
+    assert hash_query(page) == {"q": ["disk"], "order": ["asc"]}
     assert errors == []
 
 

@@ -17,20 +17,9 @@ from playwright.sync_api import Browser, Page
 
 from bridge.event import Event
 from bridge.store import open_writer, parse_store_url
-from tests import test_dashboard
-from tests.conftest import Sidecar
-from tests.test_api import nowhere
-from tests.test_dashboard import CHROMIUM, open_dashboard
-from tests.test_search import random_events
+from tests.helpers import Sidecar, nowhere, open_dashboard, random_events
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install chromium"
-    ),
-]
-# Headless Chromium, as tests/test_dashboard.py drives it.
-browser = test_dashboard.browser
+pytestmark = [pytest.mark.browser]
 
 _now = datetime.now(UTC).replace(microsecond=0)
 # A few seconds ago, and 2 s past a multiple of 5 s: never at the start of a histogram bucket.
@@ -97,13 +86,13 @@ def watched(page: Page) -> list[str]:
     return errors
 
 
-def search(page: Page, range: str | None = None, **fields: str) -> None:
+def search(page: Page, preset: str | None = None, **fields: str) -> None:
     """Fill the search form's `fields` (by input id: q, topic, source, field), pick the time
-    `range` (a preset, "" for any time), and press Enter."""
+    range `preset` ("" for any time), and press Enter."""
     for name, value in fields.items():
         page.fill(f"#s-{name}", value)
-    if range is not None:
-        page.select_option("#s-range", range)
+    if preset is not None:
+        page.select_option("#s-range", preset)
     page.press("#s-q", "Enter")
 
 
@@ -147,7 +136,7 @@ def test_typed_words_find_their_events_and_histogram_and_the_url_reproduces_them
     search before."""
     page = open_dashboard(browser, client, live=False, timezone_id="UTC")
     errors = watched(page)
-    search(page, range="24h", q="timeout")
+    search(page, preset="24h", q="timeout")
     page.wait_for_selector("#histogram[data-total='2']")
     assert shown(page) == ["t2", "t1"]
     assert [m.lower() for m in page.locator("#results mark").all_text_contents()] == ["timeout"] * 4
@@ -158,7 +147,7 @@ def test_typed_words_find_their_events_and_histogram_and_the_url_reproduces_them
     assert all(re.fullmatch(rf"{n} events? from .+ to .+", label) for _, n, label in counted)
     assert hash_query(page) == {"q": ["timeout"], "since": ["24h"]}
 
-    search(page, range="", q="timeout*")
+    search(page, preset="", q="timeout*")
     page.wait_for_selector("#histogram[data-total='4']")
     assert shown(page) == ["old", "t3", "t2", "t1"]
 
@@ -189,7 +178,7 @@ def test_a_histogram_bar_narrows_the_range_to_its_bucket(
     that bucket, shown in local time, and the URL says so; back returns to the hour."""
     page = open_dashboard(browser, client, live=False, timezone_id="Europe/Berlin")
     errors = watched(page)
-    search(page, range="1h")
+    search(page, preset="1h")
     page.wait_for_selector("#histogram[data-total='5']")
     assert shown(page) == ["t3", "ok2", "t2", "ok1", "t1"]
     interval = page.get_attribute("#histogram", "data-interval")

@@ -22,10 +22,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
+
 from bench.corpus import Corpus, Row
 from bench.stream import TOPICS
 from bridge.event import Event
-from bridge.store import Durability, StoreOptions, open_writer, parse_store_url
+from bridge.store import Durability, PostgresUrl, StoreOptions, open_writer, parse_store_url
 
 _ID_SPACE = 16**12  # the stream's run ids are 12 hex digits
 _COUNT_TOPIC = (
@@ -94,9 +96,15 @@ def prefill_corpus(
     the bridge stores them (so every search index is written as in production), `batch`
     events per transaction with durability off (a throwaway store, redone rather than
     recovered); returns the seconds it took. `progress(done, seconds)` follows each batch.
+
+    A PostgreSQL store is then vacuumed and analyzed, as autovacuum would after such a
+    load: without statistics the planner walks the seq index for a text query instead
+    of the GIN (0.45 s instead of 7 ms for a needle in 1M events), and the shared server
+    here runs with autovacuum off.
     """
     started = time.monotonic()
-    store = open_writer(parse_store_url(url), StoreOptions(durability=Durability.OFF))
+    target = parse_store_url(url)
+    store = open_writer(target, StoreOptions(durability=Durability.OFF))
     try:
         rows = corpus.rows()
         done = 0
@@ -107,6 +115,13 @@ def prefill_corpus(
                 progress(done, time.monotonic() - started)
     finally:
         store.close()
+    if isinstance(target, PostgresUrl):
+        with psycopg.connect(target.conninfo, autocommit=True) as conn:
+            if target.schema is not None:
+                conn.execute(
+                    "SELECT set_config('search_path', quote_ident(%s), false)", (target.schema,)
+                )
+            conn.execute("VACUUM (ANALYZE) events")
     return time.monotonic() - started
 
 

@@ -65,7 +65,8 @@ def measure_queries(
     url: str, *, prefill: int, samples: int, deep_page: int = DEEP_PAGE, seed: int = 11
 ) -> dict[str, Any]:
     """`samples` random queries of each kind against the store at `url` (first filled with
-    `prefill` corpus events if it holds none): p50/p95/max per kind, and what was checked."""
+    `prefill` corpus events if it holds none; opened as the bridge opens it, so a store of
+    an older schema is upgraded first): p50/p95/max per kind, and what was checked."""
     corpus = Corpus(prefill)
     target = parse_store_url(url)
     with closing(open_writer(target)) as writer:

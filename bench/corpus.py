@@ -135,10 +135,15 @@ class Row:
     payload: str
 
     @property
+    def moment(self) -> datetime:
+        """The timestamp in the source's offset, as the publisher sent it."""
+        zone = timezone(timedelta(seconds=self.utc_offset_s))
+        return (EPOCH + timedelta(microseconds=self.ts_us)).astimezone(zone)
+
+    @property
     def timestamp(self) -> str:
         """ISO-8601 with the source's offset, as the publisher wrote it."""
-        zone = timezone(timedelta(seconds=self.utc_offset_s))
-        return (EPOCH + timedelta(microseconds=self.ts_us)).astimezone(zone).isoformat()
+        return self.moment.isoformat()
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import BenchError
+from bench.queries import query as query_scenario
 from bench.scenarios import SCENARIOS, BenchConfig, scaling
 from bridge.store import redact_url
 from supervise.mosquitto import find_mosquitto
@@ -32,6 +33,25 @@ TARGETS: list[tuple[str, str, float, bool, str]] = [
     ("growth", "bridge_ratio", 0.7, True, "bridge rate into prefilled store ≥ 0.7x fresh"),
     ("memory", "peak_rss_mb", 150.0, False, "bridge peak RSS after the stream ≤ 150 MB"),
     ("http", "events_per_s", 5000.0, True, "HTTP batch path ≥ 5,000 events/s stored"),
+    ("query", "kinds.topic_hour.p95_ms", 20.0, False, "search topic + 1 h: p95 ≤ 20 ms"),
+    ("query", "kinds.needle.p95_ms", 100.0, False, "search needle word: p95 ≤ 100 ms"),
+    ("query", "kinds.common_day.p95_ms", 100.0, False, "search common word + 1 day: p95 ≤ 100 ms"),
+    (
+        "query",
+        "kinds.field_topic_day.p95_ms",
+        100.0,
+        False,
+        "search level:error + topic + 1 day: p95 ≤ 100 ms",
+    ),
+    (
+        "query",
+        "kinds.histogram_topic_day.p95_ms",
+        300.0,
+        False,
+        "histogram topic, 24 h by minute: p95 ≤ 300 ms",
+    ),
+    ("query", "deep_ratio.topic", 2.0, False, "deep page / page 1 (topic, p50) ≤ 2x"),
+    ("query", "deep_ratio.common", 2.0, False, "deep page / page 1 (common word, p50) ≤ 2x"),
 ]
 
 
@@ -190,6 +210,22 @@ def table(report: dict[str, Any]) -> str:
             f"memory (live stream of {_n(mem['events'])} events)",
             f"  bridge peak RSS {mem['peak_rss_mb']} MB  (events: MB  {curve})",
         ]
+    if q := report.get("query"):
+        filled = f", prefilled in {q['prefill_s']} s" if q["prefill_s"] is not None else ""
+        lines += [
+            "",
+            f"query ({q['store']}: {_n(q['events'])} events{filled})",
+            "  kind                    queries    p50 ms    p95 ms    max ms   found  timeouts",
+        ]
+        lines += [
+            f"  {name:<22}{k['n']:>8}{k['p50_ms']:>10}{k['p95_ms']:>10}{k['max_ms']:>10}"
+            f"{k['mean_found']:>8}{k['timeouts']:>10}"
+            for name, k in q["kinds"].items()
+        ]
+        lines.append(
+            f"  page {q['deep_page']} / page 1 (p50): topic {q['deep_ratio']['topic']}x,"
+            f" common word {q['deep_ratio']['common']}x"
+        )
     if verdicts := report.get("targets"):
         lines += ["", "targets"]
         lines += [
@@ -206,11 +242,13 @@ def run_bench(
     quick_mode: bool,
     skip: Collection[str],
     compare_scaling: bool = False,
+    query: bool = False,
     json_out: Path,
     echo: Callable[[str], None] = print,
     **options: Any,
 ) -> int:
-    """Run the scenarios not skipped (with `compare_scaling`, only that comparison) and return
+    """Run the scenarios not skipped (with `compare_scaling`, only that comparison; with
+    `query`, only the query scenario on `store`) and return
     the exit status. `options` are `BenchConfig` fields; those left None take the defaults
     (the `--quick` ones if asked)."""
     unknown = set(skip) - SCENARIOS.keys()
@@ -225,7 +263,15 @@ def run_bench(
     cfg = BenchConfig(work=Path(tempfile.gettempdir()), **chosen)  # validates before mkdtemp
     if compare_scaling and cfg.store is None:
         raise ValueError("--compare-scaling needs --store postgresql://…")
-    scenarios = {"scaling": scaling} if compare_scaling else SCENARIOS
+    if query and cfg.store is None:
+        raise ValueError("--query needs --store sqlite:///… or postgresql://…")
+    if not query and cfg.store is not None and cfg.store.startswith("sqlite://"):
+        raise ValueError("--store takes a sqlite:// URL only with --query")
+    scenarios: dict[str, Callable[[BenchConfig], dict[str, Any]]] = SCENARIOS
+    if compare_scaling:
+        scenarios = {"scaling": scaling}
+    elif query:
+        scenarios = {"query": query_scenario}
     work = Path(tempfile.mkdtemp(prefix="logagg-bench-"))
     cfg = replace(cfg, work=work)
     report: dict[str, Any] = {"machine": machine(), "config": _config_dict(cfg, quick_mode)}

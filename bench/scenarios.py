@@ -72,15 +72,20 @@ class BenchConfig:
     http_count: int = 30_000
     repeat: int = 1
     timeout: float = 600.0
+    # The query scenario: random queries of each kind, and the deep page compared to page 1.
+    queries: int = 200
+    deep_page: int = 1000
     # The drain's bridges and their store (None: a fresh SQLite file per run).
     bridges: int = 1
     store: str | None = None
 
     def __post_init__(self) -> None:
         counts = ("count", "prefill", "growth_count", "memory_count", "http_count", "repeat")
-        for name in (*counts, "bridges"):
+        for name in (*counts, "bridges", "queries", "deep_page"):
             if getattr(self, name) < (0 if name == "prefill" else 1):
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.queries < 2:
+            raise ValueError(f"queries must be at least 2 (for percentiles), not {self.queries}")
         if not 0 <= self.dup_ratio < 1:
             raise ValueError(f"dup_ratio must be in [0, 1), not {self.dup_ratio}")
         if self.rate <= 0 or self.duration <= 0 or self.timeout <= 0:
@@ -88,8 +93,8 @@ class BenchConfig:
         if self.durability not in tuple(Durability):
             levels = ", ".join(Durability)
             raise ValueError(f"durability must be one of {levels}, not {self.durability!r}")
-        if self.store is not None and not self.store.startswith("postgresql://"):
-            raise ValueError(f"--store takes a postgresql:// URL, not {self.store!r}")
+        if self.store is not None and not self.store.startswith(("postgresql://", "sqlite://")):
+            raise ValueError(f"--store takes a postgresql:// or sqlite:// URL, not {self.store!r}")
 
     def spec(self, count: int, seed: int) -> StreamSpec:
         return StreamSpec(count, self.dup_ratio, self.payload_bytes, seed)
@@ -639,4 +644,10 @@ def memory(cfg: BenchConfig) -> dict[str, Any]:
     }
 
 
-SCENARIOS = {"drain": drain, "latency": latency, "http": http, "growth": growth, "memory": memory}
+SCENARIOS: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {
+    "drain": drain,
+    "latency": latency,
+    "http": http,
+    "growth": growth,
+    "memory": memory,
+}

@@ -143,7 +143,11 @@ def bench(
         str | None, typer.Option(help="The bridge's store durability: full, normal or off")
     ] = None,
     prefill: Annotated[
-        int | None, typer.Option(help="Growth run: events already in the store (default 10M)")
+        int | None,
+        typer.Option(
+            help="Growth run: events already in the store; --query: corpus events written"
+            " into --store first if it holds none (default 10M)"
+        ),
     ] = None,
     growth_count: Annotated[
         int | None, typer.Option(help="Growth run: events inserted (default 60,000)")
@@ -165,7 +169,7 @@ def bench(
         str | None,
         typer.Option(
             help="Drain: a postgresql:// URL (a fresh schema per run, dropped after) instead "
-            "of a fresh SQLite file"
+            "of a fresh SQLite file; --query: the store searched (sqlite:// or postgresql://)"
         ),
     ] = None,
     compare_scaling: Annotated[
@@ -174,6 +178,19 @@ def bench(
             help="Only drain the same backlog with 1 bridge on SQLite and 1, 2, 3 on --store"
         ),
     ] = False,
+    query: Annotated[
+        bool,
+        typer.Option(
+            help="Only the query scenario: random searches of each kind on --store (issue 11)"
+        ),
+    ] = False,
+    queries: Annotated[
+        int | None, typer.Option(help="Query run: random queries of each kind (default 200)")
+    ] = None,
+    deep_page: Annotated[
+        int | None,
+        typer.Option(help="Query run: the page compared with page 1 (default 1,000)"),
+    ] = None,
     quick: Annotated[
         bool, typer.Option(help="Every scenario, small: under 30 s, to prove it works")
     ] = False,
@@ -187,7 +204,8 @@ def bench(
     log_level: LogLevel = "warning",
     log_format: LogFormat = "text",
 ) -> None:
-    """Measure the bridge against a bare MQTT subscriber: throughput, latency, HTTP, growth."""
+    """Measure the bridge against a bare MQTT subscriber: throughput, latency, HTTP, growth;
+    with --query, search on a large store instead."""
     from bench.run import run_bench
 
     logs.configure(log_level, log_format)
@@ -197,6 +215,7 @@ def bench(
             quick_mode=quick,
             skip=skip or [],
             compare_scaling=compare_scaling,
+            query=query,
             json_out=json_out,
             echo=typer.echo,
             count=count,
@@ -212,6 +231,8 @@ def bench(
             repeat=repeat,
             bridges=bridges,
             store=store,
+            queries=queries,
+            deep_page=deep_page,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -57,6 +57,16 @@ def test_bench_refuses_an_unknown_scenario() -> None:
     assert "unknown scenario" in done.stderr
 
 
+def test_bench_query_needs_a_store_and_sqlite_only_for_it() -> None:
+    """The query scenario searches a store the user names; a drain takes PostgreSQL only."""
+    done = logagg_cli("bench", "--query")
+    assert done.exit_code == 2
+    assert "--query needs --store" in done.stderr
+    done = logagg_cli("bench", "--store", "sqlite:///x.db")
+    assert done.exit_code == 2
+    assert "only with --query" in done.stderr
+
+
 def test_bench_drain_with_two_bridges_on_postgresql(pg_url: str, tmp_path: Path) -> None:
     """`--bridges 2 --store postgresql://…`: two bridges on one shared subscription drain the
     backlog into a schema of their own; each distinct event stored once."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import pytest
 import bench.corpus
 from bench.corpus import EPOCH, Corpus, fold
 from bench.prefill import prefill_corpus
-from bench.query_spike import build_indexes, measure_queries, search_text
-from bridge.store import open_store
+from bench.queries import measure_queries
+from bridge.query import Query, parse_query
+from bridge.store import StoredEvent, open_reader, parse_store_url
 
 
 def test_corpus_slices_reproduce_across_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,59 +68,77 @@ def test_corpus_words_stay_distinct_once_folded() -> None:
     assert sum(not w.isascii() for w in words) > 1000
 
 
-def test_search_text_folds_and_splits_like_unicode61() -> None:
-    """Letters and digits kept, case and diacritics folded, everything else a separator."""
-    text = search_text("e204-0", "auth-prod-01", {"m": "Résumé naïve_x", "n": 3, "l": ["Ø/b"]})
-    assert text == "e204 0 auth prod 01 resume naive x o b"
+def _stored(url: str) -> tuple[int, list[StoredEvent], int]:
+    """The store's count, its events in seq order, and how many a needle search finds."""
+    with closing(open_reader(parse_store_url(url))) as store:
+        count = store.stats().unique_processed
+        stored = store.events(topic=None, after=0, limit=1000)
+        query = parse_query([("q", "request"), ("limit", "1000")], now=EPOCH)
+        assert isinstance(query, Query)
+        found = len(store.search(query))
+    return count, stored, found
 
 
-def test_prefill_corpus_fills_sqlite_through_its_schema(tmp_path: Path) -> None:
-    """Every event readable by the store, ts_us exact, the counters raised to match."""
+def test_prefill_corpus_fills_sqlite_as_the_bridge_does(tmp_path: Path) -> None:
+    """Every event readable, in order, with its `ts` and found by a text search."""
     url = f"sqlite:///{tmp_path / 'corpus.db'}"
     corpus = Corpus(500)
-    prefill_corpus(url, corpus)
-    store = open_store(url, readonly=True)
-    try:
-        assert store.stats().unique_processed == 500
-        stored = store.events(topic=None, after=0, limit=1000)
-    finally:
-        store.close()
+    prefill_corpus(url, corpus, batch=200)
+    count, stored, found = _stored(url)
     rows = list(corpus.rows())
+    assert count == 500
     assert [(e.topic, e.event_id, e.timestamp) for e in stored] == [
         (r.topic, r.event_id, r.timestamp) for r in rows
     ]
+    assert found == sum('"request' in r.payload or " request" in r.payload for r in rows) > 0
     with sqlite3.connect(tmp_path / "corpus.db") as conn:
-        ts = [t for (t,) in conn.execute("SELECT ts_us FROM events ORDER BY seq")]
+        ts = [t for (t,) in conn.execute("SELECT ts FROM events ORDER BY seq")]
     assert ts == [r.ts_us for r in rows]
 
 
 @pytest.mark.usefixtures("postgres_reachable")
-def test_prefill_corpus_fills_postgres_through_its_schema(pg_url: str) -> None:
-    """The same events come back from PostgreSQL, with their offsets."""
+def test_prefill_corpus_fills_postgres_as_the_bridge_does(pg_url: str) -> None:
+    """The same events come back from PostgreSQL, with their offsets, found by text (in
+    seq order per batch sorted by key, as PostgreSQL's `record` inserts them)."""
     corpus = Corpus(500)
-    prefill_corpus(pg_url, corpus)
-    store = open_store(pg_url, readonly=True)
-    try:
-        assert store.stats().unique_processed == 500
-        stored = store.events(topic=None, after=0, limit=1000)
-    finally:
-        store.close()
-    assert [(e.event_id, e.timestamp, e.payload) for e in stored] == [
-        (r.event_id, r.timestamp, json.loads(r.payload)) for r in corpus.rows()
-    ]
+    prefill_corpus(pg_url, corpus, batch=200)
+    count, stored, found = _stored(pg_url)
+    rows = list(corpus.rows())
+    assert count == 500
+    assert sorted((e.topic, e.event_id, e.timestamp, e.payload) for e in stored) == sorted(
+        (r.topic, r.event_id, r.timestamp, json.loads(r.payload)) for r in rows
+    )
+    assert found == sum('"request' in r.payload or " request" in r.payload for r in rows) > 0
 
 
-def test_query_spike_runs_every_sqlite_kind(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Each candidate builds and each query kind runs on a small store, text found."""
+def test_query_scenario_finds_real_answers(tmp_path: Path) -> None:
+    """Every kind runs on a small store; what it finds is there: pages full, needles and
+    histograms found, each histogram's total the count of the events its query matches."""
     url = f"sqlite:///{tmp_path / 'q.db'}"
-    corpus = Corpus(2000)
-    prefill_corpus(url, corpus)
-    build_indexes(url, ["topic_ts", "ts", "spans", "level_expr", "fts_contentless"])
-    capsys.readouterr()
-    measure_queries(url, corpus, 5, [], seed=1)
-    results = {r["kind"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
-    assert {"topic_hour", "needle", "common_day_spans", "histogram_topic_day"} <= set(results)
-    assert results["common_day_spans"]["mean_rows"] > 0
-    assert results["page1_common"]["mean_rows"] == 100
+    report = measure_queries(url, prefill=20_000, samples=20, deep_page=3)
+    kinds = report["kinds"]
+    assert report["events"] == 20_000
+    assert report["histograms_checked"] > 0
+    assert set(kinds) == {
+        "topic_hour",
+        "needle",
+        "common_day",
+        "field_topic_day",
+        "histogram_topic_day",
+        "page1_topic",
+        "deep_topic",
+        "page1_common",
+        "deep_common",
+    }
+    for name in ("page1_topic", "page1_common"):
+        assert kinds[name]["mean_found"] == 100, name
+    for name in (
+        "deep_topic",
+        "deep_common",
+        "needle",
+        "common_day",
+        "histogram_topic_day",
+        "topic_hour",
+    ):
+        assert kinds[name]["mean_found"] > 0, name
+    assert all(k["n"] == 20 and k["timeouts"] == 0 for k in kinds.values())

@@ -105,6 +105,7 @@ def test_bridge_stopped_inside_its_commit_does_not_stall_the_others(
     monkeypatch.setenv("LOGAGG_STORE_HOLD_S", str(hold_s))
     monkeypatch.setenv("LOGAGG_BRIDGE_ALIVE_S", str(alive_s))
     stream = make_stream(40_000, 0.3, seed=31)
+    more = make_stream(5_000, 0.0, seed=32)
     names = [f"stuck-test-{i}" for i in range(3)]
     bridges = [
         bridge_factory(store=f"{pg_url}&application_name={name}", group="logagg", client_id=name)
@@ -112,6 +113,7 @@ def test_bridge_stopped_inside_its_commit_does_not_stall_the_others(
     ]
     victim = bridges[0]
     publisher = threading.Thread(target=publish_raw, args=(broker.port, stream))
+    late = threading.Thread(target=publish_raw, args=(broker.port, more))
     publisher.start()
     try:
         wait_for_stats(pg_url, lambda s: s.received >= 2_000, timeout=60)
@@ -120,6 +122,7 @@ def test_bridge_stopped_inside_its_commit_does_not_stall_the_others(
             frozen_inside_commit(victim, names[0]) as tries,
         ):
             before = store.stats().received
+            late.start()  # traffic during the freeze, whatever of the first is stored already
             time.sleep(alive_s + 1)  # past store_hold_s and past the liveness window
             during = store.stats().received - before
             alive = [store.bridge_uptime(name) is not None for name in names]
@@ -130,8 +133,12 @@ def test_bridge_stopped_inside_its_commit_does_not_stall_the_others(
         assert during >= 1_000  # the other two kept storing
         assert alive == [False, True, True]  # stuck is not healthy
     finally:
-        publisher.join(timeout=120)
+        for thread in (publisher, late):
+            if thread.ident is not None:  # started
+                thread.join(timeout=120)
     assert not publisher.is_alive()
+    assert not late.is_alive()
+    stream += more
     stats = wait_for_stats(pg_url, lambda s: s.received >= len(stream), timeout=120)
     time.sleep(1)  # anything counted twice would show by now
     with closing(open_reader(parse_store_url(pg_url), StoreOptions(alive_s=alive_s))) as store:

@@ -247,11 +247,11 @@ def ready(
 ) -> None:
     """Exit 0 when this bridge (by client id, as `logagg bridge` names it: the same flags and
     LOGAGG_* variables) has subscribed and is alive on this store (for health checks)."""
-    from bridge.store import StoreOptions, StoreUnavailable, open_reader
+    from bridge.store import StoreUnavailable, open_reader
 
     logs.configure(log_level, log_format)
     try:
-        with closing(open_reader(config.store, StoreOptions(alive_s=config.bridge_alive_s))) as db:
+        with closing(open_reader(config.store, config.store_options)) as db:
             uptime = db.bridge_uptime(config.client_id)
     except StoreUnavailable as exc:
         typer.echo(f"not ready: {exc}", err=True)

@@ -92,6 +92,16 @@ def get(client: httpx.Client, path: str, params: Params) -> httpx.Response:
         raise ViewError(f"cannot reach the sidecar at {client.base_url}: {exc}") from exc
 
 
+@contextmanager
+def streamed(client: httpx.Client, path: str, params: Params) -> Iterator[httpx.Response]:
+    """`path` with `params` as a response still to read, checked as `get` checks."""
+    try:
+        with client.stream("GET", path, params=tuple(params)) as response:
+            yield _checked(response)
+    except httpx.TransportError as exc:
+        raise ViewError(f"cannot reach the sidecar at {client.base_url}: {exc}") from exc
+
+
 def one_line(event: StoredEvent) -> str:
     """`seq time topic source event_id payload`: one line per event, like a log file."""
     payload = json.dumps(event.payload, separators=(",", ":"), ensure_ascii=False)

@@ -76,6 +76,7 @@ from bridge.store.base import (
     rejected_row,
     tally,
 )
+from bridge.store.export import export_line
 from bridge.store.options import StoreOptions
 from bridge.store.postgres_backfill import (
     BACKFILL_PROGRESS,
@@ -105,6 +106,11 @@ POOL_MAX = 4
 _MIGRATION_LOCK = 0x6C6F6761_67000001
 # Two-key form: (class, schema), so stores in different schemas do not wait on each other.
 _COMMIT_LOCK = 0x6C6F6761
+
+# The events columns an export reads: the payload as its JSON text, never parsed.
+_EXPORT_COLUMNS = (
+    "seq, topic, event_id, timestamp, utc_offset_s, source, payload::text, received_at"
+)
 
 # What a random page read costs the planner in reads, as against a sequential one (the
 # server's default is 4: a spinning disk). Search reads the store's hot pages from memory.
@@ -327,6 +333,17 @@ class PostgresReader(SqlReader):
             rows = conn.execute(sql_text.encode(), params, prepare=False).fetchall()
         return [self._event(row) for row in rows]
 
+    def export_page(self, query: Query, *, max_bytes: int) -> list[tuple[int, str]]:
+        with self._read() as conn:
+            filters = self._where(conn, query, paged=True)
+            sql_text = page_sql(_EXPORT_COLUMNS, query, filters, max_bytes)
+            params = (*filters.params, query.limit, max_bytes)
+            rows = conn.execute(sql_text.encode(), params, prepare=False).fetchall()
+        return [
+            (seq, export_line(seq, topic, eid, _stamp(ts, offset), src, payload, iso_utc(at)))
+            for seq, topic, eid, ts, offset, src, payload, at in rows
+        ]
+
     def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
         with self._read() as conn:
             filters = self._where(conn, query, paged=False)
@@ -387,7 +404,7 @@ class PostgresReader(SqlReader):
             seq,
             topic,
             event_id,
-            timestamp.astimezone(timezone(timedelta(seconds=offset))).isoformat(),
+            _stamp(timestamp, offset),
             source,
             payload,
             iso_utc(received_at),
@@ -507,6 +524,11 @@ class PostgresWriter(PostgresReader):
 def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
     """Rows as one list per column: the arrays that `unnest` turns back into rows."""
     return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _stamp(timestamp: datetime, offset_s: int) -> str:
+    """An event's timestamp as it was written: in its publisher's UTC offset."""
+    return timestamp.astimezone(timezone(timedelta(seconds=offset_s))).isoformat()
 
 
 def _offset_s(moment: datetime) -> int:

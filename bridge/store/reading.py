@@ -103,6 +103,11 @@ class SqlReader(ABC):
             )
         return [self._event(row) for row in rows]
 
+    def newest_seq(self) -> int:
+        with self._read() as conn:
+            (newest,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        return int(newest)
+
     def rejected(self, *, after: int, limit: int, newest: bool = False) -> list[StoredRejection]:
         with self._read() as conn:
             rows = read_page(

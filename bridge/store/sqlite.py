@@ -40,6 +40,7 @@ from bridge.store.base import (
     rejected_row,
     tally,
 )
+from bridge.store.export import export_line
 from bridge.store.options import StoreOptions
 from bridge.store.reading import Connection, SqlReader
 from bridge.store.search_sql import micros
@@ -226,6 +227,12 @@ class SQLiteReader(SqlReader):
             _require_search(conn)
             rows = search_rows(conn, query, self._EVENT_COLUMNS, self._PAYLOAD_SIZE, max_bytes)
         return [self._event(row) for row in rows]
+
+    def export_page(self, query: Query, *, max_bytes: int) -> list[tuple[int, str]]:
+        with self._read() as conn:
+            _require_search(conn)
+            rows = search_rows(conn, query, self._EVENT_COLUMNS, self._PAYLOAD_SIZE, max_bytes)
+        return [(row[0], export_line(*row)) for row in rows]
 
     def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
         with self._read() as conn:

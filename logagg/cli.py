@@ -145,8 +145,8 @@ def bench(
     prefill: Annotated[
         int | None,
         typer.Option(
-            help="Growth run: events already in the store; --query: corpus events written"
-            " into --store first if it holds none (default 10M)"
+            help="Growth run: events already in the store; --query, --export: corpus events"
+            " written into --store first if it holds none (default 10M)"
         ),
     ] = None,
     growth_count: Annotated[
@@ -184,6 +184,13 @@ def bench(
             help="Only the query scenario: random searches of each kind on --store (issue 11)"
         ),
     ] = False,
+    export: Annotated[
+        bool,
+        typer.Option(
+            help="Only the export scenario: export --store to /dev/null (CLI and HTTP, RSS"
+            " sampled) and replay --count of its events against bare paho (issue 12)"
+        ),
+    ] = False,
     queries: Annotated[
         int | None, typer.Option(help="Query run: random queries of each kind (default 200)")
     ] = None,
@@ -216,6 +223,7 @@ def bench(
             skip=skip or [],
             compare_scaling=compare_scaling,
             query=query,
+            export=export,
             json_out=json_out,
             echo=typer.echo,
             count=count,

@@ -32,7 +32,7 @@ from bridge.store import (
     open_writer,
     parse_store_url,
 )
-from bridge.store.export import EXPORT_PAGE, export_pages
+from bridge.store.export import export_pages
 from tests.helpers import LOGAGG, logagg_cli, nowhere, random_events, serving
 
 pytestmark = pytest.mark.timeout(120)
@@ -162,6 +162,22 @@ def test_export_of_odd_payloads_keeps_every_value(
     assert lines[1]["payload"]["escapes"].endswith("\x07 \u2028")
 
 
+@pytest.mark.parametrize("params", QUERIES, ids=lambda p: "&".join(f"{k}={v}" for k, v in p))
+def test_export_pages_are_keyset_pages_of_every_match(
+    url: str, stored: tuple[StoreWriter, list[StoredEvent]], params: list[tuple[str, str]]
+) -> None:
+    """Small pages (the sidecar reads EXPORT_PAGE at a time) give the same lines: each page
+    follows the last seq of the one before, none repeated, none skipped."""
+    query = parse_query(params, now=datetime.now(UTC))
+    assert isinstance(query, Query)
+    with closing(open_reader(parse_store_url(url))) as reader:
+        pages = list(export_pages(reader, query, page=300))
+    assert all(len(p.lines) <= 300 for p in pages)
+    lines = [json.loads(line) for p in pages for line in p.lines]
+    assert lines == expected(stored[1], params)
+    assert [p.last_seq for p in pages] == [json.loads(p.lines[-1])["seq"] for p in pages]
+
+
 def test_export_refuses_what_events_refuses(api: httpx.Client) -> None:
     """A bad filter, a paging parameter or an unknown one is a 422 naming it, before any
     line is sent."""
@@ -185,9 +201,9 @@ def test_export_stops_at_the_newest_event_stored_when_it_began(
     with closing(open_reader(parse_store_url(url))) as reader:
         query = parse_query([], now=datetime.now(UTC))
         assert isinstance(query, Query)
-        pages = export_pages(reader, query)
+        pages = export_pages(reader, query, page=1000)
         first = next(pages)
-        assert len(first.lines) == EXPORT_PAGE
+        assert len(first.lines) == 1000
         writer.record(random_events(1500, seed=99), [])
         seqs = [json.loads(line)["seq"] for page in [first, *pages] for line in page.lines]
     assert seqs == [e.seq for e in everything]

@@ -25,22 +25,24 @@ from json.encoder import encode_basestring
 from bridge.query import Query
 from bridge.store.base import StoreReader
 
-# Rows per page read, and the payload bytes at which a page stops early (at least one row
-# always comes): what one page may hold in memory is about this, plus one largest event.
-EXPORT_PAGE = 1000
+# Rows per page read, and the size (payload bytes; SQLite: line characters) at which a page
+# stops early (at least one row always comes): what one page may hold in memory is about
+# this, plus one largest event. Larger pages cost fewer reads; these run at the speed of
+# the table (BENCHMARKS.md, "Export").
+EXPORT_PAGE = 5000
 EXPORT_PAGE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class ExportPage:
-    """NDJSON lines (without their newline) and the `seq` of the last: an export cut short
+    """NDJSON lines (each with its newline) and the `seq` of the last: an export cut short
     resumes with `after` = that seq."""
 
     lines: list[str]
     last_seq: int
 
     def ndjson(self) -> bytes:
-        return ("\n".join(self.lines) + "\n").encode()
+        return "".join(self.lines).encode()
 
 
 def export_line(
@@ -52,20 +54,23 @@ def export_line(
     payload_json: str,
     received_at: str,
 ) -> str:
-    """One event as its NDJSON line; `payload_json` is the payload's stored JSON text."""
+    """One event as its NDJSON line, with its newline; `payload_json` is the payload's
+    stored JSON text. (SQLite makes the same line in SQL: bridge/store/sqlite.py.)"""
     return (
         f'{{"seq":{seq},"topic":{encode_basestring(topic)},'
         f'"event_id":{encode_basestring(event_id)},"timestamp":{encode_basestring(timestamp)},'
         f'"source":{encode_basestring(source)},"payload":{payload_json},'
-        f'"received_at":{encode_basestring(received_at)}}}'
+        f'"received_at":{encode_basestring(received_at)}}}\n'
     )
 
 
-def export_pages(store: StoreReader, query: Query) -> Generator[ExportPage]:
+def export_pages(
+    store: StoreReader, query: Query, *, page: int = EXPORT_PAGE
+) -> Generator[ExportPage]:
     """The events `query`'s filters match (its `after` and position too; its order and
-    limit aside), oldest first, a page at a time, up to the newest seq stored now."""
+    limit aside), oldest first, `page` at most at a time, up to the newest seq stored now."""
     through = store.newest_seq()
-    paged = replace(query, order="asc", limit=EXPORT_PAGE)
+    paged = replace(query, order="asc", limit=page)
     while True:
         rows = store.export_page(paged, max_bytes=EXPORT_PAGE_BYTES)
         kept = [line for seq, line in rows if seq <= through]

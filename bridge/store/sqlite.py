@@ -40,13 +40,13 @@ from bridge.store.base import (
     rejected_row,
     tally,
 )
-from bridge.store.export import export_line
 from bridge.store.options import StoreOptions
 from bridge.store.reading import Connection, SqlReader
 from bridge.store.search_sql import micros
 from bridge.store.sqlite_search import (
     SEARCH_SCHEMA,
     Indexed,
+    bounded_rows,
     histogram,
     index_events,
     search_rows,
@@ -147,6 +147,19 @@ def _require_search(conn: sqlite3.Connection) -> None:
     )
 
 
+# An export's line (bridge.store.export), made by SQLite from the stored text: the payload
+# as stored (compact JSON), names quoted by `json_quote`, the two times as they are (ISO
+# text from `isoformat`: nothing in them to escape). Made here, a row is one string for
+# Python to carry rather than seven values: an export runs at the speed of reading the
+# table (BENCHMARKS.md, "Export").
+_EXPORT_COLUMNS = (
+    """seq, '{"seq":' || seq || ',"topic":' || json_quote(topic)"""
+    """ || ',"event_id":' || json_quote(event_id) || ',"timestamp":"' || timestamp"""
+    """ || '","source":' || json_quote(source) || ',"payload":' || payload"""
+    """ || ',"received_at":"' || received_at || '"}' || char(10)"""
+)
+
+
 def host_clock() -> tuple[str, float]:
     """(this boot's id, seconds since boot): the host's clock, the same in every process."""
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -231,8 +244,8 @@ class SQLiteReader(SqlReader):
     def export_page(self, query: Query, *, max_bytes: int) -> list[tuple[int, str]]:
         with self._read() as conn:
             _require_search(conn)
-            rows = search_rows(conn, query, self._EVENT_COLUMNS, self._PAYLOAD_SIZE, max_bytes)
-        return [(row[0], export_line(*row)) for row in rows]
+            rows: list[tuple[int, str]] = bounded_rows(conn, query, _EXPORT_COLUMNS, max_bytes)
+        return rows
 
     def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
         with self._read() as conn:

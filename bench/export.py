@@ -57,8 +57,8 @@ class RssSampler:
                 return
 
     def stop(self) -> dict[str, float]:
-        """First (once the export runs), middle, last and peak sample, and the growth from
-        the tenth sample to the peak."""
+        """The tenth sample (the export under way), middle, last and peak sample, and the
+        growth from the tenth to the peak."""
         self._done.set()
         self._thread.join()
         s = self.samples or [0.0]
@@ -89,8 +89,8 @@ def export(cfg: BenchConfig) -> dict[str, Any]:
     broker = Mosquitto(free_port(), cfg.work / "mosquitto")
     broker.start()
     try:
-        cli = _cli_export(cfg.store, held)
-        http = _http_export(cfg, broker.url, held)
+        cli = cli_export(cfg.store, held)
+        http = http_export(cfg, broker.url, held)
         replay = _replay(cfg, broker, min(cfg.count, held))
     finally:
         broker.stop()
@@ -106,21 +106,30 @@ def export(cfg: BenchConfig) -> dict[str, Any]:
     }
 
 
-def _cli_export(store: str, held: int) -> dict[str, Any]:
-    """`logagg export --store … -o /dev/null`, timed, its RSS sampled."""
-    args = [sys.executable, "-m", "logagg", "export", "--store", store, "-o", os.devnull]
-    started = time.monotonic()
-    with subprocess.Popen(args, stderr=subprocess.PIPE) as proc:
+def cli_export(store: str, held: int) -> dict[str, Any]:
+    """`logagg export --store …` into a pipe read to nowhere, timed from its first byte (the
+    interpreter's start aside), its RSS sampled from then; its lines counted."""
+    args = [sys.executable, "-m", "logagg", "export", "--store", store]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        out = proc.stdout.fileno()
+        first = os.read(out, 1 << 20)
+        started = time.monotonic()
         sampler = RssSampler(proc.pid)
-        _, err = proc.communicate()
+        lines = first.count(b"\n")
+        while chunk := os.read(out, 1 << 20):
+            lines += chunk.count(b"\n")
         elapsed = time.monotonic() - started
         memory = sampler.stop()
+        err = proc.stderr.read() if proc.stderr is not None else b""
     if proc.returncode != 0:
         raise BenchError(f"logagg export failed ({proc.returncode}): {err.decode()[-2000:]}")
+    if lines != held:
+        raise BenchError(f"logagg export wrote {lines} lines of {held}")
     return {"seconds": round(elapsed, 1), "events_per_s": round(held / elapsed), **memory}
 
 
-def _http_export(cfg: BenchConfig, broker_url: str, held: int) -> dict[str, Any]:
+def http_export(cfg: BenchConfig, broker_url: str, held: int) -> dict[str, Any]:
     """`GET /events/export` from a sidecar, identity then gzip, read to nowhere; the
     sidecar's RSS sampled; the lines counted, and checked against the store."""
     assert cfg.store is not None

@@ -30,7 +30,10 @@ def router(settings: ApiSettings, guard: Guard) -> APIRouter:
         "/events/export",
         response_class=StreamingResponse,
         openapi_extra=documented(EXPORT_PARAMETERS, settings.read_limit_max),
-        responses={200: {"content": {NDJSON: {}}, "description": "One event a line"}},
+        responses={
+            200: {"content": {NDJSON: {}}, "description": "One event a line"},
+            422: {"description": "A refused parameter, named (as /events answers it)"},
+        },
     )
     def export(request: Request, store: StoreDep) -> StreamingResponse:
         """Every stored event matching the filters (those of `/events`; `after` resumes),

@@ -274,6 +274,18 @@ def ready(
     typer.echo(f"ready: bridge {config.client_id} up for {uptime:.0f}s")
 
 
+OutputFlag = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout")
+]
+StoreFlag = Annotated[
+    str | None,
+    typer.Option(
+        help="Read this store directly instead of asking the sidecar: sqlite:///path or"
+        " postgresql://user@host/db?schema=NAME"
+    ),
+]
+
+
 @app.command(name="search")
 @with_settings(ViewSettings)
 def search_command(
@@ -292,13 +304,7 @@ def search_command(
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON object a line (NDJSON), as /events has it")
     ] = False,
-    store: Annotated[
-        str | None,
-        typer.Option(
-            help="Read this store directly instead of asking the sidecar: sqlite:///path or"
-            " postgresql://user@host/db?schema=NAME"
-        ),
-    ] = None,
+    store: StoreFlag = None,
     log_level: LogLevel = "warning",
     log_format: LogFormat = "text",
 ) -> None:
@@ -356,18 +362,6 @@ def tail(
         raise typer.Exit(1) from None
     except KeyboardInterrupt:  # how `tail -f` ends: Ctrl-C, SIGINT or SIGTERM
         pass
-
-
-OutputFlag = Annotated[
-    Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout")
-]
-StoreFlag = Annotated[
-    str | None,
-    typer.Option(
-        help="Read this store directly instead of asking the sidecar: sqlite:///path or"
-        " postgresql://user@host/db?schema=NAME"
-    ),
-]
 
 
 @app.command(name="export")

@@ -162,24 +162,16 @@ def _copy(lines: bytes, out: IO[bytes], written: Written) -> None:
 
 def run_rejected(*, output: Path | None, view: ViewSettings, store: str | None) -> None:
     """Write the kept rejected messages, oldest first, one JSON object a line."""
-    from bridge.store import StoreUnavailable
-    from logagg.views import QueryRefused, ViewError
+    from logagg.views import exit_codes
 
     written = Written()
     started = time.monotonic()
-    try:
-        with _output(output) as out, _progress("rejected messages") as tick:
-            for rows in _rejected_pages(view, store):
-                lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-                out.write(lines.encode())
-                written.count += len(rows)
-                tick(written)
-    except QueryRefused as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except (ViewError, StoreUnavailable) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    with exit_codes(), _output(output) as out, _progress("rejected messages") as tick:
+        for rows in _rejected_pages(view, store):
+            lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            out.write(lines.encode())
+            written.count += len(rows)
+            tick(written)
     _summary(f"exported {written.count:,} rejected messages", written, started)
 
 

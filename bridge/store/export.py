@@ -2,8 +2,9 @@
 order with memory bounded by one page, whatever the size of the store.
 
 Each event is one line, `{"seq", "topic", "event_id", "timestamp", "source", "payload",
-"received_at"}` (the keys of `/events`), built from the stored text: the payload is
-written as the store holds it, never parsed and re-encoded, which is what makes an
+"received_at"}` (the keys and values of `/events`), built by the database from the stored
+text (`_EXPORT_COLUMNS` in bridge/store/sqlite.py and postgres.py): the payload is written
+as the store holds it, never parsed and re-encoded in Python, which is what makes an
 export fast. `logagg replay` uses `topic`, `event_id`, `timestamp`, `source` and
 `payload`; `seq` and `received_at` say where and when the event was stored.
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass, replace
-from json.encoder import encode_basestring
 
 from bridge.query import Query
 from bridge.store.base import StoreReader
@@ -43,25 +43,6 @@ class ExportPage:
 
     def ndjson(self) -> bytes:
         return "".join(self.lines).encode()
-
-
-def export_line(
-    seq: int,
-    topic: str,
-    event_id: str,
-    timestamp: str,
-    source: str,
-    payload_json: str,
-    received_at: str,
-) -> str:
-    """One event as its NDJSON line, with its newline; `payload_json` is the payload's
-    stored JSON text. (SQLite makes the same line in SQL: bridge/store/sqlite.py.)"""
-    return (
-        f'{{"seq":{seq},"topic":{encode_basestring(topic)},'
-        f'"event_id":{encode_basestring(event_id)},"timestamp":{encode_basestring(timestamp)},'
-        f'"source":{encode_basestring(source)},"payload":{payload_json},'
-        f'"received_at":{encode_basestring(received_at)}}}\n'
-    )
 
 
 def export_pages(

@@ -76,7 +76,6 @@ from bridge.store.base import (
     rejected_row,
     tally,
 )
-from bridge.store.export import export_line
 from bridge.store.options import StoreOptions
 from bridge.store.postgres_backfill import (
     BACKFILL_PROGRESS,
@@ -107,9 +106,25 @@ _MIGRATION_LOCK = 0x6C6F6761_67000001
 # Two-key form: (class, schema), so stores in different schemas do not wait on each other.
 _COMMIT_LOCK = 0x6C6F6761
 
-# The events columns an export reads: the payload as its JSON text, never parsed.
+# An export's line (bridge.store.export), made by the server as SQLite makes it (see
+# bridge/store/sqlite.py): the payload as jsonb's text, names quoted by `to_json`, the
+# timestamp written as Python's `isoformat` writes it in its offset (microseconds only
+# when not zero; the offset's seconds only when not zero), `received_at` as `iso_utc`.
+_LOCAL = "(timestamp AT TIME ZONE 'UTC' + make_interval(secs => utc_offset_s))"
+_OFFSET = "make_interval(secs => abs(utc_offset_s))"
 _EXPORT_COLUMNS = (
-    "seq, topic, event_id, timestamp, utc_offset_s, source, payload::text, received_at"
+    """seq, '{"seq":' || seq || ',"topic":' || to_json(topic)"""
+    """ || ',"event_id":' || to_json(event_id) || ',"timestamp":"'"""
+    f""" || to_char({_LOCAL}, 'YYYY-MM-DD"T"HH24:MI:SS')"""
+    f""" || CASE WHEN extract(microseconds FROM {_LOCAL})::bigint %% 1000000 = 0 THEN ''"""
+    f""" ELSE to_char({_LOCAL}, '.US') END"""
+    """ || CASE WHEN utc_offset_s < 0 THEN '-' ELSE '+' END"""
+    f""" || to_char({_OFFSET}, 'HH24:MI')"""
+    f""" || CASE WHEN utc_offset_s %% 60 = 0 THEN '' ELSE to_char({_OFFSET}, ':SS') END"""
+    """ || '","source":' || to_json(source) || ',"payload":' || payload::text"""
+    """ || ',"received_at":"'"""
+    """ || to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')"""
+    """ || '+00:00"}' || chr(10) AS line, payload"""
 )
 
 # What a random page read costs the planner in reads, as against a sequential one (the
@@ -336,13 +351,12 @@ class PostgresReader(SqlReader):
     def export_page(self, query: Query, *, max_bytes: int) -> list[tuple[int, str]]:
         with self._read() as conn:
             filters = self._where(conn, query, paged=True)
-            sql_text = page_sql(_EXPORT_COLUMNS, query, filters, max_bytes)
+            sql_text = page_sql(_EXPORT_COLUMNS, query, filters, max_bytes, "seq, line")
             params = (*filters.params, query.limit, max_bytes)
-            rows = conn.execute(sql_text.encode(), params, prepare=False).fetchall()
-        return [
-            (seq, export_line(seq, topic, eid, _stamp(ts, offset), src, payload, iso_utc(at)))
-            for seq, topic, eid, ts, offset, src, payload, at in rows
-        ]
+            rows: list[tuple[int, str]] = conn.execute(
+                sql_text.encode(), params, prepare=False
+            ).fetchall()
+        return rows
 
     def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
         with self._read() as conn:

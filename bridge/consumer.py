@@ -257,9 +257,10 @@ class Bridge:
                 # No room: hold the batch unacked, say so everywhere, look again shortly.
                 if stop is None or stop.is_set():
                     return False
+                entering = self._space.full is None
                 self._space.holding(exc, len(batch))
                 self.metrics.store_full(True)
-                await self._heartbeat()
+                await self._heartbeat(force=entering)
                 await _sleep_unless(stop, backoff.delay())
                 continue
             except StoreUnavailable as exc:

@@ -125,7 +125,8 @@ def immutable(tmp_path: Path) -> Iterator[Callable[[list[Path], bool], None]]:
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     """Mounts a tmpfs of the given size (`mount -o size=…`: 4m, 64m) under `tmp_path`: a
-    small disk that really fills up. Each is unmounted after the test; skipped, saying why,
+    small disk that really fills up. Each is unmounted after the test (ask for it before
+    the fixtures whose processes write there, so that they stop first); skipped, saying why,
     where mounting is not permitted (not root, no CAP_SYS_ADMIN)."""
     mounted: list[Path] = []
 

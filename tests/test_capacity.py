@@ -18,7 +18,7 @@ import pytest
 
 from api import ApiSettings
 from bridge.settings import BridgeSettings
-from bridge.store import StoreFull, open_reader, open_writer, parse_store_url
+from bridge.store import open_reader, open_writer, parse_store_url
 from bridge.store.space import POSTGRES_USED_BYTES, sqlite_used_bytes
 from supervise.mosquitto import Mosquitto
 from tests.helpers import (
@@ -28,6 +28,7 @@ from tests.helpers import (
     key,
     postgres,
     publish_raw,
+    random_events,
     samples,
     serving,
     value,
@@ -108,7 +109,7 @@ def sidecar_on(broker: Mosquitto, url: str) -> Iterator[httpx.Client]:
 
 def sqlite_used(path: Path) -> int:
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        return sqlite_used_bytes(conn, path)
+        return sqlite_used_bytes(conn)
 
 
 def say_full_everywhere(client: httpx.Client, reason: str, cap: int) -> None:
@@ -139,7 +140,7 @@ pytestmark = pytest.mark.broker
 
 
 def test_cap_stops_acking_says_why_and_resumes_with_a_larger_cap(
-    broker: Mosquitto, bridge_factory: StartBridge, tmpfs: Callable[[str], Path]
+    tmpfs: Callable[[str], Path], broker: Mosquitto, bridge_factory: StartBridge
 ) -> None:
     """At the cap the bridge holds what it has and the broker the rest; a restart with a
     larger cap stores every event, those published during the stop too, exactly once."""
@@ -173,23 +174,25 @@ def test_cap_stops_acking_says_why_and_resumes_with_a_larger_cap(
 
 
 def test_cap_resumes_by_itself_when_rows_are_deleted(
-    broker: Mosquitto, bridge_factory: StartBridge, tmpfs: Callable[[str], Path]
+    tmpfs: Callable[[str], Path], broker: Mosquitto, bridge_factory: StartBridge
 ) -> None:
     """Rows deleted (here the kept rejected messages, as retention deletes events) go to
     SQLite's freelist: the measure falls and the bridge resumes without a restart."""
     path = tmpfs("64m") / "logagg.db"
     url = f"sqlite:///{path}"
-    bridge = bridge_factory(
-        store=url, max_store_bytes="1500kB", bridge_alive_s=ALIVE_S, batch_size=str(BATCH)
-    )
+    flags = {"store": url, "bridge_alive_s": ALIVE_S, "batch_size": str(BATCH)}
+    bridge = bridge_factory(**flags)
+    refused = [(f"logs/bad{i}", b"not json " + PAD.encode()) for i in range(600)]
+    publish_raw(broker.port, refused)
+    wait_for_stats(url, lambda s: s.rejected >= len(refused))
+    bridge.stop()
+    # A cap the store has reached: the first batch finds it full.
+    bridge = bridge_factory(max_store_bytes=str(sqlite_used(path)), **flags)
     with sidecar_on(broker, url) as client:
-        refused = [(f"logs/bad{i}", b"not json " + PAD.encode()) for i in range(600)]
-        publish_raw(broker.port, refused)
-        wait_for_stats(url, lambda s: s.rejected >= len(refused))
-        events = padded(1500, "resume")
+        events = padded(200, "resume")
         publish_raw(broker.port, events)
         full_health(client)
-        assert held(url, 2) < len(events)
+        assert held(url, 2) == 0
 
         with closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as conn:
             conn.execute("DELETE FROM rejected")
@@ -205,7 +208,7 @@ def test_cap_resumes_by_itself_when_rows_are_deleted(
 
 
 def test_full_disk_stops_acking_says_why_and_resumes_when_space_is_freed(
-    broker: Mosquitto, bridge_factory: StartBridge, tmpfs: Callable[[str], Path]
+    tmpfs: Callable[[str], Path], broker: Mosquitto, bridge_factory: StartBridge
 ) -> None:
     """A disk that really fills (ENOSPC, no cap): the same stop, the same signs, and the
     bridge resumes by itself once a file elsewhere on the disk is removed."""
@@ -267,17 +270,23 @@ def test_postgres_cap_stops_acking_and_resumes_with_a_larger_cap(
         say_room_again(client)
 
 
-def test_cap_is_checked_before_a_batch_and_writes_nothing(tmp_path: Path) -> None:
-    """In process: the measure falls when rows are deleted (the freelist counts as room)."""
-    url = parse_store_url(f"sqlite:///{tmp_path / 'logagg.db'}")
-    store = open_writer(url)
+def test_sqlite_measure_counts_freed_pages_as_room(tmp_path: Path) -> None:
+    """Rows deleted free their pages at once in the measure, though the file keeps its size."""
+    path = tmp_path / "logagg.db"
+    store = open_writer(parse_store_url(f"sqlite:///{path}"))
     try:
         empty = store.used_bytes()
-        assert empty > 0
-        assert empty == sqlite_used(tmp_path / "logagg.db")
+        store.record(random_events(2000, seed=7), [])
+        grown = store.used_bytes()
+        assert grown > empty + 200_000
+        assert grown == sqlite_used(path)
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute("DELETE FROM events")
+            conn.execute("DELETE FROM events_fts")
+        assert store.used_bytes() < empty + (grown - empty) // 4
+        assert path.stat().st_size + Path(f"{path}-wal").stat().st_size >= grown
     finally:
         store.close()
-    assert StoreFull.__mro__[1].__name__ == "StoreUnavailable"
 
 
 @pytest.mark.parametrize(

@@ -3,13 +3,14 @@ the report a bridge keeps in `meta` so that every reader (the sidecar) can say w
 stopped writing.
 
 The measure (`used_bytes`), chosen to be cheap and to see space made by deleting rows:
-- SQLite: (page_count - freelist_count) * page_size, plus the WAL file's size. Pages freed
-  by deleted rows go to the freelist and are reused before the file grows, so they count
-  as room (a VACUUM returns them to the disk; either way the measure falls). page_count
-  already counts pages still in the WAL, so a checkpoint never makes the measure jump;
-  counting the WAL file as well overstates the disk used by at most that file (bounded by
-  the autocheckpoint, about 4 MiB, while no reader holds it back). Two PRAGMAs on the
-  writer's connection and a stat: microseconds, so it is taken before every batch.
+- SQLite: (page_count - freelist_count) * page_size: the pages that hold data, those still
+  in the WAL included. Pages freed by deleted rows go to the freelist and are reused
+  before the file grows, so they count as room at once (a VACUUM returns them to the
+  disk). The WAL file itself is left out: it is bounded by the autocheckpoint (1000
+  pages, about 4 MiB, while no reader holds a checkpoint back) and never shrinks once
+  grown, and with SQLite's secure_delete (Debian's default) a DELETE writes every page it
+  frees into it, so counting it would hide the room a DELETE makes until much later.
+  Two PRAGMAs on the writer's connection: microseconds, so it is taken before every batch.
 - PostgreSQL: the sum of `pg_total_relation_size` (heap, TOAST, indexes) of the tables in
   logagg's schema: what logagg itself holds on the server's disk, whatever else shares
   the database (`pg_database_size` would count other applications' tables, and another
@@ -25,8 +26,6 @@ fresh, so a bridge gone for good leaves no stale "full" behind.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from bridge.store.base import SpaceReport
 from bridge.store.reading import Connection
 
@@ -41,16 +40,12 @@ WHERE c.relnamespace = to_regnamespace(current_schema()) AND c.relkind IN ('r', 
 """
 
 
-def sqlite_used_bytes(conn: Connection, path: Path) -> int:
-    """The SQLite measure (see the module's docstring); raises OSError if the file is gone."""
+def sqlite_used_bytes(conn: Connection) -> int:
+    """The SQLite measure (see the module's docstring)."""
     (pages,) = conn.execute("PRAGMA page_count").fetchone()
     (free,) = conn.execute("PRAGMA freelist_count").fetchone()
     (page_size,) = conn.execute("PRAGMA page_size").fetchone()
-    try:
-        wal = path.with_name(path.name + "-wal").stat().st_size
-    except FileNotFoundError:
-        wal = 0
-    return int((pages - free) * page_size + wal)
+    return int((pages - free) * page_size)
 
 
 def put_report(conn: Connection, mark: str, client_id: str, report: SpaceReport | None) -> None:

@@ -466,8 +466,8 @@ class SQLiteWriter(SQLiteReader):
 
     def used_bytes(self) -> int:
         try:
-            return sqlite_used_bytes(self._connection, self.path)
-        except (sqlite3.Error, OSError) as exc:
+            return sqlite_used_bytes(self._connection)
+        except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot measure {self.path}: {exc}") from exc
 
     def report_space(self, client_id: str, report: SpaceReport | None) -> None:

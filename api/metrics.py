@@ -114,7 +114,7 @@ class StoreCollector(Collector):
                 "The oldest live bridge's uptime",
                 value=stats.uptime_s,
             )
-        yield from _space_metrics(self._store)
+        yield from _space_metrics(self._store, self._url)
         size = store_size_bytes(self._url)
         if size is not None:
             yield GaugeMetricFamily(
@@ -122,10 +122,10 @@ class StoreCollector(Collector):
             )
 
 
-def _space_metrics(store: StoreReader) -> Iterator[Metric]:
-    """`logagg_store_full`, and the size and cap the bridges last reported."""
+def _space_metrics(store: StoreReader, url: StoreUrl) -> Iterator[Metric]:
+    """`logagg_store_full`, the size and cap the bridges last reported, the disk's room."""
     try:
-        space = StoreSpace.of(store.space_reports())
+        space = StoreSpace.of(store.space_reports(), url)
     except StoreUnavailable as exc:
         logger.debug("metrics: store space unknown: %s", exc)
         return
@@ -144,6 +144,12 @@ def _space_metrics(store: StoreReader) -> Iterator[Metric]:
     if space.max_bytes is not None:
         yield GaugeMetricFamily(
             "logagg_store_max_bytes", "The bridges' --max-store-bytes", value=space.max_bytes
+        )
+    if space.disk_free_bytes is not None:
+        yield GaugeMetricFamily(
+            "logagg_store_disk_free_bytes",
+            "Free space on the SQLite store's disk",
+            value=space.disk_free_bytes,
         )
 
 

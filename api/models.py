@@ -98,6 +98,11 @@ class StatsReport(BaseModel):
     max_store_bytes: int | None = Field(
         default=None, description="The bridges' --max-store-bytes; null: no cap"
     )
+    store_disk_free_bytes: int | None = Field(
+        default=None,
+        description="Free space on a SQLite store's disk (below 1 MiB: `store_full`);"
+        " null for PostgreSQL",
+    )
 
     @classmethod
     def of(cls, stats: Stats, topics: int | None) -> StatsReport:

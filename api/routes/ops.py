@@ -53,8 +53,8 @@ def router(settings: ApiSettings, guard: Guard, dashboard: str) -> APIRouter:
                 " is running, or it cannot write the store (see its log)"
             )
             with contextlib.suppress(StoreUnavailable):
-                space = StoreSpace.of(await run_in_threadpool(store.space_reports))
-                health.store_space = space.full or OK
+                reports = await run_in_threadpool(store.space_reports)
+                health.store_space = StoreSpace.of(reports, settings.store).full or OK
         try:
             await publisher.check()
         except BrokerUnavailable as exc:

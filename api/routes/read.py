@@ -64,7 +64,7 @@ def router(settings: ApiSettings, guard: Guard) -> APIRouter:
         broker's own counters: what it dropped, how full its queue is. `store_full` while a
         bridge stopped writing for want of room (`store_*`, `max_store_bytes`: the figures)."""
         report = StatsReport.of(store.stats(), None if topics == "all" else topics)
-        space = StoreSpace.of(store.space_reports())
+        space = StoreSpace.of(store.space_reports(), settings.store)
         return report.model_copy(
             update={**broker_stats.report().stats_fields(), **space.stats_fields()}
         )

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 import pytest
+from playwright.sync_api import Browser
 
 from api import ApiSettings
 from bridge.settings import BridgeSettings
@@ -26,6 +27,7 @@ from tests.helpers import (
     StartBridge,
     assert_exactly_once,
     key,
+    open_dashboard,
     postgres,
     publish_raw,
     random_events,
@@ -147,10 +149,11 @@ pytestmark = pytest.mark.broker
 
 
 def test_cap_stops_acking_says_why_and_resumes_with_a_larger_cap(
-    tmpfs: Callable[[str], Path], broker: Mosquitto, bridge_factory: StartBridge
+    tmpfs: Callable[[str], Path], broker: Mosquitto, bridge_factory: StartBridge, browser: Browser
 ) -> None:
-    """At the cap the bridge holds what it has and the broker the rest; a restart with a
-    larger cap stores every event, those published during the stop too, exactly once."""
+    """At the cap the bridge holds what it has and the broker the rest, and says so (log,
+    /healthz, /stats, /metrics, the dashboard's pill); a restart with a larger cap stores
+    every event, those published during the stop too, exactly once."""
     path = tmpfs("64m") / "logagg.db"
     url = f"sqlite:///{path}"
     cap = 1_000_000
@@ -163,6 +166,11 @@ def test_cap_stops_acking_says_why_and_resumes_with_a_larger_cap(
         assert "reached its cap" in body["store_space"]
         assert "of --max-store-bytes 1.0 MB" in body["store_space"]
         say_full_everywhere(client, "reached its cap", cap)
+        page = open_dashboard(browser, client, live=False)
+        page.wait_for_selector("#store.bad", timeout=10_000)
+        assert page.inner_text("#store") == "store full: not writing"
+        assert "reached its cap" in (page.get_attribute("#store", "title") or "")
+        page.close()
         during = padded(300, "during")
         publish_raw(broker.port, during)
         count = held(url, 4)

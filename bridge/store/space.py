@@ -32,7 +32,7 @@ from bridge.store.reading import Connection
 SPACE_KEY = "space:"
 # PostgreSQL's measure is taken again once this many bytes of messages were committed
 # since the last one (or a second has passed): see `bridge.capacity`.
-POSTGRES_MEASURE_BYTES = 4 * 1024 * 1024
+POSTGRES_MEASURE_BYTES = 1024 * 1024
 
 POSTGRES_USED_BYTES = """
 SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class AS c

@@ -18,9 +18,11 @@ import pytest
 from playwright.sync_api import Browser
 
 from api import ApiSettings
+from api.models import StatsReport
 from bridge.settings import BridgeSettings
 from bridge.store import open_reader, open_writer, parse_store_url
 from bridge.store.space import POSTGRES_MEASURE_BYTES, POSTGRES_USED_BYTES, sqlite_used_bytes
+from logagg.views import summary
 from supervise.mosquitto import Mosquitto
 from tests.helpers import (
     Message,
@@ -318,3 +320,23 @@ def test_max_store_bytes_is_off_by_default_and_refuses_zero() -> None:
     assert BridgeSettings().max_store_bytes is None
     with pytest.raises(ValueError, match="greater than 0"):
         BridgeSettings(max_store_bytes=0)  # type: ignore[arg-type]
+
+
+def test_logagg_stats_says_the_store_is_full_or_how_much_of_its_cap() -> None:
+    """`logagg stats` adds a store line only when there is a cap or the store is full."""
+    base = StatsReport(
+        received=0,
+        unique_processed=0,
+        duplicate_dropped=0,
+        rejected=0,
+        topics={},
+        topics_total=0,
+        rejected_by_code={},
+        uptime_s=1.0,
+    )
+    assert "\nstore " not in summary(base)
+    capped = base.model_copy(update={"store_used_bytes": 450_000, "max_store_bytes": 1_000_000})
+    assert "store       450.0 kB of its cap 1.0 MB (45%)" in summary(capped)
+    reason = "bridge b: the store reached its cap: 1.0 MB used"
+    full = capped.model_copy(update={"store_full": True, "store_full_reason": reason})
+    assert f"store       FULL, not writing: {reason}" in summary(full)

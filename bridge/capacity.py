@@ -102,15 +102,17 @@ class Space:
         if now < self._next_log:
             return
         self._next_log = now + STORE_LOG_EVERY_S
-        cap = "no cap" if self.max_bytes is None else f"cap {size_text(self.max_bytes)}"
-        used = "unknown" if self.used is None else size_text(self.used)
+        figures = ""  # a cap's reason has them
+        if self.max_bytes is None or self.used is None or self.used < self.max_bytes:
+            cap = "no cap" if self.max_bytes is None else f"cap {size_text(self.max_bytes)}"
+            used = "unknown" if self.used is None else size_text(self.used)
+            figures = f" (store {used} used, {cap})"
         logger.error(
-            "store full for %.0f s, writing and acknowledging stopped: %s (store %s used, %s);"
+            "store full for %.0f s, writing and acknowledging stopped: %s%s;"
             " holding %d messages unacknowledged; %s",
             now - self._full_since,
             exc,
-            used,
-            cap,
+            figures,
             messages,
             HOW_TO_RESUME,
         )

@@ -60,7 +60,7 @@ FROM unnest(%s::bigint[], %s::text[]) AS chunk (seq, tsv)
 WHERE events.seq = chunk.seq AND events.tsv IS NULL
 """
 _COUNT_CHUNK_SPANS = COUNT_SPANS.format(
-    rows="unnest(%s::bigint[], %s::timestamptz[]) AS chunk (seq, timestamp)"
+    rows="unnest(%s::bigint[], %s::timestamptz[]) AS chunk (seq, timestamp)", slot=0
 )
 
 

@@ -28,6 +28,7 @@ from bench.prefill import prefill
 from bench.probe import cpu_by_pid, cpu_seconds, peak_rss_mb, rss_mb
 from bench.procs import (
     BenchError,
+    LoggedProcess,
     start_api,
     start_baseline,
     start_bridge,
@@ -39,7 +40,15 @@ from bench.stream import PREFIX, StreamSpec, drafts
 from bench.watch import Counts, StoreWatch
 from bridge.event import Event, parse_message
 from bridge.settings import BridgeSettings
-from bridge.store import Durability, PostgresUrl, StoreOptions, open_writer, parse_store_url
+from bridge.store import (
+    Durability,
+    PostgresUrl,
+    StoreOptions,
+    StoreReader,
+    open_reader,
+    open_writer,
+    parse_store_url,
+)
 from supervise.mosquitto import Mosquitto, free_port
 
 POLL_S = 0.005
@@ -52,7 +61,15 @@ BRIDGE_IDS = ("bench-baseline", "bench-bridge")
 # Several bridges share the stream as README's "Scaling out" runs them: `--group logagg`.
 GROUP = "logagg"
 # `--compare-scaling`: (store, bridges), each draining the same backlog size.
-SCALING = (("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 3))
+SCALING = (
+    ("sqlite", 1),
+    ("postgresql", 1),
+    ("postgresql", 2),
+    ("postgresql", 3),
+    ("postgresql", 4),
+)
+# `--compare-scaling`'s live tail: bridges on PostgreSQL at `rate`, read through the watermark.
+TAIL_BRIDGES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,12 +375,20 @@ def scaling(cfg: BenchConfig) -> dict[str, Any]:
     for (kind, n), done in runs.items():
         rate = _median([run.rate for run in done])
         postgres = [run.postgres_cpu_s_per_1000 for run in done]
+        pg_reference = _median([run.rate for run in runs[SCALING[1]]])
         rows.append(
             {
                 "store": kind,
                 "bridges": n,
                 "events_per_s": rate,
                 "ratio": round(rate / reference, 3),
+                "ratio_to_one_postgres": round(rate / pg_reference, 3),
+                "bridge_cpu_us_per_event": [
+                    round(_median([run.bridges_cpu_s_per_1000[i] for run in done]) * 1000, 1)
+                    for i in range(n)
+                ],
+                "lock_waits": _median([_waiting(run, " Lock:") for run in done]),
+                "io_waits": _median([_waiting(run, " IO:") for run in done]),
                 "cpu_s_per_1000": _median([run.cpu_s_per_1000 for run in done]),
                 "broker_cpu_s_per_1000": _median([run.broker_cpu_s_per_1000 for run in done]),
                 "postgres_cpu_s_per_1000": None
@@ -381,7 +406,89 @@ def scaling(cfg: BenchConfig) -> dict[str, Any]:
         "distinct": cfg.spec(cfg.count, 1).distinct,
         "repeat": cfg.repeat,
         "setups": rows,
+        "live_tail": live_tail(cfg),
     }
+
+
+def _check_alive(bridges: list[LoggedProcess]) -> None:
+    for bridge in bridges:
+        bridge.check_alive()
+
+
+def _waiting(run: BridgeRun, kind: str) -> float:
+    """How many of the bridges' backends waited on `kind` (" Lock:", " IO:"), on average
+    over the store polls."""
+    return round(sum(v for k, v in (run.backends or {}).items() if kind in k), 3)
+
+
+def live_tail(cfg: BenchConfig) -> dict[str, Any]:
+    """TAIL_BRIDGES bridges on `cfg.store` at `cfg.rate` events/s for `cfg.duration`; a
+    reader follows with `events(after=…)`, as /events/stream's poller does (through the
+    watermark), every millisecond, and takes for each new row now minus the `sent_at`
+    the publisher put in its payload. Against 1 bridge, same rate, same reader."""
+    if cfg.store is None:
+        raise BenchError("the live tail needs --store postgresql://…")
+    spec = cfg.spec(max(1, round(cfg.rate * cfg.duration)), seed=102)
+    result: dict[str, Any] = {"rate": cfg.rate, "duration_s": cfg.duration}
+    for n in (1, TAIL_BRIDGES):
+        ordered = sorted(_tail(cfg, spec, n))
+        if len(ordered) != spec.distinct:
+            raise BenchError(f"live tail: the reader saw {len(ordered)} rows of {spec.distinct}")
+        result[f"bridges_{n}"] = {
+            "p50_ms": _percentile(ordered, 0.50),
+            "p99_ms": _percentile(ordered, 0.99),
+            "max_ms": round(ordered[-1] * 1000, 2),
+        }
+    return result
+
+
+def _follow(reader: StoreReader, samples: list[float], stop: threading.Event) -> None:
+    """Read what is new every LATENCY_POLL_S; for each row, now minus its `sent_at`."""
+    last = 0
+    while not stop.is_set():
+        rows = reader.events(topic=None, after=last, limit=1000)
+        now = time.time()
+        samples.extend(now - float(e.payload["sent_at"]) for e in rows)
+        if rows:
+            last = rows[-1].seq
+        time.sleep(LATENCY_POLL_S)
+
+
+def _tail(cfg: BenchConfig, spec: StreamSpec, n: int) -> list[float]:
+    """`n` bridges at `cfg.rate`, followed by a reader: the latencies it saw."""
+    work = cfg.work / f"tail-{n}"
+    client_ids, topic_filter = _bridge_ids(n)
+    samples: list[float] = []
+    stop = threading.Event()
+    with (
+        _broker(work / "broker") as mosq,
+        _fresh_store(cfg, work, "store") as url,
+        contextlib.ExitStack() as stack,
+    ):
+        register(mosq.port, client_ids, topic_filter)
+        group = GROUP if n > 1 else None
+        bridges = start_bridges(
+            mosq.url, url, client_ids, cfg.durability, work, group=group, stack=stack
+        )
+        reader = open_reader(parse_store_url(url))
+        stack.callback(reader.close)
+        thread = threading.Thread(target=_follow, args=(reader, samples, stop), name="tail")
+        thread.start()
+        try:
+            with start_flood(mosq.port, spec, work / "publisher.log", rate=cfg.rate) as pub:
+                pub.result(cfg.duration * 2 + 60)
+            watch = StoreWatch(url)
+            stack.callback(watch.close)
+            watch.wait(
+                lambda c: c.received >= spec.count,
+                timeout=60,
+                alive=lambda: _check_alive(bridges),
+            )
+            time.sleep(0.2)  # let the reader see the last commit
+        finally:
+            stop.set()
+            thread.join(10)
+    return samples
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

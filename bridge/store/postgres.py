@@ -6,37 +6,51 @@ parameter goes to libpq (see `bridge.store.url`); `connect_timeout` (default 5 s
 bounds how long a call waits for a pooled connection before it reports the store
 unavailable.
 
-Isolation is PostgreSQL's default, READ COMMITTED, and it suffices: a batch never
-decides anything from what it read. `INSERT … ON CONFLICT DO NOTHING` arbitrates on
-the unique index, where a concurrent insert of the same key waits for the other
-transaction and then yields no row (or the row, if the other rolled back); counters
-are `x = x + n` upserts, which lock the row and add to its newest version, so no
-increment is lost. SERIALIZABLE would add serialization failures and nothing else.
+A batch is one statement (see `record_sql`), run outside a transaction block, so it is its
+own transaction and one round trip: the events as one JSON text (`json_to_recordset`), the
+counters, the rejections. `INSERT … ON CONFLICT DO NOTHING` arbitrates on the unique
+index, where a concurrent insert of the same key waits for the other transaction and then
+yields no row (or the row, if the other rolled back); counters are `x = x + n` upserts,
+which lock the row and add to its newest version, so no increment is lost. Each writer
+counts in rows of its own (a random `slot` of SLOTS, summed when read), so bridges do not
+queue on one hot counter row. SERIALIZABLE would add serialization failures and nothing
+else.
 
 Deadlocks between bridges are avoided by taking row locks in one global order: each
-batch inserts its events sorted by key, then updates topic counters and rejection
+batch inserts its events sorted by key, then updates spans, topic counters and rejection
 counters sorted by name (see `BatchTally`).
 
 `durability` maps to `synchronous_commit` (see `Durability`).
 
-`seq` comes from an identity column, which is monotonic in insert order; but with
-several bridges a transaction could commit after one that took a higher `seq`, and a
-live tail that had read up to the newest `seq` would miss that row for good. So each
-batch first takes a transaction-scoped advisory lock (one per schema): bridges commit
-one at a time, in `seq` order. Parsing, MQTT and building the parameters run in
-parallel; the section from the lock to the commit (about five round trips) is serial.
-Measured with the parameters still built under the lock, it cost 3 bridges more than
-half their drain throughput on 2 cores (BENCHMARKS.md, "Scaling out (issue 5)"); the
-parameters now come first, and one round trip per batch is the next step.
+Concurrent writers: `seq` comes from an identity column, drawn in insert order, but
+transactions commit in any order, so a row can become visible after one with a higher
+`seq`; a tail that had read up to the newest visible `seq` would skip it for good. No lock
+orders the commits. Instead every read stops at a watermark (`_WATERMARK`), below which
+no unfinished transaction can still commit a row:
 
-Because every batch waits for that lock, a bridge that stops inside its transaction
-(SIGSTOP, a debugger, a paused VM) would stall all the others. So no session may hold
-the others for long: every session gets `idle_in_transaction_session_timeout` = `hold_s`
-(the server ends a session idle inside a transaction, which releases its locks; its
-bridge never acked that batch, so it commits it again when it wakes), `lock_timeout` =
-twice `hold_s` (a wait outlasting a stuck holder's removal is reported, then retried),
-and `statement_timeout` = six times `hold_s` (a read transaction sets its own,
-`query_timeout_s`, and reports running past it as `QueryTimeout`).
+1. A batch first reads the sequence's newest value `v` and takes a *shared*
+   transaction-level advisory lock keyed `v` (bigint), then inserts: its seqs are all
+   above `v`, and the lock, visible in `pg_locks` until its commit, says so. Shared locks
+   never wait on each other.
+2. A reader, before its snapshot, reads the sequence's newest value `L`, then the lowest
+   such key held by a session that also holds a lock on `events`: the watermark is the
+   smaller. A writer that drew a seq at or below `L` drew it before `L` was read, so
+   it held its lock then: either it still does (the watermark is below its seqs) or it
+   has finished before the reader's snapshot (its rows are in it, or were rolled back).
+3. The snapshot is taken after the watermark (its own statement first, outside the read
+   transaction), and every read path filters `seq <= watermark` (`_horizon`, `where`).
+
+A reader's lag is the longest batch transaction in flight, a few milliseconds (BENCHMARKS
+.md, "live tail"); a session stopped inside a transaction holds readers back, never
+writers, until the server ends it after `hold_s`. `rejected` is not covered: its pages can
+miss a late rejection with several bridges (they are a diagnostic, bounded and trimmed).
+
+No session may hold the others for long: every session gets
+`idle_in_transaction_session_timeout` = `hold_s` (the server ends a session idle inside a
+transaction, which releases its locks), `lock_timeout` = twice `hold_s` (a wait
+outlasting a stuck holder's removal is reported, then retried), and `statement_timeout` =
+six times `hold_s` (a read transaction sets its own, `query_timeout_s`, and reports
+running past it as `QueryTimeout`).
 
 Search (issue 11): each event's `tsv` is written by its own INSERT; `postgres_search`
 turns a `Query` into SQL, `postgres_backfill` upgrades a schema 2 store beside ingest.

@@ -36,7 +36,8 @@ from bridge.store.postgres_search import COUNT_SPANS
 
 logger = logging.getLogger("logagg.bridge.store")
 
-# Session-level, two-key (class, schema) like the commit lock: one backfill per store.
+# Session-level, two-key (class, schema): one backfill per store. Two-key, so readers never
+# take it for a writer's watermark lock (bigint keys).
 _BACKFILL_LOCK = 0x6C6F6762
 CHUNK = 5_000
 RETRY_S = 30.0

@@ -251,7 +251,7 @@ def first_recent(probe: Callable[[int], tuple[int, bool]], lo: int, hi: int) -> 
     `probe(seq)` gives the first row at or after `seq` (there is one: `seq` is never past
     the newest row) and whether it is recent. Rows are stored in seq order, so `received_at`
     grows with seq; only a wall clock stepped back (SQLite) or a batch that waited for the
-    commit lock (PostgreSQL) breaks that, by about as long as the step or the wait, at the
+    wait inside a transaction (PostgreSQL) breaks that, by about as long as the step or the wait, at the
     window's edge.
     """
     while lo < hi:

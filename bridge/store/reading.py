@@ -250,9 +250,9 @@ def first_recent(probe: Callable[[int], tuple[int, bool]], lo: int, hi: int) -> 
 
     `probe(seq)` gives the first row at or after `seq` (there is one: `seq` is never past
     the newest row) and whether it is recent. Rows are stored in seq order, so `received_at`
-    grows with seq; only a wall clock stepped back (SQLite) or a batch that waited for the
-    wait inside a transaction (PostgreSQL) breaks that, by about as long as the step or the wait, at the
-    window's edge.
+    grows with seq; only a wall clock stepped back (SQLite) or a batch that was slow to
+    commit (PostgreSQL: several bridges commit in any order) breaks that, by about as long
+    as the step or the delay, at the window's edge.
     """
     while lo < hi:
         mid = (lo + hi) // 2

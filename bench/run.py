@@ -183,7 +183,9 @@ def table(report: dict[str, Any]) -> str:
             t = tail[f"bridges_{n}"]
             lines.append(
                 f"  live tail through the watermark, {n} bridge(s) at {_n(tail['rate'])}/s:"
-                f" p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, max {t['max_ms']} ms"
+                f" p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, max {t['max_ms']} ms;"
+                f" held by the watermark p50 {t['watermark_p50_ms']} ms,"
+                f" p99 {t['watermark_p99_ms']} ms"
             )
     if lat := report.get("latency"):
         lines += [

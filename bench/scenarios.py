@@ -425,40 +425,70 @@ def live_tail(cfg: BenchConfig) -> dict[str, Any]:
     """TAIL_BRIDGES bridges on `cfg.store` at `cfg.rate` events/s for `cfg.duration`; a
     reader follows with `events(after=…)`, as /events/stream's poller does (through the
     watermark), every millisecond, and takes for each new row now minus the `sent_at`
-    the publisher put in its payload. Against 1 bridge, same rate, same reader."""
+    the publisher put in its payload. Beside it a raw reader (`seq > after`, no
+    watermark) notes when each row is first visible at all: the watermark's own cost is
+    the difference, per row. Against 1 bridge, same rate, same readers."""
     if cfg.store is None:
         raise BenchError("the live tail needs --store postgresql://…")
     spec = cfg.spec(max(1, round(cfg.rate * cfg.duration)), seed=102)
     result: dict[str, Any] = {"rate": cfg.rate, "duration_s": cfg.duration}
     for n in (1, TAIL_BRIDGES):
-        ordered = sorted(_tail(cfg, spec, n))
+        seen, visible = _tail(cfg, spec, n)
+        ordered = sorted(latency for _, latency, _ in seen)
         if len(ordered) != spec.distinct:
             raise BenchError(f"live tail: the reader saw {len(ordered)} rows of {spec.distinct}")
+        held = sorted(at - visible[seq] for seq, _, at in seen if seq in visible)
         result[f"bridges_{n}"] = {
             "p50_ms": _percentile(ordered, 0.50),
             "p99_ms": _percentile(ordered, 0.99),
             "max_ms": round(ordered[-1] * 1000, 2),
+            "watermark_p50_ms": _percentile(held, 0.50),
+            "watermark_p99_ms": _percentile(held, 0.99),
         }
     return result
 
 
-def _follow(reader: StoreReader, samples: list[float], stop: threading.Event) -> None:
-    """Read what is new every LATENCY_POLL_S; for each row, now minus its `sent_at`."""
+# What a tail reader saw: (seq, now - sent_at, when), `when` on time.monotonic().
+Seen = list[tuple[int, float, float]]
+
+
+def _follow(reader: StoreReader, seen: Seen, stop: threading.Event) -> None:
+    """Read what is new every LATENCY_POLL_S through the store's reader (the watermark)."""
     last = 0
     while not stop.is_set():
         rows = reader.events(topic=None, after=last, limit=1000)
-        now = time.time()
-        samples.extend(now - float(e.payload["sent_at"]) for e in rows)
+        now, at = time.time(), time.monotonic()
+        seen.extend((e.seq, now - float(e.payload["sent_at"]), at) for e in rows)
         if rows:
             last = rows[-1].seq
         time.sleep(LATENCY_POLL_S)
 
 
-def _tail(cfg: BenchConfig, spec: StreamSpec, n: int) -> list[float]:
-    """`n` bridges at `cfg.rate`, followed by a reader: the latencies it saw."""
+def _follow_raw(url: str, visible: dict[int, float], stop: threading.Event) -> None:
+    """When each seq is first visible to a plain read, with no watermark: every row
+    committed (the rows of any seq, in any order)."""
+    pg = parse_store_url(url)
+    assert isinstance(pg, PostgresUrl)
+    with psycopg.connect(pg.conninfo, autocommit=True) as conn:
+        if pg.schema is not None:
+            conn.execute("SELECT set_config('search_path', %s, false)", (pg.schema,))
+        while not stop.is_set():
+            with contextlib.suppress(psycopg.errors.UndefinedTable):
+                rows = conn.execute(
+                    "SELECT seq FROM events WHERE seq > %s", (max(visible, default=0) - 2_000,)
+                ).fetchall()
+                at = time.monotonic()
+                for (seq,) in rows:
+                    visible.setdefault(seq, at)
+            time.sleep(LATENCY_POLL_S)
+
+
+def _tail(cfg: BenchConfig, spec: StreamSpec, n: int) -> tuple[Seen, dict[int, float]]:
+    """`n` bridges at `cfg.rate`, followed by the two readers: what each saw."""
     work = cfg.work / f"tail-{n}"
     client_ids, topic_filter = _bridge_ids(n)
-    samples: list[float] = []
+    seen: Seen = []
+    visible: dict[int, float] = {}
     stop = threading.Event()
     with (
         _broker(work / "broker") as mosq,
@@ -472,8 +502,12 @@ def _tail(cfg: BenchConfig, spec: StreamSpec, n: int) -> list[float]:
         )
         reader = open_reader(parse_store_url(url))
         stack.callback(reader.close)
-        thread = threading.Thread(target=_follow, args=(reader, samples, stop), name="tail")
-        thread.start()
+        threads = [
+            threading.Thread(target=_follow, args=(reader, seen, stop), name="tail"),
+            threading.Thread(target=_follow_raw, args=(url, visible, stop), name="raw"),
+        ]
+        for thread in threads:
+            thread.start()
         try:
             with start_flood(mosq.port, spec, work / "publisher.log", rate=cfg.rate) as pub:
                 pub.result(cfg.duration * 2 + 60)
@@ -487,8 +521,9 @@ def _tail(cfg: BenchConfig, spec: StreamSpec, n: int) -> list[float]:
             time.sleep(0.2)  # let the reader see the last commit
         finally:
             stop.set()
-            thread.join(10)
-    return samples
+            for thread in threads:
+                thread.join(10)
+    return seen, visible
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

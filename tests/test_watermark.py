@@ -195,3 +195,26 @@ def test_readers_see_every_event_once_in_order_while_writers_commit_out_of_order
         missing = len(stored) - len(seen)
         assert [e.seq for e in stored] == seqs, f"{page.__name__}: {missing} missed"
     assert overtaken, "no batch was overtaken: the test proves nothing"
+
+
+def test_a_readers_watermark_never_moves_back(pg_url: str, writers: list[PostgresWriter]) -> None:
+    """A writer that read the sequence before a reader did, and took its lock after, holds
+    a key below that reader's watermark: a fresh reader stops there (safe, and late), while
+    one that already read further keeps its higher watermark (still true: what was finished
+    stays finished), so a stream never moves back over rows it already passed."""
+    stamp = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    writers[0].record(
+        [
+            Event(topic="t", event_id=str(i), timestamp=stamp, source="s", payload={})
+            for i in range(3)
+        ],
+        [],
+    )
+    with closing(open_reader(postgres(pg_url))) as reader:
+        assert len(reader.events(topic=None, after=0, limit=10)) == 3
+        with writers[1]._connection("write") as late, late.transaction():  # noqa: SLF001 (a writer caught between its two steps)
+            late.execute("LOCK TABLE events IN ROW EXCLUSIVE MODE")
+            late.execute("SELECT pg_advisory_xact_lock_shared(1)")
+            assert len(reader.events(topic=None, after=0, limit=10)) == 3
+            with closing(open_reader(postgres(pg_url))) as fresh:
+                assert [e.seq for e in fresh.events(topic=None, after=0, limit=10)] == [1]

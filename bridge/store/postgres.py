@@ -39,6 +39,9 @@ no unfinished transaction can still commit a row:
    has finished before the reader's snapshot (its rows are in it, or were rolled back).
 3. The snapshot is taken after the watermark (its own statement first, outside the read
    transaction), and every read path filters `seq <= watermark` (`_horizon`, `where`).
+4. A reader never moves its watermark back (`_watermark`): a writer that read the
+   sequence before a reader and locked after it holds a key below that reader's
+   watermark, which stays true all the same.
 
 A reader's lag is the longest batch transaction in flight, a few milliseconds (BENCHMARKS
 .md, "live tail"); a session stopped inside a transaction holds readers back, never
@@ -63,6 +66,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -215,17 +219,22 @@ _NEWEST_SEQ = (
 _LOCK_KEY = "((held.classid::bigint << 32) | held.objid::bigint)"
 
 # The watermark (see "Concurrent writers" above): the newest seq handed out, or below the
-# lowest seq an unfinished writer may still commit. The sequence is read first (a
-# subquery fenced by OFFSET 0), the locks after it (a subquery that depends on it).
+# lowest seq an unfinished writer may still commit; and which sequence (its oid). The
+# sequence is read first (a subquery fenced by OFFSET 0), the locks after it (a subquery
+# that depends on it).
 _WATERMARK = f"""
-SELECT least(newest, (
+SELECT sequence.id, least(newest, (
     SELECT min({_LOCK_KEY}) FROM pg_locks AS held
     JOIN pg_locks AS writing ON writing.pid = held.pid AND writing.database = held.database
     WHERE held.locktype = 'advisory' AND held.objsubid = 1 AND held.granted
         AND held.database = (SELECT oid FROM pg_database WHERE datname = current_database())
         AND writing.locktype = 'relation' AND writing.relation = 'events'::regclass
         AND writing.mode = 'RowExclusiveLock' AND {_LOCK_KEY} < newest
-)) FROM (SELECT {_NEWEST_SEQ} AS newest OFFSET 0) AS sequence
+)) FROM (
+    SELECT {_NEWEST_SEQ} AS newest,
+        pg_get_serial_sequence('events', 'seq')::regclass::oid::bigint AS id
+    OFFSET 0
+) AS sequence
 """
 
 
@@ -322,6 +331,9 @@ class PostgresReader(SqlReader):
 
     def __init__(self, url: PostgresUrl, options: StoreOptions) -> None:
         self.display = url.display
+        # The highest watermark read so far, and the oid of the sequence it is of.
+        self._highest: tuple[int | None, int] = (None, 0)
+        self._highest_lock = threading.Lock()
         self._alive_s = options.alive_s
         self._hold_ms = max(1, round(options.hold_s * 1000))
         self._query_ms = max(1, round(options.query_timeout_s * 1000))
@@ -395,7 +407,7 @@ class PostgresReader(SqlReader):
         before the snapshot (so every writer below it has finished before the snapshot)."""
         with self._connection("read") as conn:
             try:
-                (upto,) = conn.execute(_WATERMARK).fetchone() or (0,)
+                upto = self._watermark(conn)
                 with conn.transaction():
                     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     # The time index is in seq order on disk, so at the default cost of 4 the
@@ -443,6 +455,19 @@ class PostgresReader(SqlReader):
         if row is None or row[0] is None:
             return None
         return row[0].astimezone(UTC), row[1].astimezone(UTC)
+
+    def _watermark(self, conn: psycopg.Connection[Any]) -> int:
+        """This read's watermark, never below one this reader used before on the same
+        store. A watermark can come out lower than an earlier one (a writer that read the
+        sequence before that earlier reader, and locked after it, holds a key below it);
+        the earlier one stays true, since what was finished stays finished, and a reader
+        that moved back could skip what a stream already passed."""
+        sequence, upto = conn.execute(_WATERMARK).fetchone() or (None, 0)
+        with self._highest_lock:
+            if self._highest[0] == sequence:
+                upto = max(upto, self._highest[1])
+            self._highest = (sequence, upto)
+        return int(upto)
 
     def _horizon(self, conn: Connection) -> int | None:
         assert isinstance(conn, Snapshot)

@@ -178,6 +178,15 @@ def table(report: dict[str, Any]) -> str:
                 f"  {'-' if pg is None else f'{pg * 1000:.1f}':>8}"
                 f"   {row['lock_waits']:.2f}/{row['io_waits']:.2f}"
             )
+        spied = sc["profile"]
+        if "error" in spied:
+            lines.append(f"  where a bridge's time goes: {spied['error']}")
+        else:
+            lines.append(
+                f"  where 1 bridge on PostgreSQL spends its time (py-spy, {spied['samples']}"
+                f" samples, {_n(spied['events_per_s'])} events/s), in the function itself:"
+            )
+            lines += [f"    {share:6.1%}  {name}" for name, share in spied["self_share"].items()]
         tail = sc["live_tail"]
         for n in (1, 3):
             t = tail[f"bridges_{n}"]

@@ -35,6 +35,7 @@ from bench.procs import (
     start_bridges,
     start_flood,
 )
+from bench.profile import sampled
 from bench.sessions import TOPIC_FILTER, register, shared_filter
 from bench.stream import PREFIX, StreamSpec, drafts
 from bench.watch import Counts, StoreWatch
@@ -200,10 +201,18 @@ class BridgeRun:
     backends: dict[str, float] | None
     peak_rss_mb: float
     counts: Counts
+    profile: dict[str, Any] | None = None
 
 
 def _drain_with_bridges(
-    cfg: BenchConfig, mosq: Mosquitto, url: str, client_ids: list[str], sent: int, logs: Path
+    cfg: BenchConfig,
+    mosq: Mosquitto,
+    url: str,
+    client_ids: list[str],
+    sent: int,
+    logs: Path,
+    *,
+    profile: Path | None = None,
 ) -> BridgeRun:
     """Start the bridges together on a queued backlog of `sent` messages; time them from the
     first stored row's `received_at` to the poll that sees the last commit."""
@@ -232,14 +241,18 @@ def _drain_with_bridges(
             for bridge in bridges:
                 bridge.check_alive()
 
-        end, _ = watch.wait(
-            lambda c: c.received >= sent,
-            timeout=cfg.timeout,
-            every=POLL_S,
-            alive=alive,
-            on_first=lambda counts: at_first.update(snapshot(), n=counts.received),
-            on_poll=watch.sample_backends if pg else lambda: None,
+        spying: contextlib.AbstractContextManager[dict[str, Any]] = (
+            sampled(bridges[0].pid, profile) if profile else contextlib.nullcontext({})
         )
+        with spying as summary:
+            end, _ = watch.wait(
+                lambda c: c.received >= sent,
+                timeout=cfg.timeout,
+                every=POLL_S,
+                alive=alive,
+                on_first=lambda counts: at_first.update(snapshot(), n=counts.received),
+                on_poll=watch.sample_backends if pg else lambda: None,
+            )
         last = snapshot()
         rss = max(peak_rss_mb(b.pid) for b in bridges)
         own = watch.backend_pid  # the watch's polling is not the bridges' load
@@ -266,6 +279,7 @@ def _drain_with_bridges(
         else None,
         peak_rss_mb=rss,
         counts=counts,
+        profile=summary if profile else None,
     )
 
 
@@ -406,8 +420,24 @@ def scaling(cfg: BenchConfig) -> dict[str, Any]:
         "distinct": cfg.spec(cfg.count, 1).distinct,
         "repeat": cfg.repeat,
         "setups": rows,
+        "profile": _profiled_drain(cfg),
         "live_tail": live_tail(cfg),
     }
+
+
+def _profiled_drain(cfg: BenchConfig) -> dict[str, Any]:
+    """One more drain by one bridge on PostgreSQL, sampled by py-spy: where its time goes
+    (see `bench.profile`). Not in the medians: sampling costs the bridge a little."""
+    work = cfg.work / "scaling" / "profile"
+    client_ids, topic_filter = _bridge_ids(1)
+    spec = cfg.spec(cfg.count, seed=1)
+    with _broker(work / "broker") as mosq, _fresh_store(cfg, work, "store") as url:
+        register(mosq.port, client_ids, topic_filter)
+        sent = _publish(mosq.port, spec, work / "publisher.log", cfg.timeout)
+        run = _drain_with_bridges(
+            cfg, mosq, url, client_ids, sent, work, profile=work / "py-spy.txt"
+        )
+    return {"events_per_s": run.rate, **(run.profile or {})}
 
 
 def _check_alive(bridges: list[LoggedProcess]) -> None:

@@ -189,8 +189,9 @@ class BridgeRun:
     """Bridges draining a backlog: the real processes, watched from the store and /proc.
     CPU is per 1,000 events, from the first stored row on; `cpu_s_per_1000` sums the bridges.
     `backends`: PostgreSQL only, the bridges' server processes by state and wait event,
-    averaged over the store polls (e.g. 0.8 "active Lock:advisory": on average 0.8 batches
-    waiting for the commit lock)."""
+    averaged over the store polls (e.g. 0.3 "active Lock:transactionid": on average 0.3
+    batches waiting for another's transaction, which inserted the same key first).
+    `profile`: py-spy's summary, when asked (see `bench.profile`)."""
 
     rate: float
     seconds: float

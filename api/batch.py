@@ -22,6 +22,7 @@ from bridge.event import (
     Rejection,
     count_nodes,
     decode_body,
+    may_hold_unstorable,
     unstorable,
 )
 
@@ -120,9 +121,14 @@ def to_messages(
         raise TooLarge(f"batch has {len(items)} events, limit {max_batch}")
     errors: list[ItemError] = []
     messages: list[Message] = []
+    strings = may_hold_unstorable(text)
     for index, item in enumerate(items):
         # First, so that neither the validator nor this answer meets a bad key or depth.
-        problem = unstorable(item, max_nodes=max_nodes) if isinstance(item, dict) else None
+        problem = (
+            unstorable(item, strings=strings, max_nodes=max_nodes)
+            if isinstance(item, dict)
+            else None
+        )
         if problem is not None:
             errors.append(ItemError(index=index, field=problem[0], message=problem[1]))
             continue

@@ -127,17 +127,20 @@ class Link(asyncio.Protocol):
         _, link = await loop.create_connection(
             lambda: cls(window), host, port, ssl=tls, server_hostname=host if tls else None
         )
-        link._send(connect_packet(client_id, username, password, KEEPALIVE_S))
-        try:
-            await asyncio.wait((link._connack, link.lost), return_when=asyncio.FIRST_COMPLETED)
-            if not link._connack.done():
-                raise link.lost.result()
-            link._connack.result()
-        except BaseException:
-            link.abort()
-            raise
-        link._pinger = loop.call_later(KEEPALIVE_S / 2, link._ping)
+        await link.handshake(client_id, username, password)
         return link
+
+    async def handshake(self, client_id: str, username: str | None, password: str | None) -> None:
+        """CONNECT, and wait for the broker's CONNACK: `LinkError` saying why it refused."""
+        self._send(connect_packet(client_id, username, password, KEEPALIVE_S))
+        try:
+            await asyncio.wait((self._connack, self.lost), return_when=asyncio.FIRST_COMPLETED)
+            if not self._connack.done():
+                raise self.lost.result()
+        except BaseException:
+            self.abort()
+            raise
+        self._pinger = asyncio.get_running_loop().call_later(KEEPALIVE_S / 2, self._ping)
 
     @property
     def alive(self) -> bool:
@@ -169,19 +172,19 @@ class Link(asyncio.Protocol):
                     sent += take
             await self._wait(tally.done)
         except BaseException:
-            if not tally.done.done():
+            if tally.acked < tally.total:
                 self._disown(tally)
             raise
 
     async def _wait(self, what: asyncio.Event | asyncio.Future[None]) -> None:
         """Until `what` happens or the connection is lost (then `LinkError`)."""
-        waiter = asyncio.ensure_future(what.wait() if isinstance(what, asyncio.Event) else what)
+        waiter = asyncio.ensure_future(what.wait()) if isinstance(what, asyncio.Event) else what
         try:
             await asyncio.wait((waiter, self.lost), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not waiter.done():
-                waiter.cancel()
-        if not waiter.done() or waiter.cancelled():
+            if waiter is not what and not waiter.done():
+                waiter.cancel()  # our own task; a tally's future is left for its PUBACKs
+        if not waiter.done():
             raise self.lost.result()
 
     def _disown(self, tally: Tally) -> None:
@@ -260,7 +263,7 @@ class Link(asyncio.Protocol):
         self._room.set()
         if tally is not None:
             tally.acked += 1
-            if tally.acked == tally.total:
+            if tally.acked == tally.total and not tally.done.done():
                 tally.done.set_result(None)
 
     def pause_writing(self) -> None:
@@ -289,4 +292,3 @@ class Link(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
         self._lose(LinkError("connection closed by the sidecar"))
-

@@ -185,8 +185,10 @@ def table(report: dict[str, Any]) -> str:
     if h := report.get("http"):
         lines += [
             "",
-            f"http (POST /publish, {_n(h['events'])} events, median of {h['repeat']})"
-            "   stored/s   answered/s   sidecar µs/event   vs MQTT",
+            (
+                f"http (POST /publish, {_n(h['events'])} events, median of {h['repeat']})"
+                "   stored/s   answered/s   sidecar µs/event   vs MQTT"
+            ),
         ]
         for name, row in h.items():
             if isinstance(row, dict):

@@ -17,11 +17,8 @@ counted by the bridge, never stored twice).
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 from collections.abc import Sequence
-
-logger = logging.getLogger("logagg.api.mqtt")
 
 Message = tuple[str, bytes]
 

@@ -543,6 +543,7 @@ def _http_round(cfg: BenchConfig, work: Path, variant: HttpVariant, seed: int) -
         "events_per_s": spec.count / (end - start),
         "accepted_per_s": spec.count / (answered - start),
         "api_cpu_us_per_event": api_cpu / spec.count * 1e6,
+        "unique": counts.unique,
     }
 
 
@@ -568,9 +569,12 @@ def http(cfg: BenchConfig) -> dict[str, Any]:
     }
     for name, runs in rounds.items():
         result[name] = {
-            key: round(statistics.median(run[key] for run in runs), 1) for key in runs[0]
+            key: round(statistics.median(run[key] for run in runs), 1)
+            for key in ("events_per_s", "accepted_per_s", "api_cpu_us_per_event")
         }
         result[name]["rounds"] = [round(run["events_per_s"]) for run in runs]
+    # Every round of every variant stored each distinct event once (`_check`): the fewest.
+    result["unique"] = min(int(run["unique"]) for runs in rounds.values() for run in runs)
     mqtt = result["mqtt"]["events_per_s"]
     for name in rounds:
         if name != "mqtt":

@@ -4,8 +4,8 @@ Only what `POST /publish` needs (CONNECT, PUBLISH QoS 1, PUBACK, PINGREQ, DISCON
 written by hand because the general clients cost most of the sidecar's time: through
 aiomqtt a message took ~52 µs of CPU (a task, an event and a linear scan of every pending
 call each), through paho alone ~33 µs (one `send` per message). Here a batch's packets are
-encoded together and written at once, and PUBACKs are read many to a `data_received`:
-a few µs a message (BENCHMARKS.md, "HTTP path").
+encoded together and written 64 KiB at a time, and PUBACKs are read many to a
+`data_received`: a few µs a message (BENCHMARKS.md, "HTTP path").
 
 Every message takes a packet id from a pool of `window` ids shared by every request, so at
 most `window` are unacknowledged at once, well under MQTT's 65,535; a batch larger than
@@ -23,6 +23,10 @@ from collections.abc import Sequence
 Message = tuple[str, bytes]
 
 KEEPALIVE_S = 60
+# Packets are joined into writes of about this size: one system call for hundreds of small
+# events, and a 16 MiB batch is not copied whole into the transport's buffer (the transport
+# asks us to pause past its high-water mark, and the batch waits for it to drain).
+WRITE_CHUNK = 64 * 1024
 # CONNACK return codes of MQTT 3.1.1 (§3.2.2.3).
 _REFUSED = {
     1: "unacceptable protocol version",
@@ -159,19 +163,26 @@ class Link(asyncio.Protocol):
                 elif not self._writable.is_set():
                     await self._wait(self._writable)
                 else:
-                    take = min(len(self._free), tally.total - sent)
-                    packets = []
-                    for topic, body in messages[sent : sent + take]:
-                        packet_id = self._free.pop()
-                        self._owners[packet_id] = tally
-                        packets.append(publish_packet(topic.encode(), body, packet_id))
-                    self._send(b"".join(packets))
-                    sent += take
+                    sent = self._write_some(messages, sent, tally)
             await self._wait(tally.done)
         except BaseException:
             if tally.acked < tally.total:
                 self._disown(tally)
             raise
+
+    def _write_some(self, messages: Sequence[Message], start: int, tally: Tally) -> int:
+        """Write packets from `messages[start]` on, while ids are free, up to about
+        `WRITE_CHUNK` bytes in one write; return the index of the first not written."""
+        packets, size, end = [], 0, start
+        while end < tally.total and self._free and size < WRITE_CHUNK:
+            topic, body = messages[end]
+            packet_id = self._free.pop()
+            self._owners[packet_id] = tally
+            packets.append(publish_packet(topic.encode(), body, packet_id))
+            size += len(packets[-1])
+            end += 1
+        self._send(b"".join(packets))
+        return end
 
     async def _wait(self, what: asyncio.Event | asyncio.Future[None]) -> None:
         """Until `what` happens or the connection is lost (then `LinkError`)."""

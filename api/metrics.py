@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from api.broker_stats import BrokerStats
 from api.models import BUSIEST_TOPICS, busiest_topics
+from api.store_space import StoreSpace
 from bridge.store import SQLiteUrl, StoreReader, StoreUnavailable, StoreUrl
 
 logger = logging.getLogger("logagg.api.metrics")
@@ -113,11 +114,43 @@ class StoreCollector(Collector):
                 "The oldest live bridge's uptime",
                 value=stats.uptime_s,
             )
+        yield from _space_metrics(self._store, self._url)
         size = store_size_bytes(self._url)
         if size is not None:
             yield GaugeMetricFamily(
                 "logagg_store_size_bytes", "The SQLite database file and its WAL", value=size
             )
+
+
+def _space_metrics(store: StoreReader, url: StoreUrl) -> Iterator[Metric]:
+    """`logagg_store_full`, the size and cap the bridges last reported, the disk's room."""
+    try:
+        space = StoreSpace.of(store.space_reports(), url)
+    except StoreUnavailable as exc:
+        logger.debug("metrics: store space unknown: %s", exc)
+        return
+    yield GaugeMetricFamily(
+        "logagg_store_full",
+        "1 while a bridge stopped writing and acknowledging: the store reached"
+        " --max-store-bytes or its disk is full (the broker holds the backlog)",
+        value=0 if space.full is None else 1,
+    )
+    if space.used_bytes is not None:
+        yield GaugeMetricFamily(
+            "logagg_store_used_bytes",
+            "The store's size as --max-store-bytes measures it, as a bridge last reported",
+            value=space.used_bytes,
+        )
+    if space.max_bytes is not None:
+        yield GaugeMetricFamily(
+            "logagg_store_max_bytes", "The bridges' --max-store-bytes", value=space.max_bytes
+        )
+    if space.disk_free_bytes is not None:
+        yield GaugeMetricFamily(
+            "logagg_store_disk_free_bytes",
+            "Free space on the SQLite store's disk",
+            value=space.disk_free_bytes,
+        )
 
 
 class BrokerCollector(Collector):

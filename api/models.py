@@ -81,6 +81,28 @@ class StatsReport(BaseModel):
         default=None,
         description="Set once the broker dropped messages or a queue reaches 80% of a limit",
     )
+    # From the live bridges' reports (bridge/capacity.py, api/store_space.py).
+    store_full: bool = Field(
+        default=False,
+        description="True while a bridge has stopped writing and acknowledging because the"
+        " store reached --max-store-bytes or its disk is full (the broker holds the backlog)",
+    )
+    store_full_reason: str | None = Field(
+        default=None, description="Why, with the figures, while `store_full`"
+    )
+    store_used_bytes: int | None = Field(
+        default=None,
+        description="The store's size as the cap measures it (SQLite: used pages and WAL;"
+        " PostgreSQL: logagg's tables), as a bridge with a cap last reported it",
+    )
+    max_store_bytes: int | None = Field(
+        default=None, description="The bridges' --max-store-bytes; null: no cap"
+    )
+    store_disk_free_bytes: int | None = Field(
+        default=None,
+        description="Free space on a SQLite store's disk (below 1 MiB: `store_full`);"
+        " null for PostgreSQL",
+    )
 
     @classmethod
     def of(cls, stats: Stats, topics: int | None) -> StatsReport:
@@ -141,6 +163,11 @@ class Health(BaseModel):
         default="unknown",
         description='"ok" while a bridge heartbeat is fresh, else why not. Informational: it does'
         " not change the status code, since the sidecar may run before or without a bridge",
+    )
+    store_space: str = Field(
+        default="ok",
+        description='"ok", or why a bridge stopped writing and acknowledging: the store'
+        " reached its cap or its disk is full (then the status is 503)",
     )
     broker_queue: str = Field(
         default="unknown",

@@ -26,6 +26,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.backoff import Backoff
 from bridge.broker import make_client
+from bridge.capacity import STORE_LOG_EVERY_S, Space
 from bridge.event import Event, parse_message
 from bridge.lograte import RateLimitedLog
 from bridge.metrics import BridgeMetrics, serving
@@ -33,14 +34,21 @@ from bridge.receive.inbox import Inbox, Received
 from bridge.refusal import Refusals
 from bridge.session import session_options
 from bridge.settings import BridgeSettings
-from bridge.store import BatchOutcome, Refused, StoreUnavailable, StoreWriter, open_writer
+from bridge.store import (
+    BatchOutcome,
+    Refused,
+    SQLiteUrl,
+    StoreFull,
+    StoreUnavailable,
+    StoreWriter,
+    open_writer,
+)
 from bridge.store.base import rejected_row
+from bridge.store.space import POSTGRES_MEASURE_BYTES
 
 logger = logging.getLogger("logagg.bridge")
 
 CONNECT_TIMEOUT_S = 10.0
-# While the store is unavailable, its error is logged at most once per this many seconds.
-STORE_LOG_EVERY_S = 30.0
 
 
 def duplicate_log(per_s: int) -> RateLimitedLog:
@@ -102,6 +110,9 @@ class Bridge:
         self.metrics = BridgeMetrics()
         self._last_heartbeat = 0.0
         self._refusals = Refusals(settings.client_id)
+        # SQLite's measure costs microseconds: taken before every batch.
+        cheap = isinstance(settings.store, SQLiteUrl)
+        self._space = Space(settings.max_store_bytes, 0 if cheap else POSTGRES_MEASURE_BYTES)
 
     def _client(self) -> aiomqtt.Client:
         session = session_options(
@@ -242,6 +253,16 @@ class Bridge:
             started = time.perf_counter()
             try:
                 outcome = await loop.run_in_executor(self._writer, self._write, batch)
+            except StoreFull as exc:
+                # No room: hold the batch unacked, say so everywhere, look again shortly.
+                if stop is None or stop.is_set():
+                    return False
+                entering = self._space.full is None
+                self._space.holding(exc, len(batch))
+                self.metrics.store_full(True)
+                await self._heartbeat(force=entering)
+                await _sleep_unless(stop, backoff.delay())
+                continue
             except StoreUnavailable as exc:
                 delay = backoff.delay()
                 retries += 1
@@ -263,6 +284,10 @@ class Bridge:
                 continue
             if retries:
                 logger.warning("store available again after %d retries", retries)
+            if self._space.full is not None:
+                self._space.resumed()
+                self.metrics.store_full(False)
+                await self._heartbeat(force=True)
             self.committed += len(batch)
             self.metrics.committed(len(batch), time.perf_counter() - started)
             self._log_duplicates(outcome.duplicates)
@@ -270,6 +295,7 @@ class Bridge:
 
     def _write(self, batch: list[Received]) -> BatchOutcome:
         """Runs on the writer thread."""
+        self._space.check(self.store, sum(len(message.body) for message in batch))
         events, refused = parse_batch(batch, self.settings)
         outcome = self.store.record(events, refused)
         self._log_rejections(
@@ -284,11 +310,16 @@ class Bridge:
         self._last_heartbeat = now
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(
-                self._writer, self.store.heartbeat, self.settings.client_id, self.run_id
-            )
+            await loop.run_in_executor(self._writer, self._beat)
         except StoreUnavailable as exc:
-            logger.error("store unavailable for heartbeat: %s", exc)
+            if self._space.full is None:  # a full store is logged by `Space.holding`
+                logger.error("store unavailable for heartbeat: %s", exc)
+
+    def _beat(self) -> None:
+        """Runs on the writer thread: the store's room first, for the sidecar, which shows
+        it only while the heartbeat that follows is fresh."""
+        self._space.publish(self.store, self.settings.client_id)
+        self.store.heartbeat(self.settings.client_id, self.run_id)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
+    ByteSize,
     Field,
     PlainSerializer,
     PlainValidator,
@@ -170,6 +171,14 @@ class BridgeSettings(MqttSettings):
     )
     rejection_log_per_s: int = Field(
         default=100, ge=0, description="Rejections logged by name each second"
+    )
+    # The size bridge.store.space measures; at it the bridge stops writing and acking (see
+    # bridge.capacity). Units are pydantic's ByteSize: kB/MB/GB are powers of 1000, KiB/GiB 1024.
+    max_store_bytes: ByteSize | None = Field(
+        default=None,
+        gt=0,
+        description="Stop writing and acknowledging when the store reaches this size:"
+        " 20GB, 500MB, 1GiB (default: no cap)",
     )
     # Prometheus metrics at http://metrics_host:metrics_port/metrics; port 0 = off.
     metrics_port: int = Field(

@@ -18,6 +18,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from api.models import EventPage, StatsReport, busiest_topics
 from bridge.backoff import Backoff
+from bridge.capacity import size_text
 from bridge.store import StoredEvent
 from logagg.settings import ViewSettings
 
@@ -178,6 +179,16 @@ def _broker(report: StatsReport) -> str:
     return f"{text}: {report.broker_warning}" if report.broker_warning else text
 
 
+def _store(report: StatsReport) -> str | None:
+    """Whether the bridges write, when there is something to say: full, or how much of a cap."""
+    if report.store_full:
+        return f"FULL, not writing: {report.store_full_reason}"
+    if report.max_store_bytes is None or report.store_used_bytes is None:
+        return None
+    used, cap = report.store_used_bytes, report.max_store_bytes
+    return f"{size_text(used)} of its cap {size_text(cap)} ({used / cap:.0%})"
+
+
 def summary(report: StatsReport) -> str:
     """`/stats` for people: the totals, the rejection reasons, the busiest topics."""
     bridge = (
@@ -195,6 +206,8 @@ def summary(report: StatsReport) -> str:
     lines = [f"{name:<12}{count:>14,}  {note}".rstrip() for name, count, note in rows]
     lines.append(f"{'bridge':<12}{bridge}")
     lines.append(f"{'broker':<12}{_broker(report)}")
+    if (store := _store(report)) is not None:
+        lines.append(f"{'store':<12}{store}")
     topics = [(t.translate(_CONTROL), c) for t, c in busiest_topics(report.topics, TOPICS_SHOWN)]
     if topics:
         width = max(len("topic"), *(len(t) for t, _ in topics))

@@ -123,6 +123,34 @@ def immutable(tmp_path: Path) -> Iterator[Callable[[list[Path], bool], None]]:
 
 
 @pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mounts a tmpfs of the given size (`mount -o size=…`: 4m, 64m) under `tmp_path`: a
+    small disk that really fills up. Each is unmounted after the test (ask for it before
+    the fixtures whose processes write there, so that they stop first); skipped, saying why,
+    where mounting is not permitted (not root, no CAP_SYS_ADMIN)."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        where = tmp_path / f"disk-{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        # Lazily if a process still holds a file there: the mount goes when it lets go.
+        if subprocess.run(["umount", str(where)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
 def sidecar(store_url: str) -> Iterator[Sidecar]:
     """Starts sidecars on `store_url`; every one is stopped after the test."""
     with ExitStack() as stack:

@@ -31,6 +31,12 @@ class StoreUnavailable(Exception):
     """The store cannot be read or written right now (missing, locked, full, read-only)."""
 
 
+class StoreFull(StoreUnavailable):
+    """The store has no room: its disk is full, or it reached the bridge's
+    `--max-store-bytes`. Nothing of the batch was written; the bridge holds it, unacked,
+    until there is room (see `bridge.capacity`)."""
+
+
 class SchemaTooNew(Exception):
     """The store was written by a newer logagg; refusing to touch it."""
 
@@ -126,6 +132,28 @@ class StoredRate:
     next_after: int
 
 
+@dataclass(frozen=True, slots=True)
+class SpaceReport:
+    """What a bridge last said about the store's room. `full` is why it stopped writing
+    (the cap reached, or the disk full), None while it writes; `used_bytes` its last
+    measure, `max_bytes` its cap (None: no cap)."""
+
+    client_id: str
+    full: str | None
+    used_bytes: int | None
+    max_bytes: int | None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"full": self.full, "used_bytes": self.used_bytes, "max_bytes": self.max_bytes}
+        )
+
+    @classmethod
+    def from_json(cls, client_id: str, text: str) -> SpaceReport:
+        data = json.loads(text)
+        return cls(client_id, data.get("full"), data.get("used_bytes"), data.get("max_bytes"))
+
+
 class StoreReader(Protocol):
     """What the sidecar and the read-only commands hold: a store they can only read."""
 
@@ -176,6 +204,10 @@ class StoreReader(Protocol):
         seq, never scanning older rows: the cost follows the events counted, not the store."""
         ...
 
+    def space_reports(self) -> list[SpaceReport]:
+        """What each live bridge last said about the store's room (`bridge.store.space`)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -192,6 +224,14 @@ class StoreWriter(StoreReader, Protocol):
     def heartbeat(self, client_id: str, run_id: str) -> None:
         """Say that bridge `client_id` is alive, stamped on the store's clock, never the
         bridge's; `run_id` names this run of it: a new run starts its uptime afresh."""
+        ...
+
+    def used_bytes(self) -> int:
+        """The size `--max-store-bytes` caps, measured now (`bridge.store.space`)."""
+        ...
+
+    def report_space(self, client_id: str, report: SpaceReport | None) -> None:
+        """Keep `report` for readers to see (None: remove `client_id`'s)."""
         ...
 
 

@@ -88,8 +88,10 @@ from bridge.store.base import (
     Bucket,
     QueryTimeout,
     Refused,
+    SpaceReport,
     StoredEvent,
     StoredRejection,
+    StoreFull,
     StoreUnavailable,
     check_schema_version,
     first_copies,
@@ -117,6 +119,7 @@ from bridge.store.postgres_search import (
     where,
 )
 from bridge.store.reading import Connection, SqlReader
+from bridge.store.space import POSTGRES_USED_BYTES, put_report
 from bridge.store.url import PostgresUrl
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -391,6 +394,8 @@ class PostgresReader(SqlReader):
             raise StoreUnavailable(
                 f"cannot {doing} {self.display}: {self._why_no_connection()}"
             ) from exc
+        except psycopg.errors.DiskFull as exc:  # SQLSTATE 53100: the server's disk is full
+            raise StoreFull(f"cannot {doing} {self.display}: {_one_line(exc)}") from exc
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot {doing} {self.display}: {_one_line(exc)}") from exc
 
@@ -661,6 +666,15 @@ class PostgresWriter(PostgresReader):
     def heartbeat(self, client_id: str, run_id: str) -> None:
         with self._connection("write") as conn:
             conn.execute(_HEARTBEAT, (client_id, run_id))
+
+    def used_bytes(self) -> int:
+        with self._connection("measure") as conn:
+            (used,) = conn.execute(POSTGRES_USED_BYTES).fetchone() or (0,)
+        return int(used)
+
+    def report_space(self, client_id: str, report: SpaceReport | None) -> None:
+        with self._connection("write") as conn:
+            put_report(conn, self._MARK, client_id, report)
 
     def close(self) -> None:
         if self.backfill is not None:

@@ -9,7 +9,14 @@ from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, ClassVar, Protocol
 
-from bridge.store.base import Stats, StoredEvent, StoredRate, StoredRejection, TopicStats
+from bridge.store.base import (
+    SpaceReport,
+    Stats,
+    StoredEvent,
+    StoredRate,
+    StoredRejection,
+    TopicStats,
+)
 
 
 class Rows(Protocol):
@@ -77,6 +84,16 @@ class SqlReader(ABC):
         with self._read() as conn:
             row = conn.execute(*self._live_uptimes(client_id)).fetchone()
         return None if row is None else max(0.0, row[0])
+
+    def space_reports(self) -> list[SpaceReport]:
+        from bridge.store.space import read_reports
+
+        with self._read() as conn:
+            return [
+                SpaceReport.from_json(client_id, value)
+                for client_id, value in read_reports(conn, self._MARK)
+                if conn.execute(*self._live_uptimes(client_id)).fetchone() is not None
+            ]
 
     def stats(self) -> Stats:
         with self._read() as conn:

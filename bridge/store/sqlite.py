@@ -30,8 +30,10 @@ from bridge.store.base import (
     EventKey,
     QueryTimeout,
     Refused,
+    SpaceReport,
     StoredEvent,
     StoredRejection,
+    StoreFull,
     StoreUnavailable,
     check_schema_version,
     first_copies,
@@ -43,6 +45,7 @@ from bridge.store.base import (
 from bridge.store.options import StoreOptions
 from bridge.store.reading import Connection, SqlReader
 from bridge.store.search_sql import micros
+from bridge.store.space import put_report, sqlite_used_bytes
 from bridge.store.sqlite_search import (
     SEARCH_SCHEMA,
     Indexed,
@@ -144,6 +147,13 @@ def _require_search(conn: sqlite3.Connection) -> None:
     raise StoreUnavailable(
         f"search is not ready: the bridge is upgrading the store to index its events{progress}"
     )
+
+
+def _write_error(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
+    """SQLITE_FULL (the disk is full: SQLite turns ENOSPC into it) as StoreFull."""
+    if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+        return StoreFull(f"the disk of {path} is full: {exc}")
+    return StoreUnavailable(f"cannot write {path}: {exc}")
 
 
 def host_clock() -> tuple[str, float]:
@@ -377,7 +387,7 @@ class SQLiteWriter(SQLiteReader):
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot write {self.path}: {exc}") from exc
+            raise _write_error(self.path, exc) from exc
         return outcome
 
     @staticmethod
@@ -452,7 +462,19 @@ class SQLiteWriter(SQLiteReader):
                 {"client_id": client_id, "run_id": run_id, "boot_id": boot_id, "now": now},
             )
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot write {self.path}: {exc}") from exc
+            raise _write_error(self.path, exc) from exc
+
+    def used_bytes(self) -> int:
+        try:
+            return sqlite_used_bytes(self._connection)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot measure {self.path}: {exc}") from exc
+
+    def report_space(self, client_id: str, report: SpaceReport | None) -> None:
+        try:
+            put_report(self._connection, self._MARK, client_id, report)
+        except sqlite3.Error as exc:
+            raise _write_error(self.path, exc) from exc
 
     def close(self) -> None:
         self._connection.close()

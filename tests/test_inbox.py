@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 
 from bridge.receive.acks import Acks
 from bridge.receive.inbox import Inbox, Received
-from bridge.receive.wire import PUBACK, READ_SIZE
+from bridge.receive.wire import PUBACK, READ_SIZE, ReadBuffer, decode_publish
 from bridge.session import session_options
 from supervise.mosquitto import Mosquitto, free_port
 from tests.helpers import publish_raw
@@ -219,6 +219,46 @@ def test_coalesced_pubacks_are_the_bytes_paho_sends() -> None:
 
     failing = Acks(lambda command, packet: MQTTErrorCode.MQTT_ERR_NO_CONN)
     assert failing.send([m._replace(connection=failing.connecting()) for m in batch]) == 0
+
+
+def _publish_packet(topic: bytes, mid: int, body: bytes) -> bytes:
+    """A QoS 1 MQTT 5 PUBLISH (no properties), as a broker sends it."""
+    rest = len(topic).to_bytes(2, "big") + topic + mid.to_bytes(2, "big") + b"\x00" + body
+    length, size = b"", len(rest)
+    while True:
+        byte, size = size % 128, size // 128
+        length += bytes([byte | (128 if size else 0)])
+        if not size:
+            break
+    return bytes([0x32]) + length + rest
+
+
+def test_whole_publish_takes_only_complete_publish_packets_from_the_buffer() -> None:
+    """The inbox decodes a PUBLISH itself only when all of it is in the buffer; anything
+    else (another packet, a PUBLISH cut by the buffer's end) stays there for paho."""
+    big = _publish_packet(b"logs/t", 2, b"y" * 300)  # a 2-byte remaining length
+    chunks = [_publish_packet(b"logs/t", 1, b"x"), big, b"\xd0\x00", big[:4]]
+    buffer = ReadBuffer(lambda size: b"".join(chunks))
+    buffer.reads_left = 1
+    assert buffer.whole_publish() is None  # nothing read yet: paho reads first
+    assert buffer.recv(1) == b"\x32"  # paho takes a byte: the buffer is filled
+    buffer.clear()
+    buffer.reads_left = 1
+    buffer.recv(0)
+    first = buffer.whole_publish()
+    assert first is not None
+    assert decode_publish(*first, v5=True) == ("logs/t", b"x", 1, 1, False)
+    second = buffer.whole_publish()
+    assert second is not None
+    assert decode_publish(*second, v5=True) == ("logs/t", b"y" * 300, 2, 1, False)
+    assert buffer.whole_publish() is None  # a PINGRESP: paho's
+    assert buffer.recv(2) == b"\xd0\x00"
+    assert buffer.whole_publish() is None  # cut short: paho reads the rest when it comes
+    assert len(buffer) == 4
+    malformed = ReadBuffer(lambda size: b"\x30\xff\xff\xff\xff\x01")
+    malformed.reads_left = 1
+    malformed.recv(0)
+    assert malformed.whole_publish() is None  # a 5-byte length: paho refuses it
 
 
 def test_inbox_reads_properties_qos0_and_payloads_larger_than_its_buffer(

@@ -1,8 +1,9 @@
 """The bridge's MQTT loop: connect, subscribe, batch, commit, ack, reconnect, shut down cleanly.
 
-Group commit: whatever has arrived (up to the batch size) is parsed and
-written in one transaction on a writer thread, then acknowledged in arrival
-order. While one batch commits, the next one gathers, so light load gives
+Group commit: whatever has arrived (up to the batch size) is parsed on the
+event loop and written in one transaction on a writer thread, then acknowledged
+in arrival order. While one batch commits, the next one gathers and is parsed
+(SQLite works without the GIL, so parsing overlaps it), so light load gives
 one-message batches and heavy load large ones. The broker's in-flight window
 (MQTT 5 receive maximum) bounds how much is ever held unacknowledged, in messages; the
 inbox's byte budget and `max_batch_bytes` bound it in bytes, and the node limit bounds
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -63,9 +65,10 @@ def rejection_log(per_s: int) -> RateLimitedLog:
     )
 
 
-def parse_batch(
-    batch: Sequence[Received], settings: BridgeSettings
-) -> tuple[list[Event], list[Refused]]:
+Parsed = tuple[list[Event], list[Refused]]
+
+
+def parse_batch(batch: Sequence[Received], settings: BridgeSettings) -> Parsed:
     events: list[Event] = []
     refused: list[Refused] = []
     for message in batch:
@@ -83,6 +86,14 @@ def parse_batch(
         else:
             refused.append(Refused(message.topic, message.body, result))
     return events, refused
+
+
+@dataclass(frozen=True, slots=True)
+class Committing:
+    """A batch whose commit is under way: acked once `commit` says True."""
+
+    batch: list[Received]
+    commit: asyncio.Task[bool]
 
 
 class Bridge:
@@ -197,16 +208,31 @@ class Bridge:
         stop: asyncio.Event,
         subscribing: asyncio.Task[None],
     ) -> None:
+        """Take, parse and commit batches; a batch is parsed while the one before it commits,
+        and acked once its commit is done, so acks still go out in arrival order."""
         watcher = asyncio.create_task(inbox.watch(client))
+        committing: Committing | None = None
         try:
             while not stop.is_set() and inbox.lost is None:
+                if committing is not None:
+                    # A full batch to parse while this commit runs, or the commit done.
+                    await inbox.gather(self.settings.batch_size, committing.commit)
                 batch = await inbox.take(
-                    self.settings.batch_size, timeout=1.0, max_bytes=self.settings.max_batch_bytes
+                    self.settings.batch_size,
+                    # With a commit in flight, what has arrived already, or nothing.
+                    timeout=0 if committing else 1.0,
+                    max_bytes=self.settings.max_batch_bytes,
                 )
                 if batch:
-                    # False: stopping with the store still unavailable; unacked, it comes back.
-                    if await self._commit(batch, stop):
-                        self.metrics.acked(inbox.ack(batch))
+                    parsed = parse_batch(batch, self.settings)
+                    if committing is not None:
+                        await self._acked(inbox, committing)
+                    committing = Committing(
+                        batch, asyncio.create_task(self._commit(batch, parsed, stop))
+                    )
+                elif committing is not None:
+                    await self._acked(inbox, committing)
+                    committing = None
                 else:
                     # Idle: still say what the last second summarised.
                     self._log_duplicates(())
@@ -214,12 +240,23 @@ class Bridge:
                 if subscribing.done():
                     subscribing.result()  # a refused SUBSCRIBE ends the connection
                     await self._heartbeat()
+            if committing is not None:
+                await self._acked(inbox, committing)
+                committing = None
             if inbox.lost is not None:
                 raise inbox.lost
             # Stopping: store and ack what has arrived, then disconnect cleanly.
             await self._drain(inbox)
         finally:
             watcher.cancel()
+            if committing is not None:  # the connection failed: finish the commit, no acks
+                await asyncio.shield(committing.commit)
+
+    async def _acked(self, inbox: Inbox, committing: Committing) -> None:
+        """Wait for a batch's commit, then ack it; False from the commit (stopping with the
+        store unavailable) leaves it unacked, and the broker redelivers it."""
+        if await committing.commit:
+            self.metrics.acked(inbox.ack(committing.batch))
 
     async def _drain(self, inbox: Inbox) -> None:
         """Commit what is waiting; acks go out only where the connection still stands."""
@@ -227,11 +264,13 @@ class Bridge:
             batch = await inbox.take(
                 self.settings.batch_size, timeout=0, max_bytes=self.settings.max_batch_bytes
             )
-            if not await self._commit(batch, None):
+            if not await self._commit(batch, parse_batch(batch, self.settings), None):
                 return
             self.metrics.acked(inbox.ack(batch))
 
-    async def _commit(self, batch: list[Received], stop: asyncio.Event | None) -> bool:
+    async def _commit(
+        self, batch: list[Received], parsed: Parsed, stop: asyncio.Event | None
+    ) -> bool:
         """Write one batch, retrying while the store is unavailable. Nothing is acked until
         this returns True; False means we are stopping and the broker will redeliver."""
         loop = asyncio.get_running_loop()
@@ -241,7 +280,7 @@ class Bridge:
         while True:
             started = time.perf_counter()
             try:
-                outcome = await loop.run_in_executor(self._writer, self._write, batch)
+                outcome = await loop.run_in_executor(self._writer, self._write, *parsed)
             except StoreUnavailable as exc:
                 delay = backoff.delay()
                 retries += 1
@@ -268,9 +307,8 @@ class Bridge:
             self._log_duplicates(outcome.duplicates)
             return True
 
-    def _write(self, batch: list[Received]) -> BatchOutcome:
+    def _write(self, events: list[Event], refused: list[Refused]) -> BatchOutcome:
         """Runs on the writer thread."""
-        events, refused = parse_batch(batch, self.settings)
         outcome = self.store.record(events, refused)
         self._log_rejections(
             [(topic, reason, code) for topic, code, reason, _ in map(rejected_row, refused)]

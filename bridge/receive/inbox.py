@@ -214,6 +214,17 @@ class Inbox:
             self._pause.resume(self._paho.socket(), self._readable)
         return batch
 
+    async def gather(self, count: int, until: asyncio.Future[Any]) -> None:
+        """Wait until `count` messages wait (a full batch), `until` is done, or the
+        connection is lost, whichever comes first."""
+        while len(self._backlog) < count and not until.done() and self.lost is None:
+            self._arrived.clear()
+            arrived = asyncio.ensure_future(self._arrived.wait())
+            try:
+                await asyncio.wait((arrived, until), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                arrived.cancel()
+
     def ack(self, batch: list[Received]) -> int:
         """PUBACK the batch (after its commit): see `acks`. Returns how many were sent."""
         return self._acks.send(batch)

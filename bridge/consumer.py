@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -41,6 +42,8 @@ from bridge.store.base import rejected_row
 logger = logging.getLogger("logagg.bridge")
 
 CONNECT_TIMEOUT_S = 10.0
+# Allocations between collections of the youngest generation (Python's default: 700).
+GC_FIRST_GENERATION = 7000
 # While the store is unavailable, its error is logged at most once per this many seconds.
 STORE_LOG_EVERY_S = 30.0
 
@@ -356,6 +359,11 @@ async def run_bridge(settings: BridgeSettings) -> None:
     store = await _open_store(settings, stop)
     if store is None:
         return
+    # Everything made so far (modules, schemas, the store) lives as long as the bridge:
+    # frozen, the collector no longer walks it, and it runs a tenth as often. The hot path
+    # makes no reference cycles, so those walks found nothing (~10% of parsing, measured).
+    gc.freeze()
+    gc.set_threshold(GC_FIRST_GENERATION)
     try:
         bridge = Bridge(settings, store)
         with serving(bridge.metrics.registry, settings.metrics_host, settings.metrics_port):

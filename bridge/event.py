@@ -331,8 +331,14 @@ def fast_event(topic: str, text: str) -> Event | None:
         or type(payload) is not dict
         or type(stamp) is not str
         or not _PLAIN_TIMESTAMP.fullmatch(stamp)
-        or unstorable(raw, strings=_UNSTORABLE_ESCAPE.search(text) is not None) is not None
     ):
+        return None
+    # msgspec refuses NaN, Infinity and numbers beyond a double, so `unstorable` can find
+    # something only with a \u escape (NUL) or with more containers than MAX_DEPTH.
+    escaped = "\\u" in text and _UNSTORABLE_ESCAPE.search(text) is not None
+    if (escaped or text.count("{") + text.count("[") > MAX_DEPTH) and unstorable(
+        raw, strings=escaped
+    ) is not None:
         return None
     try:
         moment = datetime.fromisoformat(stamp)

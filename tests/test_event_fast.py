@@ -18,7 +18,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bench.stream import PREFIX, StreamSpec, drafts
-from bridge.event import MAX_NAME_LENGTH, Event, Rejection, fast_event, model_event, parse_message
+from bridge.event import (
+    MAX_DEPTH,
+    MAX_NAME_LENGTH,
+    Event,
+    Rejection,
+    fast_event,
+    model_event,
+    parse_message,
+)
 
 PROPERTY = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -189,3 +197,21 @@ def test_what_the_fast_path_leaves_is_still_refused_with_its_reason() -> None:
         "logs/app", json.dumps({**base, "payload": {"x": float("nan")}}).encode()
     )
     assert result == Rejection("schema", "payload: NaN and Infinity are not JSON")
+
+
+def test_depth_and_nul_are_checked_where_they_can_be() -> None:
+    """The fast path skips the walk over the payload unless a \\u escape or more than
+    MAX_DEPTH brackets make a problem possible: at the limit and past it, both paths agree."""
+    for depth in (MAX_DEPTH - 2, MAX_DEPTH, MAX_DEPTH + 1, MAX_DEPTH + 2):
+        nested = "[" * depth + "]" * depth
+        text = (
+            '{"event_id":"e","timestamp":"2026-12-01T14:02:00Z","source":"s",'
+            f'"payload":{{"a":{nested}}}}}'
+        )
+        assert (agree("app", text) is None) == isinstance(model_event("app", text), Rejection)
+    for value in ("\\u0000", "\\u00e9", "a\\u0000b"):
+        text = json.dumps({"event_id": "e", "timestamp": "2026-12-01T14:02:00Z", "source": "s"})
+        text = text[:-1] + f', "payload": {{"k": "{value}"}}}}'
+        slow = model_event("app", text)
+        assert (agree("app", text) is None) == isinstance(slow, Rejection), value
+    assert isinstance(model_event("app", text), Rejection)  # the last one holds a NUL

@@ -5,7 +5,7 @@ about as fast as the broker can send it; the bare aiomqtt subscriber (`bench.bas
 what Python costs before any work; the bridge, with durability `full` and `normal`, is what
 storing every event exactly once costs on top. All four sessions are registered before the
 stream is published, so each round's backlog waits for every one of them; then each drains
-it alone, in an order that turns every round (and reverses every other), so that load on the
+it alone, in an order reversed every other round and turned every two, so that load on the
 shared machine falls on each in turn.
 
 The C client prints only each message's arrival time (`-F %U`, the Unix time with
@@ -89,7 +89,10 @@ def c_client_drain(
 
 
 def _order(r: int) -> tuple[str, ...]:
-    turned = CONSUMERS[r % len(CONSUMERS) :] + CONSUMERS[: r % len(CONSUMERS)]
+    """ABBA: every other round reversed, so that over two rounds each consumer's mean
+    place is the same; each pair of rounds starts one consumer later."""
+    shift = (r // 2) % len(CONSUMERS)
+    turned = CONSUMERS[shift:] + CONSUMERS[:shift]
     return turned if r % 2 == 0 else turned[::-1]
 
 
@@ -149,12 +152,14 @@ def limit(cfg: BenchConfig) -> dict[str, Any]:
     }
     return {
         "method": "one backlog per round queued for all four persistent sessions, then each "
-        "consumer alone, the order turning every round; C client and aiomqtt: first message to "
-        "last; bridges: first stored row's received_at to the store poll seeing the last commit",
+        "consumer alone, the order reversed every other round; C client and aiomqtt: first "
+        "message to last; bridges: first stored row's received_at to the store poll seeing "
+        "the last commit",
         "messages": cfg.count,
         "dup_ratio": cfg.dup_ratio,
         "distinct": cfg.spec(cfg.count, 1).distinct,
         "repeat": cfg.repeat,
+        "orders": [list(_order(r)) for r in range(cfg.repeat)],
         "consumers": {
             name: {
                 "events_per_s": rates[name],

@@ -106,3 +106,32 @@ def test_chart_read_counts_only_the_last_minutes(tmp_path: Path) -> None:
     events, however many older ones lie before them."""
     result = chart_read.measure(tmp_path / "store.db", 2_000, 300)
     assert (result["events"], result["counted"]) == (2_300, 300)
+
+
+@pytest.mark.slow
+def test_bench_limit_drains_one_backlog_with_four_consumers(tmp_path: Path) -> None:
+    """`logagg bench --limit`, small: mosquitto_sub, bare aiomqtt and the bridge (full and
+    normal) each drain the same backlog of 30% duplicates; the bridges store each distinct
+    event once, the C client reads every message, and the ratios are to the C client."""
+    out = tmp_path / "bench.json"
+    args = ["--limit", "--count", "3000", "--repeat", "2", "--json-out", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "logagg", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    limit = json.loads(out.read_text())["limit"]
+    assert limit["dup_ratio"] == 0.3
+    consumers = limit["consumers"]
+    assert set(consumers) == {"c_client", "aiomqtt", "bridge_full", "bridge_normal"}
+    assert consumers["c_client"]["vs_c_client"] == 1.0
+    assert [r["messages"] for r in consumers["c_client"]["runs"]] == [3000, 3000]
+    for name in ("bridge_full", "bridge_normal"):
+        assert [r["unique"] for r in consumers[name]["runs"]] == [limit["distinct"]] * 2
+    first, second = limit["orders"]
+    assert sorted(first) == sorted(second) == sorted(consumers)
+    assert first[0] != second[0]  # load falls on each in turn
+    assert "mosquitto_sub -c -q 1" in done.stdout

@@ -15,22 +15,26 @@ first message to the last, like the baseline's, never its start or its connect.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import statistics
 import subprocess
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bench.probe import cpu_seconds
-from bench.procs import STOP_TIMEOUT_S, BenchError, LoggedProcess, start_baseline
+from bench.procs import BenchError, LoggedProcess, start_baseline
 
 # The drain scenario's own steps, so that the bridges here are run and timed exactly as there.
-from bench.scenarios import BenchConfig, _check, _drain_with_bridges, _fresh_store, _publish
+from bench.scenarios import (
+    BenchConfig,
+    _broker,
+    _check,
+    _drain_with_bridges,
+    _fresh_store,
+    _publish,
+)
 from bench.sessions import TOPIC_FILTER, register
-from supervise.mosquitto import Mosquitto, free_port
 
 # The consumers, in the order of the first round.
 C_CLIENT, BASELINE, FULL, NORMAL = "c_client", "aiomqtt", "bridge_full", "bridge_normal"
@@ -94,16 +98,6 @@ def _order(r: int) -> tuple[str, ...]:
     shift = (r // 2) % len(CONSUMERS)
     turned = CONSUMERS[shift:] + CONSUMERS[:shift]
     return turned if r % 2 == 0 else turned[::-1]
-
-
-@contextlib.contextmanager
-def _broker(work: Path) -> Iterator[Mosquitto]:
-    mosq = Mosquitto(free_port(), work)
-    mosq.start()
-    try:
-        yield mosq
-    finally:
-        mosq.stop(timeout=STOP_TIMEOUT_S)
 
 
 def limit(cfg: BenchConfig) -> dict[str, Any]:

@@ -19,6 +19,20 @@ from tests.helpers import logagg_cli
 
 pytestmark = pytest.mark.broker
 
+
+def bench(args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`logagg bench ARGS` in its own process, which must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", "logagg", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 SECTIONS = {"machine", "config", "drain", "latency", "http", "growth", "memory", "targets"}
 
 
@@ -73,14 +87,7 @@ def test_bench_drain_with_two_bridges_on_postgresql(pg_url: str, tmp_path: Path)
     out = tmp_path / "bench.json"
     args = ["--quick", "--bridges", "2", "--store", pg_url, "--json-out", str(out)]
     args += ["--skip", "latency", "--skip", "http", "--skip", "growth", "--skip", "memory"]
-    done = subprocess.run(
-        [sys.executable, "-m", "logagg", "bench", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = bench(args, timeout=60)
     drain = json.loads(out.read_text())["drain"]
     assert (drain["bridges"], drain["store"]) == (2, "postgresql")
     [run] = drain["bridge"]["runs"]
@@ -115,14 +122,7 @@ def test_bench_limit_drains_one_backlog_with_four_consumers(tmp_path: Path) -> N
     event once, the C client reads every message, and the ratios are to the C client."""
     out = tmp_path / "bench.json"
     args = ["--limit", "--count", "3000", "--repeat", "2", "--json-out", str(out)]
-    done = subprocess.run(
-        [sys.executable, "-m", "logagg", "bench", *args],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = bench(args, timeout=240)
     limit = json.loads(out.read_text())["limit"]
     assert limit["dup_ratio"] == 0.3
     consumers = limit["consumers"]

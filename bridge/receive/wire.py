@@ -41,6 +41,21 @@ _U16 = struct.Struct("!H")
 Publish = tuple[str, bytes, int, int, bool]
 
 
+def read_varint(data: bytes | bytearray, at: int) -> tuple[int, int] | None:
+    """The variable byte integer at `at` and where it ends; None when `data` ends first or
+    it runs past four bytes."""
+    value, shift, end = 0, 0, len(data)
+    while True:
+        if at >= end or shift > MAX_VARINT_SHIFT:
+            return None
+        byte = data[at]
+        at += 1
+        value |= (byte & VARINT_VALUE) << shift
+        if not byte & VARINT_MORE:
+            return value, at
+        shift += VARINT_BITS
+
+
 def decode_publish(command: int, data: bytes | bytearray, *, v5: bool) -> Publish:
     """A whole PUBLISH: `command` is its first header byte, `data` what follows the
     remaining length (topic, packet id, MQTT 5 properties, payload). The bridge
@@ -57,16 +72,12 @@ def decode_publish(command: int, data: bytes | bytearray, *, v5: bool) -> Publis
             (mid,) = _U16.unpack_from(data, pos)
             pos += 2
         if v5:  # properties: a variable-length size, then that many bytes (skipped)
-            size, shift = 0, 0
-            while True:
-                byte = data[pos]
-                pos += 1
-                size |= (byte & VARINT_VALUE) << shift
-                if not byte & VARINT_MORE:
-                    break
-                shift += VARINT_BITS
+            found = read_varint(data, pos)
+            if found is None:
+                raise MalformedPacket("truncated PUBLISH: the properties' length")
+            size, pos = found
             pos += size
-    except (struct.error, IndexError) as exc:
+    except struct.error as exc:
         raise MalformedPacket(f"truncated PUBLISH: {exc}") from exc
     if pos > len(data):
         raise MalformedPacket("PUBLISH properties run past the packet")
@@ -104,16 +115,10 @@ class ReadBuffer:
         end = len(buffer)
         if start >= end or buffer[start] & PACKET_TYPE != PUBLISH:
             return None
-        length, shift, at = 0, 0, start + 1
-        while True:
-            if at >= end or shift > MAX_VARINT_SHIFT:
-                return None
-            byte = buffer[at]
-            at += 1
-            length |= (byte & VARINT_VALUE) << shift
-            if not byte & VARINT_MORE:
-                break
-            shift += VARINT_BITS
+        found = read_varint(buffer, start + 1)
+        if found is None:
+            return None
+        length, at = found
         if at + length > end:
             return None
         self._offset = at + length

@@ -390,3 +390,30 @@ def test_inbox_takes_and_holds_bodies_up_to_a_byte_budget(broker: Mosquitto) -> 
         assert [m.body for m in got] == bodies
 
     asyncio.run(scenario())
+
+
+def test_gather_waits_for_a_full_batch_or_the_commit() -> None:
+    """While a batch commits, the consumer waits for a full batch to parse, or for the
+    commit to end, whichever comes first; no message is taken meanwhile."""
+
+    async def scenario() -> None:
+        inbox = Inbox(aiomqtt.Client("127.0.0.1", free_port()), max_waiting=100)
+        inbox.connecting()
+        packet = _publish_packet(b"logs/t", 1, b"{}")[2:]  # after the 1-byte length
+        commit = asyncio.get_running_loop().create_future()
+        waiting = asyncio.create_task(inbox.gather(3, commit))
+        for _ in range(2):
+            inbox._hold(0x32, packet)
+            await asyncio.sleep(0.01)
+            assert not waiting.done()
+        inbox._hold(0x32, packet)
+        await asyncio.wait_for(waiting, 1)  # a full batch
+        assert len(inbox) == 3
+        waiting = asyncio.create_task(inbox.gather(10, commit))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        commit.set_result(True)
+        await asyncio.wait_for(waiting, 1)  # the commit's end
+        assert len(inbox) == 3
+
+    asyncio.run(scenario())

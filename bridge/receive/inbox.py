@@ -217,13 +217,17 @@ class Inbox:
     async def gather(self, count: int, until: asyncio.Future[Any]) -> None:
         """Wait until `count` messages wait (a full batch), `until` is done, or the
         connection is lost, whichever comes first."""
-        while len(self._backlog) < count and not until.done() and self.lost is None:
-            self._arrived.clear()
-            arrived = asyncio.ensure_future(self._arrived.wait())
-            try:
-                await asyncio.wait((arrived, until), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                arrived.cancel()
+
+        def wake(_: asyncio.Future[Any]) -> None:
+            self._arrived.set()
+
+        until.add_done_callback(wake)
+        try:
+            while len(self._backlog) < count and not until.done() and self.lost is None:
+                self._arrived.clear()
+                await self._arrived.wait()
+        finally:
+            until.remove_done_callback(wake)
 
     def ack(self, batch: list[Received]) -> int:
         """PUBACK the batch (after its commit): see `acks`. Returns how many were sent."""

@@ -7,6 +7,7 @@ stored each distinct event exactly once, never how fast.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,9 @@ def test_chart_read_counts_only_the_last_minutes(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("mosquitto_sub") is None, reason="needs mosquitto_sub (mosquitto-clients)"
+)
 def test_bench_limit_drains_one_backlog_with_four_consumers(tmp_path: Path) -> None:
     """`logagg bench --limit`, small: mosquitto_sub, bare aiomqtt and the bridge (full and
     normal) each drain the same backlog of 30% duplicates; the bridges store each distinct

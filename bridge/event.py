@@ -278,6 +278,12 @@ def decode_body(body: bytes | bytearray) -> str | Rejection:
     return text
 
 
+def may_hold_unstorable(text: str) -> bool:
+    """Whether JSON `text` may decode to a string holding NUL or a surrogate: only a `\\u`
+    escape can put one there, so most texts need no string check (`unstorable(strings=…)`)."""
+    return _UNSTORABLE_ESCAPE.search(text) is not None
+
+
 # The fast path (`fast_event`): the fields an event may have and must have, and the
 # one timestamp form it reads itself (RFC 3339 with an upper-case T, at most microseconds,
 # hours 00-23, an offset below 24 h); anything else goes the model's way.
@@ -341,7 +347,7 @@ def fast_event(topic: str, text: str) -> Event | None:
         return None
     # msgspec refuses NaN, Infinity and numbers beyond a double, so `unstorable` can find
     # something only with a \u escape (NUL) or with more containers than MAX_DEPTH.
-    escaped = "\\u" in text and _UNSTORABLE_ESCAPE.search(text) is not None
+    escaped = "\\u" in text and may_hold_unstorable(text)
     if (escaped or text.count("{") + text.count("[") > MAX_DEPTH) and unstorable(
         raw, strings=escaped
     ) is not None:
@@ -414,7 +420,7 @@ def model_event(topic: str, text: str) -> Event | Rejection:
     if not isinstance(raw, dict):
         return Rejection("schema", f"body must be a JSON object, got {type(raw).__name__}")
     # Only a \u escape can put NUL or a surrogate in a string: skip that check without one.
-    problem = unstorable(raw, strings=_UNSTORABLE_ESCAPE.search(text) is not None)
+    problem = unstorable(raw, strings=may_hold_unstorable(text))
     if problem is not None:
         field, what = problem
         return Rejection("schema", f"{field}: {what}" if field else what)

@@ -16,6 +16,7 @@ import pytest
 
 from bench import chart_read
 from bench.broker_queue import measure
+from bench.profile import summarise
 from tests.helpers import logagg_cli
 
 pytestmark = pytest.mark.broker
@@ -139,3 +140,17 @@ def test_bench_limit_drains_one_backlog_with_four_consumers(tmp_path: Path) -> N
     assert sorted(first) == sorted(second) == sorted(consumers)
     assert first[0] != second[0]  # load falls on each in turn
     assert "mosquitto_sub -c -q 1" in done.stdout
+
+
+def test_profile_summary_counts_each_function_by_its_innermost_frames() -> None:
+    """py-spy's raw stacks, summed by the function running itself, lines apart."""
+    raw = (
+        "<module> (bridge/main.py:3);record (bridge/store/postgres.py:610) 6\n"
+        "<module> (bridge/main.py:3);record (bridge/store/postgres.py:612) 2\n"
+        "<module> (bridge/main.py:3);decode (json/decoder.py:337) 2\n"
+        "garbage\n"
+    )
+    assert summarise(raw) == {
+        "samples": 10,
+        "self_share": {"record (postgres.py)": 0.8, "decode (decoder.py)": 0.2},
+    }

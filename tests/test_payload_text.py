@@ -73,9 +73,11 @@ def test_sqlite_json_functions_answer_alike(payload: dict[str, Any]) -> None:
     new, old = payload_json(event(payload)), old_text(payload)
     paths = ["$"]
     for key, value in payload.items():
+        if '"' in key:  # no path can name it (nor can a field filter)
+            continue
         paths.append(f'$."{key}"')
         if isinstance(value, dict):
-            paths += [f'$."{key}"."{inner}"' for inner in value]
+            paths += [f'$."{key}"."{inner}"' for inner in value if '"' not in inner]
     with sqlite3.connect(":memory:") as conn:
         for path in paths:
             ask = "SELECT json_valid(?), json_type(?, ?)"

@@ -94,6 +94,11 @@ ensure-mosquitto:
 	  if [ "$$sudo" = none ]; then \
 	    echo "mosquitto is not installed: the broker tests will be skipped (Debian: apt-get install mosquitto mosquitto-clients)"; \
 	  else $$sudo apt-get update && $$sudo apt-get install -y mosquitto mosquitto-clients; fi; }
+	@command -v mosquitto_sub >/dev/null || { \
+	  $(APT_AS); \
+	  if [ "$$sudo" = none ]; then \
+	    echo "mosquitto_sub is not installed: bench --limit cannot run (Debian: apt-get install mosquitto-clients)"; \
+	  else $$sudo apt-get update && $$sudo apt-get install -y mosquitto-clients; fi; }
 
 # The dashboard test (tests/test_dashboard.py) drives Debian's Chromium through Playwright,
 # never a browser Playwright downloads; without it those tests are skipped, saying why.

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.limit import BASELINE, C_CLIENT, DUP_RATIO, FULL, NORMAL, limit
 from bench.procs import BenchError
 from bench.queries import query as query_scenario
 from bench.scenarios import SCENARIOS, BenchConfig, scaling
@@ -28,6 +29,20 @@ from supervise.mosquitto import find_mosquitto
 # The issue's targets: (section, key, threshold, higher is better, what it says).
 TARGETS: list[tuple[str, str, float, bool, str]] = [
     ("drain", "ratio.throughput", 1.3, True, "bridge ≥ 1.3x baseline events/s (drain)"),
+    (
+        "limit",
+        f"consumers.{FULL}.vs_c_client",
+        0.5,
+        True,
+        "bridge (durability full) ≥ 0.5x mosquitto_sub events/s",
+    ),
+    (
+        "limit",
+        f"consumers.{NORMAL}.vs_c_client",
+        0.7,
+        True,
+        "bridge (durability normal) ≥ 0.7x mosquitto_sub events/s",
+    ),
     ("latency", "p99_ms", 25.0, False, "p99 publish→committed ≤ 25 ms"),
     ("growth", "store_ratio", 0.7, True, "store insert rate at prefill ≥ 0.7x fresh"),
     ("growth", "bridge_ratio", 0.7, True, "bridge rate into prefilled store ≥ 0.7x fresh"),
@@ -163,6 +178,25 @@ def table(report: dict[str, Any]) -> str:
                 f"   {d['ratio']['cpu']:>9.2f}x"
             ),
         ]
+    if lim := report.get("limit"):
+        names = {
+            C_CLIENT: "mosquitto_sub -c -q 1 (C, stores nothing)",
+            BASELINE: "bare aiomqtt (counts)",
+            FULL: "bridge, durability full",
+            NORMAL: "bridge, durability normal",
+        }
+        lines += [
+            "",
+            (
+                f"limit ({_n(lim['messages'])} queued, {lim['dup_ratio']:.0%} duplicates,"
+                f" median of {lim['repeat']})      events/s   vs C   vs aiomqtt"
+            ),
+        ]
+        lines += [
+            f"  {names[name]:<42}{_n(c['events_per_s']):>9}  {c['vs_c_client']:>5.2f}x"
+            f"  {c['vs_aiomqtt']:>8.2f}x"
+            for name, c in lim["consumers"].items()
+        ]
     if sc := report.get("scaling"):
         lines += [
             "",
@@ -281,12 +315,14 @@ def run_bench(
     skip: Collection[str],
     compare_scaling: bool = False,
     query: bool = False,
+    limit_only: bool = False,
     json_out: Path,
     echo: Callable[[str], None] = print,
     **options: Any,
 ) -> int:
     """Run the scenarios not skipped (with `compare_scaling`, only that comparison; with
-    `query`, only the query scenario on `store`) and return
+    `query`, only the query scenario on `store`; with `limit_only`, only the `limit`
+    scenario, its backlog 30% duplicates unless `dup_ratio` says otherwise) and return
     the exit status. `options` are `BenchConfig` fields; those left None take the defaults
     (the `--quick` ones if asked)."""
     unknown = set(skip) - SCENARIOS.keys()
@@ -296,6 +332,7 @@ def run_bench(
         raise ValueError("mosquitto is not installed (Debian: apt-get install mosquitto)")
     chosen = {
         **(QUICK if quick_mode else {}),
+        **({"dup_ratio": DUP_RATIO} if limit_only else {}),
         **{k: v for k, v in options.items() if v is not None},
     }
     cfg = BenchConfig(work=Path(tempfile.gettempdir()), **chosen)  # validates before mkdtemp
@@ -310,6 +347,8 @@ def run_bench(
         scenarios = {"scaling": scaling}
     elif query:
         scenarios = {"query": query_scenario}
+    elif limit_only:
+        scenarios = {"limit": limit}
     work = Path(tempfile.mkdtemp(prefix="logagg-bench-"))
     cfg = replace(cfg, work=work)
     report: dict[str, Any] = {"machine": machine(), "config": _config_dict(cfg, quick_mode)}

@@ -1,8 +1,9 @@
 """The bridge's MQTT loop: connect, subscribe, batch, commit, ack, reconnect, shut down cleanly.
 
-Group commit: whatever has arrived (up to the batch size) is parsed and
-written in one transaction on a writer thread, then acknowledged in arrival
-order. While one batch commits, the next one gathers, so light load gives
+Group commit: whatever has arrived (up to the batch size) is parsed on the
+event loop and written in one transaction on a writer thread, then acknowledged
+in arrival order. While one batch commits, the next one gathers and is parsed
+(SQLite works without the GIL, so parsing overlaps it), so light load gives
 one-message batches and heavy load large ones. The broker's in-flight window
 (MQTT 5 receive maximum) bounds how much is ever held unacknowledged, in messages; the
 inbox's byte budget and `max_batch_bytes` bound it in bytes, and the node limit bounds
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -20,6 +22,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import aiomqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -49,6 +52,8 @@ from bridge.store.space import POSTGRES_MEASURE_BYTES
 logger = logging.getLogger("logagg.bridge")
 
 CONNECT_TIMEOUT_S = 10.0
+# Allocations between collections of the youngest generation (Python's default: 700).
+GC_FIRST_GENERATION = 7000
 
 
 def duplicate_log(per_s: int) -> RateLimitedLog:
@@ -71,9 +76,10 @@ def rejection_log(per_s: int) -> RateLimitedLog:
     )
 
 
-def parse_batch(
-    batch: Sequence[Received], settings: BridgeSettings
-) -> tuple[list[Event], list[Refused]]:
+Parsed = tuple[list[Event], list[Refused]]
+
+
+def parse_batch(batch: Sequence[Received], settings: BridgeSettings) -> Parsed:
     events: list[Event] = []
     refused: list[Refused] = []
     for message in batch:
@@ -91,6 +97,14 @@ def parse_batch(
         else:
             refused.append(Refused(message.topic, message.body, result))
     return events, refused
+
+
+@dataclass(frozen=True, slots=True)
+class Committing:
+    """A batch whose commit is under way: acked once `commit` says True."""
+
+    batch: list[Received]
+    commit: asyncio.Task[bool]
 
 
 class Bridge:
@@ -208,16 +222,31 @@ class Bridge:
         stop: asyncio.Event,
         subscribing: asyncio.Task[None],
     ) -> None:
+        """Take, parse and commit batches; a batch is parsed while the one before it commits,
+        and acked once its commit is done, so acks still go out in arrival order."""
         watcher = asyncio.create_task(inbox.watch(client))
+        committing: Committing | None = None
         try:
             while not stop.is_set() and inbox.lost is None:
+                if committing is not None:
+                    # A full batch to parse while this commit runs, or the commit done.
+                    await inbox.gather(self.settings.batch_size, committing.commit)
                 batch = await inbox.take(
-                    self.settings.batch_size, timeout=1.0, max_bytes=self.settings.max_batch_bytes
+                    self.settings.batch_size,
+                    # With a commit in flight, what has arrived already, or nothing.
+                    timeout=0 if committing else 1.0,
+                    max_bytes=self.settings.max_batch_bytes,
                 )
                 if batch:
-                    # False: stopping with the store still unavailable; unacked, it comes back.
-                    if await self._commit(batch, stop):
-                        self.metrics.acked(inbox.ack(batch))
+                    parsed = parse_batch(batch, self.settings)
+                    if committing is not None:
+                        await self._acked(inbox, committing)
+                    committing = Committing(
+                        batch, asyncio.create_task(self._commit(batch, parsed, stop))
+                    )
+                elif committing is not None:
+                    await self._acked(inbox, committing)
+                    committing = None
                 else:
                     # Idle: still say what the last second summarised.
                     self._log_duplicates(())
@@ -225,12 +254,23 @@ class Bridge:
                 if subscribing.done():
                     subscribing.result()  # a refused SUBSCRIBE ends the connection
                     await self._heartbeat()
+            if committing is not None:
+                await self._acked(inbox, committing)
+                committing = None
             if inbox.lost is not None:
                 raise inbox.lost
             # Stopping: store and ack what has arrived, then disconnect cleanly.
             await self._drain(inbox)
         finally:
             watcher.cancel()
+            if committing is not None:  # the connection failed: finish the commit, no acks
+                await asyncio.shield(committing.commit)
+
+    async def _acked(self, inbox: Inbox, committing: Committing) -> None:
+        """Wait for a batch's commit, then ack it; False from the commit (stopping with the
+        store unavailable) leaves it unacked, and the broker redelivers it."""
+        if await committing.commit:
+            self.metrics.acked(inbox.ack(committing.batch))
 
     async def _drain(self, inbox: Inbox) -> None:
         """Commit what is waiting; acks go out only where the connection still stands."""
@@ -238,21 +278,24 @@ class Bridge:
             batch = await inbox.take(
                 self.settings.batch_size, timeout=0, max_bytes=self.settings.max_batch_bytes
             )
-            if not await self._commit(batch, None):
+            if not await self._commit(batch, parse_batch(batch, self.settings), None):
                 return
             self.metrics.acked(inbox.ack(batch))
 
-    async def _commit(self, batch: list[Received], stop: asyncio.Event | None) -> bool:
+    async def _commit(
+        self, batch: list[Received], parsed: Parsed, stop: asyncio.Event | None
+    ) -> bool:
         """Write one batch, retrying while the store is unavailable. Nothing is acked until
         this returns True; False means we are stopping and the broker will redeliver."""
         loop = asyncio.get_running_loop()
         backoff = Backoff(first=0.2, cap=10.0)
         retries, next_log = 0, 0.0
+        size = sum(len(message.body) for message in batch)
         self.metrics.received(len(batch))
         while True:
             started = time.perf_counter()
             try:
-                outcome = await loop.run_in_executor(self._writer, self._write, batch)
+                outcome = await loop.run_in_executor(self._writer, self._write, size, *parsed)
             except StoreFull as exc:
                 # No room: hold the batch unacked, say so everywhere, look again shortly.
                 if stop is None or stop.is_set():
@@ -293,10 +336,9 @@ class Bridge:
             self._log_duplicates(outcome.duplicates)
             return True
 
-    def _write(self, batch: list[Received]) -> BatchOutcome:
-        """Runs on the writer thread."""
-        self._space.check(self.store, sum(len(message.body) for message in batch))
-        events, refused = parse_batch(batch, self.settings)
+    def _write(self, size: int, events: list[Event], refused: list[Refused]) -> BatchOutcome:
+        """Runs on the writer thread; `size` is the batch's bytes, for the disk cap."""
+        self._space.check(self.store, size)
         outcome = self.store.record(events, refused)
         self._log_rejections(
             [(topic, reason, code) for topic, code, reason, _ in map(rejected_row, refused)]
@@ -349,6 +391,11 @@ async def run_bridge(settings: BridgeSettings) -> None:
     store = await _open_store(settings, stop)
     if store is None:
         return
+    # Everything made so far (modules, schemas, the store) lives as long as the bridge:
+    # frozen, the collector no longer walks it, and it runs a tenth as often. The hot path
+    # makes no reference cycles, so those walks found nothing (~10% of parsing, measured).
+    gc.freeze()
+    gc.set_threshold(GC_FIRST_GENERATION)
     try:
         bridge = Bridge(settings, store)
         with serving(bridge.metrics.registry, settings.metrics_host, settings.metrics_port):

@@ -184,6 +184,13 @@ def bench(
             help="Only the query scenario: random searches of each kind on --store (issue 11)"
         ),
     ] = False,
+    limit: Annotated[
+        bool,
+        typer.Option(
+            help="Only the same backlog (30% duplicates) drained by mosquitto_sub, bare"
+            " aiomqtt and the bridge with durability full and normal, each alone (issue 13)"
+        ),
+    ] = False,
     queries: Annotated[
         int | None, typer.Option(help="Query run: random queries of each kind (default 200)")
     ] = None,
@@ -223,6 +230,7 @@ def bench(
             skip=skip or [],
             compare_scaling=compare_scaling,
             query=query,
+            limit_only=limit,
             json_out=json_out,
             echo=typer.echo,
             count=count,

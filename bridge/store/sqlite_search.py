@@ -27,8 +27,7 @@ from typing import Any
 from bridge.query import (
     FieldFilter,
     Query,
-    document,
-    fts_text,
+    document_text,
     render_fts5,
     searchable,
 )
@@ -67,7 +66,7 @@ _MINUTE_SEQS = (
 
 def index_text(event_id: str, source: str, payload: dict[str, Any]) -> str:
     """What `events_fts` holds for an event: its tokens, as `bridge.query` makes them."""
-    return fts_text(document(searchable(event_id, source, payload)))
+    return document_text(searchable(event_id, source, payload))
 
 
 # What `record` and the upgrade index of a stored event: (seq, event_id, source, payload, ts).

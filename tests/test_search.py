@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.event import Event
-from bridge.query import Query, QueryError, matches, parse_query, reference_page
+from bridge.query import Query, QueryError, matches, parse_query
 from bridge.store import StoredEvent, StoreWriter, open_writer, parse_store_url
 from tests.helpers import NOW, query_params, random_events
 
@@ -58,7 +58,10 @@ def test_every_page_is_what_brute_force_finds(
     seen: list[StoredEvent] = []
     for _ in range(len(everything) + 2):
         page = store.search(query)
-        assert page == reference_page(query, everything)
+        # The brute force's next page: only the cursor changes from page to page, and it
+        # points past what was seen (reference_page, rerun on every event for each page, took
+        # minutes; test_query.py checks it pages so).
+        assert page == expected[len(seen) : len(seen) + query.limit]
         if not page:
             break
         seen += page

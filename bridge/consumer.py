@@ -198,6 +198,8 @@ class Bridge:
         subscribing: asyncio.Task[None],
     ) -> None:
         watcher = asyncio.create_task(inbox.watch(client))
+        # A stop ends an idle wait at once rather than at its timeout (SIGTERM took up to 1 s).
+        waker = asyncio.create_task(_wake_on(stop, inbox))
         try:
             while not stop.is_set() and inbox.lost is None:
                 batch = await inbox.take(
@@ -220,6 +222,7 @@ class Bridge:
             await self._drain(inbox)
         finally:
             watcher.cancel()
+            waker.cancel()
 
     async def _drain(self, inbox: Inbox) -> None:
         """Commit what is waiting; acks go out only where the connection still stands."""
@@ -289,6 +292,11 @@ class Bridge:
             )
         except StoreUnavailable as exc:
             logger.error("store unavailable for heartbeat: %s", exc)
+
+
+async def _wake_on(stop: asyncio.Event, inbox: Inbox) -> None:
+    await stop.wait()
+    inbox.wake()
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -192,6 +192,8 @@ def test_broker_never_acknowledges_an_oversize_message(
         client.loop_stop()
 
 
+# Slow: a message must really expire (2.5 s) and $SYS publish after the drain (1.5 s).
+@pytest.mark.slow
 def test_broker_does_not_count_expired_messages(
     broker: Mosquitto, bridge_factory: StartBridge, store_url: str
 ) -> None:

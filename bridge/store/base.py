@@ -14,7 +14,8 @@ from bridge.query import Query
 
 # 2: per-bridge heartbeats stamped on the store's clock (`heartbeats` replaces `bridges`).
 # 3: search (issue 11): each event's time as a number, indexes for time ranges and text.
-SCHEMA_VERSION = 3
+# 5: concurrent PostgreSQL writers: counters per writer slot, no commit lock (4: retention).
+SCHEMA_VERSION = 5
 # The rejected table keeps the newest rows, each cut to a bounded size: topic, reason and
 # body together at most KEEP_ROW_BYTES of UTF-8 (a 60 KB topic would otherwise be kept
 # whole, twice with its reason), so the table holds at most KEEP_REJECTED rows of

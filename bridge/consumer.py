@@ -226,6 +226,8 @@ class Bridge:
         and acked once its commit is done, so acks still go out in arrival order."""
         watcher = asyncio.create_task(inbox.watch(client))
         committing: Committing | None = None
+        # A stop ends an idle wait at once rather than at its timeout (SIGTERM took up to 1 s).
+        waker = asyncio.create_task(_wake_on(stop, inbox))
         try:
             while not stop.is_set() and inbox.lost is None:
                 if committing is not None:
@@ -263,6 +265,7 @@ class Bridge:
             await self._drain(inbox)
         finally:
             watcher.cancel()
+            waker.cancel()
             if committing is not None:  # the connection failed: finish the commit, no acks
                 await asyncio.shield(committing.commit)
 
@@ -362,6 +365,11 @@ class Bridge:
         it only while the heartbeat that follows is fresh."""
         self._space.publish(self.store, self.settings.client_id)
         self.store.heartbeat(self.settings.client_id, self.run_id)
+
+
+async def _wake_on(stop: asyncio.Event, inbox: Inbox) -> None:
+    await stop.wait()
+    inbox.wake()
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

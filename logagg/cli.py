@@ -284,14 +284,10 @@ def ready(
 
 @app.command(name="search")
 @with_settings(ViewSettings)
+@search.with_query_flags
 def search_command(
     config: ViewSettings,
-    topic: search.TopicFlag = None,
-    since: search.SinceFlag = None,
-    until: search.UntilFlag = None,
-    source: search.SourceFlag = None,
-    q: search.TextFlag = None,
-    field: search.FieldFlag = None,
+    params: search.Params,
     order: Annotated[
         str | None, typer.Option(help="asc (default: oldest first) or desc (newest first)")
     ] = None,
@@ -313,7 +309,6 @@ def search_command(
     """Print the stored events a query finds, one a line: seq time topic source event_id
     payload. Exit status 2 names a refused flag."""
     logs.configure(log_level, log_format)
-    params = search.query_params(topic, since, until, source, q, field)
     search.run(
         [*params, *([("order", order)] if order is not None else [])],
         limit=None if every else limit,
@@ -325,14 +320,10 @@ def search_command(
 
 @app.command()
 @with_settings(ViewSettings)
+@search.with_query_flags
 def tail(
     config: ViewSettings,
-    topic: search.TopicFlag = None,
-    since: search.SinceFlag = None,
-    until: search.UntilFlag = None,
-    source: search.SourceFlag = None,
-    q: search.TextFlag = None,
-    field: search.FieldFlag = None,
+    params: search.Params,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Then print each event as it is stored")
     ] = False,
@@ -353,8 +344,7 @@ def tail(
     try:
         with sidecar(config) as client:
             events = follow_events if follow else latest
-            filters = search.query_params(topic, since, until, source, q, field)
-            for event in events(client, filters, lines):
+            for event in events(client, params, lines):
                 typer.echo(one_line(event))
     except QueryRefused as exc:
         typer.echo(f"error: {exc}", err=True)

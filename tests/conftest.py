@@ -170,19 +170,31 @@ def client(broker: Mosquitto, bridge_factory: StartBridge, sidecar: Sidecar) -> 
     return sidecar(broker.url)
 
 
-@pytest.fixture
-def browser(sidecar: Sidecar) -> Iterator[Browser]:
-    """Headless Chromium; asks for `sidecar` so that it closes (and drops its live streams)
-        before any sidecar stops: uvicorn waits for open responses when shutting down. Without
-    Debian's chromium the test is skipped, saying why."""
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """Headless Chromium, launched once per module (3-5 s a launch under load). Module, not
+    session, scope: while Playwright's sync API runs, the thread has a running event loop,
+    so asyncio.run() fails in whatever test would follow on this worker. Without Debian's
+    chromium the test is skipped, saying why."""
     if not CHROMIUM.exists():
         pytest.skip(NO_CHROMIUM)
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            yield chromium
+            yield launched
         finally:
-            chromium.close()
+            launched.close()
+
+
+@pytest.fixture
+def browser(chromium: Browser, sidecar: Sidecar) -> Iterator[Browser]:
+    """The module's Chromium, with every page a test opens closed after it (each
+    `new_page` has a context of its own: no cookie or storage is shared). Asks for `sidecar`
+    so that the pages close (and drop their live streams) before any sidecar stops: uvicorn
+    waits for open responses when shutting down."""
+    yield chromium
+    for context in chromium.contexts:
+        context.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ is per bridge (`logagg ready --client-id`), on the store's clock, never the brid
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,17 +17,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from typer.testing import Result
 
 from api import ApiSettings
 from bridge.store import StoreOptions, open_reader, parse_store_url
 from supervise.mosquitto import Mosquitto
 from tests.helpers import (
-    LOGAGG,
     PG_TEST_URL,
     BridgeProcess,
     StartBridge,
     assert_exactly_once,
     distinct,
+    logagg_cli,
     make_stream,
     publish_raw,
     serving,
@@ -40,10 +40,10 @@ pytestmark = pytest.mark.broker
 LIBFAKETIME = next(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"), None)
 
 
-def ready(store: str, client_id: str) -> subprocess.CompletedProcess[str]:
-    """`logagg ready` as the compose healthcheck runs it (the environment's settings)."""
-    args = [*LOGAGG, "ready", "--store", store, "--client-id", client_id]
-    return subprocess.run(args, capture_output=True, text=True, timeout=30)
+def ready(store: str, client_id: str) -> Result:
+    """`logagg ready` as the compose healthcheck runs it (the environment's settings), in
+    this process to poll it quickly (test_bridge.py runs the command line itself)."""
+    return logagg_cli("ready", "--store", store, "--client-id", client_id)
 
 
 def wait_until(what: str, done: Callable[[], bool], timeout: float) -> float:
@@ -149,16 +149,16 @@ def test_ready_answers_for_the_named_bridge(
     )
     for name in ("ready-killed", "ready-kept"):
         done = ready(pg_url, name)
-        assert done.returncode == 0, done.stderr
+        assert done.exit_code == 0, done.stderr
     killed.stop(signal.SIGKILL)
     took = wait_until(
-        "reported dead", lambda: ready(pg_url, "ready-killed").returncode == 1, alive_s + 5
+        "reported dead", lambda: ready(pg_url, "ready-killed").exit_code == 1, alive_s + 5
     )
     assert "not ready: bridge ready-killed has no heartbeat in the last 2s" in (
         ready(pg_url, "ready-killed").stderr
     )
     kept_now = ready(pg_url, "ready-kept")
-    assert kept_now.returncode == 0, kept_now.stderr
+    assert kept_now.exit_code == 0, kept_now.stderr
     print(f"\nkilled bridge reported not ready after {took:.1f}s")
     kept.stop()
 
@@ -219,11 +219,11 @@ def test_bridge_clock_an_hour_off_is_judged_on_the_stores_clock(
             time.sleep(0.2)
         for name in ("clock-ahead", "clock-behind"):
             done = ready(url, name)
-            assert done.returncode == 0, done.stderr
+            assert done.exit_code == 0, done.stderr
         ahead.stop(signal.SIGKILL)
         wait_until("ahead reported dead", lambda: not alive("clock-ahead"), alive_s + 5)
         assert alive("clock-behind")
-        assert ready(url, "clock-ahead").returncode == 1
+        assert ready(url, "clock-ahead").exit_code == 1
         behind.stop(signal.SIGKILL)
         wait_until("behind reported dead", lambda: not alive("clock-behind"), alive_s + 5)
         assert api.get("/stats").json()["uptime_s"] is None

@@ -229,6 +229,11 @@ class Inbox:
         finally:
             until.remove_done_callback(wake)
 
+    def wake(self) -> None:
+        """End a `take` waiting for messages now (it returns what is there, maybe nothing):
+        how a stopping bridge is not kept up to its timeout."""
+        self._arrived.set()
+
     def ack(self, batch: list[Received]) -> int:
         """PUBACK the batch (after its commit): see `acks`. Returns how many were sent."""
         return self._acks.send(batch)

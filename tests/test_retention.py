@@ -8,7 +8,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,11 +17,12 @@ import psycopg
 import pytest
 
 from bridge.event import Event
-from bridge.query import parse_query
+from bridge.query import Query, parse_query
 from bridge.retention import (
     KEEP_FOREVER,
     MIN_DEFAULT_HORIZON_S,
     RetentionPolicy,
+    Rule,
     key_hash,
     make_policy,
     parse_duration,
@@ -31,6 +32,7 @@ from bridge.settings import BridgeSettings
 from bridge.store import (
     PostgresUrl,
     Stats,
+    StoredEvent,
     StoreOptions,
     StoreReader,
     StoreUrl,
@@ -62,8 +64,9 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> StoreUrl:
 
 
 def writer(url: StoreUrl, retention: str, *rules: str, horizon: str | None = None) -> StoreWriter:
-    settings = BridgeSettings(
-        store=url, retention=retention, retention_topic=list(rules), dedup_horizon=horizon
+    """A writer declaring the policy the bridge's settings make of these values."""
+    settings = BridgeSettings.model_validate(
+        {"store": url, "retention": retention, "retention_topic": rules, "dedup_horizon": horizon}
     )
     return open_writer(url, settings.store_options)
 
@@ -78,18 +81,21 @@ def made(topic: str, event_id: str, *, age_s: float = 0.0) -> Event:
     )
 
 
-def keys(events: list[object]) -> set[tuple[str, str]]:
-    return {(e.topic, e.event_id) for e in events}  # type: ignore[attr-defined]
+def keys(events: Sequence[StoredEvent | Event]) -> set[tuple[str, str]]:
+    return {(e.topic, e.event_id) for e in events}
+
+
+def ask(*params: tuple[str, str]) -> Query:
+    query = parse_query(params, now=datetime.now(UTC))
+    assert isinstance(query, Query), query
+    return query
 
 
 def everything_read(reader: StoreReader) -> dict[str, set[tuple[str, str]]]:
     """What each kind of read returns, as (topic, event_id) sets (histograms and spans as
     whether they see anything)."""
-    now = datetime.now(UTC)
-    plain = parse_query([], now=now)
-    text = parse_query([("q", "hello")], now=now)
-    ranged = parse_query([("since", "1h")], now=now)
-    wildcard = parse_query([("topic", "+")], now=now)
+    plain, text, ranged = ask(), ask(("q", "hello")), ask(("since", "1h"))
+    wildcard = ask(("topic", "+"))
     rate = reader.stored_per_second(seconds=600)
     return {
         "events": keys(reader.events(topic=None, after=0, limit=1000)),
@@ -99,8 +105,8 @@ def everything_read(reader: StoreReader) -> dict[str, set[tuple[str, str]]]:
         "search_text": keys(reader.search(text)),
         "search_time": keys(reader.search(ranged)),
         "search_wildcard": keys(reader.search(wildcard)),
-        "search_desc": keys(reader.search(parse_query([("order", "desc")], now=now))),
-        "histogram": {("count", str(sum(b.count for b in reader.histogram(plain, 60))))},
+        "search_desc": keys(reader.search(ask(("order", "desc")))),
+        "histogram": {("count", str(sum(bar.count for bar in reader.histogram(plain, 60))))},
         "time_span": {("span", str(reader.time_span(plain) is not None))},
         "rate": {("count", str(sum(rate.counts.values())))},
     }
@@ -146,9 +152,8 @@ def test_retention_durations_parse_and_refuse() -> None:
 
 def test_retention_rules_first_match_wins() -> None:
     """Per-topic filters are tried in order; a topic none names keeps the default."""
-    policy = make_policy(
-        86_400, [r for r in map(parse_rule, ["debug/x=1h", "debug/#=1d", "audit/#=forever"])]
-    )  # type: ignore[misc]
+    rules = [parse_rule(text) for text in ("debug/x=1h", "debug/#=1d", "audit/#=forever")]
+    policy = make_policy(86_400, [rule for rule in rules if isinstance(rule, Rule)])
     assert policy.keep_s("debug/x") == 3600
     assert policy.keep_s("debug/y/z") == 86_400
     assert policy.keep_s("debug") == 86_400  # `#` names its parent too, as in MQTT
@@ -180,14 +185,19 @@ def test_retention_settings_from_flags_and_environment() -> None:
     """`--retention-topic` repeats; LOGAGG_RETENTION_TOPIC is comma-separated; bad values
     exit 2 naming the flag or variable."""
     shown = logagg_cli("bridge", "--help").output
-    assert "--retention-topic" in shown and "LOGAGG_RETENTION_TOPIC" in shown
+    assert "--retention-topic" in shown
+    assert "LOGAGG_RETENTION_TOPIC" in shown
     bad = logagg_cli("bridge", "--retention", "3 days")
-    assert bad.exit_code == 2 and "--retention" in bad.stderr and "not a duration" in bad.stderr
+    assert bad.exit_code == 2
+    assert "--retention" in bad.stderr
+    assert "not a duration" in bad.stderr
     bad = logagg_cli("bridge", "--retention-topic", "a/#/b=1d")
-    assert bad.exit_code == 2 and "must be the last level" in bad.stderr
+    assert bad.exit_code == 2
+    assert "must be the last level" in bad.stderr
     bad = logagg_cli("bridge", env={"LOGAGG_DEDUP_HORIZON": "soon"})
-    assert bad.exit_code == 2 and "LOGAGG_DEDUP_HORIZON" in bad.stderr
-    settings = BridgeSettings(retention_topic="debug/#=1d, audit/#=forever")
+    assert bad.exit_code == 2
+    assert "LOGAGG_DEDUP_HORIZON" in bad.stderr
+    settings = BridgeSettings(retention_topic="debug/#=1d, audit/#=forever")  # type: ignore[arg-type]
     assert [r.text for r in settings.retention_topic] == ["debug/#=1d", "audit/#=forever"]
 
 
@@ -202,7 +212,8 @@ def test_retention_expired_events_gone_from_every_read(url: StoreUrl) -> None:
         store.record([made("a", str(i)) for i in range(5)], [])
         seen = everything_read(reader)
         assert all(seen[name] for name in seen)
-        assert len(seen["events"]) == 5 and seen["search_text"] == seen["events"]
+        assert len(seen["events"]) == 5
+        assert seen["search_text"] == seen["events"]
         time.sleep(1.3)
         store.record([made("b", "fresh")], [])
         seen = everything_read(reader)
@@ -256,19 +267,24 @@ def test_retention_horizon_counts_copies_then_forgets(url: StoreUrl) -> None:
         time.sleep(1.2)
         assert store.purge(NEVER).events == 2
         outcome = store.record([made("a", "1"), made("a", "3")], [])
-        assert outcome.stored == 1 and outcome.duplicates == [("a", "1")]
+        assert outcome.stored == 1
+        assert outcome.duplicates == [("a", "1")]
         assert keys(reader.events(topic=None, after=0, limit=10)) == {("a", "3")}
         stats = reader.stats()
-        assert stats.duplicate_dropped == 1 and stats.unique_processed == 3
+        assert stats.duplicate_dropped == 1
+        assert stats.unique_processed == 3
         assert_consistent(stats, row_count(url))
         time.sleep(2.2)
         purged = store.purge(NEVER)
-        assert purged.keys_forgotten == 2 and purged.events == 1
+        assert purged.keys_forgotten == 2
+        assert purged.events == 1
         outcome = store.record([made("a", "2")], [])
-        assert outcome.stored == 1 and not outcome.duplicates
+        assert outcome.stored == 1
+        assert not outcome.duplicates
         stats = reader.stats()
         assert stats.retention is not None
-        assert stats.retention.keys_forgotten == 2 and stats.retention.keys_held == 1
+        assert stats.retention.keys_forgotten == 2
+        assert stats.retention.keys_held == 1
         assert keys(reader.events(topic=None, after=0, limit=10)) == {("a", "2")}
         assert_consistent(stats, row_count(url))
     finally:
@@ -281,7 +297,9 @@ def test_retention_per_topic_overrides(url: StoreUrl) -> None:
     store = writer(url, "1h", "short/+=1s", "keep/#=forever", "short/#=1h")
     reader = open_reader(url)
     try:
-        batch = [made(t, str(i)) for t in ("short/a", "short/a/b", "keep/x", "app") for i in range(3)]
+        batch = [
+            made(t, str(i)) for t in ("short/a", "short/a/b", "keep/x", "app") for i in range(3)
+        ]
         store.record(batch, [])
         time.sleep(1.2)
         expected = {(e.topic, e.event_id) for e in batch if e.topic != "short/a"}
@@ -292,7 +310,7 @@ def test_retention_per_topic_overrides(url: StoreUrl) -> None:
             else:
                 assert seen[name] == expected, name
         assert seen["histogram"] == {("count", "9")}
-        assert keys(reader.search(parse_query([("topic", "short/a")], now=datetime.now(UTC)))) == set()
+        assert keys(reader.search(ask(("topic", "short/a")))) == set()
         assert store.purge(NEVER).events == 3
         assert row_count(url) == 9
         assert_consistent(reader.stats(), 9)
@@ -314,7 +332,8 @@ def test_retention_late_events_stored_and_counted(url: StoreUrl) -> None:
         assert outcome.stored == 3
         assert len(reader.events(topic=None, after=0, limit=10)) == 3
         stats = reader.stats()
-        assert stats.retention is not None and stats.retention.late == 1
+        assert stats.retention is not None
+        assert stats.retention.late == 1
     finally:
         reader.close()
         store.close()
@@ -333,7 +352,8 @@ def test_retention_policy_lives_in_the_store(url: StoreUrl) -> None:
         store = open_writer(url)  # forever
         assert len(reader.events(topic=None, after=0, limit=10)) == 1
         stats = reader.stats()
-        assert stats.retention is not None and stats.retention.policy == RetentionPolicy()
+        assert stats.retention is not None
+        assert stats.retention.policy == RetentionPolicy()
     finally:
         reader.close()
         store.close()
@@ -361,7 +381,8 @@ def test_retention_upgrade_from_schema_3(url: StoreUrl) -> None:
     try:
         assert len(reader.events(topic=None, after=0, limit=100)) == 10
         stats = reader.stats()
-        assert stats.retention is not None and stats.retention.policy.default_s == 3600
+        assert stats.retention is not None
+        assert stats.retention.policy.default_s == 3600
         assert store.purge(NEVER).events == 0
     finally:
         reader.close()
@@ -381,7 +402,8 @@ def test_retention_postgres_one_purger_at_a_time(pg_url: str) -> None:
                 "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (PURGE_LOCK,)
             )
             purged = store.purge(NEVER)
-            assert purged.skipped and purged.events == 0
+            assert purged.skipped
+            assert purged.events == 0
         assert store.purge(NEVER).events == 10
     finally:
         store.close()
@@ -415,7 +437,8 @@ def test_retention_postgres_copy_during_purge_is_duplicate(pg_url: str) -> None:
         assert outcome[0].stored == 0  # type: ignore[attr-defined]
         assert reader.events(topic=None, after=0, limit=10) == []
         stats = reader.stats()
-        assert stats.unique_processed == 1 and stats.duplicate_dropped == 1
+        assert stats.unique_processed == 1
+        assert stats.duplicate_dropped == 1
     finally:
         reader.close()
         store.close()
@@ -438,8 +461,8 @@ def test_retention_bridge_purges_and_counts_copies(
     """A bridge with a 2 s retention hides and then deletes what expired; copies re-sent
     within the horizon are counted as duplicates."""
     bridge_factory(store=bridge_store, retention="2s", retention_topic="keep/#=forever")
-    first = [(f"logs/app", json.dumps(event(f"e{i}", "app")).encode()) for i in range(20)]
-    kept = [(f"logs/keep/x", json.dumps(event(f"k{i}", "keep/x")).encode()) for i in range(5)]
+    first = [("logs/app", json.dumps(event(f"e{i}", "app")).encode()) for i in range(20)]
+    kept = [("logs/keep/x", json.dumps(event(f"k{i}", "keep/x")).encode()) for i in range(5)]
     publish_raw(broker.port, first + kept)
     wait_for_stats(bridge_store, lambda s: s.unique_processed == 25, timeout=30)
     url = parse_store_url(bridge_store)
@@ -451,7 +474,8 @@ def test_retention_bridge_purges_and_counts_copies(
         assert {e.topic for e in reader.events(topic=None, after=0, limit=100)} == {"keep/x"}
     publish_raw(broker.port, first)
     stats = wait_for_stats(bridge_store, lambda s: s.received == 45, timeout=30)
-    assert stats.duplicate_dropped == 20 and stats.unique_processed == 25
+    assert stats.duplicate_dropped == 20
+    assert stats.unique_processed == 25
     assert_consistent(stats, row_count(url))
 
 

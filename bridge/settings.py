@@ -236,9 +236,10 @@ class BridgeSettings(MqttSettings):
         description="Keep events this long after they arrive: 90s, 15m, 12h, 30d or forever",
     )
     retention_topic: RulesSetting = Field(
-        default_factory=list,
+        default=(),
         description="Per-topic retention FILTER=DURATION, e.g. 'debug/#=1d' (repeatable, first"
         " match wins; env: comma-separated)",
+        json_schema_extra={"repeatable": True},
     )
     dedup_horizon: DurationSetting | None = Field(
         default=None,

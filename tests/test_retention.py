@@ -194,6 +194,9 @@ def test_retention_settings_from_flags_and_environment() -> None:
     bad = logagg_cli("bridge", "--retention-topic", "a/#/b=1d")
     assert bad.exit_code == 2
     assert "must be the last level" in bad.stderr
+    bad = logagg_cli("bridge", "--retention-topic", "a=1d", "--retention-topic", "b/#=1y")
+    assert bad.exit_code == 2
+    assert "'b/#=1y'" in bad.stderr
     bad = logagg_cli("bridge", env={"LOGAGG_DEDUP_HORIZON": "soon"})
     assert bad.exit_code == 2
     assert "LOGAGG_DEDUP_HORIZON" in bad.stderr

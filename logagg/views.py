@@ -195,7 +195,8 @@ def summary(report: StatsReport) -> str:
     lines = [f"{name:<12}{count:>14,}  {note}".rstrip() for name, count, note in rows]
     lines.append(f"{'bridge':<12}{bridge}")
     lines.append(f"{'broker':<12}{_broker(report)}")
-    if (kept := report.retention) is not None:
+    kept = report.retention
+    if kept is not None and (kept.retention_s is not None or kept.retention_topics):
         rules = "".join(f", {rule}" for rule in kept.retention_topics)
         lines.append(
             f"{'retention':<12}{kept.retention}{rules}; keys kept {kept.dedup_horizon} more;"

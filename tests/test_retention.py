@@ -4,6 +4,7 @@ read still returns, what a re-sent copy counts as, and the counters through a SI
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sqlite3
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from api import ApiSettings
 from bridge.event import Event
 from bridge.query import Query, parse_query
 from bridge.retention import (
@@ -47,8 +49,12 @@ from tests.helpers import (
     StartBridge,
     event,
     logagg_cli,
+    nowhere,
     postgres,
     publish_raw,
+    samples,
+    serving,
+    value,
     wait_for_stats,
 )
 
@@ -532,3 +538,38 @@ def test_retention_counters_survive_sigkill_mid_purge(
     assert stats.retention.events_expired == total == stats.retention.keys_held
     assert stats.unique_processed == total
     assert_consistent(stats, 0)
+
+
+def test_retention_shown_by_stats_metrics_and_cli(url: StoreUrl) -> None:
+    """/stats, /metrics and `logagg stats` say the policy, the oldest event kept and what
+    expired, from the store alone (the sidecar has no retention setting)."""
+    store = writer(url, "1s", "keep/#=forever", horizon="forever")
+    try:
+        store.record([made("a", "1"), made("a", "2", age_s=10), made("keep/x", "1")], [])
+        time.sleep(1.2)
+        assert store.purge(NEVER).events == 2
+        with serving(ApiSettings(store=url, broker=nowhere())) as client:
+            kept = client.get("/stats").json()["retention"]
+            assert kept["retention"] == "1s"
+            assert kept["retention_s"] == 1
+            assert kept["retention_topics"] == ["keep/#=forever"]
+            assert kept["dedup_horizon"] == "forever"
+            assert kept["dedup_horizon_s"] is None
+            assert kept["events_expired"] == 2
+            assert kept["keys_held"] == 2
+            assert kept["late"] == 1
+            assert kept["oldest_received_at"] is not None
+            scrape = samples(client.get("/metrics").text)
+            assert value(scrape, "logagg_retention_seconds") == 1
+            assert value(scrape, "logagg_dedup_horizon_seconds") == math.inf
+            assert value(scrape, "logagg_events_expired_total") == 2
+            assert value(scrape, "logagg_dedup_keys_held") == 2
+            assert value(scrape, "logagg_events_late_total") == 1
+            oldest = value(scrape, "logagg_oldest_event_received_timestamp_seconds")
+            assert time.time() - 60 < oldest < time.time()
+            shown = logagg_cli("stats", "--api-url", str(client.base_url))
+            assert shown.exit_code == 0, shown.stderr
+            assert "retention   1s, keep/#=forever; keys kept forever more" in shown.stdout
+            assert "events; keys held 2, forgotten 0; late 1" in shown.stdout
+    finally:
+        store.close()

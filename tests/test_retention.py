@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 
 import psycopg
@@ -44,6 +45,7 @@ from bridge.store import (
     parse_store_url,
 )
 from bridge.store.postgres_retention import PURGE_LOCK
+from logagg.views import server_sent_events
 from supervise.mosquitto import Mosquitto
 from tests.helpers import (
     StartBridge,
@@ -571,5 +573,30 @@ def test_retention_shown_by_stats_metrics_and_cli(url: StoreUrl) -> None:
             assert shown.exit_code == 0, shown.stderr
             assert "retention   1s, keep/#=forever; keys kept forever more" in shown.stdout
             assert "events; keys held 2, forgotten 0; late 1" in shown.stdout
+    finally:
+        store.close()
+
+
+def test_retention_stream_resume_skips_expired(url: StoreUrl) -> None:
+    """A stream resumed from a Last-Event-ID gets no event expired since, even while the
+    shared poller still holds it in memory."""
+    store = writer(url, "1s")
+    try:
+        store.record([made("a", "0")], [])
+        with (
+            serving(ApiSettings(store=url, broker=nowhere())) as client,
+            client.stream("GET", "/events/stream", timeout=10) as live,
+        ):
+            events = server_sent_events(live.iter_lines())
+            start, _ = next(events)  # the id alone: where a reconnect would resume
+            store.record([made("a", str(i)) for i in range(1, 4)], [])
+            got = [json.loads(data or "")["event_id"] for _, data in islice(events, 3)]
+            assert got == ["1", "2", "3"]  # in the poller's memory now
+            time.sleep(1.2)
+            store.record([made("a", "fresh")], [])
+            headers = {"Last-Event-ID": str(start)}
+            with client.stream("GET", "/events/stream", headers=headers, timeout=10) as resumed:
+                _, data = next(iter(server_sent_events(resumed.iter_lines())))
+                assert json.loads(data or "")["event_id"] == "fresh"
     finally:
         store.close()

@@ -272,7 +272,7 @@ class StreamHub:
                     yield b"id: %d\n\n" % cursor
                     quiet_since = time.monotonic()
                 frames, cursor, more = await self._next(cursor, query, want, resumed=resumed)
-                resumed = cursor is not None
+                resumed = False
             except StoreUnavailable:
                 unavailable = True  # not created yet, or briefly unreadable: try again
             now = time.monotonic()

@@ -45,6 +45,8 @@ from bridge.store import (
     parse_store_url,
 )
 from bridge.store.postgres_retention import PURGE_LOCK
+from logagg.options import as_environment
+from logagg.settings import UpSettings
 from logagg.views import server_sent_events
 from supervise.mosquitto import Mosquitto
 from tests.helpers import (
@@ -187,6 +189,20 @@ def test_retention_purge_interval_follows_retention() -> None:
     assert make_policy(300.0, []).purge_interval_s == 30
     assert make_policy(30 * 86_400.0, []).purge_interval_s == 60
     assert make_policy(None, []).purge_interval_s == 60
+
+
+def test_retention_settings_pass_through_logagg_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`logagg up` hands its bridge the settings as LOGAGG_* variables: the same policy."""
+    up = UpSettings.model_validate(
+        {"retention": "30d", "retention_topic": ["debug/#=1d", "audit/#=forever"]}
+    )
+    env = as_environment(up)
+    assert env["LOGAGG_RETENTION"] == "30d"
+    assert env["LOGAGG_RETENTION_TOPIC"] == "debug/#=1d,audit/#=forever"
+    assert "LOGAGG_DEDUP_HORIZON" not in env  # the default, computed by the bridge
+    for name, text in env.items():
+        monkeypatch.setenv(name, text)
+    assert BridgeSettings().retention_policy == up.retention_policy
 
 
 def test_retention_settings_from_flags_and_environment() -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from bench import chart_read
 from bench.broker_queue import measure
+from bench.profile import summarise
 from tests.helpers import logagg_cli
 
 pytestmark = pytest.mark.broker
@@ -106,3 +107,17 @@ def test_chart_read_counts_only_the_last_minutes(tmp_path: Path) -> None:
     events, however many older ones lie before them."""
     result = chart_read.measure(tmp_path / "store.db", 2_000, 300)
     assert (result["events"], result["counted"]) == (2_300, 300)
+
+
+def test_profile_summary_counts_each_function_by_its_innermost_frames() -> None:
+    """py-spy's raw stacks, summed by the function running itself, lines apart."""
+    raw = (
+        "<module> (bridge/main.py:3);record (bridge/store/postgres.py:610) 6\n"
+        "<module> (bridge/main.py:3);record (bridge/store/postgres.py:612) 2\n"
+        "<module> (bridge/main.py:3);decode (json/decoder.py:337) 2\n"
+        "garbage\n"
+    )
+    assert summarise(raw) == {
+        "samples": 10,
+        "self_share": {"record (postgres.py)": 0.8, "decode (decoder.py)": 0.2},
+    }

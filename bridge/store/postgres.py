@@ -706,7 +706,7 @@ class PostgresWriter(PostgresReader):
         for topic, floor in floors.items():
 
             def chunk(limit: int, topic: str = topic, floor: int = floor) -> int | None:
-                with self._connection("purge") as conn:
+                with self._connection("purge") as conn, conn.transaction():
                     return purge_chunk(conn, topic, floor, limit)
 
             done = chunks(chunk, stopping)
@@ -718,7 +718,7 @@ class PostgresWriter(PostgresReader):
             horizon_s = policy.horizon_s
 
             def forget(limit: int) -> int | None:
-                with self._connection("purge") as conn:
+                with self._connection("purge") as conn, conn.transaction():
                     return forget_chunk(conn, horizon_s, limit)
 
             done = chunks(forget, stopping)

@@ -33,6 +33,7 @@ from bridge.capacity import STORE_LOG_EVERY_S, Space
 from bridge.event import Event, parse_message
 from bridge.lograte import RateLimitedLog
 from bridge.metrics import BridgeMetrics, serving
+from bridge.purging import purge_loop
 from bridge.receive.inbox import Inbox, Received
 from bridge.refusal import Refusals
 from bridge.session import session_options
@@ -404,9 +405,12 @@ async def run_bridge(settings: BridgeSettings) -> None:
     # makes no reference cycles, so those walks found nothing (~10% of parsing, measured).
     gc.freeze()
     gc.set_threshold(GC_FIRST_GENERATION)
+    purging = asyncio.create_task(purge_loop(store, stop))
     try:
         bridge = Bridge(settings, store)
         with serving(bridge.metrics.registry, settings.metrics_host, settings.metrics_port):
             await bridge.run(stop)
     finally:
+        stop.set()
+        await purging  # the pass in hand ends after its current transaction
         store.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -13,10 +13,12 @@ import msgspec
 
 from bridge.event import Event, Rejection
 from bridge.query import Query
+from bridge.retention import RetentionPolicy
 
 # 2: per-bridge heartbeats stamped on the store's clock (`heartbeats` replaces `bridges`).
 # 3: search (issue 11): each event's time as a number, indexes for time ranges and text.
-# 5: concurrent PostgreSQL writers: counters per writer slot, no commit lock (4: retention).
+# 4: retention (issue 12): expired events' keys, retention counters, the policy in `meta`.
+# 5: concurrent PostgreSQL writers: counters per writer slot, no commit lock.
 SCHEMA_VERSION = 5
 # The rejected table keeps the newest rows, each cut to a bounded size: topic, reason and
 # body together at most KEEP_ROW_BYTES of UTF-8 (a 60 KB topic would otherwise be kept
@@ -55,6 +57,16 @@ class Refused:
 EventKey = tuple[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What one purge pass deleted: expired events and forgotten keys; `skipped` when
+    another bridge held the purge."""
+
+    events: int = 0
+    keys_forgotten: int = 0
+    skipped: bool = False
+
+
 @dataclass(slots=True)
 class BatchOutcome:
     """What one committed batch did: every duplicate is named so it can be logged."""
@@ -71,6 +83,21 @@ class TopicStats:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionStats:
+    """The store's retention policy and what it did: events deleted (`events_expired`),
+    keys kept for the dedup horizon (`keys_held`) and forgotten after it, events stored
+    with a `timestamp` already older than their retention (`late`), and the arrival time
+    of the oldest event still returned (None when there is none)."""
+
+    policy: RetentionPolicy
+    oldest_received_at: str | None = None
+    events_expired: int = 0
+    keys_held: int = 0
+    keys_forgotten: int = 0
+    late: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     unique_processed: int
     duplicate_dropped: int
@@ -78,6 +105,7 @@ class Stats:
     topics: dict[str, TopicStats]
     rejected_by_code: dict[str, int]
     uptime_s: float | None
+    retention: RetentionStats | None = None
 
     @property
     def received(self) -> int:
@@ -234,6 +262,16 @@ class StoreWriter(StoreReader, Protocol):
 
     def report_space(self, client_id: str, report: SpaceReport | None) -> None:
         """Keep `report` for readers to see (None: remove `client_id`'s)."""
+
+    def purge(self, stopping: Callable[[], bool]) -> Purged:
+        """Delete what the store's retention policy says has expired, keeping each deleted
+        event's key for the dedup horizon, and forget the keys past it: in short
+        transactions, each counting what it deleted; stops early once `stopping()`."""
+        ...
+
+    @property
+    def policy(self) -> RetentionPolicy:
+        """The retention policy the store holds (refreshed by each purge)."""
         ...
 
 

@@ -69,7 +69,7 @@ import json
 import random
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -81,11 +81,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge.event import Event
 from bridge.query import Query, document, searchable, tsvector_literal
+from bridge.retention import RetentionPolicy, key_hash
 from bridge.store.base import (
     KEEP_REJECTED,
     SCHEMA_VERSION,
     BatchOutcome,
     Bucket,
+    Purged,
     QueryTimeout,
     Refused,
     SpaceReport,
@@ -100,6 +102,7 @@ from bridge.store.base import (
     tally,
 )
 from bridge.store.options import StoreOptions
+from bridge.store.policy import chunks, declare_policy, late
 from bridge.store.postgres_backfill import (
     BACKFILL_PROGRESS,
     PENDING_KEY,
@@ -107,6 +110,14 @@ from bridge.store.postgres_backfill import (
     TIME_INDEXES,
     Backfill,
     create_index,
+)
+from bridge.store.postgres_retention import (
+    FLOOR,
+    RETENTION_SCHEMA,
+    count,
+    forget_chunk,
+    prune_time_seqs,
+    purge_chunk,
 )
 from bridge.store.postgres_search import (
     COUNT_SPANS,
@@ -258,7 +269,9 @@ def record_sql(slot: int, *, events: bool, refused: bool) -> str:
             """inserted AS (
     INSERT INTO events (topic, event_id, timestamp, utc_offset_s, source, payload, tsv)
     SELECT t, e, ts, o, s, p, v FROM held, json_to_recordset(%(events)s::json)
-        AS batch (t text, e text, ts timestamptz, o integer, s text, p jsonb, v tsvector)
+        AS batch (t text, e text, ts timestamptz, o integer, s text, p jsonb, v tsvector, k bigint)
+    -- A copy of an expired event whose key is kept is a duplicate (postgres_retention).
+    WHERE NOT EXISTS (SELECT 1 FROM expired_keys AS x WHERE x.key = batch.k)
     ON CONFLICT DO NOTHING
     RETURNING topic, event_id, seq, timestamp
 )""",
@@ -503,7 +516,9 @@ class PostgresReader(SqlReader):
             row = conn.execute(bounds.sql.encode(), bounds.params).fetchone()
             low, high = row or (None, None)
             seqs = (low or 1, high or 0)  # no event in those spans: an empty interval
-        return where(query, topics, paged=paged, seqs=seqs, upto=conn.upto)
+        return where(
+            query, topics, paged=paged, seqs=seqs, upto=conn.upto, retained=self._retained(conn)
+        )
 
     def _live_uptimes(self, client_id: str | None) -> tuple[str, tuple[object, ...]]:
         if client_id is None:
@@ -534,6 +549,13 @@ class PostgresReader(SqlReader):
         seq, topic, code, reason, body, received_at = row
         return StoredRejection(seq, topic, code, reason, body, iso_utc(received_at))
 
+    def _floor(self, conn: Connection, since: float) -> int:
+        row = conn.execute(FLOOR, (since,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _topic_list(self, topics: list[str]) -> tuple[str, object]:
+        return "topic = ANY(%s::text[])", topics
+
     def close(self) -> None:
         self._pool.close()
 
@@ -553,6 +575,8 @@ class PostgresWriter(PostgresReader):
         try:
             if self._migrate():
                 self.backfill = Backfill(self._conninfo, self._schema, self.display)
+            with self._connection("write") as conn:
+                self._policy_now = declare_policy(conn, "%s", options.retention, self.display)
         except BaseException:
             self._pool.close()
             raise
@@ -579,6 +603,7 @@ class PostgresWriter(PostgresReader):
                 # CREATE INDEX CONCURRENTLY, which waits for this transaction.
                 return conn.execute(BACKFILL_PROGRESS).fetchone() is not None
             conn.execute(_SCHEMA)
+            conn.execute(RETENTION_SCHEMA)
             if found == 0:  # a new store: its indexes cost nothing to build
                 for name, how in {**TIME_INDEXES, **TEXT_INDEXES}.items():
                     create_index(conn, name, how, concurrently=False)
@@ -618,6 +643,13 @@ class PostgresWriter(PostgresReader):
         statement, params = self.batch(events, refused)
         with self._connection("write") as conn:
             inserted = {(topic, event_id) for topic, event_id in conn.execute(statement, params)}
+        if self._policy_now.finite and inserted:
+            # Counted apart from the batch's one statement: informational, and a crash
+            # between the two loses at most this batch's late count.
+            stored = [e for e in first_copies(events) if (e.topic, e.event_id) in inserted]
+            if n := late(stored, self._policy_now, datetime.now(UTC)):
+                with self._connection("write") as conn:
+                    count(conn, "late", n)
         return tally(events, refused, inserted).outcome
 
     def batch(
@@ -643,6 +675,7 @@ class PostgresWriter(PostgresReader):
                         "v": tsvector_literal(
                             document(searchable(e.event_id, e.source, e.payload))
                         ),
+                        "k": key_hash(e.topic, e.event_id),
                     }
                     for e in rows
                 ],
@@ -662,6 +695,45 @@ class PostgresWriter(PostgresReader):
             codes = Counter(r.rejection.code for r in refused)
             params.update(_named(("codes", "code_counts"), sorted(codes.items())))
         return self._statements[bool(rows), bool(refused)], params
+
+    @property
+    def policy(self) -> RetentionPolicy:
+        return self._policy_now
+
+    def purge(self, stopping: Callable[[], bool]) -> Purged:
+        """Each chunk in a transaction of its own, under the purge lock (see
+        `postgres_retention`); skipped as soon as another bridge holds it."""
+        with self._connection("purge") as conn:
+            policy = self._policy(conn)
+            floors = self._floors(conn, policy)
+        self._policy_now = policy
+        events = 0
+        for topic, floor in floors.items():
+
+            def chunk(limit: int, topic: str = topic, floor: int = floor) -> int | None:
+                with self._connection("purge") as conn, conn.transaction():
+                    return purge_chunk(conn, topic, floor, limit)
+
+            done = chunks(chunk, stopping)
+            if done is None:
+                return Purged(events, skipped=True)
+            events += done
+        forgotten = 0
+        if policy.horizon_s is not None:
+            horizon_s = policy.horizon_s
+
+            def forget(limit: int) -> int | None:
+                with self._connection("purge") as conn, conn.transaction():
+                    return forget_chunk(conn, horizon_s, limit)
+
+            done = chunks(forget, stopping)
+            if done is None:
+                return Purged(events, skipped=True)
+            forgotten = done
+        if events:
+            with self._connection("purge") as conn:
+                prune_time_seqs(conn)
+        return Purged(events, forgotten)
 
     def heartbeat(self, client_id: str, run_id: str) -> None:
         with self._connection("write") as conn:

@@ -7,7 +7,21 @@
 #                runs it in one process: the default 3 workers mostly wait on processes;
 #                worksteal: a worker that runs out takes tests queued on a busy one, so a
 #                few long tests at the end do not leave the others idle)
-#   make test-fast  the suite without the slow and fault-injection tests
+#   make test-fast  the suite without the slow and fault-injection tests: <= 90 s here.
+#                What stays in it (new tests follow this): a test that takes under ~3 s
+#                here, start-up included, and still covers every module and the path
+#                MQTT -> bridge -> store -> sidecar with a real broker and bridge. Mark it
+#                `slow` (with a comment saying why) when it must let real time pass (a
+#                liveness window, an expiry, a back-off, an autosave), sends tens of
+#                thousands of events or kills and restarts processes more than once; then
+#                keep a quick test of the same logic in the fast set (a small run of the
+#                same check, or its unit). To keep tests quick: start a process only where
+#                the process is the point (CLI in process with tests.helpers.logagg_cli, the
+#                sidecar on a thread with `serving`, stores opened directly); share what
+#                tests cannot disturb (module-scoped stores to read, Chromium per module);
+#                poll every 0.05-0.1 s with a deadline, never sleep a fixed time for a
+#                state you can observe; keep a Hypothesis example cheap (compare with an
+#                answer computed once per example, not once per step).
 #   Without mosquitto, the tests that need a broker are skipped, saying why.
 #   make check   linters, type checks, Dockerfile and compose validation
 #   make lock    re-resolve requirements/*.txt after editing pyproject.toml's
@@ -94,6 +108,11 @@ ensure-mosquitto:
 	  if [ "$$sudo" = none ]; then \
 	    echo "mosquitto is not installed: the broker tests will be skipped (Debian: apt-get install mosquitto mosquitto-clients)"; \
 	  else $$sudo apt-get update && $$sudo apt-get install -y mosquitto mosquitto-clients; fi; }
+	@command -v mosquitto_sub >/dev/null || { \
+	  $(APT_AS); \
+	  if [ "$$sudo" = none ]; then \
+	    echo "mosquitto_sub is not installed: bench --limit cannot run (Debian: apt-get install mosquitto-clients)"; \
+	  else $$sudo apt-get update && $$sudo apt-get install -y mosquitto-clients; fi; }
 
 # The dashboard test (tests/test_dashboard.py) drives Debian's Chromium through Playwright,
 # never a browser Playwright downloads; without it those tests are skipped, saying why.

@@ -10,7 +10,9 @@ inventing topics cannot blow up Prometheus; the unlabelled totals count them all
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -18,7 +20,8 @@ from prometheus_client.registry import Collector
 
 from api.broker_stats import BrokerStats
 from api.models import BUSIEST_TOPICS, busiest_topics
-from bridge.store import SQLiteUrl, StoreReader, StoreUnavailable, StoreUrl
+from api.store_space import StoreSpace
+from bridge.store import RetentionStats, SQLiteUrl, StoreReader, StoreUnavailable, StoreUrl
 
 logger = logging.getLogger("logagg.api.metrics")
 
@@ -113,11 +116,84 @@ class StoreCollector(Collector):
                 "The oldest live bridge's uptime",
                 value=stats.uptime_s,
             )
+        yield from _space_metrics(self._store, self._url)
+        if stats.retention is not None:
+            yield from retention_metrics(stats.retention)
         size = store_size_bytes(self._url)
         if size is not None:
             yield GaugeMetricFamily(
                 "logagg_store_size_bytes", "The SQLite database file and its WAL", value=size
             )
+
+
+def _space_metrics(store: StoreReader, url: StoreUrl) -> Iterator[Metric]:
+    """`logagg_store_full`, the size and cap the bridges last reported, the disk's room."""
+    try:
+        space = StoreSpace.of(store.space_reports(), url)
+    except StoreUnavailable as exc:
+        logger.debug("metrics: store space unknown: %s", exc)
+        return
+    yield GaugeMetricFamily(
+        "logagg_store_full",
+        "1 while a bridge stopped writing and acknowledging: the store reached"
+        " --max-store-bytes or its disk is full (the broker holds the backlog)",
+        value=0 if space.full is None else 1,
+    )
+    if space.used_bytes is not None:
+        yield GaugeMetricFamily(
+            "logagg_store_used_bytes",
+            "The store's size as --max-store-bytes measures it, as a bridge last reported",
+            value=space.used_bytes,
+        )
+    if space.max_bytes is not None:
+        yield GaugeMetricFamily(
+            "logagg_store_max_bytes", "The bridges' --max-store-bytes", value=space.max_bytes
+        )
+    if space.disk_free_bytes is not None:
+        yield GaugeMetricFamily(
+            "logagg_store_disk_free_bytes",
+            "Free space on the SQLite store's disk",
+            value=space.disk_free_bytes,
+        )
+
+
+def retention_metrics(stats: RetentionStats) -> Iterator[Metric]:
+    """The store's retention (+Inf: forever) and what it deleted and remembers."""
+    policy = stats.policy
+    yield GaugeMetricFamily(
+        "logagg_retention_seconds",
+        "How long events are kept after arrival (topics without an override); +Inf: forever",
+        value=math.inf if policy.default_s is None else policy.default_s,
+    )
+    yield GaugeMetricFamily(
+        "logagg_dedup_horizon_seconds",
+        "How long a deleted event's key is kept after it expired; +Inf: forever",
+        value=math.inf if policy.horizon_s is None else policy.horizon_s,
+    )
+    yield CounterMetricFamily(
+        "logagg_events_expired", "Events deleted by retention", value=stats.events_expired
+    )
+    yield GaugeMetricFamily(
+        "logagg_dedup_keys_held",
+        "Keys of deleted events kept for the dedup horizon",
+        value=stats.keys_held,
+    )
+    yield CounterMetricFamily(
+        "logagg_dedup_keys_forgotten",
+        "Keys forgotten past the dedup horizon",
+        value=stats.keys_forgotten,
+    )
+    yield CounterMetricFamily(
+        "logagg_events_late",
+        "Events stored with a timestamp already older than their retention",
+        value=stats.late,
+    )
+    if stats.oldest_received_at is not None:
+        yield GaugeMetricFamily(
+            "logagg_oldest_event_received_timestamp_seconds",
+            "When the oldest event reads return arrived (Unix time)",
+            value=datetime.fromisoformat(stats.oldest_received_at).timestamp(),
+        )
 
 
 class BrokerCollector(Collector):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from bridge.store import Bucket, Stats, StoredEvent, StoredRejection, TopicStats
+from bridge.retention import show_duration
+from bridge.store import Bucket, RetentionStats, Stats, StoredEvent, StoredRejection, TopicStats
 
 # /stats lists this many topics unless asked for more, and /metrics labels as many.
 BUSIEST_TOPICS = 50
@@ -48,6 +49,47 @@ class PublishFailed(BaseModel):
     accepted: int
 
 
+class RetentionReport(BaseModel):
+    """The store's retention policy (as the last bridge started declared it) and what it did."""
+
+    retention: str = Field(description="How long events are kept after arrival, or forever")
+    retention_s: float | None = Field(description="The same in seconds; null: forever")
+    retention_topics: list[str] = Field(
+        description="Per-topic overrides, FILTER=DURATION, the first match wins"
+    )
+    dedup_horizon: str = Field(
+        description="How long a deleted event's key is kept, so a copy is still a duplicate"
+    )
+    dedup_horizon_s: float | None = Field(description="The same in seconds; null: forever")
+    oldest_received_at: str | None = Field(
+        description="When the oldest event reads still return arrived; null when none"
+    )
+    events_expired: int = Field(description="Events deleted because their retention ran out")
+    keys_held: int = Field(description="Keys of deleted events kept for the dedup horizon")
+    keys_forgotten: int = Field(
+        description="Keys forgotten after the horizon: a copy of their event is stored again"
+    )
+    late: int = Field(
+        description="Events stored with a timestamp already older than their retention"
+    )
+
+    @classmethod
+    def of(cls, stats: RetentionStats) -> RetentionReport:
+        policy = stats.policy
+        return cls(
+            retention=show_duration(policy.default_s),
+            retention_s=policy.default_s,
+            retention_topics=[rule.text for rule in policy.rules],
+            dedup_horizon=show_duration(policy.horizon_s),
+            dedup_horizon_s=policy.horizon_s,
+            oldest_received_at=stats.oldest_received_at,
+            events_expired=stats.events_expired,
+            keys_held=stats.keys_held,
+            keys_forgotten=stats.keys_forgotten,
+            late=stats.late,
+        )
+
+
 class StatsReport(BaseModel):
     received: int
     unique_processed: int
@@ -81,6 +123,31 @@ class StatsReport(BaseModel):
         default=None,
         description="Set once the broker dropped messages or a queue reaches 80% of a limit",
     )
+    # From the live bridges' reports (bridge/capacity.py, api/store_space.py).
+    store_full: bool = Field(
+        default=False,
+        description="True while a bridge has stopped writing and acknowledging because the"
+        " store reached --max-store-bytes or its disk is full (the broker holds the backlog)",
+    )
+    store_full_reason: str | None = Field(
+        default=None, description="Why, with the figures, while `store_full`"
+    )
+    store_used_bytes: int | None = Field(
+        default=None,
+        description="The store's size as the cap measures it (SQLite: used pages and WAL;"
+        " PostgreSQL: logagg's tables), as a bridge with a cap last reported it",
+    )
+    max_store_bytes: int | None = Field(
+        default=None, description="The bridges' --max-store-bytes; null: no cap"
+    )
+    store_disk_free_bytes: int | None = Field(
+        default=None,
+        description="Free space on a SQLite store's disk (below 1 MiB: `store_full`);"
+        " null for PostgreSQL",
+    )
+    retention: RetentionReport | None = Field(
+        default=None, description="Retention and the dedup horizon (issue 12)"
+    )
 
     @classmethod
     def of(cls, stats: Stats, topics: int | None) -> StatsReport:
@@ -95,6 +162,7 @@ class StatsReport(BaseModel):
             topics_total=len(stats.topics),
             rejected_by_code=stats.rejected_by_code,
             uptime_s=stats.uptime_s,
+            retention=None if stats.retention is None else RetentionReport.of(stats.retention),
         )
 
 
@@ -141,6 +209,11 @@ class Health(BaseModel):
         default="unknown",
         description='"ok" while a bridge heartbeat is fresh, else why not. Informational: it does'
         " not change the status code, since the sidecar may run before or without a bridge",
+    )
+    store_space: str = Field(
+        default="ok",
+        description='"ok", or why a bridge stopped writing and acknowledging: the store'
+        " reached its cap or its disk is full (then the status is 503)",
     )
     broker_queue: str = Field(
         default="unknown",

@@ -5,6 +5,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+# Jitter from a generator of our own, not the process's global one: the sidecar's retry
+# loops run on threads next to whatever else the process draws (in the tests, Hypothesis,
+# which fails a test whose global random state another thread moved).
+_jitter = random.Random()
+
 
 @dataclass(slots=True)
 class Backoff:
@@ -23,7 +28,7 @@ class Backoff:
 
     def delay(self) -> float:
         current, self._next = self._next, min(self._next * 2, self.cap)
-        return random.uniform(current / 2, current)
+        return _jitter.uniform(current / 2, current)
 
     def reset(self) -> None:
         self._next = self.first

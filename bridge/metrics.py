@@ -77,6 +77,13 @@ class BridgeMetrics:
             registry=self.registry,
         )
 
+        self._store_full = Gauge(
+            "logagg_bridge_store_full",
+            "1 while the store has no room (its cap reached, or its disk full): nothing is"
+            " written or acknowledged",
+            registry=self.registry,
+        )
+
     def received(self, messages: int) -> None:
         self._received.inc(messages)
 
@@ -90,6 +97,9 @@ class BridgeMetrics:
 
     def store_retry(self) -> None:
         self._store_retries.inc()
+
+    def store_full(self, full: bool) -> None:
+        self._store_full.set(1 if full else 0)
 
     def connected(self, up: bool) -> None:
         self._connected.set(1 if up else 0)

@@ -191,12 +191,26 @@ def bench(
             " sampled) and replay --count of its events against bare paho (issue 12)"
         ),
     ] = False,
+    limit: Annotated[
+        bool,
+        typer.Option(
+            help="Only the same backlog (30% duplicates) drained by mosquitto_sub, bare"
+            " aiomqtt and the bridge with durability full and normal, each alone (issue 13)"
+        ),
+    ] = False,
     queries: Annotated[
         int | None, typer.Option(help="Query run: random queries of each kind (default 200)")
     ] = None,
     deep_page: Annotated[
         int | None,
         typer.Option(help="Query run: the page compared with page 1 (default 1,000)"),
+    ] = None,
+    sidecar_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="HTTP run: also through this checkout's sidecar (e.g. main's, from git"
+            " archive), for a before/after in the same run"
+        ),
     ] = None,
     quick: Annotated[
         bool, typer.Option(help="Every scenario, small: under 30 s, to prove it works")
@@ -224,6 +238,7 @@ def bench(
             compare_scaling=compare_scaling,
             query=query,
             export=export,
+            limit_only=limit,
             json_out=json_out,
             echo=typer.echo,
             count=count,
@@ -241,6 +256,7 @@ def bench(
             store=store,
             queries=queries,
             deep_page=deep_page,
+            sidecar_from=sidecar_from.resolve() if sidecar_from else None,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -288,14 +304,10 @@ StoreFlag = Annotated[
 
 @app.command(name="search")
 @with_settings(ViewSettings)
+@search.with_query_flags
 def search_command(
     config: ViewSettings,
-    topic: search.TopicFlag = None,
-    since: search.SinceFlag = None,
-    until: search.UntilFlag = None,
-    source: search.SourceFlag = None,
-    q: search.TextFlag = None,
-    field: search.FieldFlag = None,
+    params: search.Params,
     order: Annotated[
         str | None, typer.Option(help="asc (default: oldest first) or desc (newest first)")
     ] = None,
@@ -311,7 +323,6 @@ def search_command(
     """Print the stored events a query finds, one a line: seq time topic source event_id
     payload. Exit status 2 names a refused flag."""
     logs.configure(log_level, log_format)
-    params = search.query_params(topic, since, until, source, q, field)
     search.run(
         [*params, *([("order", order)] if order is not None else [])],
         limit=None if every else limit,
@@ -323,14 +334,10 @@ def search_command(
 
 @app.command()
 @with_settings(ViewSettings)
+@search.with_query_flags
 def tail(
     config: ViewSettings,
-    topic: search.TopicFlag = None,
-    since: search.SinceFlag = None,
-    until: search.UntilFlag = None,
-    source: search.SourceFlag = None,
-    q: search.TextFlag = None,
-    field: search.FieldFlag = None,
+    params: search.Params,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Then print each event as it is stored")
     ] = False,
@@ -351,8 +358,7 @@ def tail(
     try:
         with sidecar(config) as client:
             events = follow_events if follow else latest
-            filters = search.query_params(topic, since, until, source, q, field)
-            for event in events(client, filters, lines):
+            for event in events(client, params, lines):
                 typer.echo(one_line(event))
     except QueryRefused as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -366,14 +372,10 @@ def tail(
 
 @app.command(name="export")
 @with_settings(ViewSettings)
+@search.with_query_flags
 def export_command(
     config: ViewSettings,
-    topic: search.TopicFlag = None,
-    since: search.SinceFlag = None,
-    until: search.UntilFlag = None,
-    source: search.SourceFlag = None,
-    q: search.TextFlag = None,
-    field: search.FieldFlag = None,
+    params: search.Params,
     after: Annotated[
         int | None, typer.Option(min=0, help="Only events with a larger seq: resumes an export")
     ] = None,
@@ -385,7 +387,6 @@ def export_command(
     """Write every stored event the filters match (those of `search`), oldest first, as
     NDJSON: the input of `logagg replay`. Progress on stderr when it is a terminal."""
     logs.configure(log_level, log_format)
-    params = search.query_params(topic, since, until, source, q, field)
     resume = [("after", str(after))] if after is not None else []
     export.run([*params, *resume], output=output, view=config, store=store)
 

@@ -67,7 +67,7 @@ def with_settings(
                 KEYWORD_ONLY,
                 default=_shown_default(field),
                 annotation=Annotated[
-                    _option_type(field.annotation),
+                    list[str] | None if _repeatable(field) else _option_type(field.annotation),
                     typer.Option(*flags[name], help=_help_text(model, name, field)),
                 ],
             )
@@ -80,6 +80,13 @@ def with_settings(
         return run
 
     return decorate
+
+
+def _repeatable(field: FieldInfo) -> bool:
+    """A field marked `json_schema_extra={"repeatable": True}` is a flag given once per
+    item (its environment variable stays one text the model parses)."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("repeatable") is True
 
 
 def _from_command_line(context: typer.Context, name: str) -> bool:
@@ -132,6 +139,8 @@ def _shown_default(field: FieldInfo) -> Any:
     value = field.default
     for serializer in (m for m in field.metadata if isinstance(m, PlainSerializer)):
         value = cast(Callable[[Any], Any], serializer.func)(value)
+    if _repeatable(field):
+        return [str(item) for item in value] or None
     if isinstance(value, list | tuple):
         return ",".join(map(str, value)) or None
     return value

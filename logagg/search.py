@@ -2,17 +2,19 @@
 (or NDJSON), read page by page from the sidecar (`GET /events`, following `next`) or,
 with `--store`, from the store itself; and the query flags `logagg tail` shares.
 
-The flags (declared here, registered in logagg/cli.py) are the query parameters of
-`GET /events` (README, "Searching"), parsed by the same `bridge.query.parse_query`, so a
-refused one exits with status 2 naming it. Heavy imports wait for the command to run:
-`logagg --help` stays quick.
+The query flags, declared once here and given to both commands by `with_query_flags`, are
+the query parameters of `GET /events` (README, "Searching"), parsed by the same
+`bridge.query.parse_query`, so a refused one exits with status 2 naming it. Heavy imports
+wait for the command to run: `logagg --help` stays quick.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,54 +24,77 @@ if TYPE_CHECKING:
     from bridge.store import StoredEvent, StoreReader
     from logagg.settings import ViewSettings
 
-TopicFlag = Annotated[
-    str | None, typer.Option(help="A topic, or an MQTT filter: auth/+/prod, auth/# (+ and #)")
-]
-SinceFlag = Annotated[
-    str | None,
-    typer.Option(
-        help="Only events stamped at or after this: ISO-8601 with an offset"
-        " (2026-12-01T14:02:00Z), or a span before now (90s, 15m, 2h, 7d)"
-    ),
-]
-UntilFlag = Annotated[str | None, typer.Option(help="Only events stamped before this (as --since)")]
-SourceFlag = Annotated[str | None, typer.Option(help="Only events from this source")]
-TextFlag = Annotated[
-    str | None,
-    typer.Option(
-        "--q",
-        "-q",
-        help='Full text: words (all must be found), "a phrase", -word (not), word* (prefix);'
-        " case and diacritics ignored",
-    ),
-]
-FieldFlag = Annotated[
-    list[str] | None,
-    typer.Option(
-        help="path:value, repeatable (all must hold): level:error, http.status:503 (a number"
-        ' compared as a number), code:"503" (a string)'
-    ),
-]
+# The query flags `search` and `tail` share, each the `GET /events` parameter of its name
+# (`--field` repeatable, as `field` is).
+QUERY_FLAGS: dict[str, Any] = {
+    "topic": Annotated[
+        str | None,
+        typer.Option(help="A topic, or an MQTT filter: auth/+/prod, auth/# (+ and #)"),
+    ],
+    "since": Annotated[
+        str | None,
+        typer.Option(
+            help="Only events stamped at or after this: ISO-8601 with an offset"
+            " (2026-12-01T14:02:00Z), or a span before now (90s, 15m, 2h, 7d)"
+        ),
+    ],
+    "until": Annotated[
+        str | None, typer.Option(help="Only events stamped before this (as --since)")
+    ],
+    "source": Annotated[str | None, typer.Option(help="Only events from this source")],
+    "q": Annotated[
+        str | None,
+        typer.Option(
+            "--q",
+            "-q",
+            help='Full text: words (all must be found), "a phrase", -word (not), word*'
+            " (prefix); case and diacritics ignored",
+        ),
+    ],
+    "field": Annotated[
+        list[str] | None,
+        typer.Option(
+            help="path:value, repeatable (all must hold): level:error, http.status:503 (a"
+            ' number compared as a number), code:"503" (a string)'
+        ),
+    ],
+}
+
+Params = list[tuple[str, str]]
+KEYWORD_ONLY = inspect.Parameter.KEYWORD_ONLY
+
+
+def with_query_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the query flags in place of its second parameter, which receives
+    them as `GET /events` parameters (those given, in QUERY_FLAGS' order). Goes under
+    `with_settings`, which fills the first."""
+    config, _params, *own = inspect.signature(command, eval_str=True).parameters.values()
+
+    @functools.wraps(command)
+    def run(settings: Any, **values: Any) -> None:
+        given = [(name, values.pop(name)) for name in QUERY_FLAGS]
+        params = [(name, v) for name, value in given for v in _values(value)]
+        command(settings, params, **values)
+
+    flags = [
+        inspect.Parameter(name, KEYWORD_ONLY, default=None, annotation=annotation)
+        for name, annotation in QUERY_FLAGS.items()
+    ]
+    params = [config, *flags, *(p.replace(kind=KEYWORD_ONLY) for p in own)]
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
+
+
+def _values(value: str | list[str] | None) -> list[str]:
+    return [] if value is None else [value] if isinstance(value, str) else value
+
 
 # Events asked for per request: the sidecar's default `read_limit_max`.
 PAGE = 1000
 
 # A page of events and the cursor for the next one, given the query's parameters.
-PageReader = Callable[[list[tuple[str, str]]], tuple[list["StoredEvent"], str | None]]
-
-
-def query_params(
-    topic: str | None,
-    since: str | None,
-    until: str | None,
-    source: str | None,
-    q: str | None,
-    fields: list[str] | None,
-) -> list[tuple[str, str]]:
-    """The flags given, as the query parameters of `GET /events`."""
-    named = [("topic", topic), ("since", since), ("until", until), ("source", source), ("q", q)]
-    given = [(name, value) for name, value in named if value is not None]
-    return given + [("field", field) for field in fields or []]
+PageReader = Callable[[Params], tuple[list["StoredEvent"], str | None]]
 
 
 def found(

@@ -19,6 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from api.models import EventPage, StatsReport, busiest_topics
 from bridge.backoff import Backoff
+from bridge.capacity import size_text
 from bridge.store import StoredEvent
 from logagg.settings import ViewSettings
 
@@ -205,6 +206,16 @@ def _broker(report: StatsReport) -> str:
     return f"{text}: {report.broker_warning}" if report.broker_warning else text
 
 
+def _store(report: StatsReport) -> str | None:
+    """Whether the bridges write, when there is something to say: full, or how much of a cap."""
+    if report.store_full:
+        return f"FULL, not writing: {report.store_full_reason}"
+    if report.max_store_bytes is None or report.store_used_bytes is None:
+        return None
+    used, cap = report.store_used_bytes, report.max_store_bytes
+    return f"{size_text(used)} of its cap {size_text(cap)} ({used / cap:.0%})"
+
+
 def summary(report: StatsReport) -> str:
     """`/stats` for people: the totals, the rejection reasons, the busiest topics."""
     bridge = (
@@ -222,6 +233,19 @@ def summary(report: StatsReport) -> str:
     lines = [f"{name:<12}{count:>14,}  {note}".rstrip() for name, count, note in rows]
     lines.append(f"{'bridge':<12}{bridge}")
     lines.append(f"{'broker':<12}{_broker(report)}")
+    if (store := _store(report)) is not None:
+        lines.append(f"{'store':<12}{store}")
+    kept = report.retention
+    if kept is not None and (kept.retention_s is not None or kept.retention_topics):
+        rules = "".join(f", {rule}" for rule in kept.retention_topics)
+        lines.append(
+            f"{'retention':<12}{kept.retention}{rules}; keys kept {kept.dedup_horizon} more;"
+            f" oldest {kept.oldest_received_at or 'none'}"
+        )
+        lines.append(
+            f"{'expired':<12}{kept.events_expired:>14,}  events; keys held {kept.keys_held:,},"
+            f" forgotten {kept.keys_forgotten:,}; late {kept.late:,}"
+        )
     topics = [(t.translate(_CONTROL), c) for t, c in busiest_topics(report.topics, TOPICS_SHOWN)]
     if topics:
         width = max(len("topic"), *(len(t) for t, _ in topics))

@@ -123,6 +123,34 @@ def immutable(tmp_path: Path) -> Iterator[Callable[[list[Path], bool], None]]:
 
 
 @pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mounts a tmpfs of the given size (`mount -o size=…`: 4m, 64m) under `tmp_path`: a
+    small disk that really fills up. Each is unmounted after the test (ask for it before
+    the fixtures whose processes write there, so that they stop first); skipped, saying why,
+    where mounting is not permitted (not root, no CAP_SYS_ADMIN)."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        where = tmp_path / f"disk-{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        # Lazily if a process still holds a file there: the mount goes when it lets go.
+        if subprocess.run(["umount", str(where)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
 def sidecar(store_url: str) -> Iterator[Sidecar]:
     """Starts sidecars on `store_url`; every one is stopped after the test."""
     with ExitStack() as stack:
@@ -142,19 +170,31 @@ def client(broker: Mosquitto, bridge_factory: StartBridge, sidecar: Sidecar) -> 
     return sidecar(broker.url)
 
 
-@pytest.fixture
-def browser(sidecar: Sidecar) -> Iterator[Browser]:
-    """Headless Chromium; asks for `sidecar` so that it closes (and drops its live streams)
-        before any sidecar stops: uvicorn waits for open responses when shutting down. Without
-    Debian's chromium the test is skipped, saying why."""
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """Headless Chromium, launched once per module (3-5 s a launch under load). Module, not
+    session, scope: while Playwright's sync API runs, the thread has a running event loop,
+    so asyncio.run() fails in whatever test would follow on this worker. Without Debian's
+    chromium the test is skipped, saying why."""
     if not CHROMIUM.exists():
         pytest.skip(NO_CHROMIUM)
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            yield chromium
+            yield launched
         finally:
-            chromium.close()
+            launched.close()
+
+
+@pytest.fixture
+def browser(chromium: Browser, sidecar: Sidecar) -> Iterator[Browser]:
+    """The module's Chromium, with every page a test opens closed after it (each
+    `new_page` has a context of its own: no cookie or storage is shared). Asks for `sidecar`
+    so that the pages close (and drop their live streams) before any sidecar stops: uvicorn
+    waits for open responses when shutting down."""
+    yield chromium
+    for context in chromium.contexts:
+        context.close()
 
 
 @pytest.fixture(scope="module")

@@ -51,8 +51,14 @@ def test_publish_single_and_batch_are_stored_by_the_bridge(
     wait_for_stats(store_url, lambda s: s.received == 4 and s.uptime_s is not None)
     stats = client.get("/stats").json()
     assert stats["uptime_s"] >= 0
-    # The broker_* fields are the broker's own counters: tests/test_broker_losses.py.
-    mine = {k: v for k, v in stats.items() if k != "uptime_s" and not k.startswith("broker_")}
+    # The broker_* fields are the broker's own counters: tests/test_broker_losses.py; the
+    # store's room (store_*, max_store_bytes): tests/test_capacity.py.
+    assert stats["store_full"] is False
+    mine = {
+        k: v
+        for k, v in stats.items()
+        if k != "uptime_s" and not k.startswith(("broker_", "store_")) and k != "max_store_bytes"
+    }
     assert mine == {
         "received": 4,
         "unique_processed": 3,
@@ -64,7 +70,20 @@ def test_publish_single_and_batch_are_stored_by_the_bridge(
         },
         "topics_total": 2,
         "rejected_by_code": {},
+        "retention": {
+            "retention": "forever",
+            "retention_s": None,
+            "retention_topics": [],
+            "dedup_horizon": "forever",
+            "dedup_horizon_s": None,
+            "oldest_received_at": mine["retention"]["oldest_received_at"],
+            "events_expired": 0,
+            "keys_held": 0,
+            "keys_forgotten": 0,
+            "late": 0,
+        },
     }
+    assert mine["retention"]["oldest_received_at"] is not None
 
     page = client.get("/events").json()
     stored = page["events"]
@@ -336,7 +355,7 @@ def test_healthz_ok_then_names_the_broker_when_it_stops(
         time.sleep(0.1)
     assert (healthy.status_code, healthy.json()) == (
         200,
-        {"store": "ok", "broker": "ok", "bridge": "ok", "broker_queue": "ok"},
+        {"store": "ok", "broker": "ok", "bridge": "ok", "store_space": "ok", "broker_queue": "ok"},
     )
 
     broker.stop()

@@ -7,6 +7,7 @@ stored each distinct event exactly once, never how fast.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,24 @@ import pytest
 
 from bench import chart_read
 from bench.broker_queue import measure
+from bench.profile import summarise
 from tests.helpers import logagg_cli
 
 pytestmark = pytest.mark.broker
+
+
+def bench(args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`logagg bench ARGS` in its own process, which must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", "logagg", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
 
 SECTIONS = {"machine", "config", "drain", "latency", "http", "growth", "memory", "targets"}
 
@@ -73,14 +89,7 @@ def test_bench_drain_with_two_bridges_on_postgresql(pg_url: str, tmp_path: Path)
     out = tmp_path / "bench.json"
     args = ["--quick", "--bridges", "2", "--store", pg_url, "--json-out", str(out)]
     args += ["--skip", "latency", "--skip", "http", "--skip", "growth", "--skip", "memory"]
-    done = subprocess.run(
-        [sys.executable, "-m", "logagg", "bench", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = bench(args, timeout=60)
     drain = json.loads(out.read_text())["drain"]
     assert (drain["bridges"], drain["store"]) == (2, "postgresql")
     [run] = drain["bridge"]["runs"]
@@ -106,3 +115,42 @@ def test_chart_read_counts_only_the_last_minutes(tmp_path: Path) -> None:
     events, however many older ones lie before them."""
     result = chart_read.measure(tmp_path / "store.db", 2_000, 300)
     assert (result["events"], result["counted"]) == (2_300, 300)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("mosquitto_sub") is None, reason="needs mosquitto_sub (mosquitto-clients)"
+)
+def test_bench_limit_drains_one_backlog_with_four_consumers(tmp_path: Path) -> None:
+    """`logagg bench --limit`, small: mosquitto_sub, bare aiomqtt and the bridge (full and
+    normal) each drain the same backlog of 30% duplicates; the bridges store each distinct
+    event once, the C client reads every message, and the ratios are to the C client."""
+    out = tmp_path / "bench.json"
+    args = ["--limit", "--count", "3000", "--repeat", "2", "--json-out", str(out)]
+    done = bench(args, timeout=240)
+    limit = json.loads(out.read_text())["limit"]
+    assert limit["dup_ratio"] == 0.3
+    consumers = limit["consumers"]
+    assert set(consumers) == {"c_client", "aiomqtt", "bridge_full", "bridge_normal"}
+    assert consumers["c_client"]["vs_c_client"] == 1.0
+    assert [r["messages"] for r in consumers["c_client"]["runs"]] == [3000, 3000]
+    for name in ("bridge_full", "bridge_normal"):
+        assert [r["unique"] for r in consumers[name]["runs"]] == [limit["distinct"]] * 2
+    first, second = limit["orders"]
+    assert sorted(first) == sorted(second) == sorted(consumers)
+    assert first[0] != second[0]  # load falls on each in turn
+    assert "mosquitto_sub -c -q 1" in done.stdout
+
+
+def test_profile_summary_counts_each_function_by_its_innermost_frames() -> None:
+    """py-spy's raw stacks, summed by the function running itself, lines apart."""
+    raw = (
+        "<module> (bridge/main.py:3);record (bridge/store/postgres.py:610) 6\n"
+        "<module> (bridge/main.py:3);record (bridge/store/postgres.py:612) 2\n"
+        "<module> (bridge/main.py:3);decode (json/decoder.py:337) 2\n"
+        "garbage\n"
+    )
+    assert summarise(raw) == {
+        "samples": 10,
+        "self_share": {"record (postgres.py)": 0.8, "decode (decoder.py)": 0.2},
+    }

@@ -22,6 +22,9 @@ def client_id(bridge: BridgeProcess) -> str:
     return str(found[-1])
 
 
+# Slow: five real drops through the reconnect back-off, then 3 s to see the other stays up
+# (the counting itself is tested at once below, on `Refusals`).
+@pytest.mark.slow
 @pytest.mark.broker
 def test_two_bridges_with_one_client_id_one_stops_naming_the_clash(
     bridge_factory: StartBridge,

@@ -57,6 +57,7 @@ def test_dashboard_shows_the_stats_and_streams_new_events(
     # The broker's own counters ($SYS, retained: read as soon as the sidecar subscribed).
     page.wait_for_selector("#broker-dropped[data-value='0']", timeout=5000)
     assert page.inner_text("#broker") == "broker queue ok"
+    assert page.inner_text("#store") == "store ok"  # no cap, room on the disk
     assert "% of its limit" in page.inner_text("#broker-queue")
     assert page.inner_text("#reject-codes") == "not_json 1"
     rows = page.locator("#topics tr").all_inner_texts()

@@ -21,9 +21,17 @@ from tests.helpers import Sidecar, nowhere, open_dashboard, random_events
 
 pytestmark = [pytest.mark.browser]
 
-_now = datetime.now(UTC).replace(microsecond=0)
-# A few seconds ago, and 2 s past a multiple of 5 s: never at the start of a histogram bucket.
-NOW = _now - timedelta(seconds=_now.second % 5 + 3)
+
+def recent() -> datetime:
+    """A few seconds ago, and 2 s past a multiple of 5 s: never at the start of a histogram
+    bucket."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    return now - timedelta(seconds=now.second % 5 + 3)
+
+
+# The events' "now", taken again as each test starts (`fresh_now`): taken once at import, a
+# test run more than 10 minutes later (a slow run) found its oldest event out of the hour.
+NOW = recent()
 # (event_id, minutes ago, topic, message): three "timeout"s, spread over the last hour.
 EVENTS = [
     ("t1", 50, "auth/prod", "login timeout for user 7"),
@@ -41,6 +49,11 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgres":
         return str(request.getfixturevalue("pg_url"))
     return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture(autouse=True)
+def fresh_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(globals(), "NOW", recent())
 
 
 def stamped(event_id: str, minutes_ago: int, topic: str, msg: str, **payload: Any) -> Event:

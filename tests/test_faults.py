@@ -17,10 +17,9 @@ import json
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -148,24 +147,6 @@ def test_broker_sigkilled_mid_stream_measures_acknowledged_loss(
     assert "broker unreachable" in bridge.output()
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MB tmpfs to hold the store, unmounted after the test."""
-    mountpoint = tmp_path / "disk"
-    mountpoint.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
 def fill(directory: Path) -> Path:
     """Write zeros until the filesystem is full; the file is the space to free later."""
     filler = directory / "filler"
@@ -176,16 +157,17 @@ def fill(directory: Path) -> Path:
 
 
 def test_store_disk_full_holds_messages_and_resumes(
+    tmpfs: Callable[[str], Path],
     broker: Mosquitto,
     bridge_factory: StartBridge,
-    tiny_disk: Path,
 ) -> None:
     """The store's filesystem fills up (SQLITE_FULL): the bridge holds the batch unacked, logs
     the reason once per interval rather than per retry, and once space is freed it resumes
     with every event stored exactly once.
 
-    /healthz says so meanwhile: the store still reads (200), but the bridge's heartbeat, a
-    write, has stopped, and its `bridge` field says that no bridge can write the store."""
+    /healthz says so meanwhile: 503, `store_space` naming the full disk (the sidecar sees
+    it itself: the bridge's heartbeat, a write, has stopped too, as `bridge` says)."""
+    tiny_disk = tmpfs("16m")
     url = f"sqlite:///{tiny_disk / 'logagg.db'}"
     bridge = bridge_factory(store=url)
     first = make_stream(1_000, 0.2, seed=21)
@@ -195,7 +177,7 @@ def test_store_disk_full_holds_messages_and_resumes(
     second = make_stream(5_000, 0.3, seed=22)
     publish_raw(broker.port, second)  # the broker takes them: the bridge holds, unacked
     deadline = time.monotonic() + 60
-    while "store unavailable" not in bridge.output():
+    while "store full for" not in bridge.output():
         assert time.monotonic() < deadline, bridge.output()[-3000:]
         time.sleep(0.2)
     held_from = time.monotonic()
@@ -205,7 +187,8 @@ def test_store_disk_full_holds_messages_and_resumes(
         time.sleep(3)  # past the 2 s liveness window asked for here
         health = api.get("/healthz")
         uptime = api.get("/stats").json().get("uptime_s")
-    assert health.status_code == 200
+    assert health.status_code == 503
+    assert f"the disk of {tiny_disk / 'logagg.db'} is full" in health.json()["store_space"]
     assert "cannot write the store" in health.json()["bridge"]
     assert uptime is None
     filler.unlink()
@@ -214,9 +197,9 @@ def test_store_disk_full_holds_messages_and_resumes(
     held_s = time.monotonic() - held_from
     assert_exactly_once(url, everything)
     log = bridge.output()
-    assert "store available again" in log
+    assert "store has room again" in log
     # At most one line per 30 s of failure (plus the first), however many retries there were.
-    assert 1 <= log.count("store unavailable, holding") <= 1 + int(held_s // 30) + 1
+    assert 1 <= log.count("store full for") <= 1 + int(held_s // 30) + 1
     assert "database or disk is full" in log
 
 

@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 
 from bridge.receive.acks import Acks
 from bridge.receive.inbox import Inbox, Received
-from bridge.receive.wire import PUBACK, READ_SIZE
+from bridge.receive.wire import PUBACK, READ_SIZE, ReadBuffer, decode_publish
 from bridge.session import session_options
 from supervise.mosquitto import Mosquitto, free_port
 from tests.helpers import publish_raw
@@ -221,6 +221,46 @@ def test_coalesced_pubacks_are_the_bytes_paho_sends() -> None:
     assert failing.send([m._replace(connection=failing.connecting()) for m in batch]) == 0
 
 
+def _publish_packet(topic: bytes, mid: int, body: bytes) -> bytes:
+    """A QoS 1 MQTT 5 PUBLISH (no properties), as a broker sends it."""
+    rest = len(topic).to_bytes(2, "big") + topic + mid.to_bytes(2, "big") + b"\x00" + body
+    length, size = b"", len(rest)
+    while True:
+        byte, size = size % 128, size // 128
+        length += bytes([byte | (128 if size else 0)])
+        if not size:
+            break
+    return bytes([0x32]) + length + rest
+
+
+def test_whole_publish_takes_only_complete_publish_packets_from_the_buffer() -> None:
+    """The inbox decodes a PUBLISH itself only when all of it is in the buffer; anything
+    else (another packet, a PUBLISH cut by the buffer's end) stays there for paho."""
+    big = _publish_packet(b"logs/t", 2, b"y" * 300)  # a 2-byte remaining length
+    chunks = [_publish_packet(b"logs/t", 1, b"x"), big, b"\xd0\x00", big[:4]]
+    buffer = ReadBuffer(lambda size: b"".join(chunks))
+    buffer.reads_left = 1
+    assert buffer.whole_publish() is None  # nothing read yet: paho reads first
+    assert buffer.recv(1) == b"\x32"  # paho takes a byte: the buffer is filled
+    buffer.clear()
+    buffer.reads_left = 1
+    buffer.recv(0)
+    first = buffer.whole_publish()
+    assert first is not None
+    assert decode_publish(*first, v5=True) == ("logs/t", b"x", 1, 1, False)
+    second = buffer.whole_publish()
+    assert second is not None
+    assert decode_publish(*second, v5=True) == ("logs/t", b"y" * 300, 2, 1, False)
+    assert buffer.whole_publish() is None  # a PINGRESP: paho's
+    assert buffer.recv(2) == b"\xd0\x00"
+    assert buffer.whole_publish() is None  # cut short: paho reads the rest when it comes
+    assert len(buffer) == 4
+    malformed = ReadBuffer(lambda size: b"\x30\xff\xff\xff\xff\x01")
+    malformed.reads_left = 1
+    malformed.recv(0)
+    assert malformed.whole_publish() is None  # a 5-byte length: paho refuses it
+
+
 def test_inbox_reads_properties_qos0_and_payloads_larger_than_its_buffer(
     broker: Mosquitto,
 ) -> None:
@@ -348,5 +388,32 @@ def test_inbox_takes_and_holds_bodies_up_to_a_byte_budget(broker: Mosquitto) -> 
             assert len(batch) == 1 or sum(len(m.body) for m in batch) <= 250_000
         got = [m for batch in batches for m in batch]
         assert [m.body for m in got] == bodies
+
+    asyncio.run(scenario())
+
+
+def test_gather_waits_for_a_full_batch_or_the_commit() -> None:
+    """While a batch commits, the consumer waits for a full batch to parse, or for the
+    commit to end, whichever comes first; no message is taken meanwhile."""
+
+    async def scenario() -> None:
+        inbox = Inbox(aiomqtt.Client("127.0.0.1", free_port()), max_waiting=100)
+        inbox.connecting()
+        packet = _publish_packet(b"logs/t", 1, b"{}")[2:]  # after the 1-byte length
+        commit = asyncio.get_running_loop().create_future()
+        waiting = asyncio.create_task(inbox.gather(3, commit))
+        for _ in range(2):
+            inbox._hold(0x32, packet)
+            await asyncio.sleep(0.01)
+            assert not waiting.done()
+        inbox._hold(0x32, packet)
+        await asyncio.wait_for(waiting, 1)  # a full batch
+        assert len(inbox) == 3
+        waiting = asyncio.create_task(inbox.gather(10, commit))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        commit.set_result(True)
+        await asyncio.wait_for(waiting, 1)  # the commit's end
+        assert len(inbox) == 3
 
     asyncio.run(scenario())

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from api.metrics import TOP_TOPICS, StoreCollector, store_size_bytes
-from bridge.store import Stats, StoreUnavailable, TopicStats, parse_store_url
+from bridge.store import SpaceReport, Stats, StoreUnavailable, TopicStats, parse_store_url
 from supervise.mosquitto import Mosquitto, free_port
 from tests.helpers import (
     Samples,
@@ -75,6 +75,9 @@ class FakeStore:
         if self._stats is None:
             raise StoreUnavailable("gone")
         return self._stats
+
+    def space_reports(self) -> list[SpaceReport]:
+        return []
 
 
 def test_sidecar_metrics_label_only_the_busiest_topics() -> None:

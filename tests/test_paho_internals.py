@@ -21,8 +21,11 @@ from bridge.receive.paho_internals import (
     IN_PACKET,
     IN_PACKET_BYTES,
     IN_PACKET_COMMAND,
+    IN_PACKET_IDLE,
+    LAST_BYTES_RECEIVED,
     LOOP_RC_HANDLE,
     LOOP_READ,
+    MSGTIME_MUTEX,
     PACKET_QUEUE,
     PACKET_READ,
     PROVEN,
@@ -85,6 +88,19 @@ def test_paho_packet_and_socket_state_are_where_expected() -> None:
     assert fields <= packet.keys(), f"{IN_PACKET} lacks {fields - packet.keys()}: {RECHECK}"
     assert isinstance(packet[IN_PACKET_COMMAND], int), f"{IN_PACKET} changed: {RECHECK}"
     assert isinstance(packet[IN_PACKET_BYTES], bytearray), f"{IN_PACKET} changed: {RECHECK}"
+    assert packet[IN_PACKET_COMMAND] == IN_PACKET_IDLE, f"{IN_PACKET} starts anew: {RECHECK}"
+    heard = getattr(client, LAST_BYTES_RECEIVED, None)
+    assert isinstance(heard, float), f"paho.Client.{LAST_BYTES_RECEIVED} moved: {RECHECK}"
+    assert abs(heard - paho.time_func()) < 60, f"paho's keepalive clock changed: {RECHECK}"
+    with getattr(client, MSGTIME_MUTEX):  # a lock, as paho takes it
+        pass
+
+
+def test_paho_notes_the_keepalive_clock_for_each_packet_as_the_inbox_does() -> None:
+    """The inbox sets the clock paho's own reading sets, under the same lock."""
+    source = inspect.getsource(getattr(paho.Client, PACKET_READ))
+    assert f"self.{LAST_BYTES_RECEIVED} = time_func()" in source, RECHECK
+    assert f"with self.{MSGTIME_MUTEX}:" in source, RECHECK
 
 
 def test_aiomqtt_still_wraps_a_paho_client() -> None:

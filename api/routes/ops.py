@@ -9,6 +9,8 @@ assets served from the package.
 No `from __future__ import annotations`: FastAPI reads the routes' annotations at run time.
 """
 
+import contextlib
+
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -19,6 +21,7 @@ from api.models import Health
 from api.publishing import BrokerUnavailable
 from api.settings import ApiSettings
 from api.state import BrokerStatsDep, PublisherDep, RegistryDep, StoreDep
+from api.store_space import StoreSpace
 from bridge.store import StoreUnavailable
 
 OK = "ok"
@@ -32,7 +35,8 @@ def router(settings: ApiSettings, guard: Guard, dashboard: str) -> APIRouter:
     async def healthz(
         store: StoreDep, publisher: PublisherDep, broker_stats: BrokerStatsDep
     ) -> JSONResponse:
-        """200 when the store is readable and the broker reachable; 503 says which is not.
+        """200 when the store is readable and has room, and the broker reachable; 503 says
+        which is not (`store_space`: a bridge stopped writing, the cap reached or the disk full).
         `bridge` says whether a bridge is alive and writing, `broker_queue` whether the broker
         dropped messages or nears its queue limit (neither changes the status code)."""
         health = Health(store=OK, broker=OK)
@@ -48,6 +52,9 @@ def router(settings: ApiSettings, guard: Guard, dashboard: str) -> APIRouter:
                 else f"no bridge heartbeat in the last {settings.bridge_alive_s:g}s: no bridge"
                 " is running, or it cannot write the store (see its log)"
             )
+            with contextlib.suppress(StoreUnavailable):
+                reports = await run_in_threadpool(store.space_reports)
+                health.store_space = StoreSpace.of(reports, settings.store).full or OK
         try:
             await publisher.check()
         except BrokerUnavailable as exc:
@@ -55,7 +62,7 @@ def router(settings: ApiSettings, guard: Guard, dashboard: str) -> APIRouter:
         report = broker_stats.report()
         if report.known:
             health.broker_queue = report.warning() or OK
-        healthy = health.store == OK and health.broker == OK
+        healthy = health.store == OK and health.store_space == OK and health.broker == OK
         return JSONResponse(health.model_dump(), 200 if healthy else 503)
 
     @routes.get(

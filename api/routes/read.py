@@ -29,6 +29,7 @@ from api.routes.query import FILTERS, PAGING, documented, parsed
 from api.search import INTERVAL_PATTERN, InvalidQuery
 from api.settings import ApiSettings
 from api.state import BrokerStatsDep, StoreDep
+from api.store_space import StoreSpace
 from bridge.query import QueryError
 from bridge.store import StoredRate
 
@@ -60,9 +61,13 @@ def router(settings: ApiSettings, guard: Guard) -> APIRouter:
     ) -> StatsReport:
         """Counters from the store: received = unique_processed + duplicate_dropped + rejected.
         `topics` lists the busiest first; `topics_total` counts them all. `broker_*` from the
-        broker's own counters: what it dropped, how full its queue is."""
+        broker's own counters: what it dropped, how full its queue is. `store_full` while a
+        bridge stopped writing for want of room (`store_*`, `max_store_bytes`: the figures)."""
         report = StatsReport.of(store.stats(), None if topics == "all" else topics)
-        return report.model_copy(update=broker_stats.report().stats_fields())
+        space = StoreSpace.of(store.space_reports(), settings.store)
+        return report.model_copy(
+            update={**broker_stats.report().stats_fields(), **space.stats_fields()}
+        )
 
     @routes.get("/stats/rate")
     def rate(

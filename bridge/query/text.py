@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -127,21 +127,37 @@ def searchable(event_id: str, source: str, payload: dict[str, Any]) -> list[str]
     order they came in; the document is cut, so order matters). Keys, numbers and
     literals are not searched."""
     found = [event_id, source]
-    stack: list[Any] = [payload]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            found.append(value)
-        elif isinstance(value, dict):
-            stack.extend(value[k] for k in sorted(value, reverse=True))
-        elif isinstance(value, list):
-            stack.extend(reversed(value))
+    _strings(payload, found)
     return found
+
+
+def _strings(value: dict[str, Any] | list[Any], found: list[str]) -> None:
+    """The strings in `value`, depth first, into `found`. Recursive: an event nests at most
+    MAX_DEPTH (64) levels, far below Python's recursion limit."""
+    for item in [value[k] for k in sorted(value)] if isinstance(value, dict) else value:
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict | list):
+            _strings(item, found)
 
 
 def fts_text(doc: Document) -> str:
     """The text an FTS5 table with `tokenize='ascii'` indexes as exactly `doc`."""
     return " ".join(FTS_GAP if slot is None else slot for slot in doc.slots)
+
+
+def document_text(values: Sequence[str]) -> str:
+    """`fts_text(document(values))`, made directly for the common document, one shorter
+    than MAX_POSITIONS_PER_TOKEN positions (so no token can occur too often); a longer one
+    goes through `document`. What `record` indexes for every event."""
+    slots: list[str] = []
+    for value in values:
+        if slots:
+            slots.append(FTS_GAP)
+        slots += tokens(value)
+        if len(slots) > MAX_POSITIONS_PER_TOKEN:
+            return fts_text(document(values))
+    return " ".join(slots)
 
 
 def tsvector_literal(doc: Document) -> str:

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.receive.acks import Acks, Connection
@@ -129,16 +130,31 @@ class Inbox:
 
     def _loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """paho's `loop_read`, but it returns only when the buffer is empty: bytes left in
-        it would wait for the socket to become readable again, which may never happen."""
+        it would wait for the socket to become readable again, which may never happen.
+        The whole PUBLISH packets in the buffer are decoded here (paho reads a packet in
+        three calls and takes a lock and the clock for each); paho reads everything else,
+        and the packet that runs past the buffer's end."""
         full = self._pause.armed and self._backlog.full()
         if full and not self._buffer and not self._tls_pending():
             self._pause.pause(self._paho.socket())
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         self._buffer.reads_left = READS_PER_WAKEUP
         read_packet, socket = self._paho.read_packet, self._paho.socket
+        whole_publish = self._buffer.whole_publish
         while True:
             if socket() is None:
                 return MQTTErrorCode.MQTT_ERR_NO_CONN
+            if self._buffer and self._paho.between_packets():
+                packet = whole_publish()
+                if packet is not None:
+                    try:
+                        while packet is not None:
+                            self._hold(*packet)
+                            packet = whole_publish()
+                    except MalformedPacket:  # as paho's reading handles it
+                        return self._paho.failed(MQTTErrorCode.MQTT_ERR_PROTOCOL)
+                    self._paho.heard_from_broker()
+                    continue
             rc = read_packet()
             if rc > 0:
                 return self._paho.failed(rc)
@@ -164,12 +180,14 @@ class Inbox:
 
     def _handle_publish(self) -> MQTTErrorCode:
         """A complete PUBLISH packet in paho's hands; paho sends no PUBACK for it."""
-        command, data = self._paho.in_packet()
+        self._hold(*self._paho.in_packet())
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _hold(self, command: int, data: bytes | bytearray) -> None:
         topic, body, mid, qos, fresh_retained = decode_publish(command, data, v5=self._v5)
         resent = self._session_present and fresh_retained
         self._backlog.hold(Received(topic, body, mid, qos, self._acks.current, resent))
         self._arrived.set()
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     async def watch(self, client: aiomqtt.Client) -> None:
         """Notice the connection dropping: aiomqtt's iterator raises then (and never yields,
@@ -195,6 +213,26 @@ class Inbox:
         if self._pause.paused and not self._backlog.full():
             self._pause.resume(self._paho.socket(), self._readable)
         return batch
+
+    async def gather(self, count: int, until: asyncio.Future[Any]) -> None:
+        """Wait until `count` messages wait (a full batch), `until` is done, or the
+        connection is lost, whichever comes first."""
+
+        def wake(_: asyncio.Future[Any]) -> None:
+            self._arrived.set()
+
+        until.add_done_callback(wake)
+        try:
+            while len(self._backlog) < count and not until.done() and self.lost is None:
+                self._arrived.clear()
+                await self._arrived.wait()
+        finally:
+            until.remove_done_callback(wake)
+
+    def wake(self) -> None:
+        """End a `take` waiting for messages now (it returns what is there, maybe nothing):
+        how a stopping bridge is not kept up to its timeout."""
+        self._arrived.set()
 
     def ack(self, batch: list[Received]) -> int:
         """PUBACK the batch (after its commit): see `acks`. Returns how many were sent."""

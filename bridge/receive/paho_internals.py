@@ -49,6 +49,13 @@ HANDLE_PUBLISH = "_handle_publish"
 IN_PACKET = "_in_packet"
 IN_PACKET_COMMAND = "command"
 IN_PACKET_BYTES = "packet"
+# paho 2.2: between packets, `_in_packet["command"]` is 0 (it is reset after each one).
+IN_PACKET_IDLE = 0
+# paho 2.2: the keepalive clock. `_packet_read` sets `_last_bytes_received` to
+# `time_func()` (time.monotonic) under `_msgtime_mutex` for each packet it reads; the
+# keepalive check pings, and in time gives up on, a broker heard from too long ago.
+LAST_BYTES_RECEIVED = "_last_bytes_received"
+MSGTIME_MUTEX = "_msgtime_mutex"
 # paho 2.2: `_packet_queue(command, packet, mid, qos)` appends raw bytes to the out queue
 # and asks aiomqtt's writer to send them; `reconnect()` clears that queue.
 PACKET_QUEUE = "_packet_queue"
@@ -94,6 +101,15 @@ class PahoInternals:
         """The packet paho is handling: its first header byte and the bytes after the length
         (through C-level getters: this runs once per message)."""
         return self._packet_fields(self._in_packet())
+
+    def between_packets(self) -> bool:
+        """Whether paho has no half-read packet: the next bytes start a packet."""
+        return bool(self._in_packet()[IN_PACKET_COMMAND] == IN_PACKET_IDLE)
+
+    def heard_from_broker(self) -> None:
+        """What paho notes for each packet it reads, for packets read without it."""
+        with getattr(self.client, MSGTIME_MUTEX):
+            setattr(self.client, LAST_BYTES_RECEIVED, paho.time_func())
 
     def queue_pubacks(self, command: int, pubacks: bytes) -> MQTTErrorCode:
         """Raw PUBACK packets, written in one send by aiomqtt's writer."""

@@ -17,6 +17,9 @@ from paho.mqtt.exception import MalformedPacket
 
 READ_SIZE = 64 * 1024
 PUBACK = 0x40
+PUBLISH = 0x30
+PACKET_TYPE = 0xF0
+MAX_VARINT_SHIFT = 21  # the remaining length has at most 4 bytes
 # PUBLISH fixed header flags (MQTT §3.3.1).
 RETAIN = 0x01
 QOS_MASK = 0x06
@@ -38,7 +41,22 @@ _U16 = struct.Struct("!H")
 Publish = tuple[str, bytes, int, int, bool]
 
 
-def decode_publish(command: int, data: bytearray, *, v5: bool) -> Publish:
+def read_varint(data: bytes | bytearray, at: int) -> tuple[int, int] | None:
+    """The variable byte integer at `at` and where it ends; None when `data` ends first or
+    it runs past four bytes."""
+    value, shift, end = 0, 0, len(data)
+    while True:
+        if at >= end or shift > MAX_VARINT_SHIFT:
+            return None
+        byte = data[at]
+        at += 1
+        value |= (byte & VARINT_VALUE) << shift
+        if not byte & VARINT_MORE:
+            return value, at
+        shift += VARINT_BITS
+
+
+def decode_publish(command: int, data: bytes | bytearray, *, v5: bool) -> Publish:
     """A whole PUBLISH: `command` is its first header byte, `data` what follows the
     remaining length (topic, packet id, MQTT 5 properties, payload). The bridge
     subscribes with QoS 1, so a QoS 2 PUBLISH is the broker's protocol error."""
@@ -54,16 +72,12 @@ def decode_publish(command: int, data: bytearray, *, v5: bool) -> Publish:
             (mid,) = _U16.unpack_from(data, pos)
             pos += 2
         if v5:  # properties: a variable-length size, then that many bytes (skipped)
-            size, shift = 0, 0
-            while True:
-                byte = data[pos]
-                pos += 1
-                size |= (byte & VARINT_VALUE) << shift
-                if not byte & VARINT_MORE:
-                    break
-                shift += VARINT_BITS
+            found = read_varint(data, pos)
+            if found is None:
+                raise MalformedPacket("truncated PUBLISH: the properties' length")
+            size, pos = found
             pos += size
-    except (struct.error, IndexError) as exc:
+    except struct.error as exc:
         raise MalformedPacket(f"truncated PUBLISH: {exc}") from exc
     if pos > len(data):
         raise MalformedPacket("PUBLISH properties run past the packet")
@@ -91,6 +105,24 @@ class ReadBuffer:
 
     def __len__(self) -> int:
         return len(self._buffer) - self._offset
+
+    def whole_publish(self) -> tuple[int, bytes] | None:
+        """The PUBLISH at the head of the buffer, taken from it as (first header byte, what
+        follows the remaining length), when the buffer holds all of it; else None and the
+        buffer unchanged: another packet, one not all here yet, or a malformed length are
+        left to paho's reading."""
+        buffer, start = self._buffer, self._offset
+        end = len(buffer)
+        if start >= end or buffer[start] & PACKET_TYPE != PUBLISH:
+            return None
+        found = read_varint(buffer, start + 1)
+        if found is None:
+            return None
+        length, at = found
+        if at + length > end:
+            return None
+        self._offset = at + length
+        return buffer[start], buffer[at : at + length]
 
     def recv(self, bufsize: int) -> bytes:
         """Up to `bufsize` bytes; BlockingIOError once this wake-up's reads are used up (the

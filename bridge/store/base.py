@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import msgspec
+
 from bridge.event import Event, Rejection
 from bridge.query import Query
+from bridge.retention import RetentionPolicy
 
 # 2: per-bridge heartbeats stamped on the store's clock (`heartbeats` replaces `bridges`).
 # 3: search (issue 11): each event's time as a number, indexes for time ranges and text.
-SCHEMA_VERSION = 3
+# 4: retention (issue 12): expired events' keys, retention counters, the policy in `meta`.
+# 5: concurrent PostgreSQL writers: counters per writer slot, no commit lock.
+SCHEMA_VERSION = 5
 # The rejected table keeps the newest rows, each cut to a bounded size: topic, reason and
 # body together at most KEEP_ROW_BYTES of UTF-8 (a 60 KB topic would otherwise be kept
 # whole, twice with its reason), so the table holds at most KEEP_REJECTED rows of
@@ -28,6 +33,12 @@ KEEP_ROW_BYTES = KEEP_TOPIC_BYTES + KEEP_REASON_BYTES + KEEP_BODY_BYTES
 
 class StoreUnavailable(Exception):
     """The store cannot be read or written right now (missing, locked, full, read-only)."""
+
+
+class StoreFull(StoreUnavailable):
+    """The store has no room: its disk is full, or it reached the bridge's
+    `--max-store-bytes`. Nothing of the batch was written; the bridge holds it, unacked,
+    until there is room (see `bridge.capacity`)."""
 
 
 class SchemaTooNew(Exception):
@@ -46,6 +57,16 @@ class Refused:
 EventKey = tuple[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What one purge pass deleted: expired events and forgotten keys; `skipped` when
+    another bridge held the purge."""
+
+    events: int = 0
+    keys_forgotten: int = 0
+    skipped: bool = False
+
+
 @dataclass(slots=True)
 class BatchOutcome:
     """What one committed batch did: every duplicate is named so it can be logged."""
@@ -62,6 +83,21 @@ class TopicStats:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionStats:
+    """The store's retention policy and what it did: events deleted (`events_expired`),
+    keys kept for the dedup horizon (`keys_held`) and forgotten after it, events stored
+    with a `timestamp` already older than their retention (`late`), and the arrival time
+    of the oldest event still returned (None when there is none)."""
+
+    policy: RetentionPolicy
+    oldest_received_at: str | None = None
+    events_expired: int = 0
+    keys_held: int = 0
+    keys_forgotten: int = 0
+    late: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     unique_processed: int
     duplicate_dropped: int
@@ -69,6 +105,7 @@ class Stats:
     topics: dict[str, TopicStats]
     rejected_by_code: dict[str, int]
     uptime_s: float | None
+    retention: RetentionStats | None = None
 
     @property
     def received(self) -> int:
@@ -123,6 +160,28 @@ class StoredRate:
     now: float
     counts: dict[int, int]
     next_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceReport:
+    """What a bridge last said about the store's room. `full` is why it stopped writing
+    (the cap reached, or the disk full), None while it writes; `used_bytes` its last
+    measure, `max_bytes` its cap (None: no cap)."""
+
+    client_id: str
+    full: str | None
+    used_bytes: int | None
+    max_bytes: int | None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"full": self.full, "used_bytes": self.used_bytes, "max_bytes": self.max_bytes}
+        )
+
+    @classmethod
+    def from_json(cls, client_id: str, text: str) -> SpaceReport:
+        data = json.loads(text)
+        return cls(client_id, data.get("full"), data.get("used_bytes"), data.get("max_bytes"))
 
 
 class StoreReader(Protocol):
@@ -185,6 +244,10 @@ class StoreReader(Protocol):
         seq, never scanning older rows: the cost follows the events counted, not the store."""
         ...
 
+    def space_reports(self) -> list[SpaceReport]:
+        """What each live bridge last said about the store's room (`bridge.store.space`)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -203,6 +266,24 @@ class StoreWriter(StoreReader, Protocol):
         bridge's; `run_id` names this run of it: a new run starts its uptime afresh."""
         ...
 
+    def used_bytes(self) -> int:
+        """The size `--max-store-bytes` caps, measured now (`bridge.store.space`)."""
+        ...
+
+    def report_space(self, client_id: str, report: SpaceReport | None) -> None:
+        """Keep `report` for readers to see (None: remove `client_id`'s)."""
+
+    def purge(self, stopping: Callable[[], bool]) -> Purged:
+        """Delete what the store's retention policy says has expired, keeping each deleted
+        event's key for the dedup horizon, and forget the keys past it: in short
+        transactions, each counting what it deleted; stops early once `stopping()`."""
+        ...
+
+    @property
+    def policy(self) -> RetentionPolicy:
+        """The retention policy the store holds (refreshed by each purge)."""
+        ...
+
 
 def check_schema_version(found: int) -> None:
     """Refuse a store written by a newer logagg: its data may mean something we don't know."""
@@ -218,8 +299,15 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+_encode_json = msgspec.json.Encoder().encode
+
+
 def payload_json(event: Event) -> str:
-    return json.dumps(event.payload, separators=(",", ":"), ensure_ascii=False)
+    """The payload as stored: compact JSON, keys in the order sent (a repeated key once, with
+    its last value), non-ASCII as is. msgspec writes it 30 times faster than `json.dumps`,
+    with the same values (floats in their shortest form: `1e16`, not `1e+16`;
+    tests/test_payload_text.py holds it to `json.dumps`'s meaning)."""
+    return _encode_json(event.payload).decode()
 
 
 def _no_nul(text: str) -> str:

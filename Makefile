@@ -85,7 +85,7 @@ test: dev-venv ensure-mosquitto ensure-chromium ensure-faketime
 	$(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-fast: dev-venv ensure-mosquitto ensure-chromium ensure-faketime
-	$(BIN)/pytest $(PYTEST_XDIST) -m "not slow and not faults" $(PYTEST_ARGS)
+	LOGAGG_TEST_EXAMPLES=fast $(BIN)/pytest $(PYTEST_XDIST) -m "not slow and not faults" $(PYTEST_ARGS)
 
 # `docker compose config` is Compose's own parser; it needs the CLI plugin but
 # no engine, so it runs wherever the plugin is installed.

@@ -112,6 +112,7 @@ from bridge.store.postgres_backfill import (
     create_index,
 )
 from bridge.store.postgres_retention import (
+    FENCE_SHARED,
     FLOOR,
     RETENTION_SCHEMA,
     count,
@@ -257,9 +258,9 @@ def record_sql(slot: int, *, events: bool, refused: bool) -> str:
     """The one statement that records a batch (run outside a transaction block, it is its
     own transaction): named parameters, counters in writer `slot`.
 
-    With events: first a shared advisory lock keyed by the newest seq handed out (the
-    events' seqs, drawn after it, are all above it; it shows readers where this writer's
-    seqs begin until it commits), then the new events, their spans of time and the topic
+    With events: first a shared advisory lock keyed by the newest seq handed out (the events' seqs,
+    drawn after it, are all above it; it shows readers where this writer's seqs begin
+    until it commits), then the new events, their spans of time and the topic
     counters, whose duplicates are the batch's copies of a topic less its new events.
     With refusals: the rejected rows, their counters, and the trim to KEEP_REJECTED."""
     ctes: list[str] = []
@@ -642,7 +643,17 @@ class PostgresWriter(PostgresReader):
             return BatchOutcome()
         statement, params = self.batch(events, refused)
         with self._connection("write") as conn:
-            inserted = {(topic, event_id) for topic, event_id in conn.execute(statement, params)}
+            if "events" in params:
+                # Behind the purge fence, in a statement of its own (see
+                # `postgres_retention`): the batch's statement takes its snapshot once the
+                # fence is held. One transaction, one round trip (pipelined), and no
+                # watermark lock held while waiting for a chunk.
+                with conn.pipeline(), conn.transaction():
+                    conn.execute(FENCE_SHARED)
+                    rows = conn.execute(statement, params)
+            else:
+                rows = conn.execute(statement, params)
+            inserted = {(topic, event_id) for topic, event_id in rows}
         if self._policy_now.finite and inserted:
             # Counted apart from the batch's one statement: informational, and a crash
             # between the two loses at most this batch's late count.

@@ -26,7 +26,6 @@ from bridge.retention import (
     MIN_DEFAULT_HORIZON_S,
     RetentionPolicy,
     Rule,
-    key_hash,
     make_policy,
     parse_duration,
     parse_rule,
@@ -361,6 +360,17 @@ def test_retention_late_events_stored_and_counted(url: StoreUrl) -> None:
         stats = reader.stats()
         assert stats.retention is not None
         assert stats.retention.late == 1
+        # A copy is not late again; another writer's late events add up (on PostgreSQL,
+        # each writer counts them in its own row, in its batch's statement).
+        other = writer(url, "1h", "keep/#=forever")
+        try:
+            outcome = other.record([made("a", "old", age_s=7200), made("b", "x", age_s=7200)], [])
+        finally:
+            other.close()
+        assert outcome.stored == 1
+        stats = reader.stats()
+        assert stats.retention is not None
+        assert stats.retention.late == 2
     finally:
         reader.close()
         store.close()
@@ -463,7 +473,8 @@ def test_retention_postgres_copy_during_purge_is_duplicate(pg_url: str) -> None:
         stats = reader.stats()
         assert stats.unique_processed == 1
         assert stats.duplicate_dropped == 1
-        assert stats.retention is not None and stats.retention.events_expired == 1
+        assert stats.retention is not None
+        assert stats.retention.events_expired == 1
     finally:
         reader.close()
         store.close()

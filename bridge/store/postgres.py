@@ -102,7 +102,7 @@ from bridge.store.base import (
     tally,
 )
 from bridge.store.options import StoreOptions
-from bridge.store.policy import chunks, declare_policy, late
+from bridge.store.policy import chunks, declare_policy, overdue
 from bridge.store.postgres_backfill import (
     BACKFILL_PROGRESS,
     PENDING_KEY,
@@ -115,7 +115,6 @@ from bridge.store.postgres_retention import (
     FENCE_SHARED,
     FLOOR,
     RETENTION_SCHEMA,
-    count,
     forget_chunk,
     prune_time_seqs,
     purge_chunk,
@@ -254,7 +253,7 @@ SELECT sequence.id, least(newest, (
 """
 
 
-def record_sql(slot: int, *, events: bool, refused: bool) -> str:
+def record_sql(slot: int, *, events: bool, refused: bool, late: bool = False) -> str:
     """The one statement that records a batch (run outside a transaction block, it is its
     own transaction): named parameters, counters in writer `slot`.
 
@@ -262,6 +261,8 @@ def record_sql(slot: int, *, events: bool, refused: bool) -> str:
     drawn after it, are all above it; it shows readers where this writer's seqs begin
     until it commits), then the new events, their spans of time and the topic
     counters, whose duplicates are the batch's copies of a topic less its new events.
+    With late ones among the events: how many of those were new, added to the writer's
+    own `late:slot` row of `retention_counts` (no row shared by all writers).
     With refusals: the rejected rows, their counters, and the trim to KEEP_REJECTED."""
     ctes: list[str] = []
     if events:
@@ -288,6 +289,15 @@ def record_sql(slot: int, *, events: bool, refused: bool) -> str:
         duplicate_dropped = s.duplicate_dropped + excluded.duplicate_dropped
 )""",
         ]
+    if late:
+        ctes.append(f"""overdue AS (
+    INSERT INTO retention_counts AS c (name, count)
+    SELECT 'late:{slot}', count(*) FROM inserted
+    JOIN unnest(%(late_topics)s::text[], %(late_ids)s::text[]) AS l (topic, event_id)
+        USING (topic, event_id)
+    HAVING count(*) > 0
+    ON CONFLICT (name) DO UPDATE SET count = c.count + excluded.count
+)""")
     if refused:
         ctes += [
             """kept AS (
@@ -568,9 +578,13 @@ class PostgresWriter(PostgresReader):
         super().__init__(url, options)
         self.slot = random.randrange(SLOTS)
         self._statements = {
-            (events, refused): record_sql(self.slot, events=events, refused=refused)
+            (events, refused, late): record_sql(
+                self.slot, events=events, refused=refused, late=late
+            )
             for events in (False, True)
             for refused in (False, True)
+            for late in (False, True)
+            if events or not late
         }
         self.backfill: Backfill | None = None
         try:
@@ -654,13 +668,6 @@ class PostgresWriter(PostgresReader):
             else:
                 rows = conn.execute(statement, params)
             inserted = {(topic, event_id) for topic, event_id in rows}
-        if self._policy_now.finite and inserted:
-            # Counted apart from the batch's one statement: informational, and a crash
-            # between the two loses at most this batch's late count.
-            stored = [e for e in first_copies(events) if (e.topic, e.event_id) in inserted]
-            if n := late(stored, self._policy_now, datetime.now(UTC)):
-                with self._connection("write") as conn:
-                    count(conn, "late", n)
         return tally(events, refused, inserted).outcome
 
     def batch(
@@ -695,6 +702,15 @@ class PostgresWriter(PostgresReader):
             )
             copies = Counter(e.topic for e in events)
             params.update(_named(("topics", "copies"), sorted(copies.items())))
+            # The late ones among them, counted by the statement if they are new.
+            if self._policy_now.finite and (
+                overdue_rows := overdue(rows, self._policy_now, datetime.now(UTC))
+            ):
+                params.update(
+                    _named(
+                        ("late_topics", "late_ids"), ((e.topic, e.event_id) for e in overdue_rows)
+                    )
+                )
         if refused:
             params.update(
                 # Only the newest KEEP_REJECTED: the statement's trim cannot see its own rows.
@@ -705,7 +721,7 @@ class PostgresWriter(PostgresReader):
             )
             codes = Counter(r.rejection.code for r in refused)
             params.update(_named(("codes", "code_counts"), sorted(codes.items())))
-        return self._statements[bool(rows), bool(refused)], params
+        return self._statements[bool(rows), bool(refused), "late_ids" in params], params
 
     @property
     def policy(self) -> RetentionPolicy:

@@ -66,6 +66,7 @@ Heartbeats are stamped with the server's `now()` and judged against its
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 from collections import Counter
@@ -130,10 +131,18 @@ from bridge.store.postgres_search import (
     where,
 )
 from bridge.store.reading import Connection, SqlReader
-from bridge.store.space import POSTGRES_USED_BYTES, put_report
+from bridge.store.space import (
+    POSTGRES_FREE_SPACE_MAP,
+    POSTGRES_REUSABLE_BYTES,
+    POSTGRES_USED_BYTES,
+    put_report,
+)
 from bridge.store.url import PostgresUrl
 
 DEFAULT_TIMEOUT_S = 5.0
+
+logger = logging.getLogger("logagg.bridge.store")
+
 # A bridge uses one connection at a time (one writer thread); the sidecar's readers share these.
 POOL_MAX = 4
 # Serialises schema creation between bridges starting at once (any constant unique to logagg).
@@ -587,6 +596,7 @@ class PostgresWriter(PostgresReader):
             if events or not late
         }
         self.backfill: Backfill | None = None
+        self._said_no_map = False
         try:
             if self._migrate():
                 self.backfill = Backfill(self._conninfo, self._schema, self.display)
@@ -770,6 +780,26 @@ class PostgresWriter(PostgresReader):
         with self._connection("measure") as conn:
             (used,) = conn.execute(POSTGRES_USED_BYTES).fetchone() or (0,)
         return int(used)
+
+    def reusable_bytes(self) -> int:
+        """The free space maps' room, by `pg_freespacemap` (`bridge.store.space`); 0, said
+        once in the log, where the extension is not installed."""
+        with self._connection("measure") as conn:
+            row = conn.execute(POSTGRES_FREE_SPACE_MAP).fetchone()
+            if row is None:
+                if not self._said_no_map:
+                    self._said_no_map = True
+                    logger.warning(
+                        "%s: the pg_freespacemap extension is not installed, so rows deleted"
+                        " (retention) do not count as room under --max-store-bytes until the"
+                        " files shrink (VACUUM FULL); a superuser can CREATE EXTENSION"
+                        " pg_freespacemap",
+                        self.display,
+                    )
+                return 0
+            statement = sql.SQL(POSTGRES_REUSABLE_BYTES).format(fsm=sql.Identifier(row[0]))
+            (free,) = conn.execute(statement).fetchone() or (0,)
+        return int(free)
 
     def report_space(self, client_id: str, report: SpaceReport | None) -> None:
         with self._connection("write") as conn:

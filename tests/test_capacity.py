@@ -348,7 +348,8 @@ def test_postgres_cap_sees_room_retention_made(
         assert vacuumed >= files  # the files did not shrink (the kept keys, the maps added)
         space = Space(max_bytes=cap, measure_every_bytes=0)
         space.check(store, 0)  # room again
-        assert space.used is not None and space.used < cap
+        assert space.used is not None
+        assert space.used < cap
         # Until the map is read again (a second at least), what this bridge commits is
         # taken from its room: a batch as large as the room leaves none.
         space.check(store, space.reusable)

@@ -6,15 +6,16 @@ parameter goes to libpq (see `bridge.store.url`); `connect_timeout` (default 5 s
 bounds how long a call waits for a pooled connection before it reports the store
 unavailable.
 
-A batch is one statement (see `record_sql`), run outside a transaction block, so it is its
-own transaction and one round trip: the events as one JSON text (`json_to_recordset`), the
-counters, the rejections. `INSERT … ON CONFLICT DO NOTHING` arbitrates on the unique
-index, where a concurrent insert of the same key waits for the other transaction and then
-yields no row (or the row, if the other rolled back); counters are `x = x + n` upserts,
-which lock the row and add to its newest version, so no increment is lost. Each writer
-counts in rows of its own (a random `slot` of SLOTS, summed when read), so bridges do not
-queue on one hot counter row. SERIALIZABLE would add serialization failures and nothing
-else.
+A batch is one statement (see `record_sql`) and one round trip: the events as one JSON
+text (`json_to_recordset`), the counters, the rejections. Without events it runs outside
+a transaction block, its own transaction; with events it follows the purge fence's
+shared lock in one transaction, pipelined (`postgres_retention`).
+`INSERT … ON CONFLICT DO NOTHING` arbitrates on the unique index, where a concurrent
+insert of the same key waits for the other transaction and then yields no row (or the row,
+if the other rolled back); counters are `x = x + n` upserts, which lock the row and add to
+its newest version, so no increment is lost. Each writer counts in rows of its own (a
+random `slot` of SLOTS, summed when read), so bridges do not queue on one hot counter row.
+SERIALIZABLE would add serialization failures and nothing else.
 
 Deadlocks between bridges are avoided by taking row locks in one global order: each
 batch inserts its events sorted by key, then updates spans, topic counters and rejection

@@ -264,12 +264,13 @@ SELECT sequence.id, least(newest, (
 
 
 def record_sql(slot: int, *, events: bool, refused: bool, late: bool = False) -> str:
-    """The one statement that records a batch (run outside a transaction block, it is its
-    own transaction): named parameters, counters in writer `slot`.
+    """The one statement that records a batch (its own transaction, or after the purge
+    fence in one with events: `PostgresWriter.record`): named parameters, counters in
+    writer `slot`.
 
-    With events: first a shared advisory lock keyed by the newest seq handed out (the events' seqs,
-    drawn after it, are all above it; it shows readers where this writer's seqs begin
-    until it commits), then the new events, their spans of time and the topic
+    With events: first a shared advisory lock keyed by the newest seq handed out (the
+    events' seqs, drawn after it, are all above it; it shows readers where this writer's
+    seqs begin until it commits), then the new events, their spans of time and the topic
     counters, whose duplicates are the batch's copies of a topic less its new events.
     With late ones among the events: how many of those were new, added to the writer's
     own `late:slot` row of `retention_counts` (no row shared by all writers).

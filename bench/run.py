@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.export import export as export_scenario
 from bench.limit import BASELINE, C_CLIENT, DUP_RATIO, FULL, NORMAL, limit
 from bench.procs import BenchError
 from bench.queries import query as query_scenario
@@ -68,6 +69,9 @@ TARGETS: list[tuple[str, str, float, bool, str]] = [
     ),
     ("query", "deep_ratio.topic", 2.0, False, "deep page / page 1 (topic, p50) ≤ 2x"),
     ("query", "deep_ratio.common", 2.0, False, "deep page / page 1 (common word, p50) ≤ 2x"),
+    ("export", "cli.events_per_s", 100_000.0, True, "logagg export ≥ 100,000 events/s"),
+    ("export", "cli.rss_growth_mb", 20.0, False, "logagg export RSS growth ≤ 20 MB (flat)"),
+    ("export", "http.identity.rss_growth_mb", 20.0, False, "sidecar export RSS growth ≤ 20 MB"),
 ]
 
 
@@ -298,6 +302,29 @@ def table(report: dict[str, Any]) -> str:
             f"  page {q['deep_page']} / page 1 (p50): topic {q['deep_ratio']['topic']}x,"
             f" common word {q['deep_ratio']['common']}x"
         )
+    if ex := report.get("export"):
+        filled = f", prefilled in {ex['prefill_s']} s" if ex["prefill_s"] is not None else ""
+        lines += [
+            "",
+            (
+                f"export ({ex['store']}: {_n(ex['events'])} events{filled};"
+                f" load {' '.join(ex['loadavg'])})"
+            ),
+            "  reader                     events/s   seconds   RSS start  peak  growth MB",
+        ]
+        readers = [("logagg export --store", ex["cli"])]
+        readers += [(f"GET /events/export {k}", v) for k, v in ex["http"].items()]
+        lines += [
+            f"  {name:<26}{_n(r['events_per_s']):>9}{r['seconds']:>10}"
+            f"{r['rss_start_mb']:>11}{r['rss_peak_mb']:>6}{r['rss_growth_mb']:>8}"
+            for name, r in readers
+        ]
+        rp = ex["replay"]
+        lines.append(
+            f"  replay {_n(rp['events'])} events: {_n(rp['events_per_s'])}/s, bare paho"
+            f" (bench.flood) {_n(rp['baseline_events_per_s'])}/s: {rp['ratio']}x"
+            f" (median of {rp['rounds']} alternated rounds)"
+        )
     if verdicts := report.get("targets"):
         lines += ["", "targets"]
         lines += [
@@ -315,6 +342,7 @@ def run_bench(
     skip: Collection[str],
     compare_scaling: bool = False,
     query: bool = False,
+    export: bool = False,
     limit_only: bool = False,
     json_out: Path,
     echo: Callable[[str], None] = print,
@@ -340,13 +368,17 @@ def run_bench(
         raise ValueError("--compare-scaling needs --store postgresql://…")
     if query and cfg.store is None:
         raise ValueError("--query needs --store sqlite:///… or postgresql://…")
-    if not query and cfg.store is not None and cfg.store.startswith("sqlite://"):
-        raise ValueError("--store takes a sqlite:// URL only with --query")
+    if export and cfg.store is None:
+        raise ValueError("--export needs --store sqlite:///… or postgresql://…")
+    if not (query or export) and cfg.store is not None and cfg.store.startswith("sqlite://"):
+        raise ValueError("--store takes a sqlite:// URL only with --query or --export")
     scenarios: dict[str, Callable[[BenchConfig], dict[str, Any]]] = SCENARIOS
     if compare_scaling:
         scenarios = {"scaling": scaling}
     elif query:
         scenarios = {"query": query_scenario}
+    elif export:
+        scenarios = {"export": export_scenario}
     elif limit_only:
         scenarios = {"limit": limit}
     work = Path(tempfile.mkdtemp(prefix="logagg-bench-"))

@@ -43,6 +43,7 @@ from bridge.store import (
     open_writer,
     parse_store_url,
 )
+from bridge.store.export import export_pages
 from bridge.store.postgres_retention import FENCE_SHARED, PURGE_LOCK, purge_chunk
 from logagg.options import as_environment
 from logagg.settings import UpSettings
@@ -118,6 +119,11 @@ def everything_read(reader: StoreReader) -> dict[str, set[tuple[str, str]]]:
         "histogram": {("count", str(sum(bar.count for bar in reader.histogram(plain, 60))))},
         "time_span": {("span", str(reader.time_span(plain) is not None))},
         "rate": {("count", str(sum(rate.counts.values())))},
+        "export": {
+            (event["topic"], event["event_id"])
+            for page in export_pages(reader, plain)
+            for event in map(json.loads, page.lines)
+        },
     }
 
 
@@ -245,7 +251,7 @@ def test_retention_expired_events_gone_from_every_read(url: StoreUrl) -> None:
         seen = everything_read(reader)
         for name in ("events", "events_newest", "events_sized", "search", "search_text"):
             assert seen[name] == {("b", "fresh")}, name
-        for name in ("search_time", "search_wildcard", "search_desc"):
+        for name in ("search_time", "search_wildcard", "search_desc", "export"):
             assert seen[name] == {("b", "fresh")}, name
         assert seen["histogram"] == {("count", "1")}
         assert seen["rate"] == {("count", "1")}

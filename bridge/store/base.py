@@ -215,6 +215,16 @@ class StoreReader(Protocol):
         query runs past the store's statement timeout."""
         ...
 
+    def export_page(self, query: Query, *, max_bytes: int) -> list[tuple[int, str]]:
+        """The page `query` asks for (as `search`, `asc`), each event as `(seq, NDJSON
+        line)` built from the stored text (`bridge.store.export`): fewer when payloads add
+        up past `max_bytes` (but at least one)."""
+        ...
+
+    def newest_seq(self) -> int:
+        """The highest `seq` stored (0 when there is none): where an export stops."""
+        ...
+
     def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
         """The non-empty buckets of `interval_s` seconds, oldest first, counting the events
         matching `query`'s filters (its order, position and limit aside) by `timestamp`."""

@@ -154,6 +154,27 @@ _MIGRATION_LOCK = 0x6C6F6761_67000001
 # each other row by row (correct, only slower).
 SLOTS = 64
 
+# An export's line (bridge.store.export), made by the server as SQLite makes it (see
+# bridge/store/sqlite.py): the payload as jsonb's text, names quoted by `to_json`, the
+# timestamp written as Python's `isoformat` writes it in its offset (microseconds only
+# when not zero; the offset's seconds only when not zero), `received_at` as `iso_utc`.
+_LOCAL = "(timestamp AT TIME ZONE 'UTC' + make_interval(secs => utc_offset_s))"
+_OFFSET = "make_interval(secs => abs(utc_offset_s))"
+_EXPORT_COLUMNS = (
+    """seq, '{"seq":' || seq || ',"topic":' || to_json(topic)"""
+    """ || ',"event_id":' || to_json(event_id) || ',"timestamp":"'"""
+    f""" || to_char({_LOCAL}, 'YYYY-MM-DD"T"HH24:MI:SS')"""
+    f""" || CASE WHEN extract(microseconds FROM {_LOCAL})::bigint %% 1000000 = 0 THEN ''"""
+    f""" ELSE to_char({_LOCAL}, '.US') END"""
+    """ || CASE WHEN utc_offset_s < 0 THEN '-' ELSE '+' END"""
+    f""" || to_char({_OFFSET}, 'HH24:MI')"""
+    f""" || CASE WHEN utc_offset_s %% 60 = 0 THEN '' ELSE to_char({_OFFSET}, ':SS') END"""
+    """ || '","source":' || to_json(source) || ',"payload":' || payload::text"""
+    """ || ',"received_at":"'"""
+    """ || to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')"""
+    """ || '+00:00"}' || chr(10) AS line, payload"""
+)
+
 # What a random page read costs the planner in reads, as against a sequential one (the
 # server's default is 4: a spinning disk). Search reads the store's hot pages from memory.
 READ_RANDOM_PAGE_COST = 1.1
@@ -482,6 +503,16 @@ class PostgresReader(SqlReader):
             rows = conn.execute(sql_text.encode(), params, prepare=False).fetchall()
         return [self._event(row) for row in rows]
 
+    def export_page(self, query: Query, *, max_bytes: int) -> list[tuple[int, str]]:
+        with self._read() as conn:
+            filters = self._where(conn, query, paged=True)
+            sql_text = page_sql(_EXPORT_COLUMNS, query, filters, max_bytes, "seq, line")
+            params = (*filters.params, query.limit, max_bytes)
+            rows: list[tuple[int, str]] = conn.execute(
+                sql_text.encode(), params, prepare=False
+            ).fetchall()
+        return rows
+
     def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
         with self._read() as conn:
             filters = self._where(conn, query, paged=False)
@@ -561,7 +592,7 @@ class PostgresReader(SqlReader):
             seq,
             topic,
             event_id,
-            timestamp.astimezone(timezone(timedelta(seconds=offset))).isoformat(),
+            _stamp(timestamp, offset),
             source,
             payload,
             iso_utc(received_at),
@@ -816,6 +847,11 @@ class PostgresWriter(PostgresReader):
 def _named(names: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> dict[str, list[Any]]:
     """Rows as one named list per column: the arrays that `unnest` turns back into rows."""
     return dict(zip(names, map(list, zip(*rows, strict=True)), strict=True))
+
+
+def _stamp(timestamp: datetime, offset_s: int) -> str:
+    """An event's timestamp as it was written: in its publisher's UTC offset."""
+    return timestamp.astimezone(timezone(timedelta(seconds=offset_s))).isoformat()
 
 
 def _offset_s(moment: datetime) -> int:

@@ -235,6 +235,12 @@ class SqlReader(ABC):
             )
         return [self._event(row) for row in rows]
 
+    def newest_seq(self) -> int:
+        with self._read() as conn:
+            (newest,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+            upto = self._horizon(conn)  # PostgreSQL: no seq past the watermark is final yet
+        return int(newest) if upto is None else min(int(newest), upto)
+
     def rejected(self, *, after: int, limit: int, newest: bool = False) -> list[StoredRejection]:
         with self._read() as conn:
             rows = read_page(

@@ -469,8 +469,14 @@ def test_retention_postgres_copy_during_purge_is_duplicate(pg_url: str) -> None:
                 target=lambda: outcome.append(store.record([made("a", "1")], []))
             )
             copy.start()
-            time.sleep(0.5)
-            assert copy.is_alive()  # waiting for the chunk
+            blocked = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+            deadline = time.monotonic() + 10
+            with psycopg.connect(url.conninfo, autocommit=True) as watcher:
+                # The copy's statement has started and waits on the chunk's transaction.
+                while watcher.execute(blocked, (purger.info.backend_pid,)).fetchone() != (1,):
+                    assert time.monotonic() < deadline, "the copy never waited for the chunk"
+                    time.sleep(0.05)
+            assert copy.is_alive()
         # The purger's transaction commits here.
         copy.join(10)
         assert not copy.is_alive()

@@ -34,7 +34,7 @@ from bench.stream import StreamSpec
 from bridge.store import open_reader, open_writer, parse_store_url, redact_url
 from supervise.mosquitto import Mosquitto, free_port
 
-SAMPLE_EVERY_S = 0.2
+SAMPLE_EVERY_S = 0.05
 # Replay rounds, alternating with the baseline's.
 ROUNDS = 2
 
@@ -57,8 +57,9 @@ class RssSampler:
                 return
 
     def stop(self) -> dict[str, float]:
-        """The tenth sample (the export under way), middle, last and peak sample, and the
-        growth from the tenth to the peak."""
+        """The tenth sample (the export under way), middle, last and peak sample, the
+        growth from the tenth to the peak, and the second half's peak over the first's
+        (flat memory: about 0, whatever the allocator kept of the first pages)."""
         self._done.set()
         self._thread.join()
         s = self.samples or [0.0]
@@ -69,6 +70,7 @@ class RssSampler:
             "rss_end_mb": s[-1],
             "rss_peak_mb": max(s),
             "rss_growth_mb": round(max(s) - start, 1),
+            "rss_late_growth_mb": round(max(s[len(s) // 2 :]) - max(s[: len(s) // 2 or 1]), 1),
             "samples": len(s),
         }
 

@@ -270,6 +270,12 @@ class StoreWriter(StoreReader, Protocol):
         """The size `--max-store-bytes` caps, measured now (`bridge.store.space`)."""
         ...
 
+    def reusable_bytes(self) -> int:
+        """Room inside the files `used_bytes` counts, which new rows fill before the files
+        grow: PostgreSQL's free space map, where it can be read; 0 where the measure
+        already leaves it out (SQLite) or it cannot be read (`bridge.store.space`)."""
+        ...
+
     def report_space(self, client_id: str, report: SpaceReport | None) -> None:
         """Keep `report` for readers to see (None: remove `client_id`'s)."""
 

@@ -578,6 +578,9 @@ class SQLiteWriter(SQLiteReader):
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot measure {self.path}: {exc}") from exc
 
+    def reusable_bytes(self) -> int:
+        return 0  # freelist pages are already left out of the measure
+
     def report_space(self, client_id: str, report: SpaceReport | None) -> None:
         try:
             put_report(self._connection, self._MARK, client_id, report)

@@ -138,23 +138,52 @@ class StoreWatch:
         row = self._one(sql, (self._base_seq,))
         if row is None:
             raise BenchError(f"nothing stored in {self._where}")
-        at = row[0]  # SQLite: ISO text; PostgreSQL: an aware datetime
-        return (at if isinstance(at, datetime) else datetime.fromisoformat(at)).timestamp()
+        return _epoch(row[0])
 
     def sent_at_since(self, seq: int) -> list[tuple[int, float]]:
-        """`(seq, payload.sent_at)` of the rows stored after `seq`, in order (SQLite only)."""
+        """`(seq, payload.sent_at)` of the rows stored after `seq`, in order."""
         db = self._db()
         if db is None:
             return []
+        if self._pg is not None:
+            query = "SELECT seq, (payload->>'sent_at')::float8 FROM events WHERE seq > %s"
+        else:
+            query = "SELECT seq, json_extract(payload, '$.sent_at') FROM events WHERE seq > ?"
         try:
-            rows: list[tuple[int, float]] = db.execute(
-                "SELECT seq, json_extract(payload, '$.sent_at') FROM events WHERE seq > ?"
-                " ORDER BY seq",
-                (seq,),
-            ).fetchall()
-        except sqlite3.OperationalError:
+            rows: list[tuple[int, float]] = db.execute(f"{query} ORDER BY seq", (seq,)).fetchall()
+        except (sqlite3.OperationalError, psycopg.errors.UndefinedTable):
             return []
         return rows
+
+    def seq_range(self) -> tuple[int, int] | None:
+        """The lowest and highest `seq` stored, or None when the store holds no event: the
+        oldest one tells how far a purge (oldest first) has come, in O(log n)."""
+        low = self._one("SELECT seq FROM events ORDER BY seq LIMIT 1")
+        if low is None:
+            return None
+        (high,) = self._one("SELECT seq FROM events ORDER BY seq DESC LIMIT 1")
+        return int(low[0]), int(high)
+
+    def newest_received_at(self) -> float | None:
+        """When the newest stored event arrived (epoch s), or None without events."""
+        row = self._one("SELECT received_at FROM events ORDER BY seq DESC LIMIT 1")
+        return None if row is None else _epoch(row[0])
+
+    def size_bytes(self) -> dict[str, int]:
+        """What the store takes on disk. SQLite: the database file and its WAL; PostgreSQL:
+        `pg_total_relation_size` (heap, indexes, TOAST) of each table of the store's schema."""
+        if self._pg is None:
+            wal = self.path.with_name(self.path.name + "-wal")
+            return {
+                "db": self.path.stat().st_size,
+                "wal": wal.stat().st_size if wal.exists() else 0,
+            }
+        rows = self._db().execute(
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()"
+        )
+        return {str(name): int(size) for name, size in rows.fetchall()}
 
     def wait(
         self,
@@ -190,3 +219,8 @@ class StoreWatch:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _epoch(at: str | datetime) -> float:
+    """A `received_at` as epoch seconds: SQLite gives ISO text, PostgreSQL an aware datetime."""
+    return (at if isinstance(at, datetime) else datetime.fromisoformat(at)).timestamp()

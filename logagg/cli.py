@@ -184,6 +184,31 @@ def bench(
             help="Only the query scenario: random searches of each kind on --store (issue 11)"
         ),
     ] = False,
+    retention_purge: Annotated[
+        bool,
+        typer.Option(
+            help="Only the purge under a live stream: --backlog expired events in --store"
+            " (prefilled if empty; default a fresh SQLite file) (issue 12)"
+        ),
+    ] = False,
+    retention_flat: Annotated[
+        bool,
+        typer.Option(
+            help="Only the store's size under retention: --rate for --windows retentions (issue 12)"
+        ),
+    ] = False,
+    backlog: Annotated[
+        int | None,
+        typer.Option(help="Retention purge: expired events to purge (default 5,000,000)"),
+    ] = None,
+    retention_s: Annotated[
+        int | None,
+        typer.Option(help="Retention runs: the bridge's retention, seconds (default 60)"),
+    ] = None,
+    windows: Annotated[
+        int | None,
+        typer.Option(help="Retention flat: the run's length in retentions (default 10)"),
+    ] = None,
     queries: Annotated[
         int | None, typer.Option(help="Query run: random queries of each kind (default 200)")
     ] = None,
@@ -216,6 +241,8 @@ def bench(
             skip=skip or [],
             compare_scaling=compare_scaling,
             query=query,
+            retention_purge=retention_purge,
+            retention_flat=retention_flat,
             json_out=json_out,
             echo=typer.echo,
             count=count,
@@ -233,6 +260,9 @@ def bench(
             store=store,
             queries=queries,
             deep_page=deep_page,
+            backlog=backlog,
+            retention_s=retention_s,
+            windows=windows,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +107,63 @@ def test_chart_read_counts_only_the_last_minutes(tmp_path: Path) -> None:
     events, however many older ones lie before them."""
     result = chart_read.measure(tmp_path / "store.db", 2_000, 300)
     assert (result["events"], result["counted"]) == (2_300, 300)
+
+
+def _bench(
+    out: Path, *args: str, timeout: float
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`logagg bench ARGS` in a subprocess, and the JSON report it wrote to `out`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "logagg", "bench", *args, "--json-out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report: dict[str, Any] = json.loads(out.read_text())
+    assert "error" not in report
+    return done, report
+
+
+# Tiny: a few thousand expired events, a 2 s retention, 200 events/s; the bridge's first
+# purge may wait up to a minute, so the run takes about that long.
+RETENTION_TINY = ["--backlog", "3000", "--retention-s", "2", "--rate", "200", "--duration", "2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_bench_retention_purge_measures_the_stream_during_a_purge(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """`--retention-purge`, tiny, on each store: every backlog event deleted, every live event
+    seen by the reader once (baseline, during, after), the rate and the target reported."""
+    args = ["--retention-purge", *RETENTION_TINY, "--timeout", "150"]
+    if store == "postgresql":
+        args += ["--store", request.getfixturevalue("pg_url")]
+    done, report = _bench(tmp_path / "bench.json", *args, timeout=300)
+    purge = report["retention_purge"]
+    assert (purge["store"], purge["backlog"], purge["prefilled"]) == (store, 3000, 3000)
+    assert purge["purge_per_s"] > 0
+    assert purge["purge_progress"][-1]["deleted"] == 3000
+    assert purge["baseline"]["events"] == 360  # 2 s at 200/s, a tenth of them repeats
+    assert purge["during_purge"]["events"] + purge["before_purge_started"]["events"] > 0
+    assert purge["after_purge"]["events"] == 360
+    assert [t["target"] for t in report["targets"]] == [
+        "p99 publish→queryable while a purge runs ≤ 25 ms"
+    ]
+    assert "retention purge" in done.stdout
+
+
+@pytest.mark.slow
+def test_bench_retention_flat_samples_the_store_size(tmp_path: Path) -> None:
+    """`--retention-flat`, tiny: the size sampled through the run, the verdict given, every
+    event received."""
+    args = ["--retention-flat", "--retention-s", "2", "--windows", "5", "--rate", "200"]
+    _, report = _bench(tmp_path / "bench.json", *args, timeout=120)
+    flat = report["retention_flat"]
+    assert flat["received"] == flat["events"] == 2000
+    assert len(flat["samples"]) >= 20
+    assert all(s["bytes"] > 0 for s in flat["samples"])
+    assert flat["first_third_max_bytes"] > 0
+    assert isinstance(flat["flat"], bool)

@@ -136,11 +136,11 @@ def _backlog(url: str, count: int) -> tuple[int, float | None]:
 
 @dataclass(slots=True)
 class PurgeWatch:
-    """The purge's progress from outside: the oldest seq, every `PROGRESS_EVERY_S`, from the
-    bridge's start until no backlog row (seq ≤ `last`) is left."""
+    """The purge's progress from outside, every `PROGRESS_EVERY_S`: the events the bridge
+    counts as expired (it purges topic by topic, so the oldest seq alone would not show
+    it), and the oldest seq, to see when no backlog row (seq <= `last`) is left."""
 
     url: str
-    first: int
     last: int
     progress: list[tuple[float, int]] = field(default_factory=list)
     started: float | None = None
@@ -149,16 +149,16 @@ class PurgeWatch:
     def poll(self, stop: threading.Event) -> None:
         watch = StoreWatch(self.url)
         try:
+            base = watch.expired()
             while not stop.is_set() and self.ended is None:
                 now = time.time()
+                deleted = watch.expired() - base
                 span = watch.seq_range()
-                oldest = self.last + 1 if span is None else span[0]
-                deleted = min(oldest, self.last + 1) - self.first
                 self.progress.append((now, deleted))
                 if deleted and self.started is None:
-                    # The previous poll saw nothing deleted yet.
+                    # Between the previous poll, which saw nothing deleted yet, and this one.
                     self.started = self.progress[-2][0] if len(self.progress) > 1 else now
-                if oldest > self.last:
+                if span is None or span[0] > self.last:
                     self.ended = now
                 time.sleep(PROGRESS_EVERY_S)
         finally:
@@ -188,14 +188,15 @@ def purge(cfg: BenchConfig) -> dict[str, Any]:
     with _broker(work / "broker") as mosq:
         base = _baseline(cfg, mosq, url, work, span[1])
         during, watch_purge, after, bridge_start = _purging(cfg, mosq, url, work, span)
-    assert watch_purge.started is not None
-    assert watch_purge.ended is not None
+    if watch_purge.started is None or watch_purge.ended is None:
+        raise BenchError("retention: the backlog went, but the bridge counted nothing expired")
     seconds = watch_purge.ended - watch_purge.started
     deleted = rows
     on = [lat for sent, lat in during if watch_purge.started <= sent <= watch_purge.ended]
     before = [lat for sent, lat in during if sent < watch_purge.started]
     base_lat, on_lat = _latency(base), _latency(on)
-    step = max(1, len(watch_purge.progress) // 20)
+    purging = [(t, n) for t, n in watch_purge.progress if t >= watch_purge.started]
+    step = max(1, len(purging) // 20)
     return {
         "method": "baseline: the stream to a bridge without retention on the prefilled store; "
         "then a bridge with the retention on it, the stream running until the backlog is "
@@ -214,8 +215,7 @@ def purge(cfg: BenchConfig) -> dict[str, Any]:
         "purge_per_s": round(deleted / seconds, 1) if seconds > 0 else None,
         "purge_progress": [
             {"s": round(t - watch_purge.started, 1), "deleted": n}
-            for t, n in watch_purge.progress[::step]
-            if t >= watch_purge.started
+            for t, n in [*purging[:-1:step], purging[-1]]
         ],
         "baseline": base_lat,
         "during_purge": on_lat,
@@ -251,7 +251,7 @@ def _purging(
     finally:
         watch.close()
     bridge_start = time.time()
-    progress = PurgeWatch(url, span[0], span[1])
+    progress = PurgeWatch(url, span[1])
     stop = threading.Event()
     poller = threading.Thread(target=progress.poll, args=(stop,), name="bench-purge-watch")
     options = _retention_options(cfg)

@@ -164,6 +164,15 @@ class StoreWatch:
         (high,) = self._one("SELECT seq FROM events ORDER BY seq DESC LIMIT 1")
         return int(low[0]), int(high)
 
+    def expired(self) -> int:
+        """Events the bridge's retention has deleted so far (its `retention_counts`), 0 in a
+        store that has never had a retention."""
+        try:
+            row = self._one("SELECT count FROM retention_counts WHERE name = 'events_expired'")
+        except (sqlite3.OperationalError, psycopg.errors.UndefinedTable):
+            return 0
+        return 0 if row is None else int(row[0])
+
     def newest_received_at(self) -> float | None:
         """When the newest stored event arrived (epoch s), or None without events."""
         row = self._one("SELECT received_at FROM events ORDER BY seq DESC LIMIT 1")

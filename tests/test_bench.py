@@ -145,7 +145,8 @@ def test_bench_retention_purge_measures_the_stream_during_a_purge(
     purge = report["retention_purge"]
     assert (purge["store"], purge["backlog"], purge["prefilled"]) == (store, 3000, 3000)
     assert purge["purge_per_s"] > 0
-    assert purge["purge_progress"][-1]["deleted"] == 3000
+    # The live events expire too, 2 s after they came: the counter may hold some of them.
+    assert purge["purge_progress"][-1]["deleted"] >= 3000
     assert purge["baseline"]["events"] == 360  # 2 s at 200/s, a tenth of them repeats
     assert purge["during_purge"]["events"] + purge["before_purge_started"]["events"] > 0
     assert purge["after_purge"]["events"] == 360

@@ -29,6 +29,7 @@ from bridge.broker import make_client
 from bridge.event import Event, parse_message
 from bridge.lograte import RateLimitedLog
 from bridge.metrics import BridgeMetrics, serving
+from bridge.purging import purge_loop
 from bridge.receive.inbox import Inbox, Received
 from bridge.refusal import Refusals
 from bridge.session import session_options
@@ -318,9 +319,12 @@ async def run_bridge(settings: BridgeSettings) -> None:
     store = await _open_store(settings, stop)
     if store is None:
         return
+    purging = asyncio.create_task(purge_loop(store, stop))
     try:
         bridge = Bridge(settings, store)
         with serving(bridge.metrics.registry, settings.metrics_host, settings.metrics_port):
             await bridge.run(stop)
     finally:
+        stop.set()
+        await purging  # the pass in hand ends after its current transaction
         store.close()

@@ -25,6 +25,14 @@ from bridge.event import (
     DEFAULT_TOPIC_PREFIX,
     check_prefix,
 )
+from bridge.retention import (
+    Duration,
+    RetentionPolicy,
+    Rule,
+    make_policy,
+    parse_duration,
+    parse_rule,
+)
 from bridge.store import (
     BRIDGE_ALIVE_SECONDS,
     STORE_HOLD_SECONDS,
@@ -51,6 +59,51 @@ StoreSetting = Annotated[
     PlainValidator(_store_url),
     PlainSerializer(lambda url: url.url, return_type=str),
     WithJsonSchema({"type": "string"}),
+]
+
+
+def _duration(value: object) -> Duration:
+    if isinstance(value, Duration):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return Duration(float(value))
+    parsed = parse_duration(str(value))
+    if isinstance(parsed, str):
+        raise ValueError(parsed)
+    return Duration(parsed)
+
+
+def _rules(value: object) -> list[Rule]:
+    """Rules from flags (one each) or the environment (comma-separated)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError("expected FILTER=DURATION rules")
+    rules = []
+    for item in items:
+        if isinstance(item, Rule):
+            rules.append(item)
+        elif str(item).strip():
+            rule = parse_rule(str(item))
+            if isinstance(rule, str):
+                raise ValueError(rule)
+            rules.append(rule)
+    return rules
+
+
+# `90s`, `15m`, `12h`, `30d`, `forever`: parsed once, here, with an error naming the value.
+DurationSetting = Annotated[
+    Duration,
+    NoDecode,
+    PlainValidator(_duration),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string"}),
+]
+RulesSetting = Annotated[
+    list[Rule],
+    NoDecode,
+    PlainValidator(_rules),
+    PlainSerializer(lambda rules: [r.text for r in rules], return_type=list[str]),
+    WithJsonSchema({"type": "array", "items": {"type": "string"}}),
 ]
 # A bridge counts as alive while its last heartbeat is younger than this (it beats three
 # times per window); the bridge, `logagg ready` and the sidecar read the same setting.
@@ -176,14 +229,40 @@ class BridgeSettings(MqttSettings):
         default=0, ge=0, le=65535, description="Serve Prometheus metrics on this port (0: off)"
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address for --metrics-port")
+    # Retention (bridge.retention): by arrival; the bridge writes the policy into the store,
+    # where readers find it, and purges what expired.
+    retention: DurationSetting = Field(
+        default=Duration(None),
+        description="Keep events this long after they arrive: 90s, 15m, 12h, 30d or forever",
+    )
+    retention_topic: RulesSetting = Field(
+        default_factory=list,
+        description="Per-topic retention FILTER=DURATION, e.g. 'debug/#=1d' (repeatable, first"
+        " match wins; env: comma-separated)",
+    )
+    dedup_horizon: DurationSetting | None = Field(
+        default=None,
+        description="Remember an expired event's key this long after it expired, so a late"
+        " copy is still a duplicate (default: the longest retention, at least 7d; or forever)",
+    )
 
     @property
     def topic_filter(self) -> str:
         return topic_filter(self.topic_prefix, self.group)
 
     @property
+    def retention_policy(self) -> RetentionPolicy:
+        horizon = "default" if self.dedup_horizon is None else self.dedup_horizon.seconds
+        return make_policy(self.retention.seconds, self.retention_topic, horizon)
+
+    @property
     def store_options(self) -> StoreOptions:
-        return StoreOptions(self.durability, self.bridge_alive_s, self.store_hold_s)
+        return StoreOptions(
+            self.durability,
+            self.bridge_alive_s,
+            self.store_hold_s,
+            retention=self.retention_policy,
+        )
 
 
 def topic_filter(prefix: str, group: str | None) -> str:

@@ -115,12 +115,15 @@ def _option_type(annotation: Any) -> Any:
 
 def _value_type(annotation: Any) -> Any:
     """The field's type without None, when the command line can parse it; else text, which
-    the model parses as it parses the environment (a list comma-separated, a store URL)."""
+    the model parses as it parses the environment (a tuple comma-separated, a store URL).
+    A list is a flag given once per item."""
     if get_origin(annotation) in (Union, types.UnionType):
         kinds = [arg for arg in get_args(annotation) if arg is not type(None)]
         annotation = kinds[0] if len(kinds) == 1 else str
     if annotation in (str, int, float, bool, Path, SecretStr) or get_origin(annotation) is Literal:
         return annotation
+    if get_origin(annotation) is list:  # a repeatable flag, each given as text
+        return list[str]
     return annotation if isinstance(annotation, type) and issubclass(annotation, Enum) else str
 
 
@@ -132,7 +135,9 @@ def _shown_default(field: FieldInfo) -> Any:
     value = field.default
     for serializer in (m for m in field.metadata if isinstance(m, PlainSerializer)):
         value = cast(Callable[[Any], Any], serializer.func)(value)
-    if isinstance(value, list | tuple):
+    if isinstance(value, list):
+        return [str(item) for item in value] or None
+    if isinstance(value, tuple):
         return ",".join(map(str, value)) or None
     return value
 

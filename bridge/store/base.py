@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from bridge.event import Event, Rejection
 from bridge.query import Query
+from bridge.retention import RetentionPolicy
 
 # 2: per-bridge heartbeats stamped on the store's clock (`heartbeats` replaces `bridges`).
 # 3: search (issue 11): each event's time as a number, indexes for time ranges and text.
-SCHEMA_VERSION = 3
+# 4: retention (issue 12): expired events' keys, retention counters, the policy in `meta`.
+SCHEMA_VERSION = 4
 # The rejected table keeps the newest rows, each cut to a bounded size: topic, reason and
 # body together at most KEEP_ROW_BYTES of UTF-8 (a 60 KB topic would otherwise be kept
 # whole, twice with its reason), so the table holds at most KEEP_REJECTED rows of
@@ -46,6 +48,16 @@ class Refused:
 EventKey = tuple[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What one purge pass deleted: expired events and forgotten keys; `skipped` when
+    another bridge held the purge."""
+
+    events: int = 0
+    keys_forgotten: int = 0
+    skipped: bool = False
+
+
 @dataclass(slots=True)
 class BatchOutcome:
     """What one committed batch did: every duplicate is named so it can be logged."""
@@ -62,6 +74,21 @@ class TopicStats:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionStats:
+    """The store's retention policy and what it did: events deleted (`events_expired`),
+    keys kept for the dedup horizon (`keys_held`) and forgotten after it, events stored
+    with a `timestamp` already older than their retention (`late`), and the arrival time
+    of the oldest event still returned (None when there is none)."""
+
+    policy: RetentionPolicy
+    oldest_received_at: str | None = None
+    events_expired: int = 0
+    keys_held: int = 0
+    keys_forgotten: int = 0
+    late: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     unique_processed: int
     duplicate_dropped: int
@@ -69,6 +96,7 @@ class Stats:
     topics: dict[str, TopicStats]
     rejected_by_code: dict[str, int]
     uptime_s: float | None
+    retention: RetentionStats | None = None
 
     @property
     def received(self) -> int:
@@ -191,6 +219,17 @@ class StoreWriter(StoreReader, Protocol):
     def heartbeat(self, client_id: str, run_id: str) -> None:
         """Say that bridge `client_id` is alive, stamped on the store's clock, never the
         bridge's; `run_id` names this run of it: a new run starts its uptime afresh."""
+        ...
+
+    def purge(self, stopping: Callable[[], bool]) -> Purged:
+        """Delete what the store's retention policy says has expired, keeping each deleted
+        event's key for the dedup horizon, and forget the keys past it: in short
+        transactions, each counting what it deleted; stops early once `stopping()`."""
+        ...
+
+    @property
+    def policy(self) -> RetentionPolicy:
+        """The retention policy the store holds (refreshed by each purge)."""
         ...
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bridge.retention import KEEP_FOREVER, RetentionPolicy
+
 # A bridge whose heartbeat is older than this is not counted as running (default; the
 # `bridge_alive_s` setting). The bridge beats three times per window.
 BRIDGE_ALIVE_SECONDS = 15.0
@@ -44,12 +46,14 @@ class StoreOptions:
     """`durability` applies to writes; `alive_s` is the window a bridge's last heartbeat
     must fall in for it to count as alive; `hold_s` bounds how long one stuck PostgreSQL
     session may hold the others (SQLite has one writer, so nothing to bound);
-    `query_timeout_s` bounds each read, which then raises QueryTimeout."""
+    `query_timeout_s` bounds each read, which then raises QueryTimeout; `retention` is the
+    policy a writer declares in the store (readers take the store's)."""
 
     durability: Durability = Durability.FULL
     alive_s: float = BRIDGE_ALIVE_SECONDS
     hold_s: float = STORE_HOLD_SECONDS
     query_timeout_s: float = QUERY_TIMEOUT_SECONDS
+    retention: RetentionPolicy = KEEP_FOREVER
 
 
 DEFAULT_OPTIONS = StoreOptions()

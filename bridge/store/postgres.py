@@ -47,7 +47,7 @@ Heartbeats are stamped with the server's `now()` and judged against its
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -58,12 +58,14 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge.event import Event
 from bridge.query import Query, document, searchable, tsvector_literal
+from bridge.retention import RetentionPolicy
 from bridge.store.base import (
     KEEP_REJECTED,
     SCHEMA_VERSION,
     BatchOutcome,
     Bucket,
     EventKey,
+    Purged,
     QueryTimeout,
     Refused,
     StoredEvent,
@@ -77,6 +79,7 @@ from bridge.store.base import (
     tally,
 )
 from bridge.store.options import StoreOptions
+from bridge.store.policy import chunks, declare_policy, late
 from bridge.store.postgres_backfill import (
     BACKFILL_PROGRESS,
     PENDING_KEY,
@@ -84,6 +87,15 @@ from bridge.store.postgres_backfill import (
     TIME_INDEXES,
     Backfill,
     create_index,
+)
+from bridge.store.postgres_retention import (
+    FLOOR,
+    RETENTION_SCHEMA,
+    count,
+    drop_expired_copies,
+    forget_chunk,
+    prune_time_seqs,
+    purge_chunk,
 )
 from bridge.store.postgres_search import (
     COUNT_SPANS,
@@ -366,7 +378,7 @@ class PostgresReader(SqlReader):
             row = conn.execute(bounds.sql.encode(), bounds.params).fetchone()
             low, high = row or (None, None)
             seqs = (low or 1, high or 0)  # no event in those spans: an empty interval
-        return where(query, topics, paged=paged, seqs=seqs)
+        return where(query, topics, paged=paged, seqs=seqs, retained=self._retained(conn))
 
     def _live_uptimes(self, client_id: str | None) -> tuple[str, tuple[object, ...]]:
         if client_id is None:
@@ -397,6 +409,13 @@ class PostgresReader(SqlReader):
         seq, topic, code, reason, body, received_at = row
         return StoredRejection(seq, topic, code, reason, body, iso_utc(received_at))
 
+    def _floor(self, conn: Connection, since: float) -> int:
+        row = conn.execute(FLOOR, (since,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _topic_list(self, topics: list[str]) -> tuple[str, object]:
+        return "topic = ANY(%s::text[])", topics
+
     def close(self) -> None:
         self._pool.close()
 
@@ -410,6 +429,8 @@ class PostgresWriter(PostgresReader):
         try:
             if self._migrate():
                 self.backfill = Backfill(self._conninfo, self._schema, self.display)
+            with self._connection("write") as conn:
+                self._policy_now = declare_policy(conn, "%s", options.retention, self.display)
         except BaseException:
             self._pool.close()
             raise
@@ -436,6 +457,7 @@ class PostgresWriter(PostgresReader):
                 # CREATE INDEX CONCURRENTLY, which waits for this transaction.
                 return conn.execute(BACKFILL_PROGRESS).fetchone() is not None
             conn.execute(_SCHEMA)
+            conn.execute(RETENTION_SCHEMA)
             if found == 0:  # a new store: its indexes cost nothing to build
                 for name, how in {**TIME_INDEXES, **TEXT_INDEXES}.items():
                     create_index(conn, name, how, concurrently=False)
@@ -482,7 +504,12 @@ class PostgresWriter(PostgresReader):
             if rows:
                 cur = conn.execute(_INSERT_EVENTS, event_columns)
                 inserted = {(topic, event_id) for topic, event_id in cur}
+            if inserted:
+                inserted -= drop_expired_copies(conn, inserted)
             counts = tally(events, refused, inserted)
+            if self._policy_now.finite and inserted:
+                stored = [e for e in rows if (e.topic, e.event_id) in inserted]
+                count(conn, "late", late(stored, self._policy_now, datetime.now(UTC)))
             if counts.topics:
                 conn.execute(_COUNT_TOPICS, _columns(counts.topics))
             if refused:
@@ -493,6 +520,45 @@ class PostgresWriter(PostgresReader):
                     (KEEP_REJECTED,),
                 )
         return counts.outcome
+
+    @property
+    def policy(self) -> RetentionPolicy:
+        return self._policy_now
+
+    def purge(self, stopping: Callable[[], bool]) -> Purged:
+        """Each chunk in a transaction of its own, under the purge lock (see
+        `postgres_retention`); skipped as soon as another bridge holds it."""
+        with self._connection("purge") as conn:
+            policy = self._policy(conn)
+            floors = self._floors(conn, policy)
+        self._policy_now = policy
+        events = 0
+        for topic, floor in floors.items():
+
+            def chunk(limit: int, topic: str = topic, floor: int = floor) -> int | None:
+                with self._connection("purge") as conn:
+                    return purge_chunk(conn, topic, floor, limit)
+
+            done = chunks(chunk, stopping)
+            if done is None:
+                return Purged(events, skipped=True)
+            events += done
+        forgotten = 0
+        if policy.horizon_s is not None:
+            horizon_s = policy.horizon_s
+
+            def forget(limit: int) -> int | None:
+                with self._connection("purge") as conn:
+                    return forget_chunk(conn, horizon_s, limit)
+
+            done = chunks(forget, stopping)
+            if done is None:
+                return Purged(events, skipped=True)
+            forgotten = done
+        if events:
+            with self._connection("purge") as conn:
+                prune_time_seqs(conn)
+        return Purged(events, forgotten)
 
     def heartbeat(self, client_id: str, run_id: str) -> None:
         with self._connection("write") as conn:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from bridge.query import FieldFilter, Query, render_tsquery
+from bridge.store.reading import EVERYTHING, Retained
 
 # Topics that LIKE finds for a wildcard filter, which `TopicFilter.matches` then decides.
 TOPICS_LIKE = "SELECT topic FROM topic_stats WHERE topic LIKE %s ESCAPE '\\'"
@@ -50,12 +51,16 @@ def where(
     *,
     paged: bool,
     seqs: tuple[int, int] | None = None,
+    retained: Retained = EVERYTHING,
 ) -> Where:
     """The filters of `query` (`topics`: a wildcard topic's resolved list); `paged` adds
     the cursor's position, which a histogram or time span ignores; `seqs` are the bounds
-    `seq_bounds` found for its time range."""
+    `seq_bounds` found for its time range; `retained` hides what has expired."""
     clauses: list[str] = ["seq > %s"]
-    params: list[object] = [query.after]
+    params: list[object] = [max(query.after, retained.after)]
+    if retained.clause is not None:
+        clauses.append(retained.clause)
+        params += retained.params
     if query.position is not None and paged:
         clauses.append("seq < %s" if query.order == "desc" else "seq > %s")
         params.append(query.position)

@@ -6,10 +6,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar, Protocol
 
-from bridge.store.base import Stats, StoredEvent, StoredRate, StoredRejection, TopicStats
+from bridge.retention import META_KEY, RetentionPolicy, policy_from_json
+from bridge.store.base import (
+    RetentionStats,
+    Stats,
+    StoredEvent,
+    StoredRate,
+    StoredRejection,
+    TopicStats,
+)
 
 
 class Rows(Protocol):
@@ -24,6 +33,24 @@ class Rows(Protocol):
 
 class Connection(Protocol):
     def execute(self, query: str, params: Any = ..., /) -> Rows: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Retained:
+    """Which events a read may return under the store's retention: those with seq above
+    `after` and, when topics keep their events for different times, satisfying `clause`
+    (SQL over `seq` and `topic`, with `params`). Every read raises its own `after` to this
+    one, so expired rows not yet deleted are skipped by index, not read and filtered."""
+
+    after: int = 0
+    clause: str | None = None
+    params: tuple[object, ...] = ()
+
+    def sql(self, prefix: str = " AND ") -> str:
+        return "" if self.clause is None else f"{prefix}{self.clause}"
+
+
+EVERYTHING = Retained()
 
 
 class SqlReader(ABC):
@@ -61,6 +88,84 @@ class SqlReader(ABC):
     def _event(self, row: Any) -> StoredEvent: ...
 
     @abstractmethod
+    def _floor(self, conn: Connection, since: float) -> int:
+        """The first seq received at or after Unix time `since` (one past the newest when
+        none was): every event below it has expired for a retention of now - `since`."""
+
+    @abstractmethod
+    def _topic_list(self, topics: list[str]) -> tuple[str, object]:
+        """SQL testing that `topic` is one of `topics`, and its parameter."""
+
+    def _policy(self, conn: Connection) -> RetentionPolicy:
+        row = conn.execute(
+            f"SELECT value FROM meta WHERE key = {self._MARK}", (META_KEY,)
+        ).fetchone()
+        return policy_from_json(row[0] if row else None)
+
+    def _retained(self, conn: Connection) -> Retained:
+        """What the store's policy lets reads return now, in this read's snapshot."""
+        policy = self._policy(conn)
+        if not policy.finite:
+            return EVERYTHING
+        now = self._now(conn)
+        floors: dict[float | None, int] = {None: 0}
+
+        def floor(keep: float | None) -> int:
+            if keep not in floors:
+                assert keep is not None
+                floors[keep] = self._floor(conn, now - keep)
+            return floors[keep]
+
+        if not policy.rules:
+            return Retained(max(floor(policy.default_s) - 1, 0))
+        groups: dict[int, list[str]] = {}
+        for (topic,) in conn.execute("SELECT DISTINCT topic FROM topic_stats"):
+            groups.setdefault(floor(policy.keep_s(topic)), []).append(topic)
+        if len(groups) <= 1:
+            return Retained(max(min(groups, default=floor(policy.default_s)) - 1, 0))
+        cases, params = [], []
+        for at, topics in sorted(groups.items()):
+            test, param = self._topic_list(topics)
+            cases.append(f"WHEN {test} THEN {self._MARK}")
+            params += [param, at]
+        clause = f"seq >= CASE {' '.join(cases)} ELSE {self._MARK} END"
+        return Retained(min(groups) - 1, clause, (*params, floor(policy.default_s)))
+
+    def _floors(self, conn: Connection, policy: RetentionPolicy) -> dict[str, int]:
+        """Per topic with a finite retention, the seq below which its events expired."""
+        if not policy.finite:
+            return {}
+        now = self._now(conn)
+        by_keep: dict[float, int] = {}
+        floors = {}
+        for (topic,) in conn.execute("SELECT DISTINCT topic FROM topic_stats").fetchall():
+            keep = policy.keep_s(topic)
+            if keep is not None:
+                if keep not in by_keep:
+                    by_keep[keep] = self._floor(conn, now - keep)
+                floors[topic] = by_keep[keep]
+        return floors
+
+    def _retention_stats(self, conn: Connection) -> RetentionStats:
+        """The store's policy, its counters and the oldest event a read returns now."""
+        retained = self._retained(conn)
+        mark = self._MARK
+        oldest = conn.execute(
+            f"SELECT {self._EVENT_COLUMNS} FROM events WHERE seq > {mark}{retained.sql()}"
+            " ORDER BY seq LIMIT 1",
+            (retained.after, *retained.params),
+        ).fetchone()
+        counts = dict(conn.execute("SELECT name, count FROM retention_counts").fetchall())
+        return RetentionStats(
+            policy=self._policy(conn),
+            oldest_received_at=None if oldest is None else self._event(oldest).received_at,
+            events_expired=counts.get("events_expired", 0),
+            keys_held=counts.get("keys_made", 0) - counts.get("keys_forgotten", 0),
+            keys_forgotten=counts.get("keys_forgotten", 0),
+            late=counts.get("late", 0),
+        )
+
+    @abstractmethod
     def _rejection(self, row: Any) -> StoredRejection: ...
 
     def bridge_uptime(self, client_id: str) -> float | None:
@@ -78,7 +183,8 @@ class SqlReader(ABC):
             (uptime,) = conn.execute(
                 f"SELECT max(uptime) FROM ({live}) AS live", params
             ).fetchone() or (None,)
-        return make_stats(topics, codes, uptime)
+            retention = self._retention_stats(conn)
+        return make_stats(topics, codes, uptime, retention)
 
     def events(
         self,
@@ -90,16 +196,18 @@ class SqlReader(ABC):
         max_bytes: int | None = None,
     ) -> list[StoredEvent]:
         with self._read() as conn:
+            retained = self._retained(conn)
             rows = read_page(
                 conn,
                 self._MARK,
                 f"SELECT {self._EVENT_COLUMNS} FROM events",
                 f"SELECT seq, {self._PAYLOAD_SIZE} FROM events",
-                after=after,
+                after=max(after, retained.after),
                 limit=limit,
                 newest=newest,
                 topic=topic,
                 max_bytes=max_bytes,
+                retained=retained,
             )
         return [self._event(row) for row in rows]
 
@@ -122,6 +230,9 @@ class SqlReader(ABC):
             (newest,) = conn.execute("SELECT max(seq) FROM events").fetchone()
             if newest is None or newest <= after:
                 return StoredRate(now, {}, newest or 0)
+            retained = self._retained(conn)
+            if newest <= retained.after:
+                return StoredRate(now, {}, newest)
             since = self._instant(now - seconds)
             start = first_recent(
                 lambda seq: conn.execute(
@@ -129,16 +240,16 @@ class SqlReader(ABC):
                     " ORDER BY seq LIMIT 1",
                     (since, seq),
                 ).fetchall()[0],
-                after + 1,
+                max(after, retained.after) + 1,
                 newest + 1,
             )
             # Grouped by the cheap key, converted once per second rather than once per row.
             counts = conn.execute(
                 f"SELECT {self._UNIX.format('second')}, n FROM ("
                 f" SELECT {self._SECOND} AS second, count(*) AS n FROM events"
-                f" WHERE seq >= {mark} AND {self._SINCE} GROUP BY second) AS seconds"
-                " ORDER BY second",
-                (start, since),
+                f" WHERE seq >= {mark} AND {self._SINCE}{retained.sql()} GROUP BY second)"
+                " AS seconds ORDER BY second",
+                (start, since, *retained.params),
             ).fetchall()
         return StoredRate(now, dict(counts), newest)
 
@@ -147,8 +258,9 @@ def make_stats(
     topic_rows: Iterable[tuple[str, int, int]],
     code_rows: Iterable[tuple[str, int]],
     uptime_s: float | None,
+    retention: RetentionStats | None = None,
 ) -> Stats:
-    """Stats from the counter tables and the oldest live bridge's uptime."""
+    """Stats from the counter tables, the oldest live bridge's uptime and retention."""
     topics = {t: TopicStats(u, d) for t, u, d in topic_rows}
     codes = dict(code_rows)
     return Stats(
@@ -158,6 +270,7 @@ def make_stats(
         topics=topics,
         rejected_by_code=codes,
         uptime_s=None if uptime_s is None else round(max(0.0, uptime_s), 3),
+        retention=retention,
     )
 
 
@@ -169,12 +282,14 @@ def page(
     newest: bool,
     topic: str | None = None,
     through: int | None = None,
+    retained: Retained = EVERYTHING,
 ) -> tuple[str, list[object]]:
     """The `WHERE … ORDER BY seq … LIMIT` of a read by seq, and its parameters; `mark` is
     the driver's placeholder. With `newest` the rows come newest first: callers reverse.
-    `through` is the seq where the page stops (see `page_end`)."""
-    clause = f" WHERE seq > {mark}"
-    params: list[object] = [after]
+    `through` is the seq where the page stops (see `page_end`); `retained` hides what
+    has expired."""
+    clause = f" WHERE seq > {mark}{retained.sql()}"
+    params: list[object] = [after, *retained.params]
     if topic is not None:
         clause += f" AND topic = {mark}"
         params.append(topic)
@@ -208,10 +323,13 @@ def read_page(
     newest: bool,
     topic: str | None = None,
     max_bytes: int | None = None,
+    retained: Retained = EVERYTHING,
 ) -> list[Any]:
     """The rows of one read by seq, oldest first: `select` is the `SELECT … FROM table` of
     the rows, `sizes` that of `(seq, payload size)`, read first when there is a `max_bytes`."""
-    window = partial(page, mark, after=after, limit=limit, newest=newest, topic=topic)
+    window = partial(
+        page, mark, after=after, limit=limit, newest=newest, topic=topic, retained=retained
+    )
     through = None
     if sizes is not None and max_bytes is not None:
         clause, params = window()

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,12 +23,14 @@ from typing import Any
 
 from bridge.event import Event
 from bridge.query import Query
+from bridge.retention import RetentionPolicy, key_hash
 from bridge.store.base import (
     KEEP_REJECTED,
     SCHEMA_VERSION,
     BatchOutcome,
     Bucket,
     EventKey,
+    Purged,
     QueryTimeout,
     Refused,
     StoredEvent,
@@ -41,8 +44,16 @@ from bridge.store.base import (
     tally,
 )
 from bridge.store.options import StoreOptions
-from bridge.store.reading import Connection, SqlReader
+from bridge.store.policy import declare_policy, late
+from bridge.store.reading import Connection, SqlReader, first_recent
 from bridge.store.search_sql import micros
+from bridge.store.sqlite_retention import (
+    RETENTION_SCHEMA,
+    count,
+    expired_copies,
+    has_keys,
+)
+from bridge.store.sqlite_retention import purge as purge_expired
 from bridge.store.sqlite_search import (
     SEARCH_SCHEMA,
     Indexed,
@@ -221,21 +232,45 @@ class SQLiteReader(SqlReader):
     def _rejection(self, row: Any) -> StoredRejection:
         return StoredRejection(*row)
 
+    def _floor(self, conn: Connection, since: float) -> int:
+        bounds = conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+        if bounds[0] is None:
+            return 0
+        instant = self._instant(since)
+        return first_recent(
+            lambda seq: conn.execute(
+                "SELECT seq, received_at >= ? FROM events WHERE seq >= ? ORDER BY seq LIMIT 1",
+                (instant, seq),
+            ).fetchall()[0],
+            bounds[0],
+            bounds[1] + 1,
+        )
+
+    def _topic_list(self, topics: list[str]) -> tuple[str, object]:
+        return "topic IN (SELECT value FROM json_each(?))", json.dumps(topics)
+
     def search(self, query: Query, *, max_bytes: int | None = None) -> list[StoredEvent]:
         with self._read() as conn:
             _require_search(conn)
-            rows = search_rows(conn, query, self._EVENT_COLUMNS, self._PAYLOAD_SIZE, max_bytes)
+            rows = search_rows(
+                conn,
+                query,
+                self._EVENT_COLUMNS,
+                self._PAYLOAD_SIZE,
+                max_bytes,
+                self._retained(conn),
+            )
         return [self._event(row) for row in rows]
 
     def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
         with self._read() as conn:
             _require_search(conn)
-            return histogram(conn, query, interval_s)
+            return histogram(conn, query, interval_s, self._retained(conn))
 
     def time_span(self, query: Query) -> tuple[datetime, datetime] | None:
         with self._read() as conn:
             _require_search(conn)
-            return time_span(conn, query)
+            return time_span(conn, query, self._retained(conn))
 
     def close(self) -> None:
         """Nothing to close: each read opens and closes its own connection."""
@@ -255,9 +290,15 @@ class SQLiteWriter(SQLiteReader):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={options.durability.sqlite_synchronous}")
             self._migrate(conn)
+            self._policy_now = declare_policy(conn, "?", options.retention, self.path)
+            # Whether `record` must look for expired copies: false until a key is kept.
+            self._keys = has_keys(conn)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         self._connection = conn
+        self._durability = options.durability
+        self._purger: sqlite3.Connection | None = None
+        self._purging = threading.Lock()
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Create the schema, or upgrade it: an older store gains the search columns and
@@ -271,7 +312,7 @@ class SQLiteWriter(SQLiteReader):
             check_schema_version(found)
             if "ts" not in {row[1] for row in conn.execute("PRAGMA table_info(events)")}:
                 conn.execute("ALTER TABLE events ADD COLUMN ts INTEGER")
-            for statement in SEARCH_SCHEMA.split(";"):
+            for statement in (SEARCH_SCHEMA + RETENTION_SCHEMA).split(";"):
                 conn.execute(statement)
             (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
             upgrading = found < SEARCH_SCHEMA_VERSION and last > 0
@@ -362,13 +403,22 @@ class SQLiteWriter(SQLiteReader):
             1000 * longest,
         )
 
+    @property
+    def policy(self) -> RetentionPolicy:
+        return self._policy_now
+
     def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome:
         conn = self._connection
-        received_at = iso_utc(datetime.now(UTC))
+        now = datetime.now(UTC)
+        received_at = iso_utc(now)
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                outcome = self._record(conn, events, refused, received_at)
+                # Copies of expired events whose keys are kept are duplicates: not stored.
+                gone = expired_copies(conn, events) if self._keys and events else set()
+                outcome, stored = self._record(conn, events, refused, received_at, gone)
+                if self._policy_now.finite and stored:
+                    count(conn, "late", late(stored, self._policy_now, now))
                 conn.execute("COMMIT")
             except BaseException:
                 # SQLITE_FULL (and IOERR) roll back by themselves: a second ROLLBACK would
@@ -386,8 +436,13 @@ class SQLiteWriter(SQLiteReader):
         events: Sequence[Event],
         refused: Sequence[Refused],
         received_at: str,
-    ) -> BatchOutcome:
+        gone: set[int],
+    ) -> tuple[BatchOutcome, list[Event]]:
+        """What the batch did, and the events it stored; `gone` are the keys of expired
+        events, whose copies are duplicates."""
         rows = first_copies(events)
+        if gone:
+            rows = [e for e in rows if key_hash(e.topic, e.event_id) not in gone]
         inserted: set[EventKey] = set()
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
@@ -442,7 +497,39 @@ class SQLiteWriter(SQLiteReader):
                 "DELETE FROM rejected WHERE seq <= (SELECT max(seq) FROM rejected) - ?",
                 (KEEP_REJECTED,),
             )
-        return counts.outcome
+        return counts.outcome, [e for e in rows if (e.topic, e.event_id) in inserted]
+
+    def purge(self, stopping: Callable[[], bool]) -> Purged:
+        """On its own connection (made on first use), one pass at a time."""
+        with self._purging:
+            try:
+                if self._purger is None:
+                    self._purger = sqlite3.connect(
+                        self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+                    )
+                    self._purger.execute(
+                        f"PRAGMA synchronous={self._durability.sqlite_synchronous}"
+                    )
+                conn = self._purger
+                with self._reading(conn):
+                    policy = self._policy(conn)
+                    floors = self._floors(conn, policy)
+                self._policy_now = policy
+                if not policy.finite and policy.horizon_s is None:
+                    return Purged()
+                # Before the first key is committed, so no batch after it misses the check.
+                self._keys = True
+                return purge_expired(conn, floors, policy, time.time(), stopping)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot purge {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _reading(self, conn: sqlite3.Connection) -> Iterator[None]:
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
 
     def heartbeat(self, client_id: str, run_id: str) -> None:
         boot_id, now = host_clock()
@@ -455,4 +542,7 @@ class SQLiteWriter(SQLiteReader):
             raise StoreUnavailable(f"cannot write {self.path}: {exc}") from exc
 
     def close(self) -> None:
+        with self._purging:
+            if self._purger is not None:
+                self._purger.close()
         self._connection.close()

@@ -33,7 +33,7 @@ from bridge.query import (
     searchable,
 )
 from bridge.store.base import Bucket
-from bridge.store.reading import page_end
+from bridge.store.reading import EVERYTHING, Retained, page_end
 from bridge.store.search_sql import (
     MINUTE_US,
     Conditions,
@@ -125,11 +125,19 @@ def _number(value: Decimal) -> int | float:
 
 
 def _select(
-    conn: sqlite3.Connection, query: Query, columns: str, *, page: bool, through: int | None = None
+    conn: sqlite3.Connection,
+    query: Query,
+    columns: str,
+    *,
+    page: bool,
+    through: int | None = None,
+    retained: Retained = EVERYTHING,
 ) -> tuple[str, list[object]] | None:
     """The SQL reading `columns` of the events `query` matches, and its parameters: with
     `page`, in the query's order, at most its limit, and up to seq `through` if given;
-    else unordered (for aggregates). None when nothing can match."""
+    else unordered (for aggregates); only what `retained` lets reads see. None when
+    nothing can match."""
+    query = replace(query, after=max(query.after, retained.after))
     window = _window(conn, query)
     topics = None if query.topic is None else named_topics(conn, "?", query.topic)
     if window is None or topics == []:
@@ -140,7 +148,7 @@ def _select(
         low, high = (max(low, through - 1), high) if desc else (low, min(high, through + 1))
     direction = "DESC" if desc else "ASC"
     limit: list[object] = [query.limit] if page else []
-    rows = row_conditions(query, "?", _field)
+    rows = _retained_rows(query, retained)
     where = Conditions("?")
     if query.text is not None:
         where.add("events_fts MATCH {}", render_fts5(query.text))
@@ -180,6 +188,15 @@ def _select(
     return f"SELECT {columns} FROM events WHERE {where.sql}{order}", where.params + limit
 
 
+def _retained_rows(query: Query, retained: Retained) -> Conditions:
+    """`row_conditions`, and what retention hides when topics keep events differently."""
+    rows = row_conditions(query, "?", _field)
+    if retained.clause is not None:
+        rows.clauses.append(retained.clause)
+        rows.params += retained.params
+    return rows
+
+
 def _window(conn: sqlite3.Connection, query: Query) -> tuple[int, int] | None:
     """The seqs the page may read (low < seq < high), narrowed to the minutes of the time
     range when there is one; None when no event has a timestamp in those minutes."""
@@ -201,24 +218,31 @@ def _window(conn: sqlite3.Connection, query: Query) -> tuple[int, int] | None:
 
 
 def search_rows(
-    conn: sqlite3.Connection, query: Query, columns: str, size: str, max_bytes: int | None
+    conn: sqlite3.Connection,
+    query: Query,
+    columns: str,
+    size: str,
+    max_bytes: int | None,
+    retained: Retained = EVERYTHING,
 ) -> list[Any]:
     """The rows (`columns`, `seq` first) of the page `query` asks for; with `max_bytes`,
     the (seq, `size`) of its rows are read first, and the page stops where they add up."""
     through = None
     if max_bytes is not None:
-        sizes = _select(conn, query, f"seq, {size}", page=True)
+        sizes = _select(conn, query, f"seq, {size}", page=True, retained=retained)
         if sizes is None:
             return []
         through = page_end(conn.execute(*sizes), max_bytes)
         if through is None:
             return []
-    select = _select(conn, query, columns, page=True, through=through)
+    select = _select(conn, query, columns, page=True, through=through, retained=retained)
     return [] if select is None else conn.execute(*select).fetchall()
 
 
-def histogram(conn: sqlite3.Connection, query: Query, interval_s: int) -> list[Bucket]:
-    select = _select(conn, replace(query, position=None), "ts", page=False)
+def histogram(
+    conn: sqlite3.Connection, query: Query, interval_s: int, retained: Retained = EVERYTHING
+) -> list[Bucket]:
+    select = _select(conn, replace(query, position=None), "ts", page=False, retained=retained)
     if select is None:
         return []
     sql, params = select
@@ -229,7 +253,9 @@ def histogram(conn: sqlite3.Connection, query: Query, interval_s: int) -> list[B
     return [Bucket(from_micros(at), count) for at, count in rows]
 
 
-def time_span(conn: sqlite3.Connection, query: Query) -> tuple[datetime, datetime] | None:
+def time_span(
+    conn: sqlite3.Connection, query: Query, retained: Retained = EVERYTHING
+) -> tuple[datetime, datetime] | None:
     """With topic and time filters only, the ends of each topic's range in `(topic, ts)`
     (two index seeks a topic); else the ends of what `_select` reads."""
     query = replace(query, position=None)
@@ -238,7 +264,9 @@ def time_span(conn: sqlite3.Connection, query: Query) -> tuple[datetime, datetim
             topics = [name for (name,) in conn.execute("SELECT topic FROM topic_stats")]
         else:
             topics = named_topics(conn, "?", query.topic)
-        where = row_conditions(query, "?", _field)
+        where = _retained_rows(query, retained)
+        if retained.after:
+            where.add("seq > {}", retained.after)
         where.clauses.insert(0, "topic = t.value")
         ends = f"SELECT {{}}(ts) FROM events WHERE {where.sql}"
         sql = (
@@ -247,7 +275,7 @@ def time_span(conn: sqlite3.Connection, query: Query) -> tuple[datetime, datetim
         )
         params = [*where.params, *where.params, json.dumps(topics)]
     else:
-        select = _select(conn, query, "ts", page=False)
+        select = _select(conn, query, "ts", page=False, retained=retained)
         if select is None:
             return None
         inner, params = select

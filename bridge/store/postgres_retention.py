@@ -1,0 +1,134 @@
+"""Retention in PostgreSQL: the purge's transactions, and what `record` checks and counts.
+
+Several bridges may share the store; one purges at a time: each purge transaction first
+takes a transaction-scoped advisory lock with `pg_try_advisory_xact_lock`, and a bridge
+that does not get it leaves the pass to the one that has it (a lock that ends with its
+transaction cannot outlive a bridge killed while holding it). One transaction deletes a
+chunk of one topic's expired events, keeps their keys and counts both.
+
+A copy of an event may arrive while a purge deletes it. Its INSERT then waits on the
+deleted row, and once the purge commits it inserts (the row is gone) under a snapshot
+that cannot see the key the purge kept. So `record` looks for the keys of what it
+inserted in a statement of its own, after the INSERT: that statement's snapshot is taken
+after the purge committed, sees the key, and the copy is deleted again and counted as a
+duplicate, in the same transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from bridge.retention import key_hash
+from bridge.store.base import EventKey
+
+RETENTION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS expired_keys (key bigint PRIMARY KEY, expired_at timestamptz NOT NULL);
+CREATE INDEX IF NOT EXISTS expired_keys_at ON expired_keys (expired_at);
+CREATE TABLE IF NOT EXISTS retention_counts (name text PRIMARY KEY, count bigint NOT NULL);
+"""
+# Two-key advisory lock (class, schema), as the commit lock: one purger per schema.
+PURGE_LOCK = 0x6C6F6762
+
+# The first seq received at or after a time, by bisection over seq in one statement: each
+# step reads one row by the seq index (`reading.first_recent` in SQL).
+FLOOR = """
+WITH RECURSIVE b (lo, hi) AS (
+    SELECT min(seq), max(seq) + 1 FROM events
+    UNION ALL
+    SELECT CASE WHEN p.recent THEN b.lo ELSE least(p.seq + 1, b.hi) END,
+           CASE WHEN p.recent THEN (b.lo + b.hi) / 2 ELSE b.hi END
+    FROM b CROSS JOIN LATERAL (
+        SELECT seq, received_at >= to_timestamp(%s) AS recent FROM events
+        WHERE seq >= (b.lo + b.hi) / 2 ORDER BY seq LIMIT 1
+    ) AS p
+    WHERE b.lo < b.hi
+)
+SELECT coalesce(min(lo), 0) FROM b WHERE lo >= hi
+"""
+
+_COUNT = """
+INSERT INTO retention_counts (name, count) VALUES (%s, %s)
+ON CONFLICT (name) DO UPDATE SET count = retention_counts.count + excluded.count
+"""
+
+_DELETE_CHUNK = """
+DELETE FROM events WHERE seq IN (
+    SELECT seq FROM events WHERE topic = %s AND seq < %s ORDER BY seq LIMIT %s
+) RETURNING event_id
+"""
+
+_KEEP_KEYS = """
+WITH made AS (
+    INSERT INTO expired_keys (key, expired_at) SELECT k, now() FROM unnest(%s::bigint[]) AS k
+    ON CONFLICT DO NOTHING RETURNING 1
+) SELECT count(*) FROM made
+"""
+
+_FORGET_CHUNK = """
+DELETE FROM expired_keys WHERE key IN (
+    SELECT key FROM expired_keys WHERE expired_at < now() - make_interval(secs => %s)
+    ORDER BY expired_at LIMIT %s
+)
+"""
+
+
+def count(conn: psycopg.Connection[Any], name: str, n: int) -> None:
+    """Add `n` to a retention counter, in the caller's transaction."""
+    if n:
+        conn.execute(_COUNT, (name, n))
+
+
+def drop_expired_copies(conn: psycopg.Connection[Any], inserted: set[EventKey]) -> set[EventKey]:
+    """The just-inserted events whose keys an expired event left: deleted again (they are
+    duplicates). A statement of its own, after the INSERT (see the module's docstring)."""
+    hashes = {key_hash(*key): key for key in inserted}
+    rows = conn.execute(
+        "SELECT key FROM expired_keys WHERE key = ANY(%s::bigint[])", (list(hashes),)
+    ).fetchall()
+    copies = {hashes[key] for (key,) in rows}
+    if copies:
+        topics, ids = zip(*sorted(copies), strict=True)
+        conn.execute(
+            "DELETE FROM events WHERE (topic, event_id) IN"
+            " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            (list(topics), list(ids)),
+        )
+    return copies
+
+
+def _locked(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT pg_try_advisory_xact_lock(%s, hashtext(current_schema()))", (PURGE_LOCK,)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def purge_chunk(conn: psycopg.Connection[Any], topic: str, floor: int, limit: int) -> int | None:
+    """Delete up to `limit` of `topic`'s events below seq `floor`, keep their keys and
+    count both, in the caller's transaction; None when another bridge is purging."""
+    if not _locked(conn):
+        return None
+    ids = [eid for (eid,) in conn.execute(_DELETE_CHUNK, (topic, floor, limit))]
+    row = conn.execute(_KEEP_KEYS, ([key_hash(topic, eid) for eid in ids],)).fetchone()
+    count(conn, "events_expired", len(ids))
+    count(conn, "keys_made", row[0] if row else 0)
+    return len(ids)
+
+
+def forget_chunk(conn: psycopg.Connection[Any], horizon_s: float, limit: int) -> int | None:
+    """Forget up to `limit` keys of events deleted more than `horizon_s` ago."""
+    if not _locked(conn):
+        return None
+    n = conn.execute(_FORGET_CHUNK, (horizon_s, limit)).rowcount
+    count(conn, "keys_forgotten", n)
+    return n
+
+
+def prune_time_seqs(conn: psycopg.Connection[Any]) -> None:
+    """The time index's spans with no event left go too."""
+    conn.execute(
+        "DELETE FROM time_seqs WHERE high < (SELECT min(seq) FROM events)"
+        " OR NOT EXISTS (SELECT 1 FROM events)"
+    )

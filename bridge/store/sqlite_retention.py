@@ -1,0 +1,128 @@
+"""Retention in SQLite: what `record` checks and counts, and the purge's transactions.
+
+The purge runs on its own connection, beside the writer's: SQLite's write lock puts its
+transactions between the bridge's batches, and each is sized to take about
+`policy.PURGE_STEP_S`, so a batch waits at most about that long. One transaction deletes a
+chunk of one topic's expired events (their search index entries with them), keeps
+their keys in `expired_keys` and counts both in `retention_counts`: a crash leaves
+either all of a chunk done or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from functools import partial
+
+from bridge.event import Event
+from bridge.retention import RetentionPolicy, key_hash
+from bridge.store.base import Purged
+from bridge.store.policy import chunks
+from bridge.store.sqlite_search import index_text
+
+RETENTION_SCHEMA = """
+-- The keys of deleted events, for the dedup horizon: the key is the rowid (8 bytes).
+CREATE TABLE IF NOT EXISTS expired_keys (key INTEGER PRIMARY KEY, expired_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS expired_keys_at ON expired_keys (expired_at);
+CREATE TABLE IF NOT EXISTS retention_counts (name TEXT PRIMARY KEY, count INTEGER NOT NULL);
+"""
+_COUNT = (
+    "INSERT INTO retention_counts (name, count) VALUES (?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET count = count + excluded.count"
+)
+
+
+def count(conn: sqlite3.Connection, name: str, n: int) -> None:
+    """Add `n` to a retention counter, in the caller's transaction."""
+    if n:
+        conn.execute(_COUNT, (name, n))
+
+
+def has_keys(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM expired_keys LIMIT 1").fetchone() is not None
+
+
+def expired_copies(conn: sqlite3.Connection, events: Sequence[Event]) -> set[int]:
+    """The keys (hashes) among `events` that belong to expired events still remembered."""
+    hashes = [key_hash(e.topic, e.event_id) for e in events]
+    rows = conn.execute(
+        "SELECT key FROM expired_keys WHERE key IN (SELECT value FROM json_each(?))",
+        (json.dumps(hashes),),
+    )
+    return {key for (key,) in rows}
+
+
+def _purge_chunk(conn: sqlite3.Connection, topic: str, floor: int, limit: int, now: float) -> int:
+    """Delete up to `limit` of `topic`'s events below seq `floor`, oldest first, in one
+    transaction with their index entries, their keys and the counters; how many."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(
+            "SELECT seq, event_id, source, payload FROM events"
+            " WHERE topic = ? AND seq < ? ORDER BY seq LIMIT ?",
+            (topic, floor, limit),
+        ).fetchall()
+        # A contentless FTS5 table forgets a row only when told the text it indexed.
+        conn.executemany(
+            "INSERT INTO events_fts (events_fts, rowid, body) VALUES ('delete', ?, ?)",
+            [(seq, index_text(eid, src, json.loads(p))) for seq, eid, src, p in rows],
+        )
+        conn.execute(
+            "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))",
+            (json.dumps([row[0] for row in rows]),),
+        )
+        made = conn.executemany(
+            "INSERT INTO expired_keys (key, expired_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(key_hash(topic, eid), now) for _, eid, _, _ in rows],
+        ).rowcount
+        count(conn, "events_expired", len(rows))
+        count(conn, "keys_made", max(made, 0))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return len(rows)
+
+
+def _forget_chunk(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    """Forget up to `limit` keys of events deleted before Unix time `before`."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        cur = conn.execute(
+            "DELETE FROM expired_keys WHERE key IN"
+            " (SELECT key FROM expired_keys WHERE expired_at < ? ORDER BY expired_at LIMIT ?)",
+            (before, limit),
+        )
+        count(conn, "keys_forgotten", cur.rowcount)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return cur.rowcount
+
+
+def purge(
+    conn: sqlite3.Connection,
+    floors: dict[str, int],
+    policy: RetentionPolicy,
+    now: float,
+    stopping: Callable[[], bool],
+) -> Purged:
+    """Delete each topic's events below its floor, then forget the keys past the horizon
+    and the time index's minutes with no event left."""
+    events = 0
+    for topic, floor in floors.items():
+        events += chunks(partial(_purge_chunk, conn, topic, floor, now=now), stopping) or 0
+    forgotten = 0
+    if policy.horizon_s is not None:
+        forgotten = chunks(partial(_forget_chunk, conn, now - policy.horizon_s), stopping) or 0
+    if events:
+        with conn:
+            conn.execute(
+                "DELETE FROM minute_seqs WHERE last_seq < (SELECT min(seq) FROM events)"
+                " OR NOT EXISTS (SELECT 1 FROM events)"
+            )
+    return Purged(events, forgotten)

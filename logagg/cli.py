@@ -209,6 +209,13 @@ def bench(
         int | None,
         typer.Option(help="Retention flat: the run's length in retentions (default 10)"),
     ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a scenario waits for its events (default 600); retention purge:"
+            " for the backlog to be gone"
+        ),
+    ] = None,
     queries: Annotated[
         int | None, typer.Option(help="Query run: random queries of each kind (default 200)")
     ] = None,
@@ -263,6 +270,7 @@ def bench(
             backlog=backlog,
             retention_s=retention_s,
             windows=windows,
+            timeout=timeout,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -288,6 +288,11 @@ def _purging(
 def flat(cfg: BenchConfig) -> dict[str, Any]:
     """A steady stream at `cfg.rate` for `cfg.windows` times `cfg.retention_s` into a fresh store
     with that retention, its size on disk sampled every `SIZE_EVERY_S` s: does it stay flat?"""
+    if cfg.windows < 4:
+        raise BenchError(
+            "retention-flat: --windows must be at least 4 (the first third counts from the"
+            " end of the first window)"
+        )
     work = cfg.work / "retention-flat"
     seconds = cfg.windows * cfg.retention_s
     every = min(SIZE_EVERY_S, seconds / 30)
@@ -311,6 +316,7 @@ def flat(cfg: BenchConfig) -> dict[str, Any]:
                                 "s": round(time.time() - started, 1),
                                 "bytes": sum(parts.values()),
                                 "parts": parts,
+                                "free": watch.free_bytes(),
                                 "rows": 0 if span is None else span[1] - span[0] + 1,
                             }
                         )
@@ -319,6 +325,7 @@ def flat(cfg: BenchConfig) -> dict[str, Any]:
                 _, counts = watch.wait(
                     lambda c: c.received >= spec.count, timeout=60, alive=bridge.check_alive
                 )
+                tables = watch.tables_bytes()
             finally:
                 watch.close()
     if published["sent"] != spec.count or counts.rejected:
@@ -335,6 +342,7 @@ def flat(cfg: BenchConfig) -> dict[str, Any]:
         "events": spec.count,
         "received": counts.received,
         **verdict(samples, cfg.retention_s, seconds),
+        "tables_at_end": tables,
         "samples": samples,
     }
 

@@ -81,7 +81,7 @@ QUICK: dict[str, Any] = {
     "timeout": 60.0,
     "backlog": 20_000,
     "retention_s": 2,
-    "windows": 3,
+    "windows": 5,
 }
 
 

@@ -187,12 +187,28 @@ class StoreWatch:
                 "db": self.path.stat().st_size,
                 "wal": wal.stat().st_size if wal.exists() else 0,
             }
-        rows = self._db().execute(
-            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()"
-        )
-        return {str(name): int(size) for name, size in rows.fetchall()}
+        return self.tables_bytes()
+
+    def free_bytes(self) -> int | None:
+        """SQLite: the bytes of the database file's free pages (reused before it grows)."""
+        if self._pg is not None:
+            return None
+        (pages,) = self._one("PRAGMA freelist_count")
+        (size,) = self._one("PRAGMA page_size")
+        return int(pages) * int(size)
+
+    def tables_bytes(self) -> dict[str, int]:
+        """Each table's (PostgreSQL: with its indexes and TOAST) and, in SQLite, each index's
+        bytes; SQLite reads every page for it (`dbstat`), so ask once, not in a loop."""
+        if self._pg is None:
+            query = "SELECT name, sum(pgsize) FROM dbstat GROUP BY name"
+        else:
+            query = (
+                "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()"
+            )
+        return {str(name): int(size) for name, size in self._db().execute(query).fetchall()}
 
     def wait(
         self,

@@ -42,6 +42,8 @@ CLIENT_ID = "bench-retention"
 # How often the purge's progress (the oldest seq) and the store's size are read.
 PROGRESS_EVERY_S = 0.5
 SIZE_EVERY_S = 5.0
+# SQLite: each table's size (a read of every page) in every this many size samples.
+TABLES_EVERY = 12
 # The flat verdict: the last third's largest size may exceed the first third's by this much.
 FLAT_TOLERANCE = 0.10
 
@@ -309,17 +311,8 @@ def flat(cfg: BenchConfig) -> dict[str, Any]:
                 with start_flood(mosq.port, spec, work / "publisher.log", rate=cfg.rate) as pub:
                     while pub.process.poll() is None:
                         bridge.check_alive()
-                        parts = watch.size_bytes()
-                        span = watch.seq_range()
-                        samples.append(
-                            {
-                                "s": round(time.time() - started, 1),
-                                "bytes": sum(parts.values()),
-                                "parts": parts,
-                                "free": watch.free_bytes(),
-                                "rows": 0 if span is None else span[1] - span[0] + 1,
-                            }
-                        )
+                        tables = len(samples) % TABLES_EVERY == 0
+                        samples.append(_size_sample(watch, time.time() - started, tables))
                         time.sleep(every)
                     published = pub.result(seconds * 2 + 60)
                 _, counts = watch.wait(
@@ -345,6 +338,22 @@ def flat(cfg: BenchConfig) -> dict[str, Any]:
         "tables_at_end": tables,
         "samples": samples,
     }
+
+
+def _size_sample(watch: StoreWatch, at: float, tables: bool) -> dict[str, Any]:
+    """The store's size now; with `tables` (SQLite: it reads every page), each table's too."""
+    parts = watch.size_bytes()
+    span = watch.seq_range()
+    sample = {
+        "s": round(at, 1),
+        "bytes": sum(parts.values()),
+        "parts": parts,
+        "free": watch.free_bytes(),
+        "rows": 0 if span is None else span[1] - span[0] + 1,
+    }
+    if tables and "db" in parts:
+        sample["tables"] = watch.tables_bytes()
+    return sample
 
 
 def verdict(samples: list[dict[str, Any]], retention_s: float, seconds: float) -> dict[str, Any]:

@@ -311,8 +311,8 @@ def flat(cfg: BenchConfig) -> dict[str, Any]:
                 with start_flood(mosq.port, spec, work / "publisher.log", rate=cfg.rate) as pub:
                     while pub.process.poll() is None:
                         bridge.check_alive()
-                        tables = len(samples) % TABLES_EVERY == 0
-                        samples.append(_size_sample(watch, time.time() - started, tables))
+                        each = len(samples) % TABLES_EVERY == 0
+                        samples.append(_size_sample(watch, time.time() - started, each))
                         time.sleep(every)
                     published = pub.result(seconds * 2 + 60)
                 _, counts = watch.wait(

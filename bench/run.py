@@ -254,6 +254,7 @@ def table(report: dict[str, Any]) -> str:
             (
                 f"  purge {rp['purge_s']} s, {_n(rp['purge_per_s'] or 0)} events/s deleted,"
                 f" began {rp['purge_started_after_s']} s after the bridge started"
+                + ("" if rp["finished"] else f"; UNFINISHED: {_n(rp['deleted'])} deleted")
             ),
             "  publish → queryable          events    p50 ms    p99 ms    max ms",
         ]

@@ -144,6 +144,7 @@ def test_bench_retention_purge_measures_the_stream_during_a_purge(
     done, report = _bench(tmp_path / "bench.json", *args, timeout=300)
     purge = report["retention_purge"]
     assert (purge["store"], purge["backlog"], purge["prefilled"]) == (store, 3000, 3000)
+    assert purge["finished"]
     assert purge["purge_per_s"] > 0
     # The live events expire too, 2 s after they came: the counter may hold some of them.
     assert purge["purge_progress"][-1]["deleted"] >= 3000

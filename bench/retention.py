@@ -242,7 +242,7 @@ def _baseline(cfg: BenchConfig, mosq: Mosquitto, url: str, work: Path, top: int)
         LiveReader(url, top).running() as reader,
     ):
         distinct = _stream(cfg, mosq.port, cfg.duration, 601, work / "publisher-base.log")
-        reader.wait_for(distinct, 60, bridge)
+        reader.wait_for(distinct, cfg.timeout, bridge)
     return [lat for _, lat in reader.samples]
 
 
@@ -277,12 +277,12 @@ def _purging(
                 rounds += 1
                 log_r = work / f"publisher-purge-{rounds}.log"
                 distinct += _stream(cfg, mosq.port, cfg.duration, 610 + rounds, log_r)
-            reader.wait_for(distinct, 60, bridge)
+            reader.wait_for(distinct, cfg.timeout, bridge)
             during, after = list(reader.samples), []
             if progress.ended is not None:
                 log_r = work / "publisher-after.log"
                 distinct += _stream(cfg, mosq.port, cfg.duration, 700, log_r)
-                reader.wait_for(distinct, 60, bridge)
+                reader.wait_for(distinct, cfg.timeout, bridge)
                 after = [lat for _, lat in reader.samples[len(during) :]]
         finally:
             stop.set()
@@ -319,7 +319,9 @@ def flat(cfg: BenchConfig) -> dict[str, Any]:
                         time.sleep(every)
                     published = pub.result(seconds * 2 + 60)
                 _, counts = watch.wait(
-                    lambda c: c.received >= spec.count, timeout=60, alive=bridge.check_alive
+                    lambda c: c.received >= spec.count,
+                    timeout=cfg.timeout,
+                    alive=bridge.check_alive,
                 )
                 tables = watch.tables_bytes()
             finally:

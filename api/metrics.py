@@ -10,7 +10,9 @@ inventing topics cannot blow up Prometheus; the unlabelled totals count them all
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -18,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from api.broker_stats import BrokerStats
 from api.models import BUSIEST_TOPICS, busiest_topics
-from bridge.store import SQLiteUrl, StoreReader, StoreUnavailable, StoreUrl
+from bridge.store import RetentionStats, SQLiteUrl, StoreReader, StoreUnavailable, StoreUrl
 
 logger = logging.getLogger("logagg.api.metrics")
 
@@ -113,11 +115,52 @@ class StoreCollector(Collector):
                 "The oldest live bridge's uptime",
                 value=stats.uptime_s,
             )
+        if stats.retention is not None:
+            yield from retention_metrics(stats.retention)
         size = store_size_bytes(self._url)
         if size is not None:
             yield GaugeMetricFamily(
                 "logagg_store_size_bytes", "The SQLite database file and its WAL", value=size
             )
+
+
+def retention_metrics(stats: RetentionStats) -> Iterator[Metric]:
+    """The store's retention (+Inf: forever) and what it deleted and remembers."""
+    policy = stats.policy
+    yield GaugeMetricFamily(
+        "logagg_retention_seconds",
+        "How long events are kept after arrival (topics without an override); +Inf: forever",
+        value=math.inf if policy.default_s is None else policy.default_s,
+    )
+    yield GaugeMetricFamily(
+        "logagg_dedup_horizon_seconds",
+        "How long a deleted event's key is kept after it expired; +Inf: forever",
+        value=math.inf if policy.horizon_s is None else policy.horizon_s,
+    )
+    yield CounterMetricFamily(
+        "logagg_events_expired", "Events deleted by retention", value=stats.events_expired
+    )
+    yield GaugeMetricFamily(
+        "logagg_dedup_keys_held",
+        "Keys of deleted events kept for the dedup horizon",
+        value=stats.keys_held,
+    )
+    yield CounterMetricFamily(
+        "logagg_dedup_keys_forgotten",
+        "Keys forgotten past the dedup horizon",
+        value=stats.keys_forgotten,
+    )
+    yield CounterMetricFamily(
+        "logagg_events_late",
+        "Events stored with a timestamp already older than their retention",
+        value=stats.late,
+    )
+    if stats.oldest_received_at is not None:
+        yield GaugeMetricFamily(
+            "logagg_oldest_event_received_timestamp_seconds",
+            "When the oldest event reads return arrived (Unix time)",
+            value=datetime.fromisoformat(stats.oldest_received_at).timestamp(),
+        )
 
 
 class BrokerCollector(Collector):

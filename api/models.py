@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from bridge.store import Bucket, Stats, StoredEvent, StoredRejection, TopicStats
+from bridge.retention import show_duration
+from bridge.store import Bucket, RetentionStats, Stats, StoredEvent, StoredRejection, TopicStats
 
 # /stats lists this many topics unless asked for more, and /metrics labels as many.
 BUSIEST_TOPICS = 50
@@ -48,6 +49,47 @@ class PublishFailed(BaseModel):
     accepted: int
 
 
+class RetentionReport(BaseModel):
+    """The store's retention policy (as the last bridge started declared it) and what it did."""
+
+    retention: str = Field(description="How long events are kept after arrival, or forever")
+    retention_s: float | None = Field(description="The same in seconds; null: forever")
+    retention_topics: list[str] = Field(
+        description="Per-topic overrides, FILTER=DURATION, the first match wins"
+    )
+    dedup_horizon: str = Field(
+        description="How long a deleted event's key is kept, so a copy is still a duplicate"
+    )
+    dedup_horizon_s: float | None = Field(description="The same in seconds; null: forever")
+    oldest_received_at: str | None = Field(
+        description="When the oldest event reads still return arrived; null when none"
+    )
+    events_expired: int = Field(description="Events deleted because their retention ran out")
+    keys_held: int = Field(description="Keys of deleted events kept for the dedup horizon")
+    keys_forgotten: int = Field(
+        description="Keys forgotten after the horizon: a copy of their event is stored again"
+    )
+    late: int = Field(
+        description="Events stored with a timestamp already older than their retention"
+    )
+
+    @classmethod
+    def of(cls, stats: RetentionStats) -> RetentionReport:
+        policy = stats.policy
+        return cls(
+            retention=show_duration(policy.default_s),
+            retention_s=policy.default_s,
+            retention_topics=[rule.text for rule in policy.rules],
+            dedup_horizon=show_duration(policy.horizon_s),
+            dedup_horizon_s=policy.horizon_s,
+            oldest_received_at=stats.oldest_received_at,
+            events_expired=stats.events_expired,
+            keys_held=stats.keys_held,
+            keys_forgotten=stats.keys_forgotten,
+            late=stats.late,
+        )
+
+
 class StatsReport(BaseModel):
     received: int
     unique_processed: int
@@ -81,6 +123,9 @@ class StatsReport(BaseModel):
         default=None,
         description="Set once the broker dropped messages or a queue reaches 80% of a limit",
     )
+    retention: RetentionReport | None = Field(
+        default=None, description="Retention and the dedup horizon (issue 12)"
+    )
 
     @classmethod
     def of(cls, stats: Stats, topics: int | None) -> StatsReport:
@@ -95,6 +140,7 @@ class StatsReport(BaseModel):
             topics_total=len(stats.topics),
             rejected_by_code=stats.rejected_by_code,
             uptime_s=stats.uptime_s,
+            retention=None if stats.retention is None else RetentionReport.of(stats.retention),
         )
 
 

@@ -220,12 +220,13 @@ class StreamHub:
         return found, scanned
 
     async def _next(
-        self, cursor: int, query: Query, want: Wanted | None
+        self, cursor: int, query: Query, want: Wanted | None, *, resumed: bool = False
     ) -> tuple[list[Frame], int, bool]:
         """The next frames after `cursor` (maybe none yet), the cursor after them, and
-        whether to ask again at once (False: wait for the poller)."""
+        whether to ask again at once (False: wait for the poller). A stream `resumed` from
+        a cursor reads the store first: the ring may hold events expired since (retention)."""
         floor = self._floor
-        if floor is not None and cursor >= floor:
+        if floor is not None and cursor >= floor and not resumed:
             frames, cursor = self._from_ring(cursor, want)
             return frames, cursor, len(frames) == CHUNK
         # Behind the ring (or no ring yet): search the store from our own cursor.
@@ -256,6 +257,7 @@ class StreamHub:
         STREAM_MAX_S."""
         yield b"retry: %d\n\n" % RETRY_MS
         want = wanted(query)
+        resumed = cursor is not None
         deadline = time.monotonic() + STREAM_MAX_S
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
@@ -269,7 +271,8 @@ class StreamHub:
                     # here even when no event came before it.
                     yield b"id: %d\n\n" % cursor
                     quiet_since = time.monotonic()
-                frames, cursor, more = await self._next(cursor, query, want)
+                frames, cursor, more = await self._next(cursor, query, want, resumed=resumed)
+                resumed = False
             except StoreUnavailable:
                 unavailable = True  # not created yet, or briefly unreadable: try again
             now = time.monotonic()

@@ -73,7 +73,7 @@ def _duration(value: object) -> Duration:
     return Duration(parsed)
 
 
-def _rules(value: object) -> list[Rule]:
+def _rules(value: object) -> tuple[Rule, ...]:
     """Rules from flags (one each) or the environment (comma-separated)."""
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
@@ -87,7 +87,7 @@ def _rules(value: object) -> list[Rule]:
             if isinstance(rule, str):
                 raise ValueError(rule)
             rules.append(rule)
-    return rules
+    return tuple(rules)
 
 
 # `90s`, `15m`, `12h`, `30d`, `forever`: parsed once, here, with an error naming the value.
@@ -99,7 +99,7 @@ DurationSetting = Annotated[
     WithJsonSchema({"type": "string"}),
 ]
 RulesSetting = Annotated[
-    list[Rule],
+    tuple[Rule, ...],
     NoDecode,
     PlainValidator(_rules),
     PlainSerializer(lambda rules: [r.text for r in rules], return_type=list[str]),
@@ -236,9 +236,10 @@ class BridgeSettings(MqttSettings):
         description="Keep events this long after they arrive: 90s, 15m, 12h, 30d or forever",
     )
     retention_topic: RulesSetting = Field(
-        default_factory=list,
+        default=(),
         description="Per-topic retention FILTER=DURATION, e.g. 'debug/#=1d' (repeatable, first"
         " match wins; env: comma-separated)",
+        json_schema_extra={"repeatable": True},
     )
     dedup_horizon: DurationSetting | None = Field(
         default=None,

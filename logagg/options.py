@@ -67,7 +67,7 @@ def with_settings(
                 KEYWORD_ONLY,
                 default=_shown_default(field),
                 annotation=Annotated[
-                    _option_type(field.annotation),
+                    list[str] | None if _repeatable(field) else _option_type(field.annotation),
                     typer.Option(*flags[name], help=_help_text(model, name, field)),
                 ],
             )
@@ -80,6 +80,13 @@ def with_settings(
         return run
 
     return decorate
+
+
+def _repeatable(field: FieldInfo) -> bool:
+    """A field marked `json_schema_extra={"repeatable": True}` is a flag given once per
+    item (its environment variable stays one text the model parses)."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("repeatable") is True
 
 
 def _from_command_line(context: typer.Context, name: str) -> bool:
@@ -115,15 +122,12 @@ def _option_type(annotation: Any) -> Any:
 
 def _value_type(annotation: Any) -> Any:
     """The field's type without None, when the command line can parse it; else text, which
-    the model parses as it parses the environment (a tuple comma-separated, a store URL).
-    A list is a flag given once per item."""
+    the model parses as it parses the environment (a list comma-separated, a store URL)."""
     if get_origin(annotation) in (Union, types.UnionType):
         kinds = [arg for arg in get_args(annotation) if arg is not type(None)]
         annotation = kinds[0] if len(kinds) == 1 else str
     if annotation in (str, int, float, bool, Path, SecretStr) or get_origin(annotation) is Literal:
         return annotation
-    if get_origin(annotation) is list:  # a repeatable flag, each given as text
-        return list[str]
     return annotation if isinstance(annotation, type) and issubclass(annotation, Enum) else str
 
 
@@ -135,9 +139,9 @@ def _shown_default(field: FieldInfo) -> Any:
     value = field.default
     for serializer in (m for m in field.metadata if isinstance(m, PlainSerializer)):
         value = cast(Callable[[Any], Any], serializer.func)(value)
-    if isinstance(value, list):
+    if _repeatable(field):
         return [str(item) for item in value] or None
-    if isinstance(value, tuple):
+    if isinstance(value, list | tuple):
         return ",".join(map(str, value)) or None
     return value
 

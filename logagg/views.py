@@ -195,6 +195,17 @@ def summary(report: StatsReport) -> str:
     lines = [f"{name:<12}{count:>14,}  {note}".rstrip() for name, count, note in rows]
     lines.append(f"{'bridge':<12}{bridge}")
     lines.append(f"{'broker':<12}{_broker(report)}")
+    kept = report.retention
+    if kept is not None and (kept.retention_s is not None or kept.retention_topics):
+        rules = "".join(f", {rule}" for rule in kept.retention_topics)
+        lines.append(
+            f"{'retention':<12}{kept.retention}{rules}; keys kept {kept.dedup_horizon} more;"
+            f" oldest {kept.oldest_received_at or 'none'}"
+        )
+        lines.append(
+            f"{'expired':<12}{kept.events_expired:>14,}  events; keys held {kept.keys_held:,},"
+            f" forgotten {kept.keys_forgotten:,}; late {kept.late:,}"
+        )
     topics = [(t.translate(_CONTROL), c) for t, c in busiest_topics(report.topics, TOPICS_SHOWN)]
     if topics:
         width = max(len("topic"), *(len(t) for t, _ in topics))

@@ -22,6 +22,7 @@ from bridge.store import (
     open_writer,
     parse_store_url,
 )
+from bridge.store.base import SCHEMA_VERSION
 from bridge.store.sqlite_search import Indexed, index_events
 from tests.helpers import NOW, random_events
 
@@ -93,7 +94,7 @@ def test_a_store_from_before_search_is_upgraded_and_every_event_found(
         assert sum(b.count for b in reader.histogram(everything, 3600)) == len(events)
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
-            "3",
+            str(SCHEMA_VERSION),
         )
 
 

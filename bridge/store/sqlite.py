@@ -296,7 +296,6 @@ class SQLiteWriter(SQLiteReader):
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         self._connection = conn
-        self._durability = options.durability
         self._purger: sqlite3.Connection | None = None
         self._purging = threading.Lock()
 
@@ -507,9 +506,9 @@ class SQLiteWriter(SQLiteReader):
                     self._purger = sqlite3.connect(
                         self.path, isolation_level=None, check_same_thread=False, timeout=5.0
                     )
-                    self._purger.execute(
-                        f"PRAGMA synchronous={self._durability.sqlite_synchronous}"
-                    )
+                    # A purge lost to a power cut is redone by the next pass, and WAL keeps
+                    # each transaction whole: its commits need not wait for the disk.
+                    self._purger.execute("PRAGMA synchronous=NORMAL")
                 conn = self._purger
                 with self._reading(conn):
                     policy = self._policy(conn)

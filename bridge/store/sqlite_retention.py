@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 
 from bridge.event import Event
@@ -53,11 +54,23 @@ def expired_copies(conn: sqlite3.Connection, events: Sequence[Event]) -> set[int
     return {key for (key,) in rows}
 
 
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, rolled back on any error (unless SQLite already did)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def _purge_chunk(conn: sqlite3.Connection, topic: str, floor: int, limit: int, now: float) -> int:
     """Delete up to `limit` of `topic`'s events below seq `floor`, oldest first, in one
     transaction with their index entries, their keys and the counters; how many."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(conn):
         rows = conn.execute(
             "SELECT seq, event_id, source, payload FROM events"
             " WHERE topic = ? AND seq < ? ORDER BY seq LIMIT ?",
@@ -78,29 +91,18 @@ def _purge_chunk(conn: sqlite3.Connection, topic: str, floor: int, limit: int, n
         ).rowcount
         count(conn, "events_expired", len(rows))
         count(conn, "keys_made", max(made, 0))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return len(rows)
 
 
 def _forget_chunk(conn: sqlite3.Connection, before: float, limit: int) -> int:
     """Forget up to `limit` keys of events deleted before Unix time `before`."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(conn):
         cur = conn.execute(
             "DELETE FROM expired_keys WHERE key IN"
             " (SELECT key FROM expired_keys WHERE expired_at < ? ORDER BY expired_at LIMIT ?)",
             (before, limit),
         )
         count(conn, "keys_forgotten", cur.rowcount)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return cur.rowcount
 
 

@@ -1,0 +1,602 @@
+"""Retention and the dedup horizon (issue 12), on both stores: what expires, what every
+read still returns, what a re-sent copy counts as, and the counters through a SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from itertools import islice
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from api import ApiSettings
+from bridge.event import Event
+from bridge.query import Query, parse_query
+from bridge.retention import (
+    KEEP_FOREVER,
+    MIN_DEFAULT_HORIZON_S,
+    RetentionPolicy,
+    Rule,
+    key_hash,
+    make_policy,
+    parse_duration,
+    parse_rule,
+)
+from bridge.settings import BridgeSettings
+from bridge.store import (
+    PostgresUrl,
+    Stats,
+    StoredEvent,
+    StoreOptions,
+    StoreReader,
+    StoreUrl,
+    StoreWriter,
+    open_reader,
+    open_writer,
+    parse_store_url,
+)
+from bridge.store.postgres_retention import PURGE_LOCK
+from logagg.views import server_sent_events
+from supervise.mosquitto import Mosquitto
+from tests.helpers import (
+    StartBridge,
+    event,
+    logagg_cli,
+    nowhere,
+    postgres,
+    publish_raw,
+    samples,
+    serving,
+    value,
+    wait_for_stats,
+)
+
+NEVER: Callable[[], bool] = lambda: False  # noqa: E731 - a purge that is never stopped
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> StoreUrl:
+    """A URL for a store that does not exist yet, of each kind."""
+    if request.param == "postgres":
+        return parse_store_url(str(request.getfixturevalue("pg_url")))
+    return parse_store_url(f"sqlite:///{tmp_path / 'store.db'}")
+
+
+def writer(url: StoreUrl, retention: str, *rules: str, horizon: str | None = None) -> StoreWriter:
+    """A writer declaring the policy the bridge's settings make of these values."""
+    settings = BridgeSettings.model_validate(
+        {"store": url, "retention": retention, "retention_topic": rules, "dedup_horizon": horizon}
+    )
+    return open_writer(url, settings.store_options)
+
+
+def made(topic: str, event_id: str, *, age_s: float = 0.0) -> Event:
+    return Event(
+        topic=topic,
+        event_id=event_id,
+        timestamp=datetime.now(UTC) - timedelta(seconds=age_s),
+        source="test",
+        payload={"msg": f"hello {event_id}", "n": 1},
+    )
+
+
+def keys(events: Sequence[StoredEvent | Event]) -> set[tuple[str, str]]:
+    return {(e.topic, e.event_id) for e in events}
+
+
+def ask(*params: tuple[str, str]) -> Query:
+    query = parse_query(params, now=datetime.now(UTC))
+    assert isinstance(query, Query), query
+    return query
+
+
+def everything_read(reader: StoreReader) -> dict[str, set[tuple[str, str]]]:
+    """What each kind of read returns, as (topic, event_id) sets (histograms and spans as
+    whether they see anything)."""
+    plain, text, ranged = ask(), ask(("q", "hello")), ask(("since", "1h"))
+    wildcard = ask(("topic", "+"))
+    rate = reader.stored_per_second(seconds=600)
+    return {
+        "events": keys(reader.events(topic=None, after=0, limit=1000)),
+        "events_newest": keys(reader.events(topic=None, after=0, limit=1000, newest=True)),
+        "events_sized": keys(reader.events(topic=None, after=0, limit=1000, max_bytes=10**6)),
+        "search": keys(reader.search(plain)),
+        "search_text": keys(reader.search(text)),
+        "search_time": keys(reader.search(ranged)),
+        "search_wildcard": keys(reader.search(wildcard)),
+        "search_desc": keys(reader.search(ask(("order", "desc")))),
+        "histogram": {("count", str(sum(bar.count for bar in reader.histogram(plain, 60))))},
+        "time_span": {("span", str(reader.time_span(plain) is not None))},
+        "rate": {("count", str(sum(rate.counts.values())))},
+    }
+
+
+def row_count(url: StoreUrl) -> int:
+    """Rows in the events table, expired or not: what the purge has left."""
+    if isinstance(url, PostgresUrl):
+        with psycopg.connect(url.conninfo) as conn:
+            conn.execute(f"SET search_path = {url.schema}")
+            row = conn.execute("SELECT count(*) FROM events").fetchone()
+            return int(row[0]) if row else 0
+    with closing(sqlite3.connect(url.path)) as conn:
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+def assert_consistent(stats: Stats, rows: int) -> None:
+    """The counters and the rows agree: every stored event is either still there or
+    counted as expired, and every message received is counted once."""
+    assert stats.received == stats.unique_processed + stats.duplicate_dropped + stats.rejected
+    assert stats.retention is not None
+    assert rows == stats.unique_processed - stats.retention.events_expired
+
+
+# ---- settings and the policy ----
+
+
+def test_retention_durations_parse_and_refuse() -> None:
+    """Durations in s/m/h/d/w and forever; anything else refused with a reason."""
+    assert parse_duration("90s") == 90
+    assert parse_duration("15m") == 900
+    assert parse_duration("12h") == 43_200
+    assert parse_duration("30d") == 30 * 86_400
+    assert parse_duration("1.5s") == 1.5
+    assert parse_duration("forever") is None
+    for bad in ("", "10", "3x", "-1d", "0s", "1000000d"):
+        assert isinstance(parse_duration(bad), str), bad
+    assert isinstance(parse_rule("debug/#"), str)
+    assert isinstance(parse_rule("a/#/b=1d"), str)
+    assert isinstance(parse_rule("=1d"), str)
+    assert isinstance(parse_rule("debug/#=1y"), str)
+
+
+def test_retention_rules_first_match_wins() -> None:
+    """Per-topic filters are tried in order; a topic none names keeps the default."""
+    rules = [parse_rule(text) for text in ("debug/x=1h", "debug/#=1d", "audit/#=forever")]
+    policy = make_policy(86_400, [rule for rule in rules if isinstance(rule, Rule)])
+    assert policy.keep_s("debug/x") == 3600
+    assert policy.keep_s("debug/y/z") == 86_400
+    assert policy.keep_s("debug") == 86_400  # `#` names its parent too, as in MQTT
+    assert policy.keep_s("audit/login") is None
+    assert policy.keep_s("app") == 86_400
+    assert policy.horizon_s == MIN_DEFAULT_HORIZON_S
+
+
+def test_retention_horizon_default() -> None:
+    """The horizon defaults to the longest finite retention, at least 7 days; nothing
+    expiring needs no horizon."""
+    assert make_policy(None, []).horizon_s is None
+    assert make_policy(2.0, []).horizon_s == MIN_DEFAULT_HORIZON_S
+    assert make_policy(30 * 86_400.0, []).horizon_s == 30 * 86_400
+    assert make_policy(2.0, [], None).horizon_s is None
+    assert make_policy(2.0, [], 5.0).horizon_s == 5.0
+    assert make_policy(None, []) == KEEP_FOREVER
+
+
+def test_retention_purge_interval_follows_retention() -> None:
+    """A tenth of the shortest retention, between half a second and a minute."""
+    assert make_policy(2.0, []).purge_interval_s == 0.5
+    assert make_policy(300.0, []).purge_interval_s == 30
+    assert make_policy(30 * 86_400.0, []).purge_interval_s == 60
+    assert make_policy(None, []).purge_interval_s == 60
+
+
+def test_retention_settings_from_flags_and_environment() -> None:
+    """`--retention-topic` repeats; LOGAGG_RETENTION_TOPIC is comma-separated; bad values
+    exit 2 naming the flag or variable."""
+    shown = logagg_cli("bridge", "--help").output
+    assert "--retention-topic" in shown
+    assert "LOGAGG_RETENTION_TOPIC" in shown
+    bad = logagg_cli("bridge", "--retention", "3 days")
+    assert bad.exit_code == 2
+    assert "--retention" in bad.stderr
+    assert "not a duration" in bad.stderr
+    bad = logagg_cli("bridge", "--retention-topic", "a/#/b=1d")
+    assert bad.exit_code == 2
+    assert "must be the last level" in bad.stderr
+    bad = logagg_cli("bridge", "--retention-topic", "a=1d", "--retention-topic", "b/#=1y")
+    assert bad.exit_code == 2
+    assert "'b/#=1y'" in bad.stderr
+    bad = logagg_cli("bridge", env={"LOGAGG_DEDUP_HORIZON": "soon"})
+    assert bad.exit_code == 2
+    assert "LOGAGG_DEDUP_HORIZON" in bad.stderr
+    settings = BridgeSettings(retention_topic="debug/#=1d, audit/#=forever")  # type: ignore[arg-type]
+    assert [r.text for r in settings.retention_topic] == ["debug/#=1d", "audit/#=forever"]
+
+
+# ---- the stores ----
+
+
+def test_retention_expired_events_gone_from_every_read(url: StoreUrl) -> None:
+    """Every read hides expired events at once, before any purge; nothing is deleted."""
+    store = writer(url, "1s")
+    reader = open_reader(url)
+    try:
+        store.record([made("a", str(i)) for i in range(5)], [])
+        seen = everything_read(reader)
+        assert all(seen[name] for name in seen)
+        assert len(seen["events"]) == 5
+        assert seen["search_text"] == seen["events"]
+        time.sleep(1.3)
+        store.record([made("b", "fresh")], [])
+        seen = everything_read(reader)
+        for name in ("events", "events_newest", "events_sized", "search", "search_text"):
+            assert seen[name] == {("b", "fresh")}, name
+        for name in ("search_time", "search_wildcard", "search_desc"):
+            assert seen[name] == {("b", "fresh")}, name
+        assert seen["histogram"] == {("count", "1")}
+        assert seen["rate"] == {("count", "1")}
+        stats = reader.stats()
+        assert stats.retention is not None
+        assert stats.retention.events_expired == 0
+        assert row_count(url) == 6  # hidden, not yet deleted
+        time.sleep(1.3)
+        assert everything_read(reader)["time_span"] == {("span", "False")}
+        assert reader.stats().retention.oldest_received_at is None  # type: ignore[union-attr]
+    finally:
+        reader.close()
+        store.close()
+
+
+def test_retention_purge_deletes_and_counts(url: StoreUrl) -> None:
+    """The purge deletes what expired, keeps each key, and counts both with the rows."""
+    store = writer(url, "1s")
+    reader = open_reader(url)
+    try:
+        store.record([made("a", str(i)) for i in range(2000)], [])
+        time.sleep(1.2)
+        store.record([made("a", "fresh")], [])
+        purged = store.purge(NEVER)
+        assert purged.events == 2000
+        stats = reader.stats()
+        assert stats.retention is not None
+        assert stats.retention.events_expired == 2000
+        assert stats.retention.keys_held == 2000
+        assert row_count(url) == 1
+        assert_consistent(stats, 1)
+        assert store.purge(NEVER).events == 0
+    finally:
+        reader.close()
+        store.close()
+
+
+def test_retention_horizon_counts_copies_then_forgets(url: StoreUrl) -> None:
+    """Within the horizon a copy of an expired event is a duplicate and is not stored; once
+    the key is forgotten, a copy is stored again (and counted as new)."""
+    store = writer(url, "1s", horizon="2s")
+    reader = open_reader(url)
+    try:
+        store.record([made("a", "1"), made("a", "2")], [])
+        time.sleep(1.2)
+        assert store.purge(NEVER).events == 2
+        outcome = store.record([made("a", "1"), made("a", "3")], [])
+        assert outcome.stored == 1
+        assert outcome.duplicates == [("a", "1")]
+        assert keys(reader.events(topic=None, after=0, limit=10)) == {("a", "3")}
+        stats = reader.stats()
+        assert stats.duplicate_dropped == 1
+        assert stats.unique_processed == 3
+        assert_consistent(stats, row_count(url))
+        time.sleep(2.2)
+        purged = store.purge(NEVER)
+        assert purged.keys_forgotten == 2
+        assert purged.events == 1
+        outcome = store.record([made("a", "2")], [])
+        assert outcome.stored == 1
+        assert not outcome.duplicates
+        stats = reader.stats()
+        assert stats.retention is not None
+        assert stats.retention.keys_forgotten == 2
+        assert stats.retention.keys_held == 1
+        assert keys(reader.events(topic=None, after=0, limit=10)) == {("a", "2")}
+        assert_consistent(stats, row_count(url))
+    finally:
+        reader.close()
+        store.close()
+
+
+def test_retention_per_topic_overrides(url: StoreUrl) -> None:
+    """First match wins: `keep/#` forever, `short/+` 1 s, the rest 1 h."""
+    store = writer(url, "1h", "short/+=1s", "keep/#=forever", "short/#=1h")
+    reader = open_reader(url)
+    try:
+        batch = [
+            made(t, str(i)) for t in ("short/a", "short/a/b", "keep/x", "app") for i in range(3)
+        ]
+        store.record(batch, [])
+        time.sleep(1.2)
+        expected = {(e.topic, e.event_id) for e in batch if e.topic != "short/a"}
+        seen = everything_read(reader)
+        for name in ("events", "events_newest", "search", "search_text", "search_wildcard"):
+            if name == "search_wildcard":  # `+`: one-level topics only
+                assert seen[name] == {k for k in expected if k[0] == "app"}, name
+            else:
+                assert seen[name] == expected, name
+        assert seen["histogram"] == {("count", "9")}
+        assert keys(reader.search(ask(("topic", "short/a")))) == set()
+        assert store.purge(NEVER).events == 3
+        assert row_count(url) == 9
+        assert_consistent(reader.stats(), 9)
+    finally:
+        reader.close()
+        store.close()
+
+
+def test_retention_late_events_stored_and_counted(url: StoreUrl) -> None:
+    """An event whose timestamp is older than its retention on arrival is stored (retention
+    is by arrival) and counted as late."""
+    store = writer(url, "1h", "keep/#=forever")
+    reader = open_reader(url)
+    try:
+        outcome = store.record(
+            [made("a", "old", age_s=7200), made("a", "new"), made("keep/x", "old", age_s=10**6)],
+            [],
+        )
+        assert outcome.stored == 3
+        assert len(reader.events(topic=None, after=0, limit=10)) == 3
+        stats = reader.stats()
+        assert stats.retention is not None
+        assert stats.retention.late == 1
+    finally:
+        reader.close()
+        store.close()
+
+
+def test_retention_policy_lives_in_the_store(url: StoreUrl) -> None:
+    """Readers take the policy the last bridge wrote, whatever their own options say; a
+    bridge started without retention puts forever back."""
+    store = writer(url, "1s")
+    store.record([made("a", "1")], [])
+    reader = open_reader(url, StoreOptions())
+    try:
+        time.sleep(1.2)
+        assert reader.events(topic=None, after=0, limit=10) == []
+        store.close()
+        store = open_writer(url)  # forever
+        assert len(reader.events(topic=None, after=0, limit=10)) == 1
+        stats = reader.stats()
+        assert stats.retention is not None
+        assert stats.retention.policy == RetentionPolicy()
+    finally:
+        reader.close()
+        store.close()
+
+
+def test_retention_upgrade_from_schema_3(url: StoreUrl) -> None:
+    """A schema 3 store (before retention) opens as schema 4 with its events intact."""
+    store = open_writer(url)
+    store.record([made("a", str(i)) for i in range(10)], [])
+    store.close()
+    drop = (
+        "DROP TABLE expired_keys; DROP TABLE retention_counts;"
+        " UPDATE meta SET value = '3' WHERE key = 'schema_version';"
+        " DELETE FROM meta WHERE key = 'retention_policy'"
+    )
+    if isinstance(url, PostgresUrl):
+        with psycopg.connect(url.conninfo, autocommit=True) as conn:
+            conn.execute(f"SET search_path = {url.schema}")
+            conn.execute(drop)
+    else:
+        with closing(sqlite3.connect(url.path)) as conn:
+            conn.executescript(drop)
+    store = writer(url, "1h")
+    reader = open_reader(url)
+    try:
+        assert len(reader.events(topic=None, after=0, limit=100)) == 10
+        stats = reader.stats()
+        assert stats.retention is not None
+        assert stats.retention.policy.default_s == 3600
+        assert store.purge(NEVER).events == 0
+    finally:
+        reader.close()
+        store.close()
+
+
+def test_retention_postgres_one_purger_at_a_time(pg_url: str) -> None:
+    """While another session holds the purge lock, a bridge's purge skips its pass."""
+    url = postgres(pg_url)
+    store = writer(url, "1s")
+    try:
+        store.record([made("a", str(i)) for i in range(10)], [])
+        time.sleep(1.2)
+        with psycopg.connect(url.conninfo) as other:
+            other.execute(f"SET search_path = {url.schema}")
+            other.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (PURGE_LOCK,)
+            )
+            purged = store.purge(NEVER)
+            assert purged.skipped
+            assert purged.events == 0
+        assert store.purge(NEVER).events == 10
+    finally:
+        store.close()
+
+
+def test_retention_postgres_copy_during_purge_is_duplicate(pg_url: str) -> None:
+    """A copy whose INSERT waits on a purge deleting its event is still a duplicate once
+    that purge commits its key (the check after the INSERT sees it)."""
+    url = postgres(pg_url)
+    store = writer(url, "1h")
+    reader = open_reader(url)
+    try:
+        store.record([made("a", "1")], [])
+        outcome: list[object] = []
+        with psycopg.connect(url.conninfo) as purger:
+            purger.execute(f"SET search_path = {url.schema}")
+            purger.execute("DELETE FROM events WHERE topic = 'a' AND event_id = '1'")
+            purger.execute(
+                "INSERT INTO expired_keys (key, expired_at) VALUES (%s, now())",
+                (key_hash("a", "1"),),
+            )
+            copy = threading.Thread(
+                target=lambda: outcome.append(store.record([made("a", "1")], []))
+            )
+            copy.start()
+            time.sleep(0.5)
+            assert copy.is_alive()  # waiting on the deleted row
+        # The purger's transaction commits here.
+        copy.join(10)
+        assert not copy.is_alive()
+        assert outcome[0].stored == 0  # type: ignore[attr-defined]
+        assert reader.events(topic=None, after=0, limit=10) == []
+        stats = reader.stats()
+        assert stats.unique_processed == 1
+        assert stats.duplicate_dropped == 1
+    finally:
+        reader.close()
+        store.close()
+
+
+# ---- the bridge, through a real broker ----
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def bridge_store(request: pytest.FixtureRequest, store_url: str) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return store_url
+
+
+@pytest.mark.broker
+def test_retention_bridge_purges_and_counts_copies(
+    broker: Mosquitto, bridge_factory: StartBridge, bridge_store: str
+) -> None:
+    """A bridge with a 2 s retention hides and then deletes what expired; copies re-sent
+    within the horizon are counted as duplicates."""
+    bridge_factory(store=bridge_store, retention="2s", retention_topic="keep/#=forever")
+    first = [("logs/app", json.dumps(event(f"e{i}", "app")).encode()) for i in range(20)]
+    kept = [("logs/keep/x", json.dumps(event(f"k{i}", "keep/x")).encode()) for i in range(5)]
+    publish_raw(broker.port, first + kept)
+    wait_for_stats(bridge_store, lambda s: s.unique_processed == 25, timeout=30)
+    url = parse_store_url(bridge_store)
+    deadline = time.monotonic() + 30
+    while row_count(url) > 5:
+        assert time.monotonic() < deadline, "expired events not deleted within 30 s"
+        time.sleep(0.2)
+    with closing(open_reader(url)) as reader:
+        assert {e.topic for e in reader.events(topic=None, after=0, limit=100)} == {"keep/x"}
+    publish_raw(broker.port, first)
+    stats = wait_for_stats(bridge_store, lambda s: s.received == 45, timeout=30)
+    assert stats.duplicate_dropped == 20
+    assert stats.unique_processed == 25
+    assert_consistent(stats, row_count(url))
+
+
+def _prefill(url: StoreUrl, count: int) -> None:
+    """`count` events stored through the store's own writer, as the bridge writes them."""
+    store = open_writer(url)
+    try:
+        for start in range(0, count, 5000):
+            store.record([made("bulk", str(i)) for i in range(start, start + 5000)], [])
+    finally:
+        store.close()
+
+
+def _stats(url: StoreUrl) -> Stats:
+    with closing(open_reader(url)) as reader:
+        return reader.stats()
+
+
+@pytest.mark.broker
+def test_retention_counters_survive_sigkill_mid_purge(
+    bridge_factory: StartBridge, bridge_store: str
+) -> None:
+    """Killed (SIGKILL) in the middle of purging a large expired backlog, the bridge
+    leaves counters that agree with the rows; restarted, it finishes the purge."""
+    url = parse_store_url(bridge_store)
+    total = 60_000
+    _prefill(url, total)
+    time.sleep(1.1)
+    bridge = bridge_factory(store=bridge_store, retention="1s", wait=False)
+    deadline = time.monotonic() + 60
+    while True:
+        stats = _stats(url)
+        assert stats.retention is not None
+        if stats.retention.events_expired > 0:
+            break
+        assert time.monotonic() < deadline, bridge.output()
+        time.sleep(0.02)
+    bridge.stop(signal.SIGKILL)
+    stats = _stats(url)
+    assert stats.retention is not None
+    assert 0 < stats.retention.events_expired < total, "the kill came after the purge ended"
+    assert stats.retention.keys_held == stats.retention.events_expired
+    assert_consistent(stats, row_count(url))
+    bridge_factory(store=bridge_store, retention="1s")
+    deadline = time.monotonic() + 120
+    while row_count(url) > 0:
+        assert time.monotonic() < deadline, "the restarted bridge did not finish the purge"
+        time.sleep(0.2)
+    stats = _stats(url)
+    assert stats.retention is not None
+    assert stats.retention.events_expired == total == stats.retention.keys_held
+    assert stats.unique_processed == total
+    assert_consistent(stats, 0)
+
+
+def test_retention_shown_by_stats_metrics_and_cli(url: StoreUrl) -> None:
+    """/stats, /metrics and `logagg stats` say the policy, the oldest event kept and what
+    expired, from the store alone (the sidecar has no retention setting)."""
+    store = writer(url, "1s", "keep/#=forever", horizon="forever")
+    try:
+        store.record([made("a", "1"), made("a", "2", age_s=10), made("keep/x", "1")], [])
+        time.sleep(1.2)
+        assert store.purge(NEVER).events == 2
+        with serving(ApiSettings(store=url, broker=nowhere())) as client:
+            kept = client.get("/stats").json()["retention"]
+            assert kept["retention"] == "1s"
+            assert kept["retention_s"] == 1
+            assert kept["retention_topics"] == ["keep/#=forever"]
+            assert kept["dedup_horizon"] == "forever"
+            assert kept["dedup_horizon_s"] is None
+            assert kept["events_expired"] == 2
+            assert kept["keys_held"] == 2
+            assert kept["late"] == 1
+            assert kept["oldest_received_at"] is not None
+            scrape = samples(client.get("/metrics").text)
+            assert value(scrape, "logagg_retention_seconds") == 1
+            assert value(scrape, "logagg_dedup_horizon_seconds") == math.inf
+            assert value(scrape, "logagg_events_expired_total") == 2
+            assert value(scrape, "logagg_dedup_keys_held") == 2
+            assert value(scrape, "logagg_events_late_total") == 1
+            oldest = value(scrape, "logagg_oldest_event_received_timestamp_seconds")
+            assert time.time() - 60 < oldest < time.time()
+            shown = logagg_cli("stats", "--api-url", str(client.base_url))
+            assert shown.exit_code == 0, shown.stderr
+            assert "retention   1s, keep/#=forever; keys kept forever more" in shown.stdout
+            assert "events; keys held 2, forgotten 0; late 1" in shown.stdout
+    finally:
+        store.close()
+
+
+def test_retention_stream_resume_skips_expired(url: StoreUrl) -> None:
+    """A stream resumed from a Last-Event-ID gets no event expired since, even while the
+    shared poller still holds it in memory."""
+    store = writer(url, "1s")
+    try:
+        store.record([made("a", "0")], [])
+        with (
+            serving(ApiSettings(store=url, broker=nowhere())) as client,
+            client.stream("GET", "/events/stream", timeout=10) as live,
+        ):
+            events = server_sent_events(live.iter_lines())
+            start, _ = next(events)  # the id alone: where a reconnect would resume
+            store.record([made("a", str(i)) for i in range(1, 4)], [])
+            got = [json.loads(data or "")["event_id"] for _, data in islice(events, 3)]
+            assert got == ["1", "2", "3"]  # in the poller's memory now
+            time.sleep(1.2)
+            store.record([made("a", "fresh")], [])
+            headers = {"Last-Event-ID": str(start)}
+            with client.stream("GET", "/events/stream", headers=headers, timeout=10) as resumed:
+                _, data = next(iter(server_sent_events(resumed.iter_lines())))
+                assert json.loads(data or "")["event_id"] == "fresh"
+    finally:
+        store.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 from bench import chart_read
 from bench.broker_queue import measure
+from bench.stream import StreamSpec, drafts
 from tests.helpers import logagg_cli
 
 pytestmark = pytest.mark.broker
@@ -169,3 +171,13 @@ def test_bench_retention_flat_samples_the_store_size(tmp_path: Path) -> None:
     assert all(s["bytes"] > 0 for s in flat["samples"])
     assert flat["first_third_max_bytes"] > 0
     assert isinstance(flat["flat"], bool)
+
+
+def test_bench_streams_of_one_seed_never_share_event_ids() -> None:
+    """Two runs of the same seed into one store (a purge run on a reused backlog) must not
+    collide: their copies would count as duplicates and nothing would be stored."""
+    spec = StreamSpec(3, 0.0, 100, seed=601)
+    first = {d.head for d in drafts(spec)}
+    time.sleep(0.001)
+    second = {d.head for d in drafts(spec)}
+    assert not first & second

@@ -44,7 +44,10 @@ from bridge.store import (
     open_writer,
     parse_store_url,
 )
+from bridge.store.postgres import _COMMIT_LOCK
 from bridge.store.postgres_retention import PURGE_LOCK
+from logagg.options import as_environment
+from logagg.settings import UpSettings
 from logagg.views import server_sent_events
 from supervise.mosquitto import Mosquitto
 from tests.helpers import (
@@ -187,6 +190,20 @@ def test_retention_purge_interval_follows_retention() -> None:
     assert make_policy(300.0, []).purge_interval_s == 30
     assert make_policy(30 * 86_400.0, []).purge_interval_s == 60
     assert make_policy(None, []).purge_interval_s == 60
+
+
+def test_retention_settings_pass_through_logagg_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`logagg up` hands its bridge the settings as LOGAGG_* variables: the same policy."""
+    up = UpSettings.model_validate(
+        {"retention": "30d", "retention_topic": ["debug/#=1d", "audit/#=forever"]}
+    )
+    env = as_environment(up)
+    assert env["LOGAGG_RETENTION"] == "30d"
+    assert env["LOGAGG_RETENTION_TOPIC"] == "debug/#=1d,audit/#=forever"
+    assert "LOGAGG_DEDUP_HORIZON" not in env  # the default, computed by the bridge
+    for name, text in env.items():
+        monkeypatch.setenv(name, text)
+    assert BridgeSettings().retention_policy == up.retention_policy
 
 
 def test_retention_settings_from_flags_and_environment() -> None:
@@ -421,8 +438,8 @@ def test_retention_postgres_one_purger_at_a_time(pg_url: str) -> None:
 
 
 def test_retention_postgres_copy_during_purge_is_duplicate(pg_url: str) -> None:
-    """A copy whose INSERT waits on a purge deleting its event is still a duplicate once
-    that purge commits its key (the check after the INSERT sees it)."""
+    """A copy arriving while a purge chunk deletes its event waits for the chunk (it holds
+    the writers' commit lock, as `purge_chunk` does), then counts as a duplicate."""
     url = postgres(pg_url)
     store = writer(url, "1h")
     reader = open_reader(url)
@@ -431,6 +448,9 @@ def test_retention_postgres_copy_during_purge_is_duplicate(pg_url: str) -> None:
         outcome: list[object] = []
         with psycopg.connect(url.conninfo) as purger:
             purger.execute(f"SET search_path = {url.schema}")
+            purger.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_COMMIT_LOCK,)
+            )
             purger.execute("DELETE FROM events WHERE topic = 'a' AND event_id = '1'")
             purger.execute(
                 "INSERT INTO expired_keys (key, expired_at) VALUES (%s, now())",
@@ -441,7 +461,7 @@ def test_retention_postgres_copy_during_purge_is_duplicate(pg_url: str) -> None:
             )
             copy.start()
             time.sleep(0.5)
-            assert copy.is_alive()  # waiting on the deleted row
+            assert copy.is_alive()  # waiting for the chunk
         # The purger's transaction commits here.
         copy.join(10)
         assert not copy.is_alive()

@@ -58,7 +58,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge.event import Event
 from bridge.query import Query, document, searchable, tsvector_literal
-from bridge.retention import RetentionPolicy
+from bridge.retention import RetentionPolicy, key_hash
 from bridge.store.base import (
     KEEP_REJECTED,
     SCHEMA_VERSION,
@@ -92,7 +92,6 @@ from bridge.store.postgres_retention import (
     FLOOR,
     RETENTION_SCHEMA,
     count,
-    drop_expired_copies,
     forget_chunk,
     prune_time_seqs,
     purge_chunk,
@@ -192,8 +191,10 @@ WITH inserted AS (
     SELECT topic, event_id, ts, utc_offset_s, source, payload::jsonb, tsv::tsvector
     FROM unnest(
         %s::text[], %s::text[], %s::timestamptz[], %s::integer[], %s::text[], %s::text[],
-        %s::text[]
-    ) AS batch (topic, event_id, ts, utc_offset_s, source, payload, tsv)
+        %s::text[], %s::bigint[]
+    ) AS batch (topic, event_id, ts, utc_offset_s, source, payload, tsv, key)
+    -- A copy of an expired event whose key is kept is a duplicate (postgres_retention).
+    WHERE NOT EXISTS (SELECT 1 FROM expired_keys AS k WHERE k.key = batch.key)
     ON CONFLICT DO NOTHING
     RETURNING topic, event_id, seq, timestamp
 ), spans AS ({COUNT_SPANS.format(rows="inserted")})
@@ -492,6 +493,7 @@ class PostgresWriter(PostgresReader):
                 e.source,
                 payload_json(e),
                 tsvector_literal(document(searchable(e.event_id, e.source, e.payload))),
+                key_hash(e.topic, e.event_id),
             )
             for e in rows
         )
@@ -504,8 +506,6 @@ class PostgresWriter(PostgresReader):
             if rows:
                 cur = conn.execute(_INSERT_EVENTS, event_columns)
                 inserted = {(topic, event_id) for topic, event_id in cur}
-            if inserted:
-                inserted -= drop_expired_copies(conn, inserted)
             counts = tally(events, refused, inserted)
             if self._policy_now.finite and inserted:
                 stored = [e for e in rows if (e.topic, e.event_id) in inserted]
@@ -537,7 +537,7 @@ class PostgresWriter(PostgresReader):
 
             def chunk(limit: int, topic: str = topic, floor: int = floor) -> int | None:
                 with self._connection("purge") as conn:
-                    return purge_chunk(conn, topic, floor, limit)
+                    return purge_chunk(conn, topic, floor, limit, _COMMIT_LOCK)
 
             done = chunks(chunk, stopping)
             if done is None:

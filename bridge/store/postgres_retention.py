@@ -6,12 +6,14 @@ that does not get it leaves the pass to the one that has it (a lock that ends wi
 transaction cannot outlive a bridge killed while holding it). One transaction deletes a
 chunk of one topic's expired events, keeps their keys and counts both.
 
-A copy of an event may arrive while a purge deletes it. Its INSERT then waits on the
-deleted row, and once the purge commits it inserts (the row is gone) under a snapshot
-that cannot see the key the purge kept. So `record` looks for the keys of what it
-inserted in a statement of its own, after the INSERT: that statement's snapshot is taken
-after the purge committed, sees the key, and the copy is deleted again and counted as a
-duplicate, in the same transaction.
+A copy of an event may arrive while a purge deletes it. Unguarded, its INSERT would wait
+on the deleted row and, once the purge commits, insert (the row is gone) under a
+snapshot that cannot see the key the purge kept: the copy stored as new. So a purge
+chunk also holds the writers' commit lock, which every batch takes before its INSERT:
+a batch runs wholly before a chunk (its copy meets the live row: a duplicate) or wholly
+after it (its INSERT's snapshot, taken once the lock is held, sees the key, which the
+INSERT's `NOT EXISTS` turns into a duplicate). That costs the batch no statement of its
+own, and holds the writers for one chunk (~50 ms) at a time.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from typing import Any
 import psycopg
 
 from bridge.retention import key_hash
-from bridge.store.base import EventKey
 
 RETENTION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS expired_keys (key bigint PRIMARY KEY, expired_at timestamptz NOT NULL);
@@ -80,24 +81,6 @@ def count(conn: psycopg.Connection[Any], name: str, n: int) -> None:
         conn.execute(_COUNT, (name, n))
 
 
-def drop_expired_copies(conn: psycopg.Connection[Any], inserted: set[EventKey]) -> set[EventKey]:
-    """The just-inserted events whose keys an expired event left: deleted again (they are
-    duplicates). A statement of its own, after the INSERT (see the module's docstring)."""
-    hashes = {key_hash(*key): key for key in inserted}
-    rows = conn.execute(
-        "SELECT key FROM expired_keys WHERE key = ANY(%s::bigint[])", (list(hashes),)
-    ).fetchall()
-    copies = {hashes[key] for (key,) in rows}
-    if copies:
-        topics, ids = zip(*sorted(copies), strict=True)
-        conn.execute(
-            "DELETE FROM events WHERE (topic, event_id) IN"
-            " (SELECT * FROM unnest(%s::text[], %s::text[]))",
-            (list(topics), list(ids)),
-        )
-    return copies
-
-
 def _locked(conn: psycopg.Connection[Any]) -> bool:
     row = conn.execute(
         "SELECT pg_try_advisory_xact_lock(%s, hashtext(current_schema()))", (PURGE_LOCK,)
@@ -105,11 +88,15 @@ def _locked(conn: psycopg.Connection[Any]) -> bool:
     return bool(row and row[0])
 
 
-def purge_chunk(conn: psycopg.Connection[Any], topic: str, floor: int, limit: int) -> int | None:
+def purge_chunk(
+    conn: psycopg.Connection[Any], topic: str, floor: int, limit: int, commit_lock: int
+) -> int | None:
     """Delete up to `limit` of `topic`'s events below seq `floor`, keep their keys and
-    count both, in the caller's transaction; None when another bridge is purging."""
+    count both, in the caller's transaction; None when another bridge is purging. Holds
+    the writers' `commit_lock` (see the module's docstring) for the chunk."""
     if not _locked(conn):
         return None
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (commit_lock,))
     ids = [eid for (eid,) in conn.execute(_DELETE_CHUNK, (topic, floor, limit))]
     row = conn.execute(_KEEP_KEYS, ([key_hash(topic, eid) for eid in ids],)).fetchone()
     count(conn, "events_expired", len(ids))

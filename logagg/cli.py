@@ -168,8 +168,9 @@ def bench(
     store: Annotated[
         str | None,
         typer.Option(
-            help="Drain: a postgresql:// URL (a fresh schema per run, dropped after) instead "
-            "of a fresh SQLite file; --query: the store searched (sqlite:// or postgresql://)"
+            help="Drain, --retention-flat: a postgresql:// URL (a fresh schema per run, dropped"
+            " after) instead of a fresh SQLite file; --query, --retention-purge: the store used"
+            " (sqlite:// or postgresql://)"
         ),
     ] = None,
     compare_scaling: Annotated[

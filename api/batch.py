@@ -7,10 +7,12 @@ are the sidecar's own; api/errors.py answers them over HTTP (413, 422).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterable, Sequence
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from api.models import ItemError
 from api.publishing import Message
@@ -22,6 +24,7 @@ from bridge.event import (
     Rejection,
     count_nodes,
     decode_body,
+    may_hold_unstorable,
     unstorable,
 )
 
@@ -38,6 +41,10 @@ async def read_body(chunks: AsyncIterable[bytes], declared: int | None, limit: i
         if len(body) > limit:
             raise TooLarge(f"body exceeds the limit of {limit} bytes")
     return body  # not copied to bytes: a 16 MiB body would be held twice
+
+
+# The event as compact JSON bytes, straight from pydantic's serialiser (no str in between).
+_SERIALISE = Event.__pydantic_serializer__.to_json
 
 
 def _refuse_constant(name: str) -> object:
@@ -118,17 +125,60 @@ def to_messages(
         )
     if len(items) > max_batch:
         raise TooLarge(f"batch has {len(items)} events, limit {max_batch}")
-    errors: list[ItemError] = []
+    events, errors = _validated(items, may_hold_unstorable(text), max_nodes)
     messages: list[Message] = []
+    for index, event in events:
+        message = _SERIALISE(event)
+        if (problem_text := _prefixed(event.topic, prefix)) is not None:
+            errors.append(ItemError(index=index, field="topic", message=problem_text))
+        elif len(message) > max_payload_bytes:
+            errors.append(
+                ItemError(
+                    index=index,
+                    field="payload",
+                    message=f"event is {len(message)} bytes as JSON, limit {max_payload_bytes}",
+                )
+            )
+        else:
+            messages.append((prefix + event.topic, message))
+    if errors:
+        errors.sort(key=lambda e: e.index or 0)  # stable: each item's errors in their order
+        raise _invalid(*errors)
+    return messages
+
+
+@functools.cache
+def _events() -> TypeAdapter[list[Event]]:
+    """Built when first used, not on import: compiling it takes a while."""
+    return TypeAdapter(list[Event])
+
+
+def _validated(
+    items: list[Any], strings: bool, max_nodes: int
+) -> tuple[list[tuple[int, Event]], list[ItemError]]:
+    """The valid items as events, with their index; the errors of the others.
+
+    A batch is validated in one pass, a fifth cheaper than item by item; only a batch
+    with an error goes through item by item, to name every failing item and field."""
+    errors: list[ItemError] = []
     for index, item in enumerate(items):
         # First, so that neither the validator nor this answer meets a bad key or depth.
-        problem = unstorable(item, max_nodes=max_nodes) if isinstance(item, dict) else None
-        if problem is not None:
-            errors.append(ItemError(index=index, field=problem[0], message=problem[1]))
+        if isinstance(item, dict):
+            problem = unstorable(item, strings=strings, max_nodes=max_nodes)
+            if problem is not None:
+                errors.append(ItemError(index=index, field=problem[0], message=problem[1]))
+    if not errors:
+        try:
+            return list(enumerate(_events().validate_python(items))), errors
+        except ValidationError:
+            pass
+    failed = {e.index for e in errors}
+    events: list[tuple[int, Event]] = []
+    for index, item in enumerate(items):
+        if index in failed:
             continue
         try:
-            event = Event.model_validate(item)
-            message = event.model_dump_json().encode()
+            events.append((index, Event.model_validate(item)))
         except ValidationError as exc:
             errors += (
                 ItemError(
@@ -138,19 +188,4 @@ def to_messages(
                 )
                 for e in exc.errors(include_url=False)
             )
-            continue
-        if (problem_text := _prefixed(event.topic, prefix)) is not None:
-            errors.append(ItemError(index=index, field="topic", message=problem_text))
-            continue
-        if len(message) > max_payload_bytes:
-            errors.append(
-                ItemError(
-                    index=index,
-                    field="payload",
-                    message=f"event is {len(message)} bytes as JSON, limit {max_payload_bytes}",
-                )
-            )
-        messages.append((prefix + event.topic, message))
-    if errors:
-        raise _invalid(*errors)
-    return messages
+    return events, errors

@@ -1,34 +1,25 @@
 """The sidecar's MQTT side: one long-lived connection, QoS 1, done only when the broker acked.
 
-aiomqtt's `publish` waits for its PUBACK but not for the connection: when the
-broker goes away mid-batch, those waits would only end at their timeout. A
-watcher on each connection notices the loss (aiomqtt's message iterator raises
-then; we never subscribe, so it yields nothing), and a batch stops at once,
-saying how many messages the broker had acknowledged.
-
-paho-mqtt 2.2 stalls silently past 65,535 QoS 1 messages outstanding, and its
-own in-flight cap is slow at large values: its cap is off (0) and a semaphore
-shared by every request bounds what is in flight instead.
+The connection (api/mqtt_link.py) notices its loss at once, so a batch stops then, saying
+how many messages the broker had acknowledged, rather than at its deadline. At most
+`max_inflight` messages are unacknowledged at once, all requests together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
+import os
 import uuid
-from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
-import aiomqtt
-
+from api.mqtt_link import Link, LinkError, Message, Tally
 from api.settings import ApiSettings
-from bridge.broker import make_client
+from bridge.broker import tls_context
 
 logger = logging.getLogger("logagg.api.publishing")
 
-Message = tuple[str, bytes]
+__all__ = ["BrokerUnavailable", "Message", "Publisher"]
 
 
 class BrokerUnavailable(Exception):
@@ -39,74 +30,6 @@ class BrokerUnavailable(Exception):
         self.accepted = accepted
 
 
-@dataclass(frozen=True, slots=True)
-class _Connection:
-    client: aiomqtt.Client
-    watcher: asyncio.Task[aiomqtt.MqttError]
-
-    @property
-    def alive(self) -> bool:
-        return not self.watcher.done()
-
-    async def guard(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run `work` until it finishes or the connection drops, whichever comes first."""
-        task = asyncio.ensure_future(work)
-        try:
-            await asyncio.wait((task, self.watcher), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not task.done():
-                task.cancel()
-                # Let the cancelled publishes settle, so the acknowledged count is final.
-                await asyncio.wait((task,))
-        if task.cancelled():
-            raise self.watcher.result()
-        task.result()
-
-    async def close(self) -> None:
-        self.watcher.cancel()
-        try:
-            await self.client.__aexit__(None, None, None)
-        except aiomqtt.MqttError as exc:
-            logger.warning("broker did not confirm the disconnect: %s", exc)
-
-
-async def _watch(client: aiomqtt.Client) -> aiomqtt.MqttError:
-    """Returns, with the reason, when the connection is lost."""
-    try:
-        async for _ in client.messages:
-            pass
-    except aiomqtt.MqttError as exc:
-        # aiomqtt's own message says only that iterating stopped; its cause says why.
-        return aiomqtt.MqttError(f"connection lost: {exc.__cause__ or exc}")
-    raise AssertionError("aiomqtt's message iterator ended without an error")
-
-
-class _Batch:
-    """Publishes messages, at most `inflight` unacknowledged at once, counting the PUBACKs."""
-
-    def __init__(self, inflight: asyncio.Semaphore) -> None:
-        self._inflight = inflight
-        self.acked = 0
-
-    def _settled(self, task: asyncio.Task[None]) -> None:
-        # A done callback, not a `finally`: it also runs for a task cancelled before it started.
-        self._inflight.release()
-        if not task.cancelled() and task.exception() is None:
-            self.acked += 1
-
-    async def send(self, client: aiomqtt.Client, messages: Sequence[Message]) -> None:
-        try:
-            async with asyncio.TaskGroup() as group:
-                for topic, body in messages:
-                    await self._inflight.acquire()
-                    # The request's deadline bounds the wait, not aiomqtt's per-call timeout.
-                    task = group.create_task(client.publish(topic, body, qos=1, timeout=math.inf))
-                    task.add_done_callback(self._settled)
-        except* aiomqtt.MqttError as failed:
-            # The first failure says why; the others are the same broken connection.
-            raise failed.exceptions[0] from None
-
-
 class Publisher:
     """Publishes batches over one shared connection, reconnecting on demand when it is lost."""
 
@@ -114,9 +37,8 @@ class Publisher:
         self._settings = settings
         # Unique per process: a second sidecar with the same id would kick this one off.
         self._client_id = f"logagg-api-{uuid.uuid4().hex[:12]}"
-        self._inflight = asyncio.Semaphore(settings.max_inflight)
-        self._current: _Connection | None = None
-        self._connecting: asyncio.Task[_Connection] | None = None
+        self._current: Link | None = None
+        self._connecting: asyncio.Task[Link] | None = None
 
     async def publish(self, messages: Sequence[Message]) -> int:
         """Publish each `(topic, body)` with QoS 1 and return once all are acknowledged.
@@ -124,22 +46,24 @@ class Publisher:
         Raises `BrokerUnavailable`, with how many were acknowledged, if the broker
         cannot be reached or fails first, or if `publish_timeout_s` passes.
         """
-        batch = _Batch(self._inflight)
+        tally = Tally(len(messages))
         timeout = self._settings.publish_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                connection = await self._connection()
-                await connection.guard(batch.send(connection.client, messages))
+                link = await self._connection()
+                await link.publish(messages, tally)
         except TimeoutError:
             raise BrokerUnavailable(
                 f"broker {self._settings.address} did not answer within {timeout}s",
-                accepted=batch.acked,
+                accepted=tally.acked,
             ) from None
-        except aiomqtt.MqttError as exc:
+        except (LinkError, OSError) as exc:
+            # asyncio's own words ("Connect call failed (…)") do not say why; errno does.
+            why = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else exc
             raise BrokerUnavailable(
-                f"broker {self._settings.address}: {exc}", accepted=batch.acked
+                f"broker {self._settings.address}: {why}", accepted=tally.acked
             ) from exc
-        return batch.acked
+        return tally.acked
 
     async def check(self) -> None:
         """Raise `BrokerUnavailable` unless the broker is connected, or connects in time.
@@ -148,7 +72,7 @@ class Publisher:
         """
         await self.publish([])
 
-    async def _connection(self) -> _Connection:
+    async def _connection(self) -> Link:
         """The live connection, connecting first if there is none.
 
         One attempt at a time: concurrent requests await the same task, shielded,
@@ -161,26 +85,27 @@ class Publisher:
             self._connecting.add_done_callback(self._log_connect_failure)
         return await asyncio.shield(self._connecting)
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> Link:
         if self._current is not None:
             await self._current.close()
             self._current = None
-        client = make_client(
-            self._settings.address,
-            self._settings.credentials,
-            identifier=self._client_id,
-            max_inflight_messages=0,
-            timeout=self._settings.publish_timeout_s,
-            logger=logging.getLogger("logagg.api.mqtt"),
-        )
-        # aiomqtt warns past this many pending calls; up to max_inflight is our normal load.
-        client.pending_calls_threshold = self._settings.max_inflight
-        await client.__aenter__()
-        self._current = _Connection(client, asyncio.create_task(_watch(client)))
+        address, creds = self._settings.address, self._settings.credentials
+        # Its own deadline: requests waiting for it may all give up, a frozen broker is not
+        # waited for forever.
+        async with asyncio.timeout(self._settings.publish_timeout_s):
+            self._current = await Link.open(
+                address.host,
+                address.port,
+                client_id=self._client_id,
+                username=creds.username or address.username,
+                password=creds.password or address.password,
+                tls=tls_context(address, creds),
+                window=self._settings.max_inflight,
+            )
         logger.info("connected to broker %s as %s", self._settings.address, self._client_id)
         return self._current
 
-    def _log_connect_failure(self, task: asyncio.Task[_Connection]) -> None:
+    def _log_connect_failure(self, task: asyncio.Task[Link]) -> None:
         # Also retrieves the exception when every request waiting for it has given up.
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.warning("cannot connect to broker %s: %s", self._settings.address, exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import statistics
 import threading
 import time
@@ -44,7 +45,7 @@ from supervise.mosquitto import Mosquitto, free_port
 
 POLL_S = 0.005
 LATENCY_POLL_S = 0.001
-HTTP_BATCH = 1000
+HTTP_BATCHES = (1000, 100)
 HTTP_CLIENTS = 4
 # The bridge's default commit batch: the store-only measurement writes batches of this size.
 BATCH_SIZE = BridgeSettings.model_fields["batch_size"].default
@@ -83,6 +84,8 @@ class BenchConfig:
     backlog: int = 5_000_000
     retention_s: int = 60
     windows: int = 10
+    # The HTTP scenario: another checkout whose sidecar runs too, for a before/after.
+    sidecar_from: Path | None = None
 
     def __post_init__(self) -> None:
         counts = ("count", "prefill", "growth_count", "memory_count", "http_count", "repeat")
@@ -489,52 +492,113 @@ async def _post_all(url: str, bodies: list[bytes], timeout: float) -> int:
     return accepted
 
 
-def http(cfg: BenchConfig) -> dict[str, Any]:
-    """`POST /publish` in batches of 1,000 from 4 concurrent clients, timed until stored."""
-    work = cfg.work / "http"
-    spec = cfg.spec(cfg.http_count, seed=201)
-    now = time.time()
-    stream = [d.body(now) for d in drafts(spec, with_topic=True)]
-    bodies = [
-        b"[" + b",".join(stream[i : i + HTTP_BATCH]) + b"]"
-        for i in range(0, len(stream), HTTP_BATCH)
-    ]
+@dataclass(frozen=True, slots=True)
+class HttpVariant:
+    """One way of getting the stream to the broker: `batch` events a POST through the sidecar
+    (of this checkout, or `sidecar_from`'s), or none (the MQTT publisher, the baseline)."""
+
+    name: str
+    batch: int | None = None
+    sidecar_from: Path | None = None
+
+
+def _http_variants(cfg: BenchConfig) -> list[HttpVariant]:
+    variants = [HttpVariant("mqtt")]
+    variants += [HttpVariant(f"batch_{b}", b) for b in HTTP_BATCHES]
+    if cfg.sidecar_from is not None:
+        variants += [HttpVariant(f"before_{b}", b, cfg.sidecar_from) for b in HTTP_BATCHES]
+    return variants
+
+
+def _http_round(cfg: BenchConfig, work: Path, variant: HttpVariant, seed: int) -> dict[str, float]:
+    """The stream published one way into a fresh broker, bridge and store, timed until stored."""
+    spec = cfg.spec(cfg.http_count, seed=seed)
     path, url = _store(work, "store")
-    port = free_port()
-    with (
-        _broker(work / "broker") as mosq,
-        start_bridge(mosq.url, url, "bench-http", cfg.durability, work / "bridge.log") as bridge,
-        start_api(mosq.url, url, port, work / "api.log") as api,
-    ):
+    with contextlib.ExitStack() as stack:
+        mosq = stack.enter_context(_broker(work / "broker"))
+        bridge = stack.enter_context(
+            start_bridge(mosq.url, url, "bench-http", cfg.durability, work / "bridge.log")
+        )
         watch = StoreWatch(path)
-        try:
-            watch.mark()
+        stack.callback(watch.close)
+        watch.mark()
+        if variant.batch is None:
+            start = time.time()
+            accepted = _publish(mosq.port, spec, work / "publisher.log", cfg.timeout)
+            answered, api_cpu = time.time(), 0.0
+        else:
+            env = None
+            if variant.sidecar_from is not None:
+                # PYTHONSAFEPATH: `python -m` must not put the current directory first.
+                path_env = {"PYTHONPATH": str(variant.sidecar_from), "PYTHONSAFEPATH": "1"}
+                env = dict(os.environ) | path_env
+            now = time.time()
+            stream = [d.body(now) for d in drafts(spec, with_topic=True)]
+            bodies = [
+                b"[" + b",".join(stream[i : i + variant.batch]) + b"]"
+                for i in range(0, len(stream), variant.batch)
+            ]
+            port = free_port()
+            api = stack.enter_context(start_api(mosq.url, url, port, work / "api.log", env=env))
             api_cpu = cpu_seconds(api.pid)
             start = time.time()
             accepted = asyncio.run(_post_all(f"http://127.0.0.1:{port}/publish", bodies, 60))
             answered = time.time()
-            end, _ = watch.wait(
-                lambda c: c.received >= accepted,
-                timeout=cfg.timeout,
-                alive=bridge.check_alive,
-            )
             api_cpu = cpu_seconds(api.pid) - api_cpu
-            counts = watch.counts(rows=True)
-        finally:
-            watch.close()
+        end, _ = watch.wait(
+            lambda c: c.received >= accepted, timeout=cfg.timeout, alive=bridge.check_alive
+        )
+        counts = watch.counts(rows=True)
     if accepted != spec.count:
-        raise BenchError(f"http: {accepted} of {spec.count} accepted")
-    _check(counts, spec, accepted, "http")
+        raise BenchError(f"http {variant.name}: {accepted} of {spec.count} accepted")
+    _check(counts, spec, accepted, f"http {variant.name}")
     return {
-        "method": f"{HTTP_CLIENTS} clients, batches of {HTTP_BATCH}, first request to a store "
-        "poll seeing the last commit",
+        "events_per_s": spec.count / (end - start),
+        "accepted_per_s": spec.count / (answered - start),
+        "api_cpu_us_per_event": api_cpu / spec.count * 1e6,
+        "unique": counts.unique,
+    }
+
+
+def http(cfg: BenchConfig) -> dict[str, Any]:
+    """The same stream into a live bridge: from 4 clients `POST /publish` in batches of 1,000
+    and of 100, and from one MQTT publisher (the baseline); with `sidecar_from`, also through
+    that checkout's sidecar. Each round a fresh broker, bridge and store per variant, the
+    order reversed every other round; medians."""
+    variants = _http_variants(cfg)
+    rounds: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
+    for r in range(cfg.repeat):
+        for i, variant in enumerate(variants if r % 2 == 0 else variants[::-1]):
+            work = cfg.work / "http" / f"{r}-{variant.name}"
+            rounds[variant.name].append(_http_round(cfg, work, variant, seed=201 + 10 * r + i))
+    spec = cfg.spec(cfg.http_count, seed=201)
+    result: dict[str, Any] = {
+        "method": f"{HTTP_CLIENTS} clients POST batches; the baseline, one MQTT publisher (paho,"
+        f" QoS 1, window {DEFAULT_WINDOW}); from the first request to a store poll seeing the"
+        " last commit; fresh broker, bridge and store each",
         "events": spec.count,
         "distinct": spec.distinct,
-        "unique": counts.unique,
-        "events_per_s": round(spec.count / (end - start), 1),
-        "accepted_per_s": round(spec.count / (answered - start), 1),
-        "api_cpu_s_per_1000": round(api_cpu / spec.count * 1000, 4),
+        "repeat": cfg.repeat,
     }
+    for name, runs in rounds.items():
+        result[name] = {
+            key: round(statistics.median(run[key] for run in runs), 1)
+            for key in ("events_per_s", "accepted_per_s", "api_cpu_us_per_event")
+        }
+        result[name]["rounds"] = [round(run["events_per_s"]) for run in runs]
+    # Every round of every variant stored each distinct event once (`_check`): the fewest.
+    result["unique"] = min(int(run["unique"]) for runs in rounds.values() for run in runs)
+    mqtt = result["mqtt"]["events_per_s"]
+    for name in rounds:
+        if name != "mqtt":
+            result[name]["vs_mqtt"] = round(result[name]["events_per_s"] / mqtt, 2)
+    for batch in HTTP_BATCHES if cfg.sidecar_from is not None else ():
+        after, before = result[f"batch_{batch}"], result[f"before_{batch}"]
+        after["vs_before"] = round(after["events_per_s"] / before["events_per_s"], 2)
+        after["cpu_vs_before"] = round(
+            after["api_cpu_us_per_event"] / before["api_cpu_us_per_event"], 2
+        )
+    return result
 
 
 def _record_rate(url: str, events: list[Event], durability: str) -> float:

@@ -276,6 +276,12 @@ def decode_body(body: bytes | bytearray) -> str | Rejection:
     return text
 
 
+def may_hold_unstorable(text: str) -> bool:
+    """Whether JSON `text` may decode to a string holding NUL or a surrogate: only a `\\u`
+    escape can put one there, so most texts need no string check (`unstorable(strings=…)`)."""
+    return _UNSTORABLE_ESCAPE.search(text) is not None
+
+
 def parse_message(
     mqtt_topic: str,
     body: bytes,

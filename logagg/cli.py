@@ -224,6 +224,13 @@ def bench(
         int | None,
         typer.Option(help="Query run: the page compared with page 1 (default 1,000)"),
     ] = None,
+    sidecar_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="HTTP run: also through this checkout's sidecar (e.g. main's, from git"
+            " archive), for a before/after in the same run"
+        ),
+    ] = None,
     quick: Annotated[
         bool, typer.Option(help="Every scenario, small: under 30 s, to prove it works")
     ] = False,
@@ -272,6 +279,7 @@ def bench(
             retention_s=retention_s,
             windows=windows,
             timeout=timeout,
+            sidecar_from=sidecar_from.resolve() if sidecar_from else None,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -154,8 +154,10 @@ class PurgeWatch:
             base = watch.expired()
             while not stop.is_set() and self.ended is None:
                 now = time.time()
-                deleted = watch.expired() - base
+                # The oldest seq first: the counter, read after, includes every deletion
+                # it shows (both are in each purge transaction).
                 span = watch.seq_range()
+                deleted = watch.expired() - base
                 self.progress.append((now, deleted))
                 if deleted and self.started is None:
                     # Between the previous poll, which saw nothing deleted yet, and this one.

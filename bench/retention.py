@@ -144,6 +144,8 @@ class PurgeWatch:
 
     url: str
     last: int
+    base: int  # the counter before the bridge started: its first pass may beat our first poll
+    since: float  # when the bridge started: the purge began after it
     progress: list[tuple[float, int]] = field(default_factory=list)
     started: float | None = None
     ended: float | None = None
@@ -151,17 +153,16 @@ class PurgeWatch:
     def poll(self, stop: threading.Event) -> None:
         watch = StoreWatch(self.url)
         try:
-            base = watch.expired()
             while not stop.is_set() and self.ended is None:
                 now = time.time()
                 # The oldest seq first: the counter, read after, includes every deletion
                 # it shows (both are in each purge transaction).
                 span = watch.seq_range()
-                deleted = watch.expired() - base
+                deleted = watch.expired() - self.base
                 self.progress.append((now, deleted))
                 if deleted and self.started is None:
-                    # Between the previous poll, which saw nothing deleted yet, and this one.
-                    self.started = self.progress[-2][0] if len(self.progress) > 1 else now
+                    # At the previous poll, which saw nothing deleted yet (or the start).
+                    self.started = self.progress[-2][0] if len(self.progress) > 1 else self.since
                 if span is None or span[0] > self.last:
                     self.ended = now
                 time.sleep(PROGRESS_EVERY_S)
@@ -258,10 +259,11 @@ def _purging(
     watch = StoreWatch(url)
     try:
         top = (watch.seq_range() or (0, 0))[1]
+        expired = watch.expired()
     finally:
         watch.close()
     bridge_start = time.time()
-    progress = PurgeWatch(url, span[1])
+    progress = PurgeWatch(url, span[1], expired, bridge_start)
     stop = threading.Event()
     poller = threading.Thread(target=progress.poll, args=(stop,), name="bench-purge-watch")
     options = _retention_options(cfg)

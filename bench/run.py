@@ -140,6 +140,12 @@ def _n(value: float) -> str:
     return f"{value:,.0f}"
 
 
+SCALING_HEADER = (
+    "  store        bridges   events/s   ratio  vs 1 PG   CPU µs/event: each bridge"
+    "   broker  postgres   lock/IO waits"
+)
+
+
 def table(report: dict[str, Any]) -> str:
     """The report as text a person reads in a terminal."""
     m = report["machine"]
@@ -179,14 +185,35 @@ def table(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"scaling ({_n(sc['messages'])} queued messages, median of {sc['repeat']})",
-            "  store        bridges   events/s   ratio   CPU s/1000: bridges  broker  postgres",
+            SCALING_HEADER,
         ]
         for row in sc["setups"]:
             pg = row["postgres_cpu_s_per_1000"]
+            each = "/".join(f"{us:g}" for us in row["bridge_cpu_us_per_event"])
             lines.append(
                 f"  {row['store']:<12} {row['bridges']:>7} {_n(row['events_per_s']):>10}"
-                f"   {row['ratio']:>4.2f}x  {row['cpu_s_per_1000']:>16.4f}"
-                f"  {row['broker_cpu_s_per_1000']:>6.4f}  {'-' if pg is None else f'{pg:.4f}':>8}"
+                f"   {row['ratio']:>4.2f}x   {row['ratio_to_one_postgres']:>4.2f}x  {each:>26}"
+                f"  {row['broker_cpu_s_per_1000'] * 1000:>7.1f}"
+                f"  {'-' if pg is None else f'{pg * 1000:.1f}':>8}"
+                f"   {row['lock_waits']:.2f}/{row['io_waits']:.2f}"
+            )
+        spied = sc["profile"]
+        if "error" in spied:
+            lines.append(f"  where a bridge's time goes: {spied['error']}")
+        else:
+            lines.append(
+                f"  where 1 bridge on PostgreSQL spends its time (py-spy, {spied['samples']}"
+                f" samples, {_n(spied['events_per_s'])} events/s), in the function itself:"
+            )
+            lines += [f"    {share:6.1%}  {name}" for name, share in spied["self_share"].items()]
+        tail = sc["live_tail"]
+        for n in (1, 3):
+            t = tail[f"bridges_{n}"]
+            lines.append(
+                f"  live tail through the watermark, {n} bridge(s) at {_n(tail['rate'])}/s:"
+                f" p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, max {t['max_ms']} ms;"
+                f" held by the watermark p50 {t['watermark_p50_ms']} ms,"
+                f" p99 {t['watermark_p99_ms']} ms"
             )
     if lat := report.get("latency"):
         lines += [

@@ -29,18 +29,28 @@ from bench.prefill import prefill
 from bench.probe import cpu_by_pid, cpu_seconds, peak_rss_mb, rss_mb
 from bench.procs import (
     BenchError,
+    LoggedProcess,
     start_api,
     start_baseline,
     start_bridge,
     start_bridges,
     start_flood,
 )
+from bench.profile import sampled
 from bench.sessions import TOPIC_FILTER, register, shared_filter
 from bench.stream import PREFIX, StreamSpec, drafts
 from bench.watch import Counts, StoreWatch
 from bridge.event import Event, parse_message
 from bridge.settings import BridgeSettings
-from bridge.store import Durability, PostgresUrl, StoreOptions, open_writer, parse_store_url
+from bridge.store import (
+    Durability,
+    PostgresUrl,
+    StoreOptions,
+    StoreReader,
+    open_reader,
+    open_writer,
+    parse_store_url,
+)
 from supervise.mosquitto import Mosquitto, free_port
 
 POLL_S = 0.005
@@ -53,7 +63,15 @@ BRIDGE_IDS = ("bench-baseline", "bench-bridge")
 # Several bridges share the stream as README's "Scaling out" runs them: `--group logagg`.
 GROUP = "logagg"
 # `--compare-scaling`: (store, bridges), each draining the same backlog size.
-SCALING = (("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 3))
+SCALING = (
+    ("sqlite", 1),
+    ("postgresql", 1),
+    ("postgresql", 2),
+    ("postgresql", 3),
+    ("postgresql", 4),
+)
+# `--compare-scaling`'s live tail: bridges on PostgreSQL at `rate`, read through the watermark.
+TAIL_BRIDGES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +205,9 @@ class BridgeRun:
     """Bridges draining a backlog: the real processes, watched from the store and /proc.
     CPU is per 1,000 events, from the first stored row on; `cpu_s_per_1000` sums the bridges.
     `backends`: PostgreSQL only, the bridges' server processes by state and wait event,
-    averaged over the store polls (e.g. 0.8 "active Lock:advisory": on average 0.8 batches
-    waiting for the commit lock)."""
+    averaged over the store polls (e.g. 0.3 "active Lock:transactionid": on average 0.3
+    batches waiting for another's transaction, which inserted the same key first).
+    `profile`: py-spy's summary, when asked (see `bench.profile`)."""
 
     rate: float
     seconds: float
@@ -199,10 +218,18 @@ class BridgeRun:
     backends: dict[str, float] | None
     peak_rss_mb: float
     counts: Counts
+    profile: dict[str, Any] | None = None
 
 
 def _drain_with_bridges(
-    cfg: BenchConfig, mosq: Mosquitto, url: str, client_ids: list[str], sent: int, logs: Path
+    cfg: BenchConfig,
+    mosq: Mosquitto,
+    url: str,
+    client_ids: list[str],
+    sent: int,
+    logs: Path,
+    *,
+    profile: Path | None = None,
 ) -> BridgeRun:
     """Start the bridges together on a queued backlog of `sent` messages; time them from the
     first stored row's `received_at` to the poll that sees the last commit."""
@@ -231,14 +258,18 @@ def _drain_with_bridges(
             for bridge in bridges:
                 bridge.check_alive()
 
-        end, _ = watch.wait(
-            lambda c: c.received >= sent,
-            timeout=cfg.timeout,
-            every=POLL_S,
-            alive=alive,
-            on_first=lambda counts: at_first.update(snapshot(), n=counts.received),
-            on_poll=watch.sample_backends if pg else lambda: None,
+        spying: contextlib.AbstractContextManager[dict[str, Any]] = (
+            sampled(bridges[0].pid, profile) if profile else contextlib.nullcontext({})
         )
+        with spying as summary:
+            end, _ = watch.wait(
+                lambda c: c.received >= sent,
+                timeout=cfg.timeout,
+                every=POLL_S,
+                alive=alive,
+                on_first=lambda counts: at_first.update(snapshot(), n=counts.received),
+                on_poll=watch.sample_backends if pg else lambda: None,
+            )
         last = snapshot()
         rss = max(peak_rss_mb(b.pid) for b in bridges)
         own = watch.backend_pid  # the watch's polling is not the bridges' load
@@ -265,6 +296,7 @@ def _drain_with_bridges(
         else None,
         peak_rss_mb=rss,
         counts=counts,
+        profile=summary if profile else None,
     )
 
 
@@ -374,12 +406,20 @@ def scaling(cfg: BenchConfig) -> dict[str, Any]:
     for (kind, n), done in runs.items():
         rate = _median([run.rate for run in done])
         postgres = [run.postgres_cpu_s_per_1000 for run in done]
+        pg_reference = _median([run.rate for run in runs[SCALING[1]]])
         rows.append(
             {
                 "store": kind,
                 "bridges": n,
                 "events_per_s": rate,
                 "ratio": round(rate / reference, 3),
+                "ratio_to_one_postgres": round(rate / pg_reference, 3),
+                "bridge_cpu_us_per_event": [
+                    round(_median([run.bridges_cpu_s_per_1000[i] for run in done]) * 1000, 1)
+                    for i in range(n)
+                ],
+                "lock_waits": _median([_waiting(run, " Lock:") for run in done]),
+                "io_waits": _median([_waiting(run, " IO:") for run in done]),
                 "cpu_s_per_1000": _median([run.cpu_s_per_1000 for run in done]),
                 "broker_cpu_s_per_1000": _median([run.broker_cpu_s_per_1000 for run in done]),
                 "postgres_cpu_s_per_1000": None
@@ -397,7 +437,140 @@ def scaling(cfg: BenchConfig) -> dict[str, Any]:
         "distinct": cfg.spec(cfg.count, 1).distinct,
         "repeat": cfg.repeat,
         "setups": rows,
+        "profile": _profiled_drain(cfg),
+        "live_tail": live_tail(cfg),
     }
+
+
+def _profiled_drain(cfg: BenchConfig) -> dict[str, Any]:
+    """One more drain by one bridge on PostgreSQL, sampled by py-spy: where its time goes
+    (see `bench.profile`). Not in the medians: sampling costs the bridge a little."""
+    work = cfg.work / "scaling" / "profile"
+    client_ids, topic_filter = _bridge_ids(1)
+    spec = cfg.spec(cfg.count, seed=1)
+    with _broker(work / "broker") as mosq, _fresh_store(cfg, work, "store") as url:
+        register(mosq.port, client_ids, topic_filter)
+        sent = _publish(mosq.port, spec, work / "publisher.log", cfg.timeout)
+        run = _drain_with_bridges(
+            cfg, mosq, url, client_ids, sent, work, profile=work / "py-spy.txt"
+        )
+    return {"events_per_s": run.rate, **(run.profile or {})}
+
+
+def _check_alive(bridges: list[LoggedProcess]) -> None:
+    for bridge in bridges:
+        bridge.check_alive()
+
+
+def _waiting(run: BridgeRun, kind: str) -> float:
+    """How many of the bridges' backends waited on `kind` (" Lock:", " IO:"), on average
+    over the store polls."""
+    return round(sum(v for k, v in (run.backends or {}).items() if kind in k), 3)
+
+
+def live_tail(cfg: BenchConfig) -> dict[str, Any]:
+    """TAIL_BRIDGES bridges on `cfg.store` at `cfg.rate` events/s for `cfg.duration`; a
+    reader follows with `events(after=…)`, as /events/stream's poller does (through the
+    watermark), every millisecond, and takes for each new row now minus the `sent_at`
+    the publisher put in its payload. Beside it a raw reader (`seq > after`, no
+    watermark) notes when each row is first visible at all: the watermark's own cost is
+    the difference, per row. Against 1 bridge, same rate, same readers."""
+    if cfg.store is None:
+        raise BenchError("the live tail needs --store postgresql://…")
+    spec = cfg.spec(max(1, round(cfg.rate * cfg.duration)), seed=102)
+    result: dict[str, Any] = {"rate": cfg.rate, "duration_s": cfg.duration}
+    for n in (1, TAIL_BRIDGES):
+        seen, visible = _tail(cfg, spec, n)
+        ordered = sorted(latency for _, latency, _ in seen)
+        if len(ordered) != spec.distinct:
+            raise BenchError(f"live tail: the reader saw {len(ordered)} rows of {spec.distinct}")
+        held = sorted(at - visible[seq] for seq, _, at in seen if seq in visible)
+        result[f"bridges_{n}"] = {
+            "p50_ms": _percentile(ordered, 0.50),
+            "p99_ms": _percentile(ordered, 0.99),
+            "max_ms": round(ordered[-1] * 1000, 2),
+            "watermark_p50_ms": _percentile(held, 0.50),
+            "watermark_p99_ms": _percentile(held, 0.99),
+        }
+    return result
+
+
+# What a tail reader saw: (seq, now - sent_at, when), `when` on time.monotonic().
+Seen = list[tuple[int, float, float]]
+
+
+def _follow(reader: StoreReader, seen: Seen, stop: threading.Event) -> None:
+    """Read what is new every LATENCY_POLL_S through the store's reader (the watermark)."""
+    last = 0
+    while not stop.is_set():
+        rows = reader.events(topic=None, after=last, limit=1000)
+        now, at = time.time(), time.monotonic()
+        seen.extend((e.seq, now - float(e.payload["sent_at"]), at) for e in rows)
+        if rows:
+            last = rows[-1].seq
+        time.sleep(LATENCY_POLL_S)
+
+
+def _follow_raw(url: str, visible: dict[int, float], stop: threading.Event) -> None:
+    """When each seq is first visible to a plain read, with no watermark: every row
+    committed (the rows of any seq, in any order)."""
+    pg = parse_store_url(url)
+    assert isinstance(pg, PostgresUrl)
+    with psycopg.connect(pg.conninfo, autocommit=True) as conn:
+        if pg.schema is not None:
+            conn.execute("SELECT set_config('search_path', %s, false)", (pg.schema,))
+        while not stop.is_set():
+            with contextlib.suppress(psycopg.errors.UndefinedTable):
+                rows = conn.execute(
+                    "SELECT seq FROM events WHERE seq > %s", (max(visible, default=0) - 2_000,)
+                ).fetchall()
+                at = time.monotonic()
+                for (seq,) in rows:
+                    visible.setdefault(seq, at)
+            time.sleep(LATENCY_POLL_S)
+
+
+def _tail(cfg: BenchConfig, spec: StreamSpec, n: int) -> tuple[Seen, dict[int, float]]:
+    """`n` bridges at `cfg.rate`, followed by the two readers: what each saw."""
+    work = cfg.work / f"tail-{n}"
+    client_ids, topic_filter = _bridge_ids(n)
+    seen: Seen = []
+    visible: dict[int, float] = {}
+    stop = threading.Event()
+    with (
+        _broker(work / "broker") as mosq,
+        _fresh_store(cfg, work, "store") as url,
+        contextlib.ExitStack() as stack,
+    ):
+        register(mosq.port, client_ids, topic_filter)
+        group = GROUP if n > 1 else None
+        bridges = start_bridges(
+            mosq.url, url, client_ids, cfg.durability, work, group=group, stack=stack
+        )
+        reader = open_reader(parse_store_url(url))
+        stack.callback(reader.close)
+        threads = [
+            threading.Thread(target=_follow, args=(reader, seen, stop), name="tail"),
+            threading.Thread(target=_follow_raw, args=(url, visible, stop), name="raw"),
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            with start_flood(mosq.port, spec, work / "publisher.log", rate=cfg.rate) as pub:
+                pub.result(cfg.duration * 2 + 60)
+            watch = StoreWatch(url)
+            stack.callback(watch.close)
+            watch.wait(
+                lambda c: c.received >= spec.count,
+                timeout=60,
+                alive=lambda: _check_alive(bridges),
+            )
+            time.sleep(0.2)  # let the reader see the last commit
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+    return seen, visible
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

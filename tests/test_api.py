@@ -64,7 +64,20 @@ def test_publish_single_and_batch_are_stored_by_the_bridge(
         },
         "topics_total": 2,
         "rejected_by_code": {},
+        "retention": {
+            "retention": "forever",
+            "retention_s": None,
+            "retention_topics": [],
+            "dedup_horizon": "forever",
+            "dedup_horizon_s": None,
+            "oldest_received_at": mine["retention"]["oldest_received_at"],
+            "events_expired": 0,
+            "keys_held": 0,
+            "keys_forgotten": 0,
+            "late": 0,
+        },
     }
+    assert mine["retention"]["oldest_received_at"] is not None
 
     page = client.get("/events").json()
     stored = page["events"]

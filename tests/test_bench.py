@@ -17,6 +17,7 @@ import pytest
 
 from bench import chart_read
 from bench.broker_queue import measure
+from bench.profile import summarise
 from bench.stream import StreamSpec, drafts
 from tests.helpers import logagg_cli
 
@@ -181,3 +182,17 @@ def test_bench_streams_of_one_seed_never_share_event_ids() -> None:
     time.sleep(0.001)
     second = {d.head for d in drafts(spec)}
     assert not first & second
+
+
+def test_profile_summary_counts_each_function_by_its_innermost_frames() -> None:
+    """py-spy's raw stacks, summed by the function running itself, lines apart."""
+    raw = (
+        "<module> (bridge/main.py:3);record (bridge/store/postgres.py:610) 6\n"
+        "<module> (bridge/main.py:3);record (bridge/store/postgres.py:612) 2\n"
+        "<module> (bridge/main.py:3);decode (json/decoder.py:337) 2\n"
+        "garbage\n"
+    )
+    assert summarise(raw) == {
+        "samples": 10,
+        "self_share": {"record (postgres.py)": 0.8, "decode (decoder.py)": 0.2},
+    }

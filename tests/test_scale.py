@@ -7,6 +7,8 @@ bridges are stopped before their database goes away.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import re
@@ -20,9 +22,12 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
+import httpx
 import pytest
 
+from api.settings import ApiSettings
 from bridge.store import open_reader, parse_store_url
+from logagg.views import server_sent_events
 from supervise.mosquitto import Mosquitto, free_port
 from tests.helpers import (
     BridgeProcess,
@@ -33,6 +38,7 @@ from tests.helpers import (
     key,
     make_stream,
     publish_raw,
+    serving,
     wait_for_stats,
 )
 
@@ -265,3 +271,160 @@ def test_postgres_restarted_mid_stream_loses_nothing(
     )
     for bridge in bridges:
         assert reason.search(bridge.output()), bridge.output()[-3000:]
+
+
+Seen = list[tuple[int, str, str]]  # (seq, topic, event_id) in the order a reader got them
+READ_ERRORS = (httpx.HTTPError, ValueError, KeyError)
+
+
+class Follower(threading.Thread):
+    """A reader that follows the store from seq 0 until it has seen `want` events (or its
+    deadline passes): `read(after)` gives the next rows after `after`, maybe none yet; a
+    failure (the store or the sidecar briefly away) is retried."""
+
+    def __init__(self, name: str, read: Callable[[int], Seen], want: int) -> None:
+        super().__init__(name=name, daemon=True)
+        self.read, self.want = read, want
+        self.seen: Seen = []
+        self.failures = 0
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 300
+        while len(self.seen) < self.want and time.monotonic() < deadline:
+            try:
+                rows = self.read(self.seen[-1][0] if self.seen else 0)
+            except READ_ERRORS:
+                self.failures += 1
+                rows = []
+            self.seen += rows
+            if not rows:
+                time.sleep(0.05)
+
+
+def store_pages(store: str) -> Callable[[int], Seen]:
+    reader = open_reader(parse_store_url(store))
+    rng = random.Random(1)
+
+    def read(after: int) -> Seen:
+        try:
+            rows = reader.events(topic=None, after=after, limit=rng.randint(1, 500))
+        except Exception:  # StoreUnavailable while PostgreSQL is down
+            return []
+        return [(e.seq, e.topic, e.event_id) for e in rows]
+
+    return read
+
+
+def http_pages(client: httpx.Client) -> Callable[[int], Seen]:
+    rng = random.Random(2)
+
+    def read(after: int) -> Seen:
+        response = client.get("/events", params={"after": after, "limit": rng.randint(1, 500)})
+        if response.status_code != 200:
+            return []
+        return [(e["seq"], e["topic"], e["event_id"]) for e in response.json()["events"]]
+
+    return read
+
+
+def http_stream(client: httpx.Client) -> Callable[[int], Seen]:
+    """The live stream from `after` (as Last-Event-ID), read for up to a second at a time:
+    each call is a reconnect, as a browser's after the stream ends or breaks."""
+
+    def read(after: int) -> Seen:
+        rows: Seen = []
+        headers = {"Last-Event-ID": str(after)}
+        until = time.monotonic() + 1.0
+        # A read timeout ends a quiet stream (it pings every 15 s only): keep what came.
+        with (
+            contextlib.suppress(httpx.ReadTimeout),
+            client.stream("GET", "/events/stream", headers=headers, timeout=1) as response,
+        ):
+            if response.status_code != 200:
+                return []
+            for _, data in server_sent_events(response.iter_lines()):
+                if data is not None:
+                    e = json.loads(data)
+                    rows.append((e["seq"], e["topic"], e["event_id"]))
+                if time.monotonic() > until:
+                    break
+        return rows
+
+    return read
+
+
+def check_followers(store: str, followers: list[Follower]) -> None:
+    """Each follower saw the stored events exactly once each, in seq order, none missed."""
+    for follower in followers:
+        follower.join(timeout=120)
+    with closing(open_reader(parse_store_url(store))) as reader:
+        stored = [
+            (e.seq, e.topic, e.event_id) for e in reader.events(topic=None, after=0, limit=10**6)
+        ]
+    for follower in followers:
+        assert not follower.is_alive(), f"{follower.name}: still reading"
+        seqs = [seq for seq, _, _ in follower.seen]
+        assert seqs == sorted(set(seqs)), f"{follower.name}: repeated or out of order"
+        missed = sorted({seq for seq, _, _ in stored} - set(seqs))
+        assert follower.seen == stored, f"{follower.name}: missed {len(missed)}: {missed[:20]}"
+
+
+def start_followers(store: str, client: httpx.Client, want: int) -> list[Follower]:
+    followers = [
+        Follower("store pages", store_pages(store), want),
+        Follower("/events pages", http_pages(client), want),
+        Follower("/events/stream", http_stream(client), want),
+        Follower("/events/stream 2", http_stream(client), want),
+    ]
+    for follower in followers:
+        follower.start()
+    return followers
+
+
+@pytest.mark.slow
+def test_readers_of_three_bridges_see_every_event_once_in_order(
+    pg_url: str, broker: Mosquitto, bridge_factory: StartBridge
+) -> None:
+    """Three bridges commit concurrently (rows become visible out of seq order) while
+    readers follow by `after`: the store's pages, /events pages and two live streams. Each
+    sees every stored event exactly once, in seq order."""
+    stream = dealt_stream(30_000, 0.3, seed=31)
+    want = distinct(stream)
+    start_bridges(bridge_factory, pg_url)
+    settings = ApiSettings(broker=broker.url, store=parse_store_url(pg_url))
+    with serving(settings) as client:
+        followers = start_followers(pg_url, client, want)
+        publish_raw(broker.port, stream)
+        wait_for_stats(pg_url, lambda s: s.unique_processed >= want, timeout=240)
+        check_followers(pg_url, followers)
+    assert_exactly_once(pg_url, stream)
+
+
+@pytest.mark.slow
+def test_readers_stay_gap_free_through_a_bridge_sigkill_and_a_postgres_restart(
+    private_postgres: PostgresServer, broker: Mosquitto, bridge_factory: StartBridge
+) -> None:
+    """Three bridges; mid-stream one is SIGKILLed and restarted, then PostgreSQL is
+    restarted, while readers follow as above: every distinct event is stored once, and
+    every reader saw each exactly once, in seq order."""
+    stream = make_stream(30_000, 0.3, seed=32)
+    want = distinct(stream)
+    store = private_postgres.url
+    bridges = start_bridges(bridge_factory, store)
+    settings = ApiSettings(broker=broker.url, store=parse_store_url(store))
+
+    def crash_bridge_then_postgres() -> None:
+        bridges[1].stop(signal.SIGKILL)
+        time.sleep(1.0)
+        bridge_factory(store=store, group="logagg", client_id="scale-bridge-1")
+        wait_for_stats(store, lambda s: s.received >= 12_000, timeout=120)
+        private_postgres.stop("fast")
+        time.sleep(3.0)
+        private_postgres.start()
+
+    with serving(settings) as client:
+        followers = start_followers(store, client, want)
+        run_with_interruption(broker, store, stream, 5_000, crash_bridge_then_postgres)
+        wait_for_stats(store, lambda s: s.unique_processed >= want, timeout=180)
+        check_followers(store, followers)
+    assert_exactly_once(store, stream)

@@ -34,7 +34,7 @@ from bridge.store import (
     redact_url,
 )
 from bridge.store.base import KEEP_REJECTED, KEEP_ROW_BYTES
-from bridge.store.postgres import _COMMIT_LOCK, PostgresReader, PostgresWriter
+from bridge.store.postgres import PostgresReader, PostgresWriter
 from bridge.store.reading import first_recent
 from bridge.store.sqlite import SQLiteReader, SQLiteWriter
 from supervise.mosquitto import free_port
@@ -497,41 +497,45 @@ def test_postgres_sessions_carry_the_hold_timeouts(pg_url: str) -> None:
     assert row == ("1500ms", "3s", "9s")
 
 
-def test_postgres_stuck_holder_of_the_commit_lock_is_ended(pg_url: str) -> None:
-    """A store session that stops inside its transaction while holding the commit lock (as
-    a SIGSTOPped bridge does) is ended by the server after `hold_s`: another writer then
-    commits, and the stopped one's batch, never committed, goes in whole when it retries."""
+def test_postgres_writer_stuck_inside_its_transaction_holds_readers_not_writers(
+    pg_url: str,
+) -> None:
+    """A store session that stops inside its batch's transaction (as a SIGSTOPped bridge
+    could, between its statement and the commit) holds no other writer: another one
+    commits at once. Readers stop at the watermark below the stuck batch's seqs (it may
+    still commit), until the server ends the session after `hold_s`; then they see the
+    other writer's event, and the stuck batch, rolled back, goes in whole when retried."""
     hold_s = 1.0
     with (
         closing(PostgresWriter(postgres(pg_url), StoreOptions(hold_s=hold_s))) as stuck,
         closing(open_writer(postgres(pg_url), StoreOptions(hold_s=hold_s))) as other,
     ):
         stuck.record([event("t", "0")], [])  # the schema exists
+        statement, params = stuck.batch([event("t", "lost")], [])
         waited = []
 
-        def stop_inside_commit() -> None:
-            with stuck._connection("write") as conn:  # noqa: SLF001 (a writer stopped inside its commit)
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))",
-                    (_COMMIT_LOCK,),
-                )
-                conn.execute(
-                    "INSERT INTO events (topic, event_id, timestamp, utc_offset_s,"
-                    " source, payload) VALUES ('t', 'lost', now(), 0, 's', '{}')"
-                )
+        def stop_inside_transaction() -> None:
+            with stuck._connection("write") as conn, conn.transaction():  # noqa: SLF001 (a writer stopped inside its transaction)
+                conn.execute(statement, params)
                 began = time.monotonic()
-                # The other writer waits on the lock until the server ends this session.
                 assert other.record([event("t", "1")], []).stored == 1
+                assert time.monotonic() - began < hold_s / 2  # not held
+                seen = [e.event_id for e in other.events(topic=None, after=0, limit=10)]
+                assert seen == ["0"]  # "1" is above the stuck batch's seqs
+                while time.monotonic() - began < 10 and seen == ["0"]:
+                    time.sleep(0.05)
+                    seen = [e.event_id for e in other.events(topic=None, after=0, limit=10)]
+                assert seen == ["0", "1"]
                 waited.append(time.monotonic() - began)
                 conn.execute("SELECT 1")  # wakes up: its session is gone
 
         with pytest.raises(StoreUnavailable, match="idle-in-transaction"):
-            stop_inside_commit()
+            stop_inside_transaction()
         assert hold_s * 0.9 < waited[0] < hold_s * 2 + 1
-        assert stuck.record([event("t", "1"), event("t", "2")], []).stored == 1  # retried
+        assert stuck.record([event("t", "1"), event("t", "lost")], []).stored == 1  # retried
         stats = other.stats()
         keys = [e.event_id for e in other.events(topic=None, after=0, limit=10)]
-    assert sorted(keys) == ["0", "1", "2"]  # "lost" was rolled back with its session
+    assert keys == ["0", "1", "lost"]  # "lost" was rolled back with its session
     assert (stats.unique_processed, stats.duplicate_dropped) == (3, 1)
 
 

@@ -16,7 +16,8 @@ from bridge.retention import RetentionPolicy
 # 2: per-bridge heartbeats stamped on the store's clock (`heartbeats` replaces `bridges`).
 # 3: search (issue 11): each event's time as a number, indexes for time ranges and text.
 # 4: retention (issue 12): expired events' keys, retention counters, the policy in `meta`.
-SCHEMA_VERSION = 4
+# 5: concurrent PostgreSQL writers: counters per writer slot, no commit lock.
+SCHEMA_VERSION = 5
 # The rejected table keeps the newest rows, each cut to a bounded size: topic, reason and
 # body together at most KEEP_ROW_BYTES of UTF-8 (a 60 KB topic would otherwise be kept
 # whole, twice with its reason), so the table holds at most KEEP_REJECTED rows of

@@ -6,37 +6,55 @@ parameter goes to libpq (see `bridge.store.url`); `connect_timeout` (default 5 s
 bounds how long a call waits for a pooled connection before it reports the store
 unavailable.
 
-Isolation is PostgreSQL's default, READ COMMITTED, and it suffices: a batch never
-decides anything from what it read. `INSERT … ON CONFLICT DO NOTHING` arbitrates on
-the unique index, where a concurrent insert of the same key waits for the other
-transaction and then yields no row (or the row, if the other rolled back); counters
-are `x = x + n` upserts, which lock the row and add to its newest version, so no
-increment is lost. SERIALIZABLE would add serialization failures and nothing else.
+A batch is one statement (see `record_sql`), run outside a transaction block, so it is its
+own transaction and one round trip: the events as one JSON text (`json_to_recordset`), the
+counters, the rejections. `INSERT … ON CONFLICT DO NOTHING` arbitrates on the unique
+index, where a concurrent insert of the same key waits for the other transaction and then
+yields no row (or the row, if the other rolled back); counters are `x = x + n` upserts,
+which lock the row and add to its newest version, so no increment is lost. Each writer
+counts in rows of its own (a random `slot` of SLOTS, summed when read), so bridges do not
+queue on one hot counter row. SERIALIZABLE would add serialization failures and nothing
+else.
 
 Deadlocks between bridges are avoided by taking row locks in one global order: each
-batch inserts its events sorted by key, then updates topic counters and rejection
+batch inserts its events sorted by key, then updates spans, topic counters and rejection
 counters sorted by name (see `BatchTally`).
 
 `durability` maps to `synchronous_commit` (see `Durability`).
 
-`seq` comes from an identity column, which is monotonic in insert order; but with
-several bridges a transaction could commit after one that took a higher `seq`, and a
-live tail that had read up to the newest `seq` would miss that row for good. So each
-batch first takes a transaction-scoped advisory lock (one per schema): bridges commit
-one at a time, in `seq` order. Parsing, MQTT and building the parameters run in
-parallel; the section from the lock to the commit (about five round trips) is serial.
-Measured with the parameters still built under the lock, it cost 3 bridges more than
-half their drain throughput on 2 cores (BENCHMARKS.md, "Scaling out (issue 5)"); the
-parameters now come first, and one round trip per batch is the next step.
+Concurrent writers: `seq` comes from an identity column, drawn in insert order, but
+transactions commit in any order, so a row can become visible after one with a higher
+`seq`; a tail that had read up to the newest visible `seq` would skip it for good. No lock
+orders the commits. Instead every read stops at a watermark (`_WATERMARK`), below which
+no unfinished transaction can still commit a row:
 
-Because every batch waits for that lock, a bridge that stops inside its transaction
-(SIGSTOP, a debugger, a paused VM) would stall all the others. So no session may hold
-the others for long: every session gets `idle_in_transaction_session_timeout` = `hold_s`
-(the server ends a session idle inside a transaction, which releases its locks; its
-bridge never acked that batch, so it commits it again when it wakes), `lock_timeout` =
-twice `hold_s` (a wait outlasting a stuck holder's removal is reported, then retried),
-and `statement_timeout` = six times `hold_s` (a read transaction sets its own,
-`query_timeout_s`, and reports running past it as `QueryTimeout`).
+1. A batch first reads the sequence's newest value `v` and takes a *shared*
+   transaction-level advisory lock keyed `v` (bigint), then inserts: its seqs are all
+   above `v`, and the lock, visible in `pg_locks` until its commit, says so. Shared locks
+   never wait on each other.
+2. A reader, before its snapshot, reads the sequence's newest value `L`, then the lowest
+   such key held by a session that also holds a lock on `events`: the watermark is the
+   smaller. A writer that drew a seq at or below `L` drew it before `L` was read, so
+   it held its lock then: either it still does (the watermark is below its seqs) or it
+   has finished before the reader's snapshot (its rows are in it, or were rolled back).
+3. The snapshot is taken after the watermark (its own statement first, outside the read
+   transaction), and every read path filters `seq <= watermark` (`_horizon`, `where`).
+4. A reader never moves its watermark back (`_watermark`): a writer that read the
+   sequence before a reader and locked after it holds a key below that reader's
+   watermark, which stays true all the same.
+
+A reader's lag is the longest batch transaction in flight (measured at load 27 on 2 cores,
+3 bridges at 1,000 events/s: 4 ms at the median, 130 ms at p99; BENCHMARKS.md, "live
+tail"); a session stopped inside a transaction holds readers back, never
+writers, until the server ends it after `hold_s`. `rejected` is not covered: its pages can
+miss a late rejection with several bridges (they are a diagnostic, bounded and trimmed).
+
+No session may hold the others for long: every session gets
+`idle_in_transaction_session_timeout` = `hold_s` (the server ends a session idle inside a
+transaction, which releases its locks), `lock_timeout` = twice `hold_s` (a wait
+outlasting a stuck holder's removal is reported, then retried), and `statement_timeout` =
+six times `hold_s` (a read transaction sets its own, `query_timeout_s`, and reports
+running past it as `QueryTimeout`).
 
 Search (issue 11): each event's `tsv` is written by its own INSERT; `postgres_search`
 turns a `Query` into SQL, `postgres_backfill` upgrades a schema 2 store beside ingest.
@@ -47,8 +65,13 @@ Heartbeats are stamped with the server's `now()` and judged against its
 
 from __future__ import annotations
 
+import json
+import random
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -64,7 +87,6 @@ from bridge.store.base import (
     SCHEMA_VERSION,
     BatchOutcome,
     Bucket,
-    EventKey,
     Purged,
     QueryTimeout,
     Refused,
@@ -74,7 +96,6 @@ from bridge.store.base import (
     check_schema_version,
     first_copies,
     iso_utc,
-    payload_json,
     rejected_row,
     tally,
 )
@@ -114,8 +135,11 @@ DEFAULT_TIMEOUT_S = 5.0
 POOL_MAX = 4
 # Serialises schema creation between bridges starting at once (any constant unique to logagg).
 _MIGRATION_LOCK = 0x6C6F6761_67000001
-# Two-key form: (class, schema), so stores in different schemas do not wait on each other.
-_COMMIT_LOCK = 0x6C6F6761
+# Each writer counts in one of this many slots (rows of topic_stats, rejection_stats and
+# time_seqs, summed when read), drawn at random when it opens the store: bridges that
+# drew different slots never wait on each other's counters; two that share one wait on
+# each other row by row (correct, only slower).
+SLOTS = 64
 
 # What a random page read costs the planner in reads, as against a sequential one (the
 # server's default is 4: a spinning disk). Search reads the store's hot pages from memory.
@@ -137,19 +161,29 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (topic, event_id)
 );
 CREATE INDEX IF NOT EXISTS events_topic_seq ON events (topic, seq);
+-- Counters in one row per writer `slot` (see SLOTS), summed when read.
 CREATE TABLE IF NOT EXISTS topic_stats (
-    topic text PRIMARY KEY,
+    topic text NOT NULL,
+    slot smallint NOT NULL DEFAULT 0,
     unique_processed bigint NOT NULL,
-    duplicate_dropped bigint NOT NULL
+    duplicate_dropped bigint NOT NULL,
+    PRIMARY KEY (topic, slot)
 );
--- Per 5 minutes of `timestamp` from `start`, the lowest and highest seq of their events:
--- bounds in seq of a time range (see `postgres_search.seq_bounds`).
+-- Per 5 minutes of `timestamp` from `start` and writer slot, the lowest and highest seq of
+-- their events: bounds in seq of a time range (see `postgres_search.seq_bounds`).
 CREATE TABLE IF NOT EXISTS time_seqs (
-    start timestamptz PRIMARY KEY,
+    start timestamptz NOT NULL,
+    slot smallint NOT NULL DEFAULT 0,
     low bigint NOT NULL,
-    high bigint NOT NULL
+    high bigint NOT NULL,
+    PRIMARY KEY (start, slot)
 );
-CREATE TABLE IF NOT EXISTS rejection_stats (code text PRIMARY KEY, count bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS rejection_stats (
+    code text NOT NULL,
+    slot smallint NOT NULL DEFAULT 0,
+    count bigint NOT NULL,
+    PRIMARY KEY (code, slot)
+);
 CREATE TABLE IF NOT EXISTS rejected (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     mqtt_topic text NOT NULL,
@@ -167,6 +201,11 @@ CREATE TABLE IF NOT EXISTS heartbeats (
 );
 """
 
+# Schema 5 (concurrent writers): the counters gain their writer slot; the rows so far are
+# slot 0's. Table → its key besides the slot.
+_PER_SLOT = {"topic_stats": "topic", "rejection_stats": "code", "time_seqs": "start"}
+_HAS_SLOT = "SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'slot'"
+
 # The server's clock for both stamps; `started_at` is the first beat of this run.
 _HEARTBEAT = """
 INSERT INTO heartbeats AS h (client_id, run_id, started_at, seen_at)
@@ -183,47 +222,107 @@ SELECT extract(epoch FROM clock_timestamp() - started_at)::float8 AS uptime FROM
 WHERE seen_at > clock_timestamp() - make_interval(secs => %s)
 """
 
-# The new events, and the seqs of their spans of time (see `postgres_search.seq_bounds`),
-# in one statement.
-_INSERT_EVENTS = f"""
-WITH inserted AS (
+# The newest seq handed out so far (0 before the first): every seq drawn from now on is
+# above it. Read live, outside any transaction's snapshot.
+_NEWEST_SEQ = (
+    "coalesce(pg_sequence_last_value(pg_get_serial_sequence('events', 'seq')::regclass), 0)"
+)
+# Bigint advisory locks show in pg_locks as (classid, objid) = (high, low 32 bits).
+_LOCK_KEY = "((held.classid::bigint << 32) | held.objid::bigint)"
+
+# The watermark (see "Concurrent writers" above): the newest seq handed out, or below the
+# lowest seq an unfinished writer may still commit; and which sequence (its oid). The
+# sequence is read first (a subquery fenced by OFFSET 0), the locks after it (a subquery
+# that depends on it).
+_WATERMARK = f"""
+SELECT sequence.id, least(newest, (
+    SELECT min({_LOCK_KEY}) FROM pg_locks AS held
+    JOIN pg_locks AS writing ON writing.pid = held.pid AND writing.database = held.database
+    WHERE held.locktype = 'advisory' AND held.objsubid = 1 AND held.granted
+        AND held.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        AND writing.locktype = 'relation' AND writing.relation = 'events'::regclass
+        AND writing.mode = 'RowExclusiveLock' AND {_LOCK_KEY} < newest
+)) FROM (
+    SELECT {_NEWEST_SEQ} AS newest,
+        pg_get_serial_sequence('events', 'seq')::regclass::oid::bigint AS id
+    OFFSET 0
+) AS sequence
+"""
+
+
+def record_sql(slot: int, *, events: bool, refused: bool) -> str:
+    """The one statement that records a batch (run outside a transaction block, it is its
+    own transaction): named parameters, counters in writer `slot`.
+
+    With events: first a shared advisory lock keyed by the newest seq handed out (the
+    events' seqs, drawn after it, are all above it; it shows readers where this writer's
+    seqs begin until it commits), then the new events, their spans of time and the topic
+    counters, whose duplicates are the batch's copies of a topic less its new events.
+    With refusals: the rejected rows, their counters, and the trim to KEEP_REJECTED."""
+    ctes: list[str] = []
+    if events:
+        ctes += [
+            f"held AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared({_NEWEST_SEQ}))",
+            """inserted AS (
     INSERT INTO events (topic, event_id, timestamp, utc_offset_s, source, payload, tsv)
-    SELECT topic, event_id, ts, utc_offset_s, source, payload::jsonb, tsv::tsvector
-    FROM unnest(
-        %s::text[], %s::text[], %s::timestamptz[], %s::integer[], %s::text[], %s::text[],
-        %s::text[], %s::bigint[]
-    ) AS batch (topic, event_id, ts, utc_offset_s, source, payload, tsv, key)
+    SELECT t, e, ts, o, s, p, v FROM held, json_to_recordset(%(events)s::json)
+        AS batch (t text, e text, ts timestamptz, o integer, s text, p jsonb, v tsvector, k bigint)
     -- A copy of an expired event whose key is kept is a duplicate (postgres_retention).
-    WHERE NOT EXISTS (SELECT 1 FROM expired_keys AS k WHERE k.key = batch.key)
+    WHERE NOT EXISTS (SELECT 1 FROM expired_keys AS x WHERE x.key = batch.k)
     ON CONFLICT DO NOTHING
     RETURNING topic, event_id, seq, timestamp
-), spans AS ({COUNT_SPANS.format(rows="inserted")})
-SELECT topic, event_id FROM inserted
-"""
-
-_COUNT_TOPICS = """
-INSERT INTO topic_stats (topic, unique_processed, duplicate_dropped)
-SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])
-ON CONFLICT (topic) DO UPDATE SET
-    unique_processed = topic_stats.unique_processed + excluded.unique_processed,
-    duplicate_dropped = topic_stats.duplicate_dropped + excluded.duplicate_dropped
-"""
-
-_INSERT_REJECTED = """
-INSERT INTO rejected (mqtt_topic, code, reason, body)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])
-"""
-
-_COUNT_CODES = """
-INSERT INTO rejection_stats (code, count)
-SELECT * FROM unnest(%s::text[], %s::bigint[])
-ON CONFLICT (code) DO UPDATE SET count = rejection_stats.count + excluded.count
-"""
+)""",
+            f"spans AS ({COUNT_SPANS.format(rows='inserted', slot=slot)})",
+            f"""counted AS (
+    INSERT INTO topic_stats AS s (topic, slot, unique_processed, duplicate_dropped)
+    SELECT batch.topic, {slot}, coalesce(new.n, 0), batch.copies - coalesce(new.n, 0)
+    FROM unnest(%(topics)s::text[], %(copies)s::bigint[]) AS batch (topic, copies)
+    LEFT JOIN (SELECT topic, count(*) AS n FROM inserted GROUP BY topic) AS new USING (topic)
+    ORDER BY batch.topic
+    ON CONFLICT (topic, slot) DO UPDATE SET
+        unique_processed = s.unique_processed + excluded.unique_processed,
+        duplicate_dropped = s.duplicate_dropped + excluded.duplicate_dropped
+)""",
+        ]
+    if refused:
+        ctes += [
+            """kept AS (
+    INSERT INTO rejected (mqtt_topic, code, reason, body)
+    SELECT * FROM unnest(
+        %(mqtt_topic)s::text[], %(code)s::text[], %(reason)s::text[], %(body)s::text[]
+    )
+    RETURNING seq
+)""",
+            f"""coded AS (
+    INSERT INTO rejection_stats AS c (code, slot, count)
+    SELECT code, {slot}, n FROM unnest(%(codes)s::text[], %(code_counts)s::bigint[]) AS x (code, n)
+    ORDER BY code
+    ON CONFLICT (code, slot) DO UPDATE SET count = c.count + excluded.count
+)""",
+            f"""trimmed AS (
+    DELETE FROM rejected WHERE seq <= (SELECT max(seq) FROM kept) - {KEEP_REJECTED}
+)""",
+        ]
+    main = "SELECT topic, event_id FROM inserted" if events else "SELECT NULL, NULL WHERE false"
+    return "WITH " + ",\n".join(ctes) + "\n" + main
 
 
 def _one_line(exc: BaseException) -> str:
     """libpq messages span lines (DETAIL, HINT); a log line should not."""
     return " ".join(str(exc).split())
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A read transaction and its watermark: it reads events with seq up to `upto` only."""
+
+    conn: psycopg.Connection[Any]
+    upto: int
+
+    def execute(
+        self, query: str | bytes, params: Any = None, /, *, prepare: bool | None = None
+    ) -> psycopg.Cursor[Any]:
+        return self.conn.execute(query, params, prepare=prepare)
 
 
 class PostgresReader(SqlReader):
@@ -236,9 +335,19 @@ class PostgresReader(SqlReader):
     _SINCE = "received_at >= to_timestamp(%s)"
     _SECOND = "date_trunc('second', received_at)"
     _UNIX = "extract(epoch FROM {})::bigint"
+    _TOPIC_COUNTS = (
+        "SELECT topic, sum(unique_processed)::bigint, sum(duplicate_dropped)::bigint"
+        " FROM topic_stats GROUP BY topic ORDER BY topic"
+    )
+    _CODE_COUNTS = (
+        "SELECT code, sum(count)::bigint FROM rejection_stats GROUP BY code ORDER BY code"
+    )
 
     def __init__(self, url: PostgresUrl, options: StoreOptions) -> None:
         self.display = url.display
+        # The highest watermark read so far, and the oid of the sequence it is of.
+        self._highest: tuple[int | None, int] = (None, 0)
+        self._highest_lock = threading.Lock()
         self._alive_s = options.alive_s
         self._hold_ms = max(1, round(options.hold_s * 1000))
         self._query_ms = max(1, round(options.query_timeout_s * 1000))
@@ -258,6 +367,8 @@ class PostgresReader(SqlReader):
             # afresh: a server back after a long outage is seen within one retry.
             reconnect_timeout=self._timeout,
             name="logagg-store",
+            # A batch is one statement, its own transaction; a read opens its own.
+            kwargs={"autocommit": True},
         )
         self._pool.open(wait=False)
 
@@ -280,12 +391,12 @@ class PostgresReader(SqlReader):
             conn.execute(
                 "SELECT set_config('search_path', quote_ident(%s), false)", (self._schema,)
             )
-        conn.commit()
 
     @contextmanager
     def _connection(self, doing: str) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection in a transaction (committed at the end, rolled back on error);
-        every database or connection failure becomes StoreUnavailable."""
+        """A pooled connection, in autocommit (each statement its own transaction, unless
+        the caller opens one); every database or connection failure becomes
+        StoreUnavailable."""
         try:
             with self._pool.connection() as conn:
                 yield conn
@@ -305,20 +416,24 @@ class PostgresReader(SqlReader):
         return f"no pooled connection free within {self._timeout:g}s"
 
     @contextmanager
-    def _read(self) -> Iterator[psycopg.Connection[Any]]:
+    def _read(self) -> Iterator[Snapshot]:
         """One snapshot for all the statements of a read, which cannot write, each
-        statement cut off at the query timeout."""
+        statement cut off at the query timeout, and the watermark it reads up to, taken
+        before the snapshot (so every writer below it has finished before the snapshot)."""
         with self._connection("read") as conn:
             try:
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                conn.execute(
-                    "SELECT set_config('statement_timeout', %s, true)", (str(self._query_ms),)
-                )
-                # The time index is in seq order on disk, so at the default cost of 4 the
-                # planner prefers reading every topic's rows of a range by it to a topic's
-                # own scattered rows: 1.1 s instead of 0.1 s for a busy topic's day on 10 M.
-                conn.execute(f"SET LOCAL random_page_cost = {READ_RANDOM_PAGE_COST}")
-                yield conn
+                upto = self._watermark(conn)
+                with conn.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    # The time index is in seq order on disk, so at the default cost of 4 the
+                    # planner prefers reading every topic's rows of a range by it to a topic's
+                    # own scattered rows: 1.1 s instead of 0.1 s for a busy topic's day on 10 M.
+                    conn.execute(
+                        "SELECT set_config('statement_timeout', %s, true),"
+                        " set_config('random_page_cost', %s, true)",
+                        (str(self._query_ms), str(READ_RANDOM_PAGE_COST)),
+                    )
+                    yield Snapshot(conn, upto)
             except psycopg.errors.UndefinedTable as exc:
                 raise StoreUnavailable(
                     f"the store in {self.display} does not exist yet: the bridge creates it"
@@ -356,7 +471,24 @@ class PostgresReader(SqlReader):
             return None
         return row[0].astimezone(UTC), row[1].astimezone(UTC)
 
-    def _where(self, conn: psycopg.Connection[Any], query: Query, *, paged: bool) -> Where:
+    def _watermark(self, conn: psycopg.Connection[Any]) -> int:
+        """This read's watermark, never below one this reader used before on the same
+        store. A watermark can come out lower than an earlier one (a writer that read the
+        sequence before that earlier reader, and locked after it, holds a key below it);
+        the earlier one stays true, since what was finished stays finished, and a reader
+        that moved back could skip what a stream already passed."""
+        sequence, upto = conn.execute(_WATERMARK).fetchone() or (None, 0)
+        with self._highest_lock:
+            if self._highest[0] == sequence:
+                upto = max(upto, self._highest[1])
+            self._highest = (sequence, upto)
+        return int(upto)
+
+    def _horizon(self, conn: Connection) -> int | None:
+        assert isinstance(conn, Snapshot)
+        return conn.upto
+
+    def _where(self, conn: Snapshot, query: Query, *, paged: bool) -> Where:
         """The filters of `query`, once a wildcard topic is resolved and its time range
         bounded in seq. While the backfill of an upgraded store runs, a text query is
         refused (it would miss the events not reached yet) and time ranges are not
@@ -379,7 +511,9 @@ class PostgresReader(SqlReader):
             row = conn.execute(bounds.sql.encode(), bounds.params).fetchone()
             low, high = row or (None, None)
             seqs = (low or 1, high or 0)  # no event in those spans: an empty interval
-        return where(query, topics, paged=paged, seqs=seqs, retained=self._retained(conn))
+        return where(
+            query, topics, paged=paged, seqs=seqs, upto=conn.upto, retained=self._retained(conn)
+        )
 
     def _live_uptimes(self, client_id: str | None) -> tuple[str, tuple[object, ...]]:
         if client_id is None:
@@ -426,6 +560,12 @@ class PostgresWriter(PostgresReader):
 
     def __init__(self, url: PostgresUrl, options: StoreOptions) -> None:
         super().__init__(url, options)
+        self.slot = random.randrange(SLOTS)
+        self._statements = {
+            (events, refused): record_sql(self.slot, events=events, refused=refused)
+            for events in (False, True)
+            for refused in (False, True)
+        }
         self.backfill: Backfill | None = None
         try:
             if self._migrate():
@@ -441,7 +581,7 @@ class PostgresWriter(PostgresReader):
         and upgrade older ones; whether the search upgrade's backfill is still to do (see
         `bridge.store.postgres_backfill`). An advisory lock makes bridges starting together
         take turns: CREATE … IF NOT EXISTS alone races on the system catalogs."""
-        with self._connection("create the schema in") as conn:
+        with self._connection("create the schema in") as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             if self._schema is not None:
                 conn.execute(
@@ -468,6 +608,19 @@ class PostgresWriter(PostgresReader):
                     "INSERT INTO meta (key, value) VALUES (%s, '0') ON CONFLICT DO NOTHING",
                     (PENDING_KEY,),
                 )
+            for table, key in _PER_SLOT.items():  # from before concurrent writers
+                if not conn.execute(_HAS_SLOT, (table,)).fetchone():
+                    conn.execute(
+                        sql.SQL(
+                            "ALTER TABLE {table} ADD COLUMN slot smallint NOT NULL DEFAULT 0;"
+                            " ALTER TABLE {table} DROP CONSTRAINT {pkey},"
+                            " ADD PRIMARY KEY ({key}, slot)"
+                        ).format(
+                            table=sql.Identifier(table),
+                            pkey=sql.Identifier(f"{table}_pkey"),
+                            key=sql.Identifier(key),
+                        )
+                    )
             # ANALYZE keeps the 1,000 commonest words of `tsv` by default (10,000 with this);
             # a rarer word is guessed 10x too common, and the planner walks seq instead of
             # the GIN index (BENCHMARKS.md, "Search": 585 ms p95 on 10 M, 21 ms with this).
@@ -480,46 +633,63 @@ class PostgresWriter(PostgresReader):
             return conn.execute(BACKFILL_PROGRESS).fetchone() is not None
 
     def record(self, events: Sequence[Event], refused: Sequence[Refused]) -> BatchOutcome:
-        # Sorted by key: two bridges inserting overlapping keys wait on each other in the
-        # same order, never in a cycle. Parameters are built before the commit lock is
-        # taken, so the lock covers only the round trips.
-        rows = sorted(first_copies(events), key=lambda e: (e.topic, e.event_id))
-        event_columns = _columns(
-            (
-                e.topic,
-                e.event_id,
-                e.timestamp,
-                _offset_s(e.timestamp),
-                e.source,
-                payload_json(e),
-                tsvector_literal(document(searchable(e.event_id, e.source, e.payload))),
-                key_hash(e.topic, e.event_id),
-            )
-            for e in rows
-        )
-        rejected_columns = _columns(map(rejected_row, refused))
+        if not events and not refused:
+            return BatchOutcome()
+        statement, params = self.batch(events, refused)
         with self._connection("write") as conn:
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_COMMIT_LOCK,)
+            inserted = {(topic, event_id) for topic, event_id in conn.execute(statement, params)}
+        if self._policy_now.finite and inserted:
+            # Counted apart from the batch's one statement: informational, and a crash
+            # between the two loses at most this batch's late count.
+            stored = [e for e in first_copies(events) if (e.topic, e.event_id) in inserted]
+            if n := late(stored, self._policy_now, datetime.now(UTC)):
+                with self._connection("write") as conn:
+                    count(conn, "late", n)
+        return tally(events, refused, inserted).outcome
+
+    def batch(
+        self, events: Sequence[Event], refused: Sequence[Refused]
+    ) -> tuple[str, dict[str, Any]]:
+        """The statement that records a batch (see `record_sql`) and its parameters. The
+        events are sorted by key: two bridges inserting overlapping keys wait on each other
+        in the same order, never in a cycle."""
+        rows = sorted(first_copies(events), key=lambda e: (e.topic, e.event_id))
+        params: dict[str, Any] = {}
+        if rows:
+            # One JSON text for the batch: one C call to encode, where arrays of seven
+            # columns cost psycopg a Python loop over every value (BENCHMARKS.md).
+            params["events"] = json.dumps(
+                [
+                    {
+                        "t": e.topic,
+                        "e": e.event_id,
+                        "ts": e.timestamp.isoformat(),
+                        "o": _offset_s(e.timestamp),
+                        "s": e.source,
+                        "p": e.payload,
+                        "v": tsvector_literal(
+                            document(searchable(e.event_id, e.source, e.payload))
+                        ),
+                        "k": key_hash(e.topic, e.event_id),
+                    }
+                    for e in rows
+                ],
+                separators=(",", ":"),
+                ensure_ascii=False,
             )
-            inserted: set[EventKey] = set()
-            if rows:
-                cur = conn.execute(_INSERT_EVENTS, event_columns)
-                inserted = {(topic, event_id) for topic, event_id in cur}
-            counts = tally(events, refused, inserted)
-            if self._policy_now.finite and inserted:
-                stored = [e for e in rows if (e.topic, e.event_id) in inserted]
-                count(conn, "late", late(stored, self._policy_now, datetime.now(UTC)))
-            if counts.topics:
-                conn.execute(_COUNT_TOPICS, _columns(counts.topics))
-            if refused:
-                conn.execute(_INSERT_REJECTED, rejected_columns)
-                conn.execute(_COUNT_CODES, _columns(counts.codes))
-                conn.execute(
-                    "DELETE FROM rejected WHERE seq <= (SELECT max(seq) FROM rejected) - %s",
-                    (KEEP_REJECTED,),
+            copies = Counter(e.topic for e in events)
+            params.update(_named(("topics", "copies"), sorted(copies.items())))
+        if refused:
+            params.update(
+                # Only the newest KEEP_REJECTED: the statement's trim cannot see its own rows.
+                _named(
+                    ("mqtt_topic", "code", "reason", "body"),
+                    map(rejected_row, refused[-KEEP_REJECTED:]),
                 )
-        return counts.outcome
+            )
+            codes = Counter(r.rejection.code for r in refused)
+            params.update(_named(("codes", "code_counts"), sorted(codes.items())))
+        return self._statements[bool(rows), bool(refused)], params
 
     @property
     def policy(self) -> RetentionPolicy:
@@ -537,7 +707,7 @@ class PostgresWriter(PostgresReader):
 
             def chunk(limit: int, topic: str = topic, floor: int = floor) -> int | None:
                 with self._connection("purge") as conn:
-                    return purge_chunk(conn, topic, floor, limit, _COMMIT_LOCK)
+                    return purge_chunk(conn, topic, floor, limit)
 
             done = chunks(chunk, stopping)
             if done is None:
@@ -570,9 +740,9 @@ class PostgresWriter(PostgresReader):
         super().close()
 
 
-def _columns(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows as one list per column: the arrays that `unnest` turns back into rows."""
-    return [list(column) for column in zip(*rows, strict=True)]
+def _named(names: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> dict[str, list[Any]]:
+    """Rows as one named list per column: the arrays that `unnest` turns back into rows."""
+    return dict(zip(names, map(list, zip(*rows, strict=True)), strict=True))
 
 
 def _offset_s(moment: datetime) -> int:

@@ -36,7 +36,8 @@ from bridge.store.postgres_search import COUNT_SPANS
 
 logger = logging.getLogger("logagg.bridge.store")
 
-# Session-level, two-key (class, schema) like the commit lock: one backfill per store.
+# Session-level, two-key (class, schema): one backfill per store. Two-key, so readers never
+# take it for a writer's watermark lock (bigint keys).
 _BACKFILL_LOCK = 0x6C6F6762
 CHUNK = 5_000
 RETRY_S = 30.0
@@ -60,7 +61,7 @@ FROM unnest(%s::bigint[], %s::text[]) AS chunk (seq, tsv)
 WHERE events.seq = chunk.seq AND events.tsv IS NULL
 """
 _COUNT_CHUNK_SPANS = COUNT_SPANS.format(
-    rows="unnest(%s::bigint[], %s::timestamptz[]) AS chunk (seq, timestamp)"
+    rows="unnest(%s::bigint[], %s::timestamptz[]) AS chunk (seq, timestamp)", slot=0
 )
 
 

@@ -23,16 +23,17 @@ from bridge.query import FieldFilter, Query, render_tsquery
 from bridge.store.reading import EVERYTHING, Retained
 
 # Topics that LIKE finds for a wildcard filter, which `TopicFilter.matches` then decides.
-TOPICS_LIKE = "SELECT topic FROM topic_stats WHERE topic LIKE %s ESCAPE '\\'"
+TOPICS_LIKE = "SELECT DISTINCT topic FROM topic_stats WHERE topic LIKE %s ESCAPE '\\'"
 _SPAN = "date_bin('5 minutes', {moment}, 'epoch'::timestamptz)"
 # The seqs of the events in table `rows` (with `seq` and `timestamp`) merged into
-# `time_seqs` per span, spans in order: every writer locks them in that order, so two
-# never deadlock.
+# `time_seqs` per span, in the writer's own `slot` (an integer: see `postgres.SLOTS`), so
+# bridges writing the same 5 minutes do not queue on one row; spans in order: two writers
+# that share a slot lock them in that order, so they never deadlock.
 COUNT_SPANS = (
-    "INSERT INTO time_seqs AS t (start, low, high)"
-    f" SELECT {_SPAN.format(moment='timestamp')}, min(seq), max(seq) FROM {{rows}}"
+    "INSERT INTO time_seqs AS t (start, slot, low, high)"
+    f" SELECT {_SPAN.format(moment='timestamp')}, {{slot}}, min(seq), max(seq) FROM {{rows}}"
     " GROUP BY 1 ORDER BY 1"
-    " ON CONFLICT (start) DO UPDATE SET low = least(t.low, excluded.low),"
+    " ON CONFLICT (start, slot) DO UPDATE SET low = least(t.low, excluded.low),"
     " high = greatest(t.high, excluded.high)"
 )
 
@@ -51,16 +52,21 @@ def where(
     *,
     paged: bool,
     seqs: tuple[int, int] | None = None,
+    upto: int | None = None,
     retained: Retained = EVERYTHING,
 ) -> Where:
     """The filters of `query` (`topics`: a wildcard topic's resolved list); `paged` adds
     the cursor's position, which a histogram or time span ignores; `seqs` are the bounds
-    `seq_bounds` found for its time range; `retained` hides what has expired."""
+    `seq_bounds` found for its time range; `upto` the read's watermark; `retained` hides
+    what has expired."""
     clauses: list[str] = ["seq > %s"]
     params: list[object] = [max(query.after, retained.after)]
     if retained.clause is not None:
         clauses.append(retained.clause)
         params += retained.params
+    if upto is not None:
+        clauses.append("seq <= %s")
+        params.append(upto)
     if query.position is not None and paged:
         clauses.append("seq < %s" if query.order == "desc" else "seq > %s")
         params.append(query.position)

@@ -66,6 +66,11 @@ class SqlReader(ABC):
     _SINCE: ClassVar[str]
     _SECOND: ClassVar[str]
     _UNIX: ClassVar[str]
+    # The per-topic and per-code counters, one row each, in order.
+    _TOPIC_COUNTS: ClassVar[str] = (
+        "SELECT topic, unique_processed, duplicate_dropped FROM topic_stats ORDER BY topic"
+    )
+    _CODE_COUNTS: ClassVar[str] = "SELECT code, count FROM rejection_stats ORDER BY code"
 
     @abstractmethod
     def _read(self) -> AbstractContextManager[Connection]:
@@ -86,6 +91,11 @@ class SqlReader(ABC):
 
     @abstractmethod
     def _event(self, row: Any) -> StoredEvent: ...
+
+    def _horizon(self, conn: Connection) -> int | None:
+        """The highest seq this read may return (None: any): the store's watermark where
+        rows can become visible out of seq order (several writers)."""
+        return None
 
     @abstractmethod
     def _floor(self, conn: Connection, since: float) -> int:
@@ -176,10 +186,8 @@ class SqlReader(ABC):
     def stats(self) -> Stats:
         with self._read() as conn:
             live, params = self._live_uptimes(None)
-            topics = conn.execute(
-                "SELECT topic, unique_processed, duplicate_dropped FROM topic_stats ORDER BY topic"
-            ).fetchall()
-            codes = conn.execute("SELECT code, count FROM rejection_stats ORDER BY code").fetchall()
+            topics = conn.execute(self._TOPIC_COUNTS).fetchall()
+            codes = conn.execute(self._CODE_COUNTS).fetchall()
             (uptime,) = conn.execute(
                 f"SELECT max(uptime) FROM ({live}) AS live", params
             ).fetchone() or (None,)
@@ -208,6 +216,7 @@ class SqlReader(ABC):
                 topic=topic,
                 max_bytes=max_bytes,
                 retained=retained,
+                upto=self._horizon(conn),
             )
         return [self._event(row) for row in rows]
 
@@ -227,7 +236,13 @@ class SqlReader(ABC):
         mark = self._MARK
         with self._read() as conn:
             now = self._now(conn)
-            (newest,) = conn.execute("SELECT max(seq) FROM events").fetchone()
+            upto = self._horizon(conn)
+            if upto is None:
+                (newest,) = conn.execute("SELECT max(seq) FROM events").fetchone()
+            else:
+                (newest,) = conn.execute(
+                    f"SELECT max(seq) FROM events WHERE seq <= {mark}", (upto,)
+                ).fetchone()
             if newest is None or newest <= after:
                 return StoredRate(now, {}, newest or 0)
             retained = self._retained(conn)
@@ -247,9 +262,9 @@ class SqlReader(ABC):
             counts = conn.execute(
                 f"SELECT {self._UNIX.format('second')}, n FROM ("
                 f" SELECT {self._SECOND} AS second, count(*) AS n FROM events"
-                f" WHERE seq >= {mark} AND {self._SINCE}{retained.sql()} GROUP BY second)"
-                " AS seconds ORDER BY second",
-                (start, since, *retained.params),
+                f" WHERE seq >= {mark} AND seq <= {mark} AND {self._SINCE}{retained.sql()}"
+                " GROUP BY second) AS seconds ORDER BY second",
+                (start, newest, since, *retained.params),
             ).fetchall()
         return StoredRate(now, dict(counts), newest)
 
@@ -282,14 +297,18 @@ def page(
     newest: bool,
     topic: str | None = None,
     through: int | None = None,
+    upto: int | None = None,
     retained: Retained = EVERYTHING,
 ) -> tuple[str, list[object]]:
     """The `WHERE … ORDER BY seq … LIMIT` of a read by seq, and its parameters; `mark` is
     the driver's placeholder. With `newest` the rows come newest first: callers reverse.
-    `through` is the seq where the page stops (see `page_end`); `retained` hides what
-    has expired."""
+    `through` is the seq where the page stops (see `page_end`); `upto` the read's
+    watermark (see `SqlReader._horizon`); `retained` hides what has expired."""
     clause = f" WHERE seq > {mark}{retained.sql()}"
     params: list[object] = [after, *retained.params]
+    if upto is not None:
+        clause += f" AND seq <= {mark}"
+        params.append(upto)
     if topic is not None:
         clause += f" AND topic = {mark}"
         params.append(topic)
@@ -323,12 +342,20 @@ def read_page(
     newest: bool,
     topic: str | None = None,
     max_bytes: int | None = None,
+    upto: int | None = None,
     retained: Retained = EVERYTHING,
 ) -> list[Any]:
     """The rows of one read by seq, oldest first: `select` is the `SELECT … FROM table` of
     the rows, `sizes` that of `(seq, payload size)`, read first when there is a `max_bytes`."""
     window = partial(
-        page, mark, after=after, limit=limit, newest=newest, topic=topic, retained=retained
+        page,
+        mark,
+        after=after,
+        limit=limit,
+        newest=newest,
+        topic=topic,
+        upto=upto,
+        retained=retained,
     )
     through = None
     if sizes is not None and max_bytes is not None:
@@ -347,9 +374,9 @@ def first_recent(probe: Callable[[int], tuple[int, bool]], lo: int, hi: int) -> 
 
     `probe(seq)` gives the first row at or after `seq` (there is one: `seq` is never past
     the newest row) and whether it is recent. Rows are stored in seq order, so `received_at`
-    grows with seq; only a wall clock stepped back (SQLite) or a batch that waited for the
-    commit lock (PostgreSQL) breaks that, by about as long as the step or the wait, at the
-    window's edge.
+    grows with seq; only a wall clock stepped back (SQLite) or a batch that was slow to
+    commit (PostgreSQL: several bridges commit in any order) breaks that, by about as long
+    as the step or the delay, at the window's edge.
     """
     while lo < hi:
         mid = (lo + hi) // 2

@@ -13,10 +13,14 @@ from bridge.retention import META_KEY, RetentionPolicy
 from bridge.store.reading import Connection
 
 logger = logging.getLogger("logagg.bridge.store")
-# Each purge transaction aims at about this long (the most a batch waits on it); the
+# Each purge step aims at about this long (the most a batch waits on its transaction); the
 # first takes PURGE_FIRST_STEP rows, the next are sized from how long that took.
-PURGE_STEP_S = 0.05
-PURGE_FIRST_STEP = 500
+PURGE_STEP_S = 0.02
+PURGE_FIRST_STEP = 200
+# After each step the purge rests this many times as long as the step took: live batches
+# get the store's write lock (and, on SQLite, the bridge process's GIL) at least half the
+# time, and a backlog is still purged at half the rate the purge alone would reach.
+PURGE_REST = 1.0
 
 
 def declare_policy(
@@ -37,9 +41,14 @@ def declare_policy(
     return policy
 
 
-def chunks(step: Callable[[int], int | None], stopping: Callable[[], bool]) -> int | None:
+def chunks(
+    step: Callable[[int], int | None],
+    stopping: Callable[[], bool],
+    rest: Callable[[float], None] = time.sleep,
+) -> int | None:
     """Run `step(limit)` (one transaction doing at most `limit` rows) until it does less
-    than asked or `stopping()`; None as soon as a step says another bridge purges."""
+    than asked or `stopping()`, resting `PURGE_REST` times each step's time after it; None
+    as soon as a step says another bridge purges."""
     done, limit = 0, PURGE_FIRST_STEP
     while not stopping():
         began = time.monotonic()
@@ -50,7 +59,8 @@ def chunks(step: Callable[[int], int | None], stopping: Callable[[], bool]) -> i
         if n < limit:
             break
         took = time.monotonic() - began
-        limit = max(50, min(4 * limit, int(limit * PURGE_STEP_S / max(took, 1e-3))))
+        limit = max(20, min(4 * limit, int(limit * PURGE_STEP_S / max(took, 1e-3))))
+        rest(took * PURGE_REST)
     return done
 
 

@@ -46,7 +46,7 @@ from bridge.store import (
     parse_store_url,
     sqlite_retention,
 )
-from bridge.store.policy import chunks
+from bridge.store.policy import SQLITE_PACE, chunks
 from bridge.store.postgres_retention import PURGE_LOCK
 from bridge.store.sqlite import WAL_LIMIT_BYTES
 from logagg.options import as_environment
@@ -300,7 +300,7 @@ def test_retention_purge_rests_as_long_as_each_step_took() -> None:
         took.append(time.monotonic() - began)
         return limit if len(took) < 5 else 0
 
-    assert chunks(step, NEVER, rests.append) is not None
+    assert chunks(step, NEVER, SQLITE_PACE, rests.append) is not None
     assert len(rests) == 4
     assert all(rest >= step_s for rest, step_s in zip(rests, took, strict=False))
 

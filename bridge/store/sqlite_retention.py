@@ -1,7 +1,7 @@
 """Retention in SQLite: what `record` checks and counts, and the purge's transactions.
 
 The purge runs on its own connection, beside the writer's, and takes turns with it: each
-write transaction is sized to take about `policy.PURGE_STEP_S`, so a batch waits at most
+write transaction is sized to take about `policy.SQLITE_PACE`, so a batch waits at most
 about that long, and the purge rests after each (`policy.chunks`). One transaction deletes a
 chunk of one topic's expired events (their search index entries with them), keeps
 their keys in `expired_keys` and counts both in `retention_counts`: a crash leaves
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -20,7 +21,7 @@ from functools import partial
 from bridge.event import Event
 from bridge.retention import RetentionPolicy, key_hash
 from bridge.store.base import Purged
-from bridge.store.policy import chunks
+from bridge.store.policy import SQLITE_PACE, chunks
 from bridge.store.sqlite_search import index_text
 
 RETENTION_SCHEMA = """
@@ -146,6 +147,17 @@ def _forget_chunk(conn: sqlite3.Connection, turn: Turns, before: float, limit: i
     return cur.rowcount
 
 
+def _merge_step(conn: sqlite3.Connection, turn: Turns, pages: int) -> int:
+    """Merge the search index's segments by about `pages` pages, all levels as one (an
+    incremental 'optimize'); `pages` while there was work. A contentless FTS5 table keeps
+    a deleted row's entries, and the delete marker that hides them, until a merge into its
+    oldest segment: without this the index of a store under retention keeps growing."""
+    with turn, _immediate(conn):
+        before = conn.total_changes
+        conn.execute("INSERT INTO events_fts (events_fts, rank) VALUES ('merge', ?)", (-pages,))
+        return pages if conn.total_changes - before >= 2 else 0
+
+
 def purge(
     conn: sqlite3.Connection,
     floors: dict[str, int],
@@ -157,21 +169,26 @@ def purge(
     """Delete each topic's events below its floor, then forget the keys past the horizon
     and the time index's minutes with no event left. Each write transaction is taken
     inside `turn`, the writer's own: the bridge's batches wait on a lock handed over at
-    once, not on SQLite's busy handler, which sleeps up to 100 ms between its tries."""
+    once, not on SQLite's busy handler, which sleeps up to 100 ms between its tries. A
+    pass that deleted events then merges the search index for at most as long again."""
+    began = time.monotonic()
     events = 0
     for topic, floor in floors.items():
         step = partial(_purge_chunk, conn, turn, topic, floor, now=now)
-        events += chunks(step, stopping) or 0
+        events += chunks(step, stopping, SQLITE_PACE) or 0
     forgotten = 0
     if policy.horizon_s is not None:
         step = partial(_forget_chunk, conn, turn, now - policy.horizon_s)
-        forgotten = chunks(step, stopping) or 0
+        forgotten = chunks(step, stopping, SQLITE_PACE) or 0
     if events:
         with turn, conn:
             conn.execute(
                 "DELETE FROM minute_seqs WHERE last_seq < (SELECT min(seq) FROM events)"
                 " OR NOT EXISTS (SELECT 1 FROM events)"
             )
+        until = 2 * time.monotonic() - began
+        merging = partial(_merge_step, conn, turn)
+        chunks(merging, lambda: stopping() or time.monotonic() > until, SQLITE_PACE)
         # The WAL back to its limit now, not at the next checkpoint readers let through.
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
     return Purged(events, forgotten)

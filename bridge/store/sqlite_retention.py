@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -147,17 +146,6 @@ def _forget_chunk(conn: sqlite3.Connection, turn: Turns, before: float, limit: i
     return cur.rowcount
 
 
-def _merge_step(conn: sqlite3.Connection, turn: Turns, pages: int) -> int:
-    """Merge the search index's segments by about `pages` pages, all levels as one (an
-    incremental 'optimize'); `pages` while there was work. A contentless FTS5 table keeps
-    a deleted row's entries, and the delete marker that hides them, until a merge into its
-    oldest segment: without this the index of a store under retention keeps growing."""
-    with turn, _immediate(conn):
-        before = conn.total_changes
-        conn.execute("INSERT INTO events_fts (events_fts, rank) VALUES ('merge', ?)", (-pages,))
-        return pages if conn.total_changes - before >= 2 else 0
-
-
 def purge(
     conn: sqlite3.Connection,
     floors: dict[str, int],
@@ -169,9 +157,7 @@ def purge(
     """Delete each topic's events below its floor, then forget the keys past the horizon
     and the time index's minutes with no event left. Each write transaction is taken
     inside `turn`, the writer's own: the bridge's batches wait on a lock handed over at
-    once, not on SQLite's busy handler, which sleeps up to 100 ms between its tries. A
-    pass that deleted events then merges the search index for at most as long again."""
-    began = time.monotonic()
+    once, not on SQLite's busy handler, which sleeps up to 100 ms between its tries."""
     events = 0
     for topic, floor in floors.items():
         step = partial(_purge_chunk, conn, turn, topic, floor, now=now)
@@ -186,9 +172,6 @@ def purge(
                 "DELETE FROM minute_seqs WHERE last_seq < (SELECT min(seq) FROM events)"
                 " OR NOT EXISTS (SELECT 1 FROM events)"
             )
-        until = 2 * time.monotonic() - began
-        merging = partial(_merge_step, conn, turn)
-        chunks(merging, lambda: stopping() or time.monotonic() > until, SQLITE_PACE)
         # The WAL back to its limit now, not at the next checkpoint readers let through.
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
     return Purged(events, forgotten)

@@ -24,7 +24,7 @@ from api.budget import BodyBudget
 from api.guards import BrowserGuard, HostRule, page_policies
 from api.metrics import sidecar_registry
 from api.publishing import Publisher
-from api.routes import ops, publish, read, stream
+from api.routes import export, ops, publish, read, stream
 from api.settings import ApiSettings
 from api.state import Shared
 from api.stream import StreamHub
@@ -80,6 +80,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     routers = [
         publish.router(settings, publishing),
         read.router(settings, reading),
+        export.router(settings, reading),
         stream.router(settings, reading),
         ops.router(settings, reading, dashboard),
     ]

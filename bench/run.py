@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import retention
+from bench.export import export as export_scenario
 from bench.limit import BASELINE, C_CLIENT, DUP_RATIO, FULL, NORMAL, limit
 from bench.procs import BenchError
 from bench.queries import query as query_scenario
@@ -83,6 +84,9 @@ TARGETS: list[tuple[str, str, float, bool, str]] = [
         False,
         "store size: last third's max ≤ first third's max + 10%",
     ),
+    ("export", "cli.events_per_s", 100_000.0, True, "logagg export ≥ 100,000 events/s"),
+    ("export", "cli.rss_growth_mb", 20.0, False, "logagg export RSS growth ≤ 20 MB (flat)"),
+    ("export", "http.identity.rss_growth_mb", 20.0, False, "sidecar export RSS growth ≤ 20 MB"),
 ]
 
 
@@ -355,6 +359,29 @@ def table(report: dict[str, Any]) -> str:
                 f", at most {_n(rf['max_rows'])} rows: {'flat' if rf['flat'] else 'GROWING'}"
             ),
         ]
+    if ex := report.get("export"):
+        filled = f", prefilled in {ex['prefill_s']} s" if ex["prefill_s"] is not None else ""
+        lines += [
+            "",
+            (
+                f"export ({ex['store']}: {_n(ex['events'])} events{filled};"
+                f" load {' '.join(ex['loadavg'])})"
+            ),
+            "  reader                     events/s   seconds   RSS start  peak  growth MB",
+        ]
+        readers = [("logagg export --store", ex["cli"])]
+        readers += [(f"GET /events/export {k}", v) for k, v in ex["http"].items()]
+        lines += [
+            f"  {name:<26}{_n(r['events_per_s']):>9}{r['seconds']:>10}"
+            f"{r['rss_start_mb']:>11}{r['rss_peak_mb']:>6}{r['rss_growth_mb']:>8}"
+            for name, r in readers
+        ]
+        rp = ex["replay"]
+        lines.append(
+            f"  replay {_n(rp['events'])} events: {_n(rp['events_per_s'])}/s, bare paho"
+            f" (bench.flood) {_n(rp['baseline_events_per_s'])}/s: {rp['ratio']}x"
+            f" (median of {rp['rounds']} alternated rounds)"
+        )
     if verdicts := report.get("targets"):
         lines += ["", "targets"]
         lines += [
@@ -372,6 +399,7 @@ def run_bench(
     skip: Collection[str],
     compare_scaling: bool = False,
     query: bool = False,
+    export: bool = False,
     limit_only: bool = False,
     retention_purge: bool = False,
     retention_flat: bool = False,
@@ -400,14 +428,20 @@ def run_bench(
         raise ValueError("--compare-scaling needs --store postgresql://…")
     if query and cfg.store is None:
         raise ValueError("--query needs --store sqlite:///… or postgresql://…")
+    if export and cfg.store is None:
+        raise ValueError("--export needs --store sqlite:///… or postgresql://…")
     sqlite_store = cfg.store is not None and cfg.store.startswith("sqlite://")
-    if sqlite_store and not (query or (retention_purge and not retention_flat)):
-        raise ValueError("--store takes a sqlite:// URL only with --query or --retention-purge")
+    if sqlite_store and not (query or export or (retention_purge and not retention_flat)):
+        raise ValueError(
+            "--store takes a sqlite:// URL only with --query, --export or --retention-purge"
+        )
     scenarios: dict[str, Callable[[BenchConfig], dict[str, Any]]] = SCENARIOS
     if compare_scaling:
         scenarios = {"scaling": scaling}
     elif query:
         scenarios = {"query": query_scenario}
+    elif export:
+        scenarios = {"export": export_scenario}
     elif limit_only:
         scenarios = {"limit": limit}
     elif retention_purge or retention_flat:

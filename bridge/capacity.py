@@ -15,6 +15,13 @@ batch is written only while the last measure is below the cap. SQLite measures b
 every batch (it costs microseconds), so it passes the cap by at most one batch;
 PostgreSQL measures at most once a second or per `POSTGRES_MEASURE_BYTES` of messages
 committed, so by at most that much plus one batch, as stored (rows, indexes, text index).
+
+Once the files reach the cap, the room inside them that new rows fill first (PostgreSQL's
+free space map after a vacuum: `StoreWriter.reusable_bytes`) is subtracted. Reading it
+scans the map, so it is read again only after `REUSABLE_COST_TIMES` its last read's
+duration (at least a second); in between, the messages this bridge committed since are
+taken from it (message bytes: a floor of what they fill, so the store can pass the cap
+by up to that interval's writes as stored).
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ logger = logging.getLogger("logagg.bridge")
 
 # A cap's measure is taken again at least this often while messages are written.
 MEASURE_EVERY_S = 1.0
+# The free space map is read again after this many times its last read took (at most
+# 1/20 of the writer thread's time spent on it).
+REUSABLE_COST_TIMES = 20
 # While the store is full or unavailable, the bridge says so again at most this often.
 STORE_LOG_EVERY_S = 30.0
 HOW_TO_RESUME = (
@@ -61,6 +71,10 @@ class Space:
     full: str | None = None
     _measured_at: float = -float("inf")
     _since_measured: int = 0
+    # The free space map's last reading, when it may be read again, messages since.
+    reusable: int = 0
+    _reusable_due: float = -float("inf")
+    _since_reusable: int = 0
     _full_since: float = 0.0
     _next_log: float = 0.0
     # Whether the store holds no report of ours (a previous run's is removed at the first beat).
@@ -82,15 +96,30 @@ class Space:
                 f" ({self.used} bytes) of --max-store-bytes {size_text(self.max_bytes)}"
             )
         self._since_measured += batch_bytes
+        self._since_reusable += batch_bytes
 
     def measure(self, store: StoreWriter) -> None:
-        """Measure now (writer thread); a store that cannot be measured keeps the last one."""
+        """Measure now (writer thread); a store that cannot be measured keeps the last one.
+        At the cap, the room inside the files is taken off (see the module's docstring)."""
         try:
-            self.used = store.used_bytes()
+            used = store.used_bytes()
+            if self.max_bytes is not None and used >= self.max_bytes:
+                used -= self._reusable(store)
         except StoreUnavailable as exc:
             logger.debug("cannot measure the store: %s", exc)
             return
+        self.used = used
         self._measured_at, self._since_measured = time.monotonic(), 0
+
+    def _reusable(self, store: StoreWriter) -> int:
+        """The room inside the files, read at most every REUSABLE_COST_TIMES its cost."""
+        began = time.monotonic()
+        if began >= self._reusable_due:
+            self.reusable = store.reusable_bytes()
+            took = time.monotonic() - began
+            self._reusable_due = began + max(MEASURE_EVERY_S, REUSABLE_COST_TIMES * took)
+            self._since_reusable = 0
+        return max(0, self.reusable - self._since_reusable)
 
     def holding(self, exc: StoreFull, messages: int) -> None:
         """The commit found no room: log it when it starts, then every STORE_LOG_EVERY_S."""

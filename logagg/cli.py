@@ -17,10 +17,10 @@ import typer
 
 from api import ApiSettings
 from bridge import BridgeSettings
-from logagg import logs, search
+from logagg import export, logs, search
 from logagg.options import with_settings
 from logagg.settings import UpSettings, ViewSettings
-from publisher import PublisherSettings
+from publisher import PublisherSettings, ReplaySettings
 
 app = typer.Typer(
     help="MQTT log aggregator: every event the broker accepted, stored exactly once.",
@@ -145,8 +145,8 @@ def bench(
     prefill: Annotated[
         int | None,
         typer.Option(
-            help="Growth run: events already in the store; --query: corpus events written"
-            " into --store first if it holds none (default 10M)"
+            help="Growth run: events already in the store; --query, --export: corpus events"
+            " written into --store first if it holds none (default 10M)"
         ),
     ] = None,
     growth_count: Annotated[
@@ -183,6 +183,13 @@ def bench(
         bool,
         typer.Option(
             help="Only the query scenario: random searches of each kind on --store (issue 11)"
+        ),
+    ] = False,
+    export: Annotated[
+        bool,
+        typer.Option(
+            help="Only the export scenario: export --store to /dev/null (CLI and HTTP, RSS"
+            " sampled) and replay --count of its events against bare paho (issue 12)"
         ),
     ] = False,
     limit: Annotated[
@@ -263,6 +270,7 @@ def bench(
             skip=skip or [],
             compare_scaling=compare_scaling,
             query=query,
+            export=export,
             limit_only=limit,
             retention_purge=retention_purge,
             retention_flat=retention_flat,
@@ -321,6 +329,18 @@ def ready(
     typer.echo(f"ready: bridge {config.client_id} up for {uptime:.0f}s")
 
 
+OutputFlag = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout")
+]
+StoreFlag = Annotated[
+    str | None,
+    typer.Option(
+        help="Read this store directly instead of asking the sidecar: sqlite:///path or"
+        " postgresql://user@host/db?schema=NAME"
+    ),
+]
+
+
 @app.command(name="search")
 @with_settings(ViewSettings)
 @search.with_query_flags
@@ -335,13 +355,7 @@ def search_command(
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON object a line (NDJSON), as /events has it")
     ] = False,
-    store: Annotated[
-        str | None,
-        typer.Option(
-            help="Read this store directly instead of asking the sidecar: sqlite:///path or"
-            " postgresql://user@host/db?schema=NAME"
-        ),
-    ] = None,
+    store: StoreFlag = None,
     log_level: LogLevel = "warning",
     log_format: LogFormat = "text",
 ) -> None:
@@ -393,6 +407,115 @@ def tail(
         raise typer.Exit(1) from None
     except KeyboardInterrupt:  # how `tail -f` ends: Ctrl-C, SIGINT or SIGTERM
         pass
+
+
+@app.command(name="export")
+@with_settings(ViewSettings)
+@search.with_query_flags
+def export_command(
+    config: ViewSettings,
+    params: search.Params,
+    after: Annotated[
+        int | None, typer.Option(min=0, help="Only events with a larger seq: resumes an export")
+    ] = None,
+    output: OutputFlag = None,
+    store: StoreFlag = None,
+    log_level: LogLevel = "warning",
+    log_format: LogFormat = "text",
+) -> None:
+    """Write every stored event the filters match (those of `search`), oldest first, as
+    NDJSON: the input of `logagg replay`. Progress on stderr when it is a terminal."""
+    logs.configure(log_level, log_format)
+    resume = [("after", str(after))] if after is not None else []
+    export.run([*params, *resume], output=output, view=config, store=store)
+
+
+@app.command()
+@with_settings(
+    ReplaySettings, renamed={"topic_prefix": "--prefix", "ack_timeout_s": "--ack-timeout"}
+)
+def replay(
+    config: ReplaySettings,
+    file: Annotated[str, typer.Argument(help="An export (NDJSON), or - for stdin")],
+    progress: Annotated[bool, typer.Option(help="Progress bar on a terminal")] = True,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object")
+    ] = False,
+    log_level: LogLevel = "warning",
+    log_format: LogFormat = "text",
+) -> None:
+    """Publish exported events again (QoS 1, their topic, event_id, timestamp, source and
+    payload), waiting for every PUBACK; bad lines are named and skipped (exit 1). Safe to
+    interrupt and run again: what is stored already counts as a duplicate."""
+    import json
+    import sys
+
+    from publisher.replay import replay as run_replay
+    from publisher.run import terminal_progress
+    from supervise.process import interrupt_on_stop_signals
+
+    logs.configure(log_level, log_format)
+    interrupt_on_stop_signals()
+    shown = 0
+
+    def bad(line: object) -> None:
+        nonlocal shown
+        shown += 1
+        if shown <= MAX_BAD_SHOWN:
+            typer.echo(f"bad {line}", err=True)
+
+    try:
+        source = sys.stdin.buffer if file == "-" else Path(file).open("rb")  # noqa: SIM115
+    except OSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    with (
+        source,
+        terminal_progress(_lines_in(file), enabled=progress, doing="replaying") as on_progress,
+    ):
+        summary = run_replay(config, source, on_progress=on_progress, on_bad=bad)
+    if shown > MAX_BAD_SHOWN:
+        typer.echo(f"… and {shown - MAX_BAD_SHOWN:,} more bad lines", err=True)
+    typer.echo(json.dumps(summary.as_dict()) if json_output else str(summary))
+    if summary.error is not None:
+        typer.echo(f"error: {summary.error}", err=True)
+        raise typer.Exit(1)
+    if summary.interrupted:
+        raise typer.Exit(130)
+    if summary.bad:
+        raise typer.Exit(1)
+
+
+# Bad lines named one by one on stderr; past that, only counted.
+MAX_BAD_SHOWN = 20
+
+
+def _lines_in(file: str) -> int | None:
+    """How many lines a regular file holds (the progress bar's total), else None."""
+    path = Path(file)
+    if file == "-" or not path.is_file():
+        return None
+    with path.open("rb") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+
+
+rejected_app = typer.Typer(help="The rejected messages the store keeps.", no_args_is_help=True)
+app.add_typer(rejected_app, name="rejected")
+
+
+@rejected_app.command(name="export")
+@with_settings(ViewSettings)
+def rejected_export(
+    config: ViewSettings,
+    output: OutputFlag = None,
+    store: StoreFlag = None,
+    log_level: LogLevel = "warning",
+    log_format: LogFormat = "text",
+) -> None:
+    """Write the kept rejected messages, oldest first, as NDJSON: seq, mqtt_topic, code,
+    reason, body, received_at (a body over 2 KiB is kept cut, with a note of its size)."""
+    logs.configure(log_level, log_format)
+    export.run_rejected(output=output, view=config, store=store)
 
 
 @app.command()

@@ -156,20 +156,12 @@ def run(
 ) -> None:
     """Print up to `limit` (None: all) events the query `params` finds, one a line (or
     NDJSON); exit 2 naming a refused parameter, 1 when the sidecar or store fails."""
-    from bridge.store import StoreUnavailable
-    from logagg.views import EVENT, QueryRefused, ViewError, one_line
+    from logagg.views import EVENT, exit_codes, one_line
 
     show = (lambda e: EVENT.dump_json(e).decode()) if json_output else one_line
-    try:
-        with pages(view, store) as read:
-            for event in found(read, params, limit):
-                typer.echo(show(event))
-    except QueryRefused as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except (ViewError, StoreUnavailable) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    with exit_codes(), pages(view, store) as read:
+        for event in found(read, params, limit):
+            typer.echo(show(event))
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 
 import httpx
+import typer
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from api.models import EventPage, StatsReport, busiest_topics
@@ -91,6 +92,32 @@ def get(client: httpx.Client, path: str, params: Params) -> httpx.Response:
         return _checked(client.get(path, params=tuple(params)))
     except httpx.TransportError as exc:
         raise ViewError(f"cannot reach the sidecar at {client.base_url}: {exc}") from exc
+
+
+@contextmanager
+def streamed(client: httpx.Client, path: str, params: Params) -> Iterator[httpx.Response]:
+    """`path` with `params` as a response still to read, checked as `get` checks."""
+    try:
+        with client.stream("GET", path, params=tuple(params)) as response:
+            yield _checked(response)
+    except httpx.TransportError as exc:
+        raise ViewError(f"cannot reach the sidecar at {client.base_url}: {exc}") from exc
+
+
+@contextmanager
+def exit_codes() -> Iterator[None]:
+    """A command's failures as its exit status, with the reason on stderr: 2 for a refused
+    parameter (it names it), 1 when the sidecar or the store fails."""
+    from bridge.store import StoreUnavailable
+
+    try:
+        yield
+    except QueryRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (ViewError, StoreUnavailable) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def one_line(event: StoredEvent) -> str:

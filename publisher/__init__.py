@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from publisher.run import run_publisher as run_publisher
     from publisher.run import terminal_progress as terminal_progress
     from publisher.settings import PublisherSettings as PublisherSettings
+    from publisher.settings import ReplaySettings as ReplaySettings
     from publisher.stream import Message as Message
     from publisher.stream import generate as generate
     from publisher.summary import PublishError as PublishError
@@ -22,7 +23,7 @@ __all__, __getattr__ = lazy_api(
     __name__,
     {
         "publisher.run": ("run_publisher", "terminal_progress"),
-        "publisher.settings": ("PublisherSettings",),
+        "publisher.settings": ("PublisherSettings", "ReplaySettings"),
         "publisher.stream": ("Message", "generate"),
         "publisher.summary": ("PublishError", "Summary"),
     },

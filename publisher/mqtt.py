@@ -28,9 +28,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from bridge.broker import client_kwargs
-from publisher.settings import PublisherSettings
-from publisher.stream import Message
-from publisher.summary import AckCounts, PublishError
+from publisher.settings import SendSettings
+from publisher.summary import AckCounts, Outgoing, PublishError
 
 logger = logging.getLogger("logagg.publisher")
 
@@ -46,14 +45,14 @@ class MqttSender:
     """Use as a context manager: entering connects, leaving disconnects and stops paho's
     thread, whatever happened in between."""
 
-    def __init__(self, settings: PublisherSettings, acks: AckCounts, client_id: str) -> None:
+    def __init__(self, settings: SendSettings, acks: AckCounts, client_id: str) -> None:
         self._address = settings.address
         self._prefix = settings.topic_prefix
         self._timeout = settings.ack_timeout_s
         self._acks = acks
         self._cond = threading.Condition()
         # Guarded by _cond: written by paho's thread, read by the caller's.
-        self._pending: dict[int, Message] = {}
+        self._pending: dict[int, Outgoing] = {}
         self._early: dict[int, ReasonCode] = {}
         self._window = WINDOW
         self._connected = False
@@ -105,7 +104,7 @@ class MqttSender:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Outgoing) -> None:
         """Blocks while the window is full; raises PublishError when the broker stalls."""
         body = message.body()
         with self._cond:
@@ -149,7 +148,7 @@ class MqttSender:
                 )
             self._cond.wait(remaining)
 
-    def _settle(self, message: Message, reason: ReasonCode) -> None:
+    def _settle(self, message: Outgoing, reason: ReasonCode) -> None:
         """Count one PUBACK; called with _cond held."""
         if reason.is_failure:
             self._fatal = f"broker refused event {message.event_id} on {message.topic}: {reason}"

@@ -121,14 +121,17 @@ def run_publisher(
 
 
 @contextmanager
-def terminal_progress(total: int, *, enabled: bool = True) -> Iterator[ProgressCallback | None]:
-    """A progress bar on stderr while the run lasts, if stderr is a terminal."""
+def terminal_progress(
+    total: int | None, *, enabled: bool = True, doing: str = "publishing"
+) -> Iterator[ProgressCallback | None]:
+    """A progress bar on stderr while the run lasts, if stderr is a terminal (a count
+    without a bar when the `total` is not known)."""
     console = Console(stderr=True)
     if not (enabled and console.is_terminal):
         yield None
         return
     columns = (
-        TextColumn("publishing"),
+        TextColumn(doing),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("acknowledged"),

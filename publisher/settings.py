@@ -32,12 +32,25 @@ def _http_url(value: str) -> str:
 SidecarUrl = Annotated[str, AfterValidator(_http_url)]
 
 
-class PublisherSettings(MqttSettings):
-    count: int = Field(default=1000, ge=1, description="Messages to send, repeats included")
+class SendSettings(MqttSettings):
+    """What every QoS 1 sender of events takes: `publish` and `replay`."""
+
     # Events per second; 0 sends as fast as the broker (or sidecar) acknowledges.
     rate: float = Field(
         default=0.0, ge=0, description="Events per second, 0 = as fast as acknowledged"
     )
+    # Give up when nothing is acknowledged for this long while something waits for it.
+    ack_timeout_s: float = Field(
+        default=30.0, gt=0, description="Give up after this many seconds unacknowledged"
+    )
+
+
+class ReplaySettings(SendSettings):
+    """`logagg replay`: exported events published again, under `topic_prefix` (`--prefix`)."""
+
+
+class PublisherSettings(SendSettings):
+    count: int = Field(default=1000, ge=1, description="Messages to send, repeats included")
     topics: Annotated[list[Name], NoDecode, BeforeValidator(_split_commas)] = Field(
         default=list(DEFAULT_TOPICS),
         min_length=1,
@@ -70,8 +83,4 @@ class PublisherSettings(MqttSettings):
     source: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)] = Field(
         default_factory=lambda: f"logagg-publish@{socket.gethostname()}",
         description="The events' source field (default logagg-publish@HOST)",
-    )
-    # Give up when nothing is acknowledged for this long while something waits for it.
-    ack_timeout_s: float = Field(
-        default=30.0, gt=0, description="Give up after this many seconds unacknowledged"
     )

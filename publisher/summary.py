@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
-from publisher.stream import Message
+
+class Outgoing(Protocol):
+    """A message a sender sends and counts: `acked` is set when a copy is first acknowledged."""
+
+    topic: str
+    event_id: str
+    acked: bool
+
+    def body(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +68,7 @@ class AckCounts:
     sent: int = 0
     distinct: int = 0
 
-    def acknowledged(self, message: Message) -> None:
+    def acknowledged(self, message: Outgoing) -> None:
         self.sent += 1
         if not message.acked:
             message.acked = True

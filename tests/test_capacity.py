@@ -7,24 +7,29 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
 import pytest
 from playwright.sync_api import Browser
+from psycopg import sql
 
 from api import ApiSettings
 from api.models import StatsReport
+from bridge.capacity import Space
 from bridge.settings import BridgeSettings
-from bridge.store import open_reader, open_writer, parse_store_url
+from bridge.store import StoreFull, open_reader, open_writer, parse_store_url
 from bridge.store.space import POSTGRES_MEASURE_BYTES, POSTGRES_USED_BYTES, sqlite_used_bytes
 from logagg.views import summary
 from supervise.mosquitto import Mosquitto
 from tests.helpers import (
+    PG_TEST_URL,
     Message,
     StartBridge,
     assert_exactly_once,
@@ -286,6 +291,84 @@ def test_postgres_cap_stops_acking_and_resumes_with_a_larger_cap(
         assert_exactly_once(pg_url, first)
         wait_until(lambda: health(client)[0] == 200 or None, 30, "/healthz 200")
         say_room_again(client)
+
+
+@pytest.fixture
+def fsm_database(postgres_reachable: None) -> Iterator[str]:
+    """A PostgreSQL database of its own with pg_freespacemap installed (the extension is
+    per database: the shared one is left as it is), dropped afterwards."""
+    name = f"logagg_fsm_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_TEST_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = urlunsplit(urlsplit(PG_TEST_URL)._replace(path=f"/{name}"))
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pg_freespacemap")
+        yield url
+    finally:
+        with psycopg.connect(PG_TEST_URL, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def test_postgres_cap_sees_room_retention_made(
+    fsm_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store held at its cap: retention deletes rows, a vacuum (autovacuum's work; off on
+    the shared server) records their room in the free space map, and the measure falls
+    below the cap though the files keep their size; new rows fill that room rather than
+    grow the files. Without the extension the cap stays reached, and the log says why."""
+    url = parse_store_url(fsm_database)
+    settings = BridgeSettings.model_validate(
+        {"store": url, "retention": "1s", "retention_topic": ["keep/#=forever"]}
+    )
+    store = open_writer(url, settings.store_options)
+    try:
+        empty = store.used_bytes()
+        store.record(random_events(3000, seed=3), [])
+        files = store.used_bytes()
+        per_1000 = (files - empty) // 3
+        cap = files * 9 // 10  # reached: the map's room is a few partly filled pages
+        space = Space(max_bytes=cap, measure_every_bytes=0)
+        with pytest.raises(StoreFull):
+            space.check(store, 0)
+        # Newer rows after the expired ones, as in a live store: the vacuum cannot cut the
+        # files' empty end off, and the room stays inside them.
+        kept = [e.model_copy(update={"topic": f"keep/{e.topic}"}) for e in random_events(300, 5)]
+        store.record(kept, [])
+        files = store.used_bytes()
+        time.sleep(1.2)
+        assert store.purge(lambda: False).events == 3000
+        with pytest.raises(StoreFull):  # deleted, not yet vacuumed: no room yet
+            space.check(store, 0)
+        with psycopg.connect(fsm_database, autocommit=True) as conn:
+            conn.execute("VACUUM")
+        vacuumed = store.used_bytes()
+        assert vacuumed >= files  # the files did not shrink (the kept keys, the maps added)
+        space = Space(max_bytes=cap, measure_every_bytes=0)
+        space.check(store, 0)  # room again
+        assert space.used is not None
+        assert space.used < cap
+        # Until the map is read again (a second at least), what this bridge commits is
+        # taken from its room: a batch as large as the room leaves none.
+        space.check(store, space.reusable)
+        with pytest.raises(StoreFull):
+            space.check(store, 0)
+        space = Space(max_bytes=cap, measure_every_bytes=0)
+        store.record(random_events(1000, seed=4), [])
+        # The heap's room was filled, not the disk (indexes still grow: their pages of
+        # deleted entries are not all free yet).
+        assert store.used_bytes() - vacuumed < per_1000 // 2
+
+        with psycopg.connect(fsm_database, autocommit=True) as conn:
+            conn.execute("DROP EXTENSION pg_freespacemap")
+        space = Space(max_bytes=cap, measure_every_bytes=0)
+        with pytest.raises(StoreFull):
+            space.check(store, 0)
+        assert "pg_freespacemap extension is not installed" in caplog.text
+    finally:
+        store.close()
 
 
 def test_sqlite_measure_counts_freed_pages_as_room(tmp_path: Path) -> None:

@@ -21,7 +21,12 @@ from tests.helpers import StartBridge, make_stream, publish_raw, wait_for_stats
 def test_every_command_takes_log_format_and_log_level() -> None:
     group = typer.main.get_command(app)
     assert isinstance(group, typer.core.TyperGroup)
-    for name, command in group.commands.items():
+    commands = list(group.commands.items())
+    while commands:
+        name, command = commands.pop()
+        if isinstance(command, typer.core.TyperGroup):  # `logagg rejected export`
+            commands += [(f"{name} {sub}", c) for sub, c in command.commands.items()]
+            continue
         options = {option for param in command.params for option in param.opts}
         assert {"--log-format", "--log-level"} <= options, name
 

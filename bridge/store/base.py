@@ -215,6 +215,16 @@ class StoreReader(Protocol):
         query runs past the store's statement timeout."""
         ...
 
+    def export_page(self, query: Query, *, max_bytes: int) -> list[tuple[int, str]]:
+        """The page `query` asks for (as `search`, `asc`), each event as `(seq, NDJSON
+        line)` built from the stored text (`bridge.store.export`): fewer when payloads add
+        up past `max_bytes` (but at least one)."""
+        ...
+
+    def newest_seq(self) -> int:
+        """The highest `seq` stored (0 when there is none): where an export stops."""
+        ...
+
     def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
         """The non-empty buckets of `interval_s` seconds, oldest first, counting the events
         matching `query`'s filters (its order, position and limit aside) by `timestamp`."""
@@ -258,6 +268,12 @@ class StoreWriter(StoreReader, Protocol):
 
     def used_bytes(self) -> int:
         """The size `--max-store-bytes` caps, measured now (`bridge.store.space`)."""
+        ...
+
+    def reusable_bytes(self) -> int:
+        """Room inside the files `used_bytes` counts, which new rows fill before the files
+        grow: PostgreSQL's free space map, where it can be read; 0 where the measure
+        already leaves it out (SQLite) or it cannot be read (`bridge.store.space`)."""
         ...
 
     def report_space(self, client_id: str, report: SpaceReport | None) -> None:

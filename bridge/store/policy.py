@@ -78,11 +78,16 @@ def chunks(
     return done
 
 
+def overdue(events: Sequence[Event], policy: RetentionPolicy, now: datetime) -> list[Event]:
+    """Those of `events` that arrive with a `timestamp` already past their retention."""
+    return [
+        e
+        for e in events
+        if (keep := policy.keep_s(e.topic)) is not None
+        and (now - e.timestamp).total_seconds() > keep
+    ]
+
+
 def late(events: Sequence[Event], policy: RetentionPolicy, now: datetime) -> int:
     """How many of `events` arrived with a `timestamp` already past their retention."""
-    n = 0
-    for e in events:
-        keep = policy.keep_s(e.topic)
-        if keep is not None and (now - e.timestamp).total_seconds() > keep:
-            n += 1
-    return n
+    return len(overdue(events, policy, now))

@@ -6,15 +6,16 @@ parameter goes to libpq (see `bridge.store.url`); `connect_timeout` (default 5 s
 bounds how long a call waits for a pooled connection before it reports the store
 unavailable.
 
-A batch is one statement (see `record_sql`), run outside a transaction block, so it is its
-own transaction and one round trip: the events as one JSON text (`json_to_recordset`), the
-counters, the rejections. `INSERT … ON CONFLICT DO NOTHING` arbitrates on the unique
-index, where a concurrent insert of the same key waits for the other transaction and then
-yields no row (or the row, if the other rolled back); counters are `x = x + n` upserts,
-which lock the row and add to its newest version, so no increment is lost. Each writer
-counts in rows of its own (a random `slot` of SLOTS, summed when read), so bridges do not
-queue on one hot counter row. SERIALIZABLE would add serialization failures and nothing
-else.
+A batch is one statement (see `record_sql`) and one round trip: the events as one JSON
+text (`json_to_recordset`), the counters, the rejections. Without events it runs outside
+a transaction block, its own transaction; with events it follows the purge fence's
+shared lock in one transaction, pipelined (`postgres_retention`).
+`INSERT … ON CONFLICT DO NOTHING` arbitrates on the unique index, where a concurrent
+insert of the same key waits for the other transaction and then yields no row (or the row,
+if the other rolled back); counters are `x = x + n` upserts, which lock the row and add to
+its newest version, so no increment is lost. Each writer counts in rows of its own (a
+random `slot` of SLOTS, summed when read), so bridges do not queue on one hot counter row.
+SERIALIZABLE would add serialization failures and nothing else.
 
 Deadlocks between bridges are avoided by taking row locks in one global order: each
 batch inserts its events sorted by key, then updates spans, topic counters and rejection
@@ -66,6 +67,7 @@ Heartbeats are stamped with the server's `now()` and judged against its
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 from collections import Counter
@@ -102,7 +104,7 @@ from bridge.store.base import (
     tally,
 )
 from bridge.store.options import StoreOptions
-from bridge.store.policy import chunks, declare_policy, late
+from bridge.store.policy import chunks, declare_policy, overdue
 from bridge.store.postgres_backfill import (
     BACKFILL_PROGRESS,
     PENDING_KEY,
@@ -112,9 +114,9 @@ from bridge.store.postgres_backfill import (
     create_index,
 )
 from bridge.store.postgres_retention import (
+    FENCE_SHARED,
     FLOOR,
     RETENTION_SCHEMA,
-    count,
     forget_chunk,
     prune_time_seqs,
     purge_chunk,
@@ -130,10 +132,18 @@ from bridge.store.postgres_search import (
     where,
 )
 from bridge.store.reading import Connection, SqlReader
-from bridge.store.space import POSTGRES_USED_BYTES, put_report
+from bridge.store.space import (
+    POSTGRES_FREE_SPACE_MAP,
+    POSTGRES_REUSABLE_BYTES,
+    POSTGRES_USED_BYTES,
+    put_report,
+)
 from bridge.store.url import PostgresUrl
 
 DEFAULT_TIMEOUT_S = 5.0
+
+logger = logging.getLogger("logagg.bridge.store")
+
 # A bridge uses one connection at a time (one writer thread); the sidecar's readers share these.
 POOL_MAX = 4
 # Serialises schema creation between bridges starting at once (any constant unique to logagg).
@@ -143,6 +153,27 @@ _MIGRATION_LOCK = 0x6C6F6761_67000001
 # drew different slots never wait on each other's counters; two that share one wait on
 # each other row by row (correct, only slower).
 SLOTS = 64
+
+# An export's line (bridge.store.export), made by the server as SQLite makes it (see
+# bridge/store/sqlite.py): the payload as jsonb's text, names quoted by `to_json`, the
+# timestamp written as Python's `isoformat` writes it in its offset (microseconds only
+# when not zero; the offset's seconds only when not zero), `received_at` as `iso_utc`.
+_LOCAL = "(timestamp AT TIME ZONE 'UTC' + make_interval(secs => utc_offset_s))"
+_OFFSET = "make_interval(secs => abs(utc_offset_s))"
+_EXPORT_COLUMNS = (
+    """seq, '{"seq":' || seq || ',"topic":' || to_json(topic)"""
+    """ || ',"event_id":' || to_json(event_id) || ',"timestamp":"'"""
+    f""" || to_char({_LOCAL}, 'YYYY-MM-DD"T"HH24:MI:SS')"""
+    f""" || CASE WHEN extract(microseconds FROM {_LOCAL})::bigint %% 1000000 = 0 THEN ''"""
+    f""" ELSE to_char({_LOCAL}, '.US') END"""
+    """ || CASE WHEN utc_offset_s < 0 THEN '-' ELSE '+' END"""
+    f""" || to_char({_OFFSET}, 'HH24:MI')"""
+    f""" || CASE WHEN utc_offset_s %% 60 = 0 THEN '' ELSE to_char({_OFFSET}, ':SS') END"""
+    """ || '","source":' || to_json(source) || ',"payload":' || payload::text"""
+    """ || ',"received_at":"'"""
+    """ || to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')"""
+    """ || '+00:00"}' || chr(10) AS line, payload"""
+)
 
 # What a random page read costs the planner in reads, as against a sequential one (the
 # server's default is 4: a spinning disk). Search reads the store's hot pages from memory.
@@ -253,14 +284,17 @@ SELECT sequence.id, least(newest, (
 """
 
 
-def record_sql(slot: int, *, events: bool, refused: bool) -> str:
-    """The one statement that records a batch (run outside a transaction block, it is its
-    own transaction): named parameters, counters in writer `slot`.
+def record_sql(slot: int, *, events: bool, refused: bool, late: bool = False) -> str:
+    """The one statement that records a batch (its own transaction, or after the purge
+    fence in one with events: `PostgresWriter.record`): named parameters, counters in
+    writer `slot`.
 
     With events: first a shared advisory lock keyed by the newest seq handed out (the
     events' seqs, drawn after it, are all above it; it shows readers where this writer's
     seqs begin until it commits), then the new events, their spans of time and the topic
     counters, whose duplicates are the batch's copies of a topic less its new events.
+    With late ones among the events: how many of those were new, added to the writer's
+    own `late:slot` row of `retention_counts` (no row shared by all writers).
     With refusals: the rejected rows, their counters, and the trim to KEEP_REJECTED."""
     ctes: list[str] = []
     if events:
@@ -287,6 +321,15 @@ def record_sql(slot: int, *, events: bool, refused: bool) -> str:
         duplicate_dropped = s.duplicate_dropped + excluded.duplicate_dropped
 )""",
         ]
+    if late:
+        ctes.append(f"""overdue AS (
+    INSERT INTO retention_counts AS c (name, count)
+    SELECT 'late:{slot}', count(*) FROM inserted
+    JOIN unnest(%(late_topics)s::text[], %(late_ids)s::text[]) AS l (topic, event_id)
+        USING (topic, event_id)
+    HAVING count(*) > 0
+    ON CONFLICT (name) DO UPDATE SET count = c.count + excluded.count
+)""")
     if refused:
         ctes += [
             """kept AS (
@@ -460,6 +503,16 @@ class PostgresReader(SqlReader):
             rows = conn.execute(sql_text.encode(), params, prepare=False).fetchall()
         return [self._event(row) for row in rows]
 
+    def export_page(self, query: Query, *, max_bytes: int) -> list[tuple[int, str]]:
+        with self._read() as conn:
+            filters = self._where(conn, query, paged=True)
+            sql_text = page_sql(_EXPORT_COLUMNS, query, filters, max_bytes, "seq, line")
+            params = (*filters.params, query.limit, max_bytes)
+            rows: list[tuple[int, str]] = conn.execute(
+                sql_text.encode(), params, prepare=False
+            ).fetchall()
+        return rows
+
     def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
         with self._read() as conn:
             filters = self._where(conn, query, paged=False)
@@ -539,7 +592,7 @@ class PostgresReader(SqlReader):
             seq,
             topic,
             event_id,
-            timestamp.astimezone(timezone(timedelta(seconds=offset))).isoformat(),
+            _stamp(timestamp, offset),
             source,
             payload,
             iso_utc(received_at),
@@ -567,11 +620,16 @@ class PostgresWriter(PostgresReader):
         super().__init__(url, options)
         self.slot = random.randrange(SLOTS)
         self._statements = {
-            (events, refused): record_sql(self.slot, events=events, refused=refused)
+            (events, refused, late): record_sql(
+                self.slot, events=events, refused=refused, late=late
+            )
             for events in (False, True)
             for refused in (False, True)
+            for late in (False, True)
+            if events or not late
         }
         self.backfill: Backfill | None = None
+        self._said_no_map = False
         try:
             if self._migrate():
                 self.backfill = Backfill(self._conninfo, self._schema, self.display)
@@ -642,14 +700,17 @@ class PostgresWriter(PostgresReader):
             return BatchOutcome()
         statement, params = self.batch(events, refused)
         with self._connection("write") as conn:
-            inserted = {(topic, event_id) for topic, event_id in conn.execute(statement, params)}
-        if self._policy_now.finite and inserted:
-            # Counted apart from the batch's one statement: informational, and a crash
-            # between the two loses at most this batch's late count.
-            stored = [e for e in first_copies(events) if (e.topic, e.event_id) in inserted]
-            if n := late(stored, self._policy_now, datetime.now(UTC)):
-                with self._connection("write") as conn:
-                    count(conn, "late", n)
+            if "events" in params:
+                # Behind the purge fence, in a statement of its own (see
+                # `postgres_retention`): the batch's statement takes its snapshot once the
+                # fence is held. One transaction, one round trip (pipelined), and no
+                # watermark lock held while waiting for a chunk.
+                with conn.pipeline(), conn.transaction():
+                    conn.execute(FENCE_SHARED)
+                    rows = conn.execute(statement, params)
+            else:
+                rows = conn.execute(statement, params)
+            inserted = {(topic, event_id) for topic, event_id in rows}
         return tally(events, refused, inserted).outcome
 
     def batch(
@@ -684,6 +745,15 @@ class PostgresWriter(PostgresReader):
             )
             copies = Counter(e.topic for e in events)
             params.update(_named(("topics", "copies"), sorted(copies.items())))
+            # The late ones among them, counted by the statement if they are new.
+            if self._policy_now.finite and (
+                overdue_rows := overdue(rows, self._policy_now, datetime.now(UTC))
+            ):
+                params.update(
+                    _named(
+                        ("late_topics", "late_ids"), ((e.topic, e.event_id) for e in overdue_rows)
+                    )
+                )
         if refused:
             params.update(
                 # Only the newest KEEP_REJECTED: the statement's trim cannot see its own rows.
@@ -694,7 +764,7 @@ class PostgresWriter(PostgresReader):
             )
             codes = Counter(r.rejection.code for r in refused)
             params.update(_named(("codes", "code_counts"), sorted(codes.items())))
-        return self._statements[bool(rows), bool(refused)], params
+        return self._statements[bool(rows), bool(refused), "late_ids" in params], params
 
     @property
     def policy(self) -> RetentionPolicy:
@@ -744,6 +814,26 @@ class PostgresWriter(PostgresReader):
             (used,) = conn.execute(POSTGRES_USED_BYTES).fetchone() or (0,)
         return int(used)
 
+    def reusable_bytes(self) -> int:
+        """The free space maps' room, by `pg_freespacemap` (`bridge.store.space`); 0, said
+        once in the log, where the extension is not installed."""
+        with self._connection("measure") as conn:
+            row = conn.execute(POSTGRES_FREE_SPACE_MAP).fetchone()
+            if row is None:
+                if not self._said_no_map:
+                    self._said_no_map = True
+                    logger.warning(
+                        "%s: the pg_freespacemap extension is not installed, so rows deleted"
+                        " (retention) do not count as room under --max-store-bytes until the"
+                        " files shrink (VACUUM FULL); a superuser can CREATE EXTENSION"
+                        " pg_freespacemap",
+                        self.display,
+                    )
+                return 0
+            statement = sql.SQL(POSTGRES_REUSABLE_BYTES).format(fsm=sql.Identifier(row[0]))
+            (free,) = conn.execute(statement).fetchone() or (0,)
+        return int(free)
+
     def report_space(self, client_id: str, report: SpaceReport | None) -> None:
         with self._connection("write") as conn:
             put_report(conn, self._MARK, client_id, report)
@@ -757,6 +847,11 @@ class PostgresWriter(PostgresReader):
 def _named(names: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> dict[str, list[Any]]:
     """Rows as one named list per column: the arrays that `unnest` turns back into rows."""
     return dict(zip(names, map(list, zip(*rows, strict=True)), strict=True))
+
+
+def _stamp(timestamp: datetime, offset_s: int) -> str:
+    """An event's timestamp as it was written: in its publisher's UTC offset."""
+    return timestamp.astimezone(timezone(timedelta(seconds=offset_s))).isoformat()
 
 
 def _offset_s(moment: datetime) -> int:

@@ -7,12 +7,21 @@ transaction cannot outlive a bridge killed while holding it). One transaction de
 chunk of one topic's expired events, keeps their keys and counts both.
 
 A batch's INSERT skips copies whose key is kept (`NOT EXISTS`, in its one statement).
-Known gap since writers commit concurrently (no commit lock): a copy whose INSERT starts
-while a purge chunk is deleting its very event waits on the deleted row and, once the
-chunk commits, inserts under a snapshot that cannot see the key: that copy is stored
-again as new (`test_retention_postgres_copy_during_purge_is_duplicate`, xfail). Before
-the concurrent-commit change a chunk held the commit lock and closed it; the fix to come
-is a lock writers take shared and a chunk exclusive.
+Writers commit concurrently, so that check alone has a race: a copy whose INSERT starts
+while a chunk is deleting its very event waits on the deleted row and, once the chunk
+commits, inserts under a snapshot that cannot see the new key (a statement keeps the
+snapshot it started with, whatever it waits for). The fence closes it: every batch with
+events first takes the fence shared, in a statement of its own in the batch's transaction
+(writers never wait on each other), a purge chunk takes it exclusive after the purge
+lock, so a batch runs wholly before a chunk (the chunk's DELETE, a statement after the
+lock, sees its rows) or wholly after it (its statement, started after the fence was
+granted, sees the kept keys)
+(`test_retention_postgres_copy_during_purge_is_duplicate`). Both locks are two-int4
+advisory locks (`objsubid` 2), which the readers' watermark does not count (it reads the
+bigint ones, `objsubid` 1), keyed by the schema so that stores in other schemas never
+wait on each other. A chunk waiting for the fence holds new batches back (PostgreSQL
+queues a lock request behind a conflicting waiter) for as long as the batches in flight
+and the chunk take: chunks are small for that.
 """
 
 from __future__ import annotations
@@ -28,8 +37,11 @@ CREATE TABLE IF NOT EXISTS expired_keys (key bigint PRIMARY KEY, expired_at time
 CREATE INDEX IF NOT EXISTS expired_keys_at ON expired_keys (expired_at);
 CREATE TABLE IF NOT EXISTS retention_counts (name text PRIMARY KEY, count bigint NOT NULL);
 """
-# Two-key advisory lock (class, schema), as the commit lock: one purger per schema.
+# Two-key advisory locks (class, hashtext(schema)): one purger per schema; the fence
+# between batches (shared) and purge chunks (exclusive).
 PURGE_LOCK = 0x6C6F6762
+FENCE_LOCK = 0x6C6F6763
+FENCE_SHARED = f"SELECT pg_advisory_xact_lock_shared({FENCE_LOCK}, hashtext(current_schema()))"
 
 # The first seq received at or after a time, by bisection over seq in one statement: each
 # step reads one row by the seq index (`reading.first_recent` in SQL).
@@ -89,9 +101,11 @@ def _locked(conn: psycopg.Connection[Any]) -> bool:
 
 def purge_chunk(conn: psycopg.Connection[Any], topic: str, floor: int, limit: int) -> int | None:
     """Delete up to `limit` of `topic`'s events below seq `floor`, keep their keys and
-    count both, in the caller's transaction; None when another bridge is purging."""
+    count both, in the caller's transaction, behind the fence; None when another bridge
+    is purging."""
     if not _locked(conn):
         return None
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (FENCE_LOCK,))
     ids = [eid for (eid,) in conn.execute(_DELETE_CHUNK, (topic, floor, limit))]
     row = conn.execute(_KEEP_KEYS, ([key_hash(topic, eid) for eid in ids],)).fetchone()
     count(conn, "events_expired", len(ids))

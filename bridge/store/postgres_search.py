@@ -133,16 +133,20 @@ def json_value(found: FieldFilter) -> str:
     return json.dumps(found.value)
 
 
-def page_sql(columns: str, query: Query, filters: Where, max_bytes: int | None) -> str:
+def page_sql(
+    columns: str, query: Query, filters: Where, max_bytes: int | None, out: str | None = None
+) -> str:
     """The page's rows in its order. With `max_bytes`, the page stops before the payload
     that would take it past that many bytes (the first row always comes): the server
-    sums the sizes, so a reader never receives more than about `max_bytes`."""
+    sums the sizes, so a reader never receives more than about `max_bytes`. `out` is what
+    the sized page gives of `columns` (default: the same expressions again; an export
+    names its line and its payload, and takes the line)."""
     order = "DESC" if query.order == "desc" else "ASC"
     rows = f"SELECT {columns} FROM events{filters.sql} ORDER BY seq {order} LIMIT %s"
     if max_bytes is None:
         return rows
     return (
-        f"SELECT {columns} FROM (SELECT *, row_number() OVER w AS n,"
+        f"SELECT {out or columns} FROM (SELECT *, row_number() OVER w AS n,"
         f" sum(octet_length(payload::text)) OVER w AS running FROM ({rows}) AS page"
         f" WINDOW w AS (ORDER BY seq {order})) AS sized"
         f" WHERE n = 1 OR running <= %s ORDER BY seq {order}"

@@ -4,6 +4,7 @@ connection, placeholder and column types."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -166,7 +167,10 @@ class SqlReader(ABC):
             " ORDER BY seq LIMIT 1",
             (retained.after, *retained.params),
         ).fetchone()
-        counts = dict(conn.execute("SELECT name, count FROM retention_counts").fetchall())
+        # A name may be split in per-writer rows, `name:slot` (PostgreSQL's `late`).
+        counts: Counter[str] = Counter()
+        for name, n in conn.execute("SELECT name, count FROM retention_counts").fetchall():
+            counts[name.partition(":")[0]] += n
         return RetentionStats(
             policy=self._policy(conn),
             oldest_received_at=None if oldest is None else self._event(oldest).received_at,
@@ -230,6 +234,12 @@ class SqlReader(ABC):
                 upto=self._horizon(conn),
             )
         return [self._event(row) for row in rows]
+
+    def newest_seq(self) -> int:
+        with self._read() as conn:
+            (newest,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+            upto = self._horizon(conn)  # PostgreSQL: no seq past the watermark is final yet
+        return int(newest) if upto is None else min(int(newest), upto)
 
     def rejected(self, *, after: int, limit: int, newest: bool = False) -> list[StoredRejection]:
         with self._read() as conn:

@@ -14,10 +14,16 @@ The measure (`used_bytes`), chosen to be cheap and to see space made by deleting
 - PostgreSQL: the sum of `pg_total_relation_size` (heap, TOAST, indexes) of the tables in
   logagg's schema: what logagg itself holds on the server's disk, whatever else shares
   the database (`pg_database_size` would count other applications' tables, and another
-  logagg schema's). Files do not shrink when rows are deleted: PostgreSQL reuses the space
-  inside them after a vacuum, but the measure falls only when a table is truncated,
-  dropped (a partition) or rewritten (VACUUM FULL). One catalog query that stats the files;
-  taken at most once a second or per `POSTGRES_MEASURE_BYTES` committed.
+  logagg schema's). One catalog query that stats the files; taken at most once a second
+  or per `POSTGRES_MEASURE_BYTES` committed. Files do not shrink when rows are deleted:
+  a vacuum records the room inside them in each relation's free space map, and new rows
+  fill it before a file grows. So once the files reach the cap, the room the map shows
+  (`POSTGRES_REUSABLE_BYTES`, heap, TOAST and index pages) is subtracted, where the
+  `pg_freespacemap` extension is installed in the database (it is not trusted: a
+  superuser installs it; without it the bridge says once in its log that deleted rows
+  will not count as room). Reading the map costs a scan of it, ~0.75 µs a page (8 kB):
+  ~0.1 s a GB, so it is read only at the cap and then at most every
+  `max(1 s, REUSABLE_COST_TIMES * its last read)` (`bridge.capacity`).
 
 The report lives under `space:<client_id>` in `meta`, a table both schemas have, so it
 needs no schema change; a reader shows only the reports of bridges whose heartbeat is
@@ -33,6 +39,24 @@ SPACE_KEY = "space:"
 # PostgreSQL's measure is taken again once this many bytes of messages were committed
 # since the last one (or a second has passed): see `bridge.capacity`.
 POSTGRES_MEASURE_BYTES = 1024 * 1024
+
+# The schema of pg_freespacemap's functions, where the extension is installed.
+POSTGRES_FREE_SPACE_MAP = (
+    "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_freespacemap'"
+)
+
+# The free space the maps of logagg's relations record (tables, their TOAST tables and
+# indexes), with `{fsm}` the extension's schema (quoted).
+POSTGRES_REUSABLE_BYTES = """
+WITH mine AS (
+    SELECT oid, relkind, reltoastrelid FROM pg_class
+    WHERE relnamespace = to_regnamespace(current_schema()) AND relkind IN ('r', 'm', 'i')
+), rel AS (
+    SELECT oid FROM mine UNION ALL SELECT reltoastrelid FROM mine WHERE reltoastrelid <> 0
+)
+SELECT coalesce(sum(f.avail), 0)::bigint
+FROM rel, LATERAL {fsm}.pg_freespace(rel.oid::regclass) AS f
+"""
 
 POSTGRES_USED_BYTES = """
 SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class AS c

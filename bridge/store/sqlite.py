@@ -61,6 +61,7 @@ from bridge.store.sqlite_retention import purge as purge_expired
 from bridge.store.sqlite_search import (
     SEARCH_SCHEMA,
     Indexed,
+    bounded_rows,
     histogram,
     index_events,
     search_rows,
@@ -162,6 +163,19 @@ def _require_search(conn: sqlite3.Connection) -> None:
     raise StoreUnavailable(
         f"search is not ready: the bridge is upgrading the store to index its events{progress}"
     )
+
+
+# An export's line (bridge.store.export), made by SQLite from the stored text: the payload
+# as stored (compact JSON), names quoted by `json_quote`, the two times as they are (ISO
+# text from `isoformat`: nothing in them to escape). Made here, a row is one string for
+# Python to carry rather than seven values: an export runs at the speed of reading the
+# table (BENCHMARKS.md, "Export").
+_EXPORT_COLUMNS = (
+    """seq, '{"seq":' || seq || ',"topic":' || json_quote(topic)"""
+    """ || ',"event_id":' || json_quote(event_id) || ',"timestamp":"' || timestamp"""
+    """ || '","source":' || json_quote(source) || ',"payload":' || payload"""
+    """ || ',"received_at":"' || received_at || '"}' || char(10)"""
+)
 
 
 def _write_error(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
@@ -275,6 +289,14 @@ class SQLiteReader(SqlReader):
                 self._retained(conn),
             )
         return [self._event(row) for row in rows]
+
+    def export_page(self, query: Query, *, max_bytes: int) -> list[tuple[int, str]]:
+        with self._read() as conn:
+            _require_search(conn)
+            rows: list[tuple[int, str]] = bounded_rows(
+                conn, query, _EXPORT_COLUMNS, max_bytes, self._retained(conn)
+            )
+        return rows
 
     def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
         with self._read() as conn:
@@ -565,6 +587,9 @@ class SQLiteWriter(SQLiteReader):
             return sqlite_used_bytes(self._connection)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot measure {self.path}: {exc}") from exc
+
+    def reusable_bytes(self) -> int:
+        return 0  # freelist pages are already left out of the measure
 
     def report_space(self, client_id: str, report: SpaceReport | None) -> None:
         try:

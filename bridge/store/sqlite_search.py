@@ -238,6 +238,28 @@ def search_rows(
     return [] if select is None else conn.execute(*select).fetchall()
 
 
+def bounded_rows(
+    conn: sqlite3.Connection,
+    query: Query,
+    columns: str,
+    max_bytes: int,
+    retained: Retained = EVERYTHING,
+) -> list[Any]:
+    """The rows (`columns`: `seq`, then text) of the page `query` asks for, up to the first
+    whose texts add up to `max_bytes` characters: read one at a time, so SQLite makes no
+    row past it (one query, where `search_rows` reads the sizes first)."""
+    select = _select(conn, query, columns, page=True, retained=retained)
+    if select is None:
+        return []
+    rows, total = [], 0
+    for row in conn.execute(*select):
+        rows.append(row)
+        total += len(row[-1])
+        if total >= max_bytes:
+            break
+    return rows
+
+
 def histogram(
     conn: sqlite3.Connection, query: Query, interval_s: int, retained: Retained = EVERYTHING
 ) -> list[Bucket]:

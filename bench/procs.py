@@ -9,6 +9,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -114,12 +115,13 @@ def start_bridge(
     *,
     group: str | None = None,
     wait: bool = True,
+    options: Sequence[str] = (),
 ) -> LoggedProcess:
-    """The real bridge with its default settings, bar the store's durability if asked and
-    the shared-subscription group if given; by default returns once it has subscribed (so
-    it has taken its session)."""
+    """The real bridge with its default settings, bar the store's durability if asked, the
+    shared-subscription group if given and any further `options` (e.g. `--retention 60s`);
+    by default returns once it has subscribed (so it has taken its session)."""
     args = ["bridge", "--broker", broker_url, "--store", store_url, "--client-id", client_id]
-    args += ["--durability", durability, *(["--group", group] if group else [])]
+    args += ["--durability", durability, *(["--group", group] if group else []), *options]
     child = LoggedProcess(f"bridge {client_id}", _logagg(*args), log)
     try:
         if wait:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import retention
 from bench.export import export as export_scenario
 from bench.limit import BASELINE, C_CLIENT, DUP_RATIO, FULL, NORMAL, limit
 from bench.procs import BenchError
@@ -69,6 +70,20 @@ TARGETS: list[tuple[str, str, float, bool, str]] = [
     ),
     ("query", "deep_ratio.topic", 2.0, False, "deep page / page 1 (topic, p50) ≤ 2x"),
     ("query", "deep_ratio.common", 2.0, False, "deep page / page 1 (common word, p50) ≤ 2x"),
+    (
+        "retention_purge",
+        "during_purge.p99_ms",
+        25.0,
+        False,
+        "p99 publish→queryable while a purge runs ≤ 25 ms",
+    ),
+    (
+        "retention_flat",
+        "last_over_first",
+        1.1,
+        False,
+        "store size: last third's max ≤ first third's max + 10%",
+    ),
     ("export", "cli.events_per_s", 100_000.0, True, "logagg export ≥ 100,000 events/s"),
     ("export", "cli.rss_growth_mb", 20.0, False, "logagg export RSS growth ≤ 20 MB (flat)"),
     ("export", "http.identity.rss_growth_mb", 20.0, False, "sidecar export RSS growth ≤ 20 MB"),
@@ -84,6 +99,9 @@ QUICK: dict[str, Any] = {
     "memory_count": 10_000,
     "http_count": 4000,
     "timeout": 60.0,
+    "backlog": 20_000,
+    "retention_s": 2,
+    "windows": 5,
 }
 
 
@@ -302,6 +320,45 @@ def table(report: dict[str, Any]) -> str:
             f"  page {q['deep_page']} / page 1 (p50): topic {q['deep_ratio']['topic']}x,"
             f" common word {q['deep_ratio']['common']}x"
         )
+    if rp := report.get("retention_purge"):
+        lines += [
+            "",
+            (
+                f"retention purge ({rp['store']}: {_n(rp['backlog'])} expired events, retention "
+                f"{rp['retention_s']} s, live stream {_n(rp['rate'])}/s)"
+            ),
+            (
+                f"  purge {rp['purge_s']} s, {_n(rp['purge_per_s'] or 0)} events/s deleted,"
+                f" began {rp['purge_started_after_s']} s after the bridge started"
+                + ("" if rp["finished"] else f"; UNFINISHED: {_n(rp['deleted'])} deleted")
+            ),
+            "  publish → queryable          events    p50 ms    p99 ms    max ms",
+        ]
+        for label, key in (
+            ("no retention (baseline)", "baseline"),
+            ("during the purge", "during_purge"),
+            ("after the purge", "after_purge"),
+        ):
+            lat = rp[key]
+            if lat["events"]:
+                lines.append(
+                    f"  {label:<27}{lat['events']:>8}{lat['p50_ms']:>10}{lat['p99_ms']:>10}"
+                    f"{lat['max_ms']:>10}"
+                )
+        lines.append(f"  p99 during / baseline: {rp['p99_ratio']}x")
+    if rf := report.get("retention_flat"):
+        lines += [
+            "",
+            (
+                f"retention flat ({rf['store']}: retention {rf['retention_s']} s, "
+                f"{_n(rf['rate'])}/s for {rf['seconds']} s, {len(rf['samples'])} size samples)"
+            ),
+            (
+                f"  max size: first third {rf['first_third_max_bytes'] / 2**20:.1f} MiB, last "
+                f"third {rf['last_third_max_bytes'] / 2**20:.1f} MiB ({rf['last_over_first']}x)"
+                f", at most {_n(rf['max_rows'])} rows: {'flat' if rf['flat'] else 'GROWING'}"
+            ),
+        ]
     if ex := report.get("export"):
         filled = f", prefilled in {ex['prefill_s']} s" if ex["prefill_s"] is not None else ""
         lines += [
@@ -344,13 +401,16 @@ def run_bench(
     query: bool = False,
     export: bool = False,
     limit_only: bool = False,
+    retention_purge: bool = False,
+    retention_flat: bool = False,
     json_out: Path,
     echo: Callable[[str], None] = print,
     **options: Any,
 ) -> int:
     """Run the scenarios not skipped (with `compare_scaling`, only that comparison; with
     `query`, only the query scenario on `store`; with `limit_only`, only the `limit`
-    scenario, its backlog 30% duplicates unless `dup_ratio` says otherwise) and return
+    scenario, its backlog 30% duplicates unless `dup_ratio` says otherwise; with
+    `retention_purge` and/or `retention_flat`, only those) and return
     the exit status. `options` are `BenchConfig` fields; those left None take the defaults
     (the `--quick` ones if asked)."""
     unknown = set(skip) - SCENARIOS.keys()
@@ -370,8 +430,11 @@ def run_bench(
         raise ValueError("--query needs --store sqlite:///… or postgresql://…")
     if export and cfg.store is None:
         raise ValueError("--export needs --store sqlite:///… or postgresql://…")
-    if not (query or export) and cfg.store is not None and cfg.store.startswith("sqlite://"):
-        raise ValueError("--store takes a sqlite:// URL only with --query or --export")
+    sqlite_store = cfg.store is not None and cfg.store.startswith("sqlite://")
+    if sqlite_store and not (query or export or (retention_purge and not retention_flat)):
+        raise ValueError(
+            "--store takes a sqlite:// URL only with --query, --export or --retention-purge"
+        )
     scenarios: dict[str, Callable[[BenchConfig], dict[str, Any]]] = SCENARIOS
     if compare_scaling:
         scenarios = {"scaling": scaling}
@@ -381,6 +444,15 @@ def run_bench(
         scenarios = {"export": export_scenario}
     elif limit_only:
         scenarios = {"limit": limit}
+    elif retention_purge or retention_flat:
+        scenarios = {
+            name: scenario
+            for name, scenario, chosen in (
+                ("retention_purge", retention.purge, retention_purge),
+                ("retention_flat", retention.flat, retention_flat),
+            )
+            if chosen
+        }
     work = Path(tempfile.mkdtemp(prefix="logagg-bench-"))
     cfg = replace(cfg, work=work)
     report: dict[str, Any] = {"machine": machine(), "config": _config_dict(cfg, quick_mode)}

@@ -97,12 +97,25 @@ class BenchConfig:
     # The drain's bridges and their store (None: a fresh SQLite file per run).
     bridges: int = 1
     store: str | None = None
+    # The retention scenarios (issue 12): expired events purged under the live stream, and
+    # the stream for `windows` retentions to see the store's size stay flat.
+    backlog: int = 5_000_000
+    retention_s: int = 60
+    windows: int = 10
     # The HTTP scenario: another checkout whose sidecar runs too, for a before/after.
     sidecar_from: Path | None = None
 
     def __post_init__(self) -> None:
         counts = ("count", "prefill", "growth_count", "memory_count", "http_count", "repeat")
-        for name in (*counts, "bridges", "queries", "deep_page"):
+        for name in (
+            *counts,
+            "bridges",
+            "queries",
+            "deep_page",
+            "backlog",
+            "retention_s",
+            "windows",
+        ):
             if getattr(self, name) < (0 if name == "prefill" else 1):
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
         if self.queries < 2:

@@ -138,23 +138,77 @@ class StoreWatch:
         row = self._one(sql, (self._base_seq,))
         if row is None:
             raise BenchError(f"nothing stored in {self._where}")
-        at = row[0]  # SQLite: ISO text; PostgreSQL: an aware datetime
-        return (at if isinstance(at, datetime) else datetime.fromisoformat(at)).timestamp()
+        return _epoch(row[0])
 
     def sent_at_since(self, seq: int) -> list[tuple[int, float]]:
-        """`(seq, payload.sent_at)` of the rows stored after `seq`, in order (SQLite only)."""
+        """`(seq, payload.sent_at)` of the rows stored after `seq`, in order."""
         db = self._db()
         if db is None:
             return []
+        if self._pg is not None:
+            query = "SELECT seq, (payload->>'sent_at')::float8 FROM events WHERE seq > %s"
+        else:
+            query = "SELECT seq, json_extract(payload, '$.sent_at') FROM events WHERE seq > ?"
         try:
-            rows: list[tuple[int, float]] = db.execute(
-                "SELECT seq, json_extract(payload, '$.sent_at') FROM events WHERE seq > ?"
-                " ORDER BY seq",
-                (seq,),
-            ).fetchall()
-        except sqlite3.OperationalError:
+            rows: list[tuple[int, float]] = db.execute(f"{query} ORDER BY seq", (seq,)).fetchall()
+        except (sqlite3.OperationalError, psycopg.errors.UndefinedTable):
             return []
         return rows
+
+    def seq_range(self) -> tuple[int, int] | None:
+        """The lowest and highest `seq` stored, or None when the store holds no event: the
+        oldest one tells how far a purge (oldest first) has come, in O(log n)."""
+        low = self._one("SELECT seq FROM events ORDER BY seq LIMIT 1")
+        if low is None:
+            return None
+        (high,) = self._one("SELECT seq FROM events ORDER BY seq DESC LIMIT 1")
+        return int(low[0]), int(high)
+
+    def expired(self) -> int:
+        """Events the bridge's retention has deleted so far (its `retention_counts`), 0 in a
+        store that has never had a retention."""
+        try:
+            row = self._one("SELECT count FROM retention_counts WHERE name = 'events_expired'")
+        except (sqlite3.OperationalError, psycopg.errors.UndefinedTable):
+            return 0
+        return 0 if row is None else int(row[0])
+
+    def newest_received_at(self) -> float | None:
+        """When the newest stored event arrived (epoch s), or None without events."""
+        row = self._one("SELECT received_at FROM events ORDER BY seq DESC LIMIT 1")
+        return None if row is None else _epoch(row[0])
+
+    def size_bytes(self) -> dict[str, int]:
+        """What the store takes on disk. SQLite: the database file and its WAL; PostgreSQL:
+        `pg_total_relation_size` (heap, indexes, TOAST) of each table of the store's schema."""
+        if self._pg is None:
+            wal = self.path.with_name(self.path.name + "-wal")
+            return {
+                "db": self.path.stat().st_size,
+                "wal": wal.stat().st_size if wal.exists() else 0,
+            }
+        return self.tables_bytes()
+
+    def free_bytes(self) -> int | None:
+        """SQLite: the bytes of the database file's free pages (reused before it grows)."""
+        if self._pg is not None:
+            return None
+        (pages,) = self._one("PRAGMA freelist_count")
+        (size,) = self._one("PRAGMA page_size")
+        return int(pages) * int(size)
+
+    def tables_bytes(self) -> dict[str, int]:
+        """Each table's (PostgreSQL: with its indexes and TOAST) and, in SQLite, each index's
+        bytes; SQLite reads every page for it (`dbstat`), so ask once, not in a loop."""
+        if self._pg is None:
+            query = "SELECT name, sum(pgsize) FROM dbstat GROUP BY name"
+        else:
+            query = (
+                "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.relkind IN ('r', 'p') AND n.nspname = current_schema()"
+            )
+        return {str(name): int(size) for name, size in self._db().execute(query).fetchall()}
 
     def wait(
         self,
@@ -190,3 +244,8 @@ class StoreWatch:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _epoch(at: str | datetime) -> float:
+    """A `received_at` as epoch seconds: SQLite gives ISO text, PostgreSQL an aware datetime."""
+    return (at if isinstance(at, datetime) else datetime.fromisoformat(at)).timestamp()

@@ -168,8 +168,9 @@ def bench(
     store: Annotated[
         str | None,
         typer.Option(
-            help="Drain: a postgresql:// URL (a fresh schema per run, dropped after) instead "
-            "of a fresh SQLite file; --query: the store searched (sqlite:// or postgresql://)"
+            help="Drain, --retention-flat: a postgresql:// URL (a fresh schema per run, dropped"
+            " after) instead of a fresh SQLite file; --query, --retention-purge: the store used"
+            " (sqlite:// or postgresql://)"
         ),
     ] = None,
     compare_scaling: Annotated[
@@ -198,6 +199,38 @@ def bench(
             " aiomqtt and the bridge with durability full and normal, each alone (issue 13)"
         ),
     ] = False,
+    retention_purge: Annotated[
+        bool,
+        typer.Option(
+            help="Only the purge under a live stream: --backlog expired events in --store"
+            " (prefilled if empty; default a fresh SQLite file) (issue 12)"
+        ),
+    ] = False,
+    retention_flat: Annotated[
+        bool,
+        typer.Option(
+            help="Only the store's size under retention: --rate for --windows retentions (issue 12)"
+        ),
+    ] = False,
+    backlog: Annotated[
+        int | None,
+        typer.Option(help="Retention purge: expired events to purge (default 5,000,000)"),
+    ] = None,
+    retention_s: Annotated[
+        int | None,
+        typer.Option(help="Retention runs: the bridge's retention, seconds (default 60)"),
+    ] = None,
+    windows: Annotated[
+        int | None,
+        typer.Option(help="Retention flat: the run's length in retentions (default 10)"),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a scenario waits for its events (default 600); retention purge:"
+            " for the backlog to be gone"
+        ),
+    ] = None,
     queries: Annotated[
         int | None, typer.Option(help="Query run: random queries of each kind (default 200)")
     ] = None,
@@ -239,6 +272,8 @@ def bench(
             query=query,
             export=export,
             limit_only=limit,
+            retention_purge=retention_purge,
+            retention_flat=retention_flat,
             json_out=json_out,
             echo=typer.echo,
             count=count,
@@ -256,6 +291,10 @@ def bench(
             store=store,
             queries=queries,
             deep_page=deep_page,
+            backlog=backlog,
+            retention_s=retention_s,
+            windows=windows,
+            timeout=timeout,
             sidecar_from=sidecar_from.resolve() if sidecar_from else None,
         )
     except ValueError as exc:

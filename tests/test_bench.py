@@ -10,13 +10,16 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench import chart_read
 from bench.broker_queue import measure
 from bench.profile import summarise
+from bench.stream import StreamSpec, drafts
 from tests.helpers import logagg_cli
 
 pytestmark = pytest.mark.broker
@@ -142,6 +145,71 @@ def test_bench_limit_drains_one_backlog_with_four_consumers(tmp_path: Path) -> N
     assert sorted(first) == sorted(second) == sorted(consumers)
     assert first[0] != second[0]  # load falls on each in turn
     assert "mosquitto_sub -c -q 1" in done.stdout
+
+
+def _bench(
+    out: Path, *args: str, timeout: float
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """`logagg bench ARGS` as `bench` runs it, and the JSON report it wrote to `out`."""
+    done = bench([*args, "--json-out", str(out)], timeout=timeout)
+    report: dict[str, Any] = json.loads(out.read_text())
+    assert "error" not in report
+    return done, report
+
+
+# Tiny: a few thousand expired events, a 2 s retention, 200 events/s; the bridge's first
+# purge may wait up to a minute, so the run takes about that long.
+RETENTION_TINY = ["--backlog", "3000", "--retention-s", "2", "--rate", "200", "--duration", "2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_bench_retention_purge_measures_the_stream_during_a_purge(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """`--retention-purge`, tiny, on each store: every backlog event deleted, every live event
+    seen by the reader once (baseline, during, after), the rate and the target reported."""
+    args = ["--retention-purge", *RETENTION_TINY, "--timeout", "150"]
+    if store == "postgresql":
+        args += ["--store", request.getfixturevalue("pg_url")]
+    done, report = _bench(tmp_path / "bench.json", *args, timeout=300)
+    purge = report["retention_purge"]
+    assert (purge["store"], purge["backlog"], purge["prefilled"]) == (store, 3000, 3000)
+    assert purge["finished"]
+    assert purge["purge_per_s"] > 0
+    # The live events expire too, 2 s after they came: the counter may hold some of them.
+    assert purge["purge_progress"][-1]["deleted"] >= 3000
+    assert purge["baseline"]["events"] == 360  # 2 s at 200/s, a tenth of them repeats
+    assert purge["during_purge"]["events"] + purge["before_purge_started"]["events"] > 0
+    assert purge["after_purge"]["events"] == 360
+    assert [t["target"] for t in report["targets"]] == [
+        "p99 publish→queryable while a purge runs ≤ 25 ms"
+    ]
+    assert "retention purge" in done.stdout
+
+
+@pytest.mark.slow
+def test_bench_retention_flat_samples_the_store_size(tmp_path: Path) -> None:
+    """`--retention-flat`, tiny: the size sampled through the run, the verdict given, every
+    event received."""
+    args = ["--retention-flat", "--retention-s", "2", "--windows", "5", "--rate", "200"]
+    _, report = _bench(tmp_path / "bench.json", *args, timeout=120)
+    flat = report["retention_flat"]
+    assert flat["received"] == flat["events"] == 2000
+    assert len(flat["samples"]) >= 20
+    assert all(s["bytes"] > 0 for s in flat["samples"])
+    assert flat["first_third_max_bytes"] > 0
+    assert isinstance(flat["flat"], bool)
+
+
+def test_bench_streams_of_one_seed_never_share_event_ids() -> None:
+    """Two runs of the same seed into one store (a purge run on a reused backlog) must not
+    collide: their copies would count as duplicates and nothing would be stored."""
+    spec = StreamSpec(3, 0.0, 100, seed=601)
+    first = {d.head for d in drafts(spec)}
+    time.sleep(0.001)
+    second = {d.head for d in drafts(spec)}
+    assert not first & second
 
 
 def test_profile_summary_counts_each_function_by_its_innermost_frames() -> None:

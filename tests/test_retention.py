@@ -14,6 +14,7 @@ from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -42,9 +43,12 @@ from bridge.store import (
     open_reader,
     open_writer,
     parse_store_url,
+    sqlite_retention,
 )
 from bridge.store.export import export_pages
+from bridge.store.policy import SQLITE_PACE, chunks
 from bridge.store.postgres_retention import FENCE_SHARED, PURGE_LOCK, purge_chunk
+from bridge.store.sqlite import WAL_LIMIT_BYTES
 from logagg.options import as_environment
 from logagg.settings import UpSettings
 from logagg.views import server_sent_events
@@ -286,6 +290,85 @@ def test_retention_purge_deletes_and_counts(url: StoreUrl) -> None:
         assert store.purge(NEVER).events == 0
     finally:
         reader.close()
+        store.close()
+
+
+def test_retention_purge_rests_as_long_as_each_step_took() -> None:
+    """The purge gives way: after each full step it rests at least as long as the step
+    took (at most half the time is the purge's), and not after the last, short one."""
+    took: list[float] = []
+    rests: list[float] = []
+
+    def step(limit: int) -> int:
+        began = time.monotonic()
+        time.sleep(0.01)
+        took.append(time.monotonic() - began)
+        return limit if len(took) < 5 else 0
+
+    assert chunks(step, NEVER, SQLITE_PACE, rests.append) is not None
+    assert len(rests) == 4
+    assert all(rest >= step_s for rest, step_s in zip(rests, took, strict=False))
+
+
+def test_retention_sqlite_batches_and_purge_take_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite a writer committing back to back and a purge of 20,000 expired events
+    take turns: the writer commits between the purge's steps, at least 4 one-event batches
+    per step as it has half the time (back to back, SQLite's busy handler let in 2), and
+    the purge finishes."""
+    store = writer(parse_store_url(f"sqlite:///{tmp_path / 'store.db'}"), "1s")
+    steps = 0
+    step = sqlite_retention._purge_chunk  # noqa: SLF001 - to count the purge's steps
+
+    def counted(*args: Any, **kwargs: Any) -> int:
+        nonlocal steps
+        steps += 1
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite_retention, "_purge_chunk", counted)
+    purged: list[int] = []
+    try:
+        for start in range(0, 20_000, 1000):
+            store.record([made("a", str(i)) for i in range(start, start + 1000)], [])
+        time.sleep(1.2)
+        purging = threading.Thread(target=lambda: purged.append(store.purge(NEVER).events))
+        purging.start()
+        batches, deadline = 0, time.monotonic() + 120
+        while purging.is_alive() and time.monotonic() < deadline:
+            store.record([made("b", f"live-{batches}")], [])
+            batches += 1
+        purging.join(10)
+        assert purged == [20_000]
+        assert steps >= 10
+        assert batches >= 4 * steps
+    finally:
+        store.close()
+
+
+def test_retention_sqlite_wal_shrinks_back_after_a_purge(tmp_path: Path) -> None:
+    """A reader's snapshot held through a burst of writes grows the WAL past its checkpoint
+    size; after the purge and the next batch it is back within `WAL_LIMIT_BYTES` (without
+    journal_size_limit it kept its high-water mark for good)."""
+    path = tmp_path / "store.db"
+    store = writer(parse_store_url(f"sqlite:///{path}"), "1s")
+    wal = Path(f"{path}-wal")
+    try:
+        with closing(sqlite3.connect(path, isolation_level=None)) as held:
+            held.execute("BEGIN")
+            held.execute("SELECT count(*) FROM events").fetchone()
+            for start in range(0, 10_000, 1000):
+                big = [made("a", str(i)) for i in range(start, start + 1000)]
+                store.record(
+                    [e.model_copy(update={"payload": {"pad": "x" * 1000}}) for e in big], []
+                )
+            held.execute("COMMIT")
+        assert wal.stat().st_size > 2 * WAL_LIMIT_BYTES
+        time.sleep(1.2)
+        assert store.purge(NEVER).events == 10_000
+        store.record([made("a", "after")], [])
+        assert wal.stat().st_size <= WAL_LIMIT_BYTES
+    finally:
         store.close()
 
 

@@ -111,7 +111,9 @@ def write(
                 conn.execute(statement, params)
                 time.sleep(rng.uniform(0, 0.03))
                 (mine,) = conn.execute(_MINE).fetchone() or (None,)
-                (committed,) = outside.execute("SELECT max(seq) FROM events").fetchone() or (0,)
+                (committed,) = outside.execute(
+                    "SELECT coalesce(max(seq), 0) FROM events"
+                ).fetchone() or (0,)
                 if mine is not None and committed > mine:
                     overtaken.append(mine)
     finally:

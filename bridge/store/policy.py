@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from bridge.event import Event
@@ -13,10 +14,25 @@ from bridge.retention import META_KEY, RetentionPolicy
 from bridge.store.reading import Connection
 
 logger = logging.getLogger("logagg.bridge.store")
-# Each purge transaction aims at about this long (the most a batch waits on it); the
-# first takes PURGE_FIRST_STEP rows, the next are sized from how long that took.
-PURGE_STEP_S = 0.05
-PURGE_FIRST_STEP = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How the purge's steps go: each transaction aims at about `step_s` (the most a batch
+    waits on it), the first doing `first` rows and the next sized from how long that took;
+    after each the purge rests `rest` times as long as it took."""
+
+    step_s: float
+    first: int
+    rest: float
+
+
+# PostgreSQL: the bridge only sends DELETEs, the server's row locks let batches through.
+POSTGRES_PACE = Pace(step_s=0.05, first=500, rest=0.0)
+# SQLite: one write lock, and the purge's Python (FTS5's delete text) shares the bridge's
+# GIL: 5 ms steps, each followed by a rest as long, so live batches wait at most one short
+# step and get at least half the time; the purge goes at about half its unhindered rate.
+SQLITE_PACE = Pace(step_s=0.005, first=100, rest=1.0)
 
 
 def declare_policy(
@@ -37,10 +53,16 @@ def declare_policy(
     return policy
 
 
-def chunks(step: Callable[[int], int | None], stopping: Callable[[], bool]) -> int | None:
-    """Run `step(limit)` (one transaction doing at most `limit` rows) until it does less
-    than asked or `stopping()`; None as soon as a step says another bridge purges."""
-    done, limit = 0, PURGE_FIRST_STEP
+def chunks(
+    step: Callable[[int], int | None],
+    stopping: Callable[[], bool],
+    pace: Pace = POSTGRES_PACE,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int | None:
+    """Run `step(limit)` (one transaction doing at most `limit` rows) at `pace` until it
+    does less than asked or `stopping()`; None as soon as a step says another bridge
+    purges."""
+    done, limit = 0, pace.first
     while not stopping():
         began = time.monotonic()
         n = step(limit)
@@ -50,7 +72,9 @@ def chunks(step: Callable[[int], int | None], stopping: Callable[[], bool]) -> i
         if n < limit:
             break
         took = time.monotonic() - began
-        limit = max(50, min(4 * limit, int(limit * PURGE_STEP_S / max(took, 1e-3))))
+        limit = max(20, min(4 * limit, int(limit * pace.step_s / max(took, 1e-3))))
+        if pace.rest:
+            sleep(took * pace.rest)
     return done
 
 

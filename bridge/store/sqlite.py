@@ -52,6 +52,7 @@ from bridge.store.search_sql import micros
 from bridge.store.space import put_report, sqlite_used_bytes
 from bridge.store.sqlite_retention import (
     RETENTION_SCHEMA,
+    Turns,
     count,
     expired_copies,
     has_keys,
@@ -75,6 +76,9 @@ _INDEXED_THROUGH = "indexed_through"
 
 # Rows per multi-row INSERT: 7 parameters each stays far below SQLite's variable limit.
 _CHUNK = 500
+# The WAL's size after a checkpoint resets it: without a limit it keeps its high-water
+# mark (a purge under readers grew it 4 -> 25 MiB, for good); 4 MiB is one autocheckpoint.
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
 # The upgrade to schema 3 indexes old events in transactions of about this long, so that
 # it never holds the store for much longer at a time; and logs its progress every 5%.
 _UPGRADE_STEP_S = 0.05
@@ -321,6 +325,7 @@ class SQLiteWriter(SQLiteReader):
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={options.durability.sqlite_synchronous}")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             self._migrate(conn)
             self._policy_now = declare_policy(conn, "?", options.retention, self.path)
             # Whether `record` must look for expired copies: false until a key is kept.
@@ -330,6 +335,8 @@ class SQLiteWriter(SQLiteReader):
         self._connection = conn
         self._purger: sqlite3.Connection | None = None
         self._purging = threading.Lock()
+        # The write turn: a batch and a purge transaction take it in turn (see `purge`).
+        self._turn = Turns()
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Create the schema, or upgrade it: an older store gains the search columns and
@@ -443,20 +450,21 @@ class SQLiteWriter(SQLiteReader):
         now = datetime.now(UTC)
         received_at = iso_utc(now)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Copies of expired events whose keys are kept are duplicates: not stored.
-                gone = expired_copies(conn, events) if self._keys and events else set()
-                outcome, stored = self._record(conn, events, refused, received_at, gone)
-                if self._policy_now.finite and stored:
-                    count(conn, "late", late(stored, self._policy_now, now))
-                conn.execute("COMMIT")
-            except BaseException:
-                # SQLITE_FULL (and IOERR) roll back by themselves: a second ROLLBACK would
-                # fail and hide the real reason ("database or disk is full") from the log.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            with self._turn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    # Copies of expired events whose keys are kept are duplicates: not stored.
+                    gone = expired_copies(conn, events) if self._keys and events else set()
+                    outcome, stored = self._record(conn, events, refused, received_at, gone)
+                    if self._policy_now.finite and stored:
+                        count(conn, "late", late(stored, self._policy_now, now))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # SQLITE_FULL (and IOERR) roll back by themselves: a second ROLLBACK
+                    # would fail and hide the real reason ("database or disk is full").
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             raise _write_error(self.path, exc) from exc
         return outcome
@@ -541,6 +549,7 @@ class SQLiteWriter(SQLiteReader):
                     # A purge lost to a power cut is redone by the next pass, and WAL keeps
                     # each transaction whole: its commits need not wait for the disk.
                     self._purger.execute("PRAGMA synchronous=NORMAL")
+                    self._purger.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
                 conn = self._purger
                 with self._reading(conn):
                     policy = self._policy(conn)
@@ -550,7 +559,7 @@ class SQLiteWriter(SQLiteReader):
                     return Purged()
                 # Before the first key is committed, so no batch after it misses the check.
                 self._keys = True
-                return purge_expired(conn, floors, policy, time.time(), stopping)
+                return purge_expired(conn, floors, policy, time.time(), stopping, self._turn)
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot purge {self.path}: {exc}") from exc
 
@@ -565,10 +574,11 @@ class SQLiteWriter(SQLiteReader):
     def heartbeat(self, client_id: str, run_id: str) -> None:
         boot_id, now = host_clock()
         try:
-            self._connection.execute(
-                _HEARTBEAT,
-                {"client_id": client_id, "run_id": run_id, "boot_id": boot_id, "now": now},
-            )
+            with self._turn:
+                self._connection.execute(
+                    _HEARTBEAT,
+                    {"client_id": client_id, "run_id": run_id, "boot_id": boot_id, "now": now},
+                )
         except sqlite3.Error as exc:
             raise _write_error(self.path, exc) from exc
 
@@ -583,7 +593,8 @@ class SQLiteWriter(SQLiteReader):
 
     def report_space(self, client_id: str, report: SpaceReport | None) -> None:
         try:
-            put_report(self._connection, self._MARK, client_id, report)
+            with self._turn:
+                put_report(self._connection, self._MARK, client_id, report)
         except sqlite3.Error as exc:
             raise _write_error(self.path, exc) from exc
 

@@ -1,8 +1,8 @@
 """Retention in SQLite: what `record` checks and counts, and the purge's transactions.
 
-The purge runs on its own connection, beside the writer's: SQLite's write lock puts its
-transactions between the bridge's batches, and each is sized to take about
-`policy.PURGE_STEP_S`, so a batch waits at most about that long. One transaction deletes a
+The purge runs on its own connection, beside the writer's, and takes turns with it: each
+write transaction is sized to take about `policy.SQLITE_PACE`, so a batch waits at most
+about that long, and the purge rests after each (`policy.chunks`). One transaction deletes a
 chunk of one topic's expired events (their search index entries with them), keeps
 their keys in `expired_keys` and counts both in `retention_counts`: a crash leaves
 either all of a chunk done or none of it.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -19,7 +20,7 @@ from functools import partial
 from bridge.event import Event
 from bridge.retention import RetentionPolicy, key_hash
 from bridge.store.base import Purged
-from bridge.store.policy import chunks
+from bridge.store.policy import SQLITE_PACE, chunks
 from bridge.store.sqlite_search import index_text
 
 RETENTION_SCHEMA = """
@@ -28,6 +29,30 @@ CREATE TABLE IF NOT EXISTS expired_keys (key INTEGER PRIMARY KEY, expired_at REA
 CREATE INDEX IF NOT EXISTS expired_keys_at ON expired_keys (expired_at);
 CREATE TABLE IF NOT EXISTS retention_counts (name TEXT PRIMARY KEY, count INTEGER NOT NULL);
 """
+
+
+class Turns:
+    """The write turn the bridge's batches and the purge share, in the order they asked
+    (a ticket lock): a writer committing back to back cannot starve the purge, nor a
+    purge the writer, as a plain lock's re-acquire by the thread that just let go can."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._next = 0
+        self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._changed:
+            ticket = self._next
+            self._next += 1
+            self._changed.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *_: object) -> None:
+        with self._changed:
+            self._serving += 1
+            self._changed.notify_all()
+
+
 _COUNT = (
     "INSERT INTO retention_counts (name, count) VALUES (?, ?)"
     " ON CONFLICT (name) DO UPDATE SET count = count + excluded.count"
@@ -67,36 +92,51 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def _purge_chunk(conn: sqlite3.Connection, topic: str, floor: int, limit: int, now: float) -> int:
+def _purge_chunk(
+    conn: sqlite3.Connection,
+    turn: Turns,
+    topic: str,
+    floor: int,
+    limit: int,
+    now: float,
+) -> int:
     """Delete up to `limit` of `topic`'s events below seq `floor`, oldest first, in one
-    transaction with their index entries, their keys and the counters; how many."""
-    with _immediate(conn):
+    transaction with their index entries, their keys and the counters; how many.
+
+    The rows are read and their index text made before the write lock is taken: only the
+    purge deletes events, so what it read is still there when its turn comes."""
+    conn.execute("BEGIN")
+    try:
         rows = conn.execute(
             "SELECT seq, event_id, source, payload FROM events"
             " WHERE topic = ? AND seq < ? ORDER BY seq LIMIT ?",
             (topic, floor, limit),
         ).fetchall()
-        # A contentless FTS5 table forgets a row only when told the text it indexed.
+    finally:
+        conn.execute("COMMIT")
+    if not rows:
+        return 0
+    # A contentless FTS5 table forgets a row only when told the text it indexed.
+    texts = [(seq, index_text(eid, src, json.loads(p))) for seq, eid, src, p in rows]
+    seqs = json.dumps([seq for seq, _ in texts])
+    keys = [(key_hash(topic, eid), now) for _, eid, _, _ in rows]
+    with turn, _immediate(conn):
         conn.executemany(
-            "INSERT INTO events_fts (events_fts, rowid, body) VALUES ('delete', ?, ?)",
-            [(seq, index_text(eid, src, json.loads(p))) for seq, eid, src, p in rows],
+            "INSERT INTO events_fts (events_fts, rowid, body) VALUES ('delete', ?, ?)", texts
         )
-        conn.execute(
-            "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))",
-            (json.dumps([row[0] for row in rows]),),
-        )
+        conn.execute("DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))", (seqs,))
         made = conn.executemany(
             "INSERT INTO expired_keys (key, expired_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            [(key_hash(topic, eid), now) for _, eid, _, _ in rows],
+            keys,
         ).rowcount
         count(conn, "events_expired", len(rows))
         count(conn, "keys_made", max(made, 0))
     return len(rows)
 
 
-def _forget_chunk(conn: sqlite3.Connection, before: float, limit: int) -> int:
+def _forget_chunk(conn: sqlite3.Connection, turn: Turns, before: float, limit: int) -> int:
     """Forget up to `limit` keys of events deleted before Unix time `before`."""
-    with _immediate(conn):
+    with turn, _immediate(conn):
         cur = conn.execute(
             "DELETE FROM expired_keys WHERE key IN"
             " (SELECT key FROM expired_keys WHERE expired_at < ? ORDER BY expired_at LIMIT ?)",
@@ -112,19 +152,26 @@ def purge(
     policy: RetentionPolicy,
     now: float,
     stopping: Callable[[], bool],
+    turn: Turns,
 ) -> Purged:
     """Delete each topic's events below its floor, then forget the keys past the horizon
-    and the time index's minutes with no event left."""
+    and the time index's minutes with no event left. Each write transaction is taken
+    inside `turn`, the writer's own: the bridge's batches wait on a lock handed over at
+    once, not on SQLite's busy handler, which sleeps up to 100 ms between its tries."""
     events = 0
     for topic, floor in floors.items():
-        events += chunks(partial(_purge_chunk, conn, topic, floor, now=now), stopping) or 0
+        step = partial(_purge_chunk, conn, turn, topic, floor, now=now)
+        events += chunks(step, stopping, SQLITE_PACE) or 0
     forgotten = 0
     if policy.horizon_s is not None:
-        forgotten = chunks(partial(_forget_chunk, conn, now - policy.horizon_s), stopping) or 0
+        step = partial(_forget_chunk, conn, turn, now - policy.horizon_s)
+        forgotten = chunks(step, stopping, SQLITE_PACE) or 0
     if events:
-        with conn:
+        with turn, conn:
             conn.execute(
                 "DELETE FROM minute_seqs WHERE last_seq < (SELECT min(seq) FROM events)"
                 " OR NOT EXISTS (SELECT 1 FROM events)"
             )
+        # The WAL back to its limit now, not at the next checkpoint readers let through.
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
     return Purged(events, forgotten)

@@ -9,7 +9,7 @@
 #                few long tests at the end do not leave the others idle)
 #   make test-fast  the developers' quick loop: the suite without the slow and
 #                fault-injection tests (`make test`, which CI runs, stays the whole proof).
-#                Target <= 90 s here; measured 1:53-2:01 at load 4-5 (1:50 of CPU time).
+#                Target <= 90 s here; measured 1:53-2:37 at load 4-8 (1:50-1:56 of CPU).
 #                What stays in it (new tests follow this): the
 #                in-process tests, plus one real-process path per component (MQTT ->
 #                bridge -> store -> sidecar on SQLite and on PostgreSQL, the CLI, `logagg

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from hypothesis import settings
 from playwright.sync_api import Browser, sync_playwright
 from psycopg import sql
 
@@ -22,6 +23,7 @@ from supervise.mosquitto import Mosquitto, free_port
 from tests.helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    FAST_EXAMPLES,
     NO_CHROMIUM,
     NO_MOSQUITTO,
     PG_TEST_URL,
@@ -30,6 +32,11 @@ from tests.helpers import (
     StartBridge,
     serving,
 )
+
+# Hypothesis' default example count for the property tests that set none (see `examples`).
+if FAST_EXAMPLES:
+    settings.register_profile("fast", max_examples=20)
+    settings.load_profile("fast")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

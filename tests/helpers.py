@@ -60,6 +60,18 @@ NO_MOSQUITTO = (
 # The machine's PostgreSQL (trust auth); tests only create and drop schemas of their own in it.
 PG_TEST_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
+# `make test-fast` sets LOGAGG_TEST_EXAMPLES=fast: the property tests run a fifth of their
+# examples there (Hypothesis' own default too, by the profile in conftest.py); the full
+# suite (`make test`, CI) runs them all.
+FAST_EXAMPLES = os.environ.get("LOGAGG_TEST_EXAMPLES") == "fast"
+
+
+def examples(full: int) -> int:
+    """A property test's example count: `full` in the full suite, a fifth (at least 10) in
+    the fast set, which is a quick loop, not the proof."""
+    return max(10, full // 5) if FAST_EXAMPLES else full
+
+
 # Seconds between Mosquitto's saves of its queue, from the project's config.
 AUTOSAVE_S = int(
     re.search(r"^autosave_interval (\d+)", PROJECT_CONFIG.read_text(), re.MULTILINE)[1]  # type: ignore[index]

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from api import ApiSettings, create_app
 from bridge.store import parse_store_url
 from supervise.mosquitto import Mosquitto, free_port
-from tests.helpers import BridgeProcess, make_stream, publish_raw, serving, wait_for_stats
+from tests.helpers import BridgeProcess, examples, make_stream, publish_raw, serving, wait_for_stats
 
 pytestmark = pytest.mark.broker
 
@@ -103,7 +103,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @schema.parametrize()
 @settings(
-    max_examples=EXAMPLES,
+    max_examples=examples(EXAMPLES),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

@@ -102,6 +102,8 @@ def test_bench_drain_with_two_bridges_on_postgresql(pg_url: str, tmp_path: Path)
     assert "2 bridges (postgresql)" in done.stdout
 
 
+# slow: a benchmark run with a backlog; the fast set keeps a drain benchmark
+@pytest.mark.slow
 @pytest.mark.broker
 def test_broker_queue_measures_what_a_backlog_costs_mosquitto(tmp_path: Path) -> None:
     """`python -m bench.broker_queue`, small: every event queued, and each costs the broker

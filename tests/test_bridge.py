@@ -68,6 +68,8 @@ def test_bridge_restart_keeps_dedup(
     assert (stats.unique_processed, stats.duplicate_dropped) == (500, 500)
 
 
+# slow: restarts the bridge twice per MQTT version
+@pytest.mark.slow
 @pytest.mark.parametrize("mqtt_version", ["5", "3.1.1"])
 def test_bridge_retained_event_is_counted_once_over_restarts(
     broker: Mosquitto, bridge_factory: StartBridge, store_url: str, mqtt_version: str
@@ -177,6 +179,9 @@ def test_bridge_acks_only_after_commit(
     assert_exactly_once(store_url, stream)
 
 
+# slow: waits out a lock through a bridge process; the fast set has the store's own test
+# (test_store.py::test_sqlite_unwritable_store_raises_store_unavailable)
+@pytest.mark.slow
 def test_bridge_waits_out_a_locked_store_and_loses_nothing(
     broker: Mosquitto, bridge_factory: StartBridge, store_url: str
 ) -> None:

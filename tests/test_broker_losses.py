@@ -124,6 +124,9 @@ def test_broker_drops_over_the_queue_limit_are_counted_and_said(
     assert (stored.received, stored.unique_processed) == (kept + 1, kept + 1)
 
 
+# slow: a browser test; the fast set opens the dashboard once, and reads the drops in
+# test_broker_drops_over_the_queue_limit_are_counted_and_said
+@pytest.mark.slow
 @pytest.mark.browser
 def test_dashboard_shows_what_the_broker_dropped(
     broker: Mosquitto,

@@ -195,6 +195,8 @@ def test_cap_stops_acking_says_why_and_resumes_with_a_larger_cap(
         say_room_again(client)
 
 
+# slow: a third bridge run on the cap; the fast set has it stop and resume
+@pytest.mark.slow
 def test_cap_resumes_by_itself_when_rows_are_deleted(
     tmpfs: Callable[[str], Path], broker: Mosquitto, bridge_factory: StartBridge
 ) -> None:
@@ -264,6 +266,8 @@ def pg_used(url: str) -> int:
     return int(used)
 
 
+# slow: the cap's second store; the fast set has it on SQLite
+@pytest.mark.slow
 def test_postgres_cap_stops_acking_and_resumes_with_a_larger_cap(
     broker: Mosquitto, bridge_factory: StartBridge, pg_url: str
 ) -> None:

@@ -45,6 +45,8 @@ def test_corpus_events_are_as_described() -> None:
     assert any(r.utc_offset_s for r in rows)
 
 
+# slow: counts 20,000 generated events
+@pytest.mark.slow
 def test_corpus_word_shares_match_the_counts() -> None:
     """The common words are in at least 10% of events, as `share` predicts (±1.5 points)."""
     corpus = Corpus(20_000)
@@ -111,6 +113,8 @@ def test_prefill_corpus_fills_postgres_as_the_bridge_does(pg_url: str) -> None:
     assert found == sum('"request' in r.payload or " request" in r.payload for r in rows) > 0
 
 
+# slow: a store of 20,000 events
+@pytest.mark.slow
 def test_query_scenario_finds_real_answers(tmp_path: Path) -> None:
     """Every kind runs on a small store; what it finds is there: pages full, needles and
     histograms found, each histogram's total the count of the events its query matches."""

@@ -97,6 +97,8 @@ def test_chart_starts_with_the_events_stored_before_the_page_opened(
     page.wait_for_selector("#chart[data-total='7']", timeout=5000)
 
 
+# slow: a browser test of one detail; the fast set opens the dashboard once
+@pytest.mark.slow
 def test_event_times_show_their_date_unless_today(browser: Browser, client: httpx.Client) -> None:
     """An event from another day shows its date; one from today only its time."""
     page = open_dashboard(browser, client, locale="en-US", timezone_id="UTC")
@@ -109,6 +111,8 @@ def test_event_times_show_their_date_unless_today(browser: Browser, client: http
     assert "2026-11-26 12:00:00" in page.inner_text("#live li[data-event-id=e0]")
 
 
+# slow: a browser test of one detail; the fast set opens the dashboard once
+@pytest.mark.slow
 def test_topics_table_sorts_by_the_column_it_shows(
     browser: Browser, client: httpx.Client, store_url: str
 ) -> None:
@@ -149,6 +153,8 @@ def test_topics_table_sorts_by_the_column_it_shows(
     assert [row[0] for row in shown()] == ["auth", "db", "noisy", "web"]
 
 
+# slow: a browser test of one detail; the fast set opens the dashboard once
+@pytest.mark.slow
 def test_dashboard_fits_a_phone(browser: Browser, client: httpx.Client) -> None:
     """At 390 px wide nothing scrolls sideways; the cards and lists stack."""
     page = open_dashboard(browser, client, viewport={"width": 390, "height": 844})

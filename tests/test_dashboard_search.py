@@ -184,6 +184,8 @@ def test_typed_words_find_their_events_and_histogram_and_the_url_reproduces_them
     assert errors == again_errors == []
 
 
+# slow: a browser test; the fast set keeps the search's main path (typed words)
+@pytest.mark.slow
 def test_a_histogram_bar_narrows_the_range_to_its_bucket(
     browser: Browser, client: httpx.Client
 ) -> None:
@@ -233,6 +235,8 @@ def test_a_histogram_bar_narrows_the_range_to_its_bucket(
     assert errors == []
 
 
+# slow: a browser test; the fast set keeps the search's main path (typed words)
+@pytest.mark.slow
 def test_a_refused_filter_is_shown_at_its_field(browser: Browser, client: httpx.Client) -> None:
     """A topic filter with `#` before its last level: the API's reason next to the topic
     input, marked invalid; a corrected one finds the events under it."""
@@ -255,6 +259,8 @@ def test_a_refused_filter_is_shown_at_its_field(browser: Browser, client: httpx.
     assert errors == []
 
 
+# slow: a browser test; the fast set keeps the search's main path (typed words)
+@pytest.mark.slow
 def test_results_page_on_and_payloads_expand(
     browser: Browser, sidecar: Sidecar, store_url: str
 ) -> None:
@@ -323,6 +329,8 @@ def test_event_data_is_shown_as_text_never_as_html(
     assert errors == []
 
 
+# slow: a search made to run out of time; the fast set keeps the search's main path
+@pytest.mark.slow
 def test_a_search_past_the_time_limit_says_so(
     browser: Browser, sidecar: Sidecar, store_url: str
 ) -> None:
@@ -345,6 +353,8 @@ def test_a_search_past_the_time_limit_says_so(
     assert page.input_value("#s-field") == "nowhere:1"
 
 
+# slow: a layout check in a second viewport; the fast set keeps the search's main path
+@pytest.mark.slow
 def test_search_fits_a_phone(browser: Browser, client: httpx.Client) -> None:
     """At 390 px wide, with results and a histogram, nothing scrolls sideways. (A span of
     time typed in the URL, not a preset, is offered as one.)"""

@@ -27,8 +27,11 @@ from bridge.event import (
     model_event,
     parse_message,
 )
+from tests.helpers import examples
 
-PROPERTY = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=examples(600), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def same(fast: Event, slow: Event) -> None:

@@ -27,6 +27,7 @@ from bridge.event import (
     parse_message,
     unstorable,
 )
+from tests.helpers import examples
 
 CODES = {
     "too_large",
@@ -43,7 +44,9 @@ LIMIT = 64 * 1024
 # Timestamps whose UTC equivalent exists (0001-01-01T00:00+01:00 has none: rejected by design).
 MIN_UTC, MAX_UTC = datetime.min, datetime.max
 
-PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def check(result: Event | Rejection, mqtt_topic: str) -> None:

@@ -121,14 +121,21 @@ def parsed_lines(body: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in body.split(b"\n")[:-1]]
 
 
+# Each query builds a store of 2,500 events on both stores: the fast set takes the first
+# two (the filters themselves are held to brute force by tests/test_search.py).
 QUERIES = [
     [],
     [("topic", "a/#")],
-    [("topic", "auth.prod"), ("q", "timeout")],
-    [("since", "2026-11-29T00:00:00Z"), ("until", "2026-11-30T12:00:00+01:00")],
-    [("field", "level:error"), ("source", "api-1")],
-    [("after", "1200")],
-    [("topic", "odd/types")],
+    *(
+        pytest.param(query, marks=pytest.mark.slow)
+        for query in [
+            [("topic", "auth.prod"), ("q", "timeout")],
+            [("since", "2026-11-29T00:00:00Z"), ("until", "2026-11-30T12:00:00+01:00")],
+            [("field", "level:error"), ("source", "api-1")],
+            [("after", "1200")],
+            [("topic", "odd/types")],
+        ]
+    ),
 ]
 
 
@@ -262,6 +269,8 @@ def _break_store(url: str) -> None:
         conn.execute(f'DROP TABLE "{schema}".events CASCADE')
 
 
+# slow: waits for the server to notice a client gone, on both stores
+@pytest.mark.slow
 def test_export_client_that_leaves_stops_the_reading(
     api: httpx.Client,
     stored: tuple[StoreWriter, list[StoredEvent]],
@@ -304,6 +313,8 @@ def test_export_cli_writes_what_the_route_sends(
     assert "since" in refused.stderr
 
 
+# slow: a second store failure mid-export; the fast set has it through the route (gzip reader)
+@pytest.mark.slow
 def test_export_cli_says_where_to_resume_when_the_store_fails(
     url: str, api: httpx.Client, stored: tuple[StoreWriter, list[StoredEvent]]
 ) -> None:
@@ -344,6 +355,8 @@ def test_rejected_export_writes_the_kept_messages(url: str, api: httpx.Client) -
         assert set(rows[0]) == {"seq", "mqtt_topic", "code", "reason", "body", "received_at"}
 
 
+# slow: stores 200,000 events through a real broker and bridge
+@pytest.mark.slow
 @pytest.mark.broker
 def test_export_memory_stays_flat_over_200k_events(broker: Mosquitto, tmp_path: Path) -> None:
     """200,000 events (70 MB of NDJSON) out of `logagg export` and out of the sidecar,

@@ -23,6 +23,7 @@ from bridge.query.text import FTS_GAP
 from bridge.store import Durability, StoreOptions
 from bridge.store.base import payload_json
 from bridge.store.sqlite import SQLiteWriter
+from tests.helpers import examples
 
 scalars = st.one_of(
     st.none(),
@@ -58,14 +59,14 @@ def old_text(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(payloads)
 def test_the_stored_text_reads_back_as_the_same_values(payload: dict[str, Any]) -> None:
     new = payload_json(event(payload))
     assert repr(json.loads(new)) == repr(json.loads(old_text(payload))) == repr(payload)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(payloads)
 def test_sqlite_json_functions_answer_alike(payload: dict[str, Any]) -> None:
     """What a `field=` filter asks SQLite of each top-level key and one level below: the

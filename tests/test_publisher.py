@@ -166,6 +166,8 @@ def test_publish_mqtt_matches_the_store(
     assert stats.rejected == 0
 
 
+# slow: restarts the broker
+@pytest.mark.slow
 @pytest.mark.broker
 def test_publish_survives_a_broker_restart(
     broker: Mosquitto, bridge_factory: StartBridge, store_url: str

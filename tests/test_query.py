@@ -50,7 +50,7 @@ from bridge.query.text import (
     MAX_TOKEN_CHARS,
     unicode_tokens,
 )
-from tests.helpers import PG_TEST_URL
+from tests.helpers import PG_TEST_URL, examples
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 # Hypothesis times each example; on a shared, loaded machine that measures the machine.
@@ -250,7 +250,9 @@ def fts() -> Iterator[sqlite3.Connection]:
 
 
 @settings(
-    deadline=None, max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    deadline=None,
+    max_examples=examples(300),
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(st.lists(st.lists(value_text, max_size=3), min_size=1, max_size=6), text_queries())
 def test_fts5_finds_what_the_matcher_finds(
@@ -277,7 +279,9 @@ def pg(postgres_reachable: None) -> Iterator[psycopg.Connection[tuple[Any, ...]]
 
 
 @settings(
-    deadline=None, max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    deadline=None,
+    max_examples=examples(200),
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(st.lists(value_text, max_size=4), text_queries())
 def test_tsquery_finds_what_the_matcher_finds(

@@ -184,6 +184,8 @@ def export_file(path: Path, count: int) -> set[tuple[str, str]]:
     return {(f"replay/t{i % 7}", f"r-{i}") for i in range(count)}
 
 
+# slow: interrupts a replay process and runs it again
+@pytest.mark.slow
 def test_replay_interrupted_then_run_again_stores_nothing_twice(
     broker: Mosquitto, bridge_factory: StartBridge, store_url: str, tmp_path: Path
 ) -> None:

@@ -372,6 +372,8 @@ def test_retention_sqlite_wal_shrinks_back_after_a_purge(tmp_path: Path) -> None
         store.close()
 
 
+# slow: lets the duplicate horizon pass; the purge's counting is in the fast set
+@pytest.mark.slow
 def test_retention_horizon_counts_copies_then_forgets(url: StoreUrl) -> None:
     """Within the horizon a copy of an expired event is a duplicate and is not stored; once
     the key is forgotten, a copy is stored again (and counted as new)."""
@@ -661,6 +663,8 @@ def _stats(url: StoreUrl) -> Stats:
         return reader.stats()
 
 
+# slow: SIGKILLs a bridge mid-purge and starts it again
+@pytest.mark.slow
 @pytest.mark.broker
 def test_retention_counters_survive_sigkill_mid_purge(
     bridge_factory: StartBridge, bridge_store: str
@@ -733,6 +737,8 @@ def test_retention_shown_by_stats_metrics_and_cli(url: StoreUrl) -> None:
         store.close()
 
 
+# slow: lets events expire under a stream; the fast set checks every read skips them
+@pytest.mark.slow
 def test_retention_stream_resume_skips_expired(url: StoreUrl) -> None:
     """A stream resumed from a Last-Event-ID gets no event expired since, even while the
     shared poller still holds it in memory."""

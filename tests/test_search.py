@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from bridge.event import Event
 from bridge.query import Query, QueryError, matches, parse_query
 from bridge.store import StoredEvent, StoreWriter, open_writer, parse_store_url
-from tests.helpers import NOW, query_params, random_events
+from tests.helpers import NOW, examples, query_params, random_events
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -49,7 +49,9 @@ def parsed(params: list[tuple[str, str]]) -> Query | None:
     "stored", ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)], indirect=True
 )
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(params=query_params())
 def test_every_page_is_what_brute_force_finds(
@@ -78,7 +80,9 @@ def test_every_page_is_what_brute_force_finds(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(60),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(params=query_params(), interval_s=st.sampled_from([1, 60, 3600, 7 * 3600, 86400]))
 def test_histogram_counts_what_the_query_matches(

@@ -23,7 +23,7 @@ from bridge.event import Event
 from bridge.query import Query, QueryError, matches, parse_query
 from bridge.store import StoredEvent, StoreWriter, open_writer, parse_store_url
 from logagg.views import server_sent_events
-from tests.helpers import NOW, START, nowhere, query_params, random_events, serving
+from tests.helpers import NOW, START, examples, nowhere, query_params, random_events, serving
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -93,7 +93,9 @@ def all_pages(client: httpx.Client, params: list[tuple[str, str]]) -> list[dict[
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(40),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(params=query_params())
 def test_events_pages_are_what_brute_force_finds(
@@ -283,7 +285,9 @@ def histogram(client: httpx.Client, params: dict[str, str]) -> dict[str, Any]:
 
 
 @settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(30),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(params=query_params(), interval=st.sampled_from(["1h", "7h", "1d", "30m", None]))
 def test_histogram_adds_up_to_the_query_total(
@@ -452,7 +456,7 @@ STREAM_SAMPLE = encoded(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(params=query_params())
 def test_a_streams_filter_is_matches(params: list[tuple[str, str]]) -> None:
     """The stream's shortcuts (a topic compared as a string, text decided on a shared

@@ -546,6 +546,8 @@ def test_hardened_bridge_sidecar_and_publisher_work_over_tls(
         bridge.stop()
 
 
+# slow: lets five log-in retries and their back-off pass
+@pytest.mark.slow
 @pytest.mark.broker
 @pytest.mark.parametrize(
     ("user", "password"), [("logagg-bridge", "wrong-Pa55"), ("nobody", "n0-such-Pa55")]

@@ -103,8 +103,16 @@ AS_BACKGROUND_JOB = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
 
 @pytest.mark.parametrize(
     ("launch", "sig"),
-    [([], signal.SIGINT), (AS_BACKGROUND_JOB, signal.SIGINT), (AS_BACKGROUND_JOB, signal.SIGTERM)],
-    ids=["ctrl-c", "sigint-in-background", "sigterm-in-background"],
+    [
+        pytest.param([], signal.SIGINT, id="ctrl-c"),
+        # slow: a process each; the fast set keeps ctrl-c.
+        pytest.param(
+            AS_BACKGROUND_JOB, signal.SIGINT, id="sigint-in-background", marks=pytest.mark.slow
+        ),
+        pytest.param(
+            AS_BACKGROUND_JOB, signal.SIGTERM, id="sigterm-in-background", marks=pytest.mark.slow
+        ),
+    ],
 )
 def test_tail_follow_prints_events_as_they_are_stored(
     client: httpx.Client, launch: list[str], sig: signal.Signals

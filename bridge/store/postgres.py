@@ -9,7 +9,7 @@ unavailable.
 A batch is one statement (see `record_sql`) and one round trip: the events as one JSON
 text (`json_to_recordset`), the counters, the rejections. Without events it runs outside
 a transaction block, its own transaction; with events it follows the purge fence's
-shared lock in one transaction, pipelined (`postgres_retention`).
+shared lock in one transaction, a round trip per statement (`postgres_retention`).
 `INSERT … ON CONFLICT DO NOTHING` arbitrates on the unique index, where a concurrent
 insert of the same key waits for the other transaction and then yields no row (or the row,
 if the other rolled back); counters are `x = x + n` upserts, which lock the row and add to
@@ -703,9 +703,12 @@ class PostgresWriter(PostgresReader):
             if "events" in params:
                 # Behind the purge fence, in a statement of its own (see
                 # `postgres_retention`): the batch's statement takes its snapshot once the
-                # fence is held. One transaction, one round trip (pipelined), and no
-                # watermark lock held while waiting for a chunk.
-                with conn.pipeline(), conn.transaction():
+                # fence is held, and no watermark lock is held while waiting for a chunk.
+                # Not pipelined: the server arms `idle_in_transaction_session_timeout`
+                # only after a Sync, so a bridge stopped between pipelined statements
+                # would hold its locks, and the readers' watermark, for as long as it is
+                # stopped (`test_bridge_stopped_mid_stream_holds_neither_writers_nor_readers`).
+                with conn.transaction():
                     conn.execute(FENCE_SHARED)
                     rows = conn.execute(statement, params)
             else:

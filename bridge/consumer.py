@@ -242,11 +242,19 @@ class Bridge:
                 )
                 if batch:
                     parsed = parse_batch(batch, self.settings)
-                    if committing is not None:
-                        await self._acked(inbox, committing)
+                    previous = committing
+                    stored = previous is not None and await previous.commit
                     committing = Committing(
                         batch, asyncio.create_task(self._commit(batch, parsed, stop))
                     )
+                    # Let this commit reach the writer thread before anything else: with a
+                    # full batch already waiting, nothing below would yield until that batch
+                    # is parsed, and the writer would sit idle through the parsing (and the
+                    # acks) it is meant to overlap.
+                    await asyncio.sleep(0)
+                    if previous is not None and stored:
+                        # Its commit is done; acks still go out in arrival order.
+                        self.metrics.acked(inbox.ack(previous.batch))
                 elif committing is not None:
                     await self._acked(inbox, committing)
                     committing = None

@@ -455,9 +455,7 @@ class SQLiteWriter(SQLiteReader):
                 try:
                     # Copies of expired events whose keys are kept are duplicates: not stored.
                     gone = expired_copies(conn, events) if self._keys and events else set()
-                    outcome, rows, inserted = self._record(
-                        conn, events, refused, received_at, gone
-                    )
+                    outcome, rows, inserted = self._record(conn, events, refused, received_at, gone)
                     if self._policy_now.finite and inserted:
                         stored = [e for e in rows if (e.topic, e.event_id) in inserted]
                         count(conn, "late", late(stored, self._policy_now, now))

@@ -540,13 +540,9 @@ def _follow_raw(url: str, visible: dict[int, float], stop: threading.Event) -> N
     not seen: seqs above the highest seen, and the holes up to RAW_WINDOW below it (a
     batch still committing, or a seq no row kept, as a duplicate's). Re-reading the whole
     window every millisecond cost the bench and the server more than the bridge it
-    measured (BENCHMARKS.md, "live tail")."""
-    pg = parse_store_url(url)
-    assert isinstance(pg, PostgresUrl)
+    measured (BENCHMARKS.md, "Where a live tail's milliseconds go")."""
     top, holes = 0, set[int]()
-    with psycopg.connect(pg.conninfo, autocommit=True) as conn:
-        if pg.schema is not None:
-            conn.execute("SELECT set_config('search_path', %s, false)", (pg.schema,))
+    with _connect(url) as conn:
         while not stop.is_set():
             with contextlib.suppress(psycopg.errors.UndefinedTable):
                 seqs = [
@@ -568,14 +564,22 @@ def _follow_raw(url: str, visible: dict[int, float], stop: threading.Event) -> N
             time.sleep(LATENCY_POLL_S)
 
 
-def _began(url: str) -> dict[int, tuple[float, float]]:
-    """Each row's `sent_at` and `received_at`: the server's `now()` in the transaction that
-    stored it, so when its bridge began that transaction (one host, one clock)."""
+@contextlib.contextmanager
+def _connect(url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A plain autocommit connection to the PostgreSQL store `url`, in its schema: no pool,
+    no watermark."""
     pg = parse_store_url(url)
     assert isinstance(pg, PostgresUrl)
     with psycopg.connect(pg.conninfo, autocommit=True) as conn:
         if pg.schema is not None:
             conn.execute("SELECT set_config('search_path', %s, false)", (pg.schema,))
+        yield conn
+
+
+def _began(url: str) -> dict[int, tuple[float, float]]:
+    """Each row's `sent_at` and `received_at`: the server's `now()` in the transaction that
+    stored it, so when its bridge began that transaction (one host, one clock)."""
+    with _connect(url) as conn:
         rows = conn.execute(
             "SELECT seq, (payload->>'sent_at')::float8, extract(epoch FROM received_at)::float8"
             " FROM events"

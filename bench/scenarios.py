@@ -543,6 +543,9 @@ def _follow_raw(url: str, visible: dict[int, float], stop: threading.Event) -> N
     measured (BENCHMARKS.md, "Where a live tail's milliseconds go")."""
     top, holes = 0, set[int]()
     with _connect(url) as conn:
+        # The table grows unanalysed under the tail: the planner guesses a third of it
+        # above `top` and scans it all (17 ms a poll at 20,000 rows) instead of the index.
+        conn.execute("SET enable_seqscan = off")
         while not stop.is_set():
             with contextlib.suppress(psycopg.errors.UndefinedTable):
                 seqs = [

@@ -129,6 +129,7 @@ from bridge.store.postgres_retention import (
     forget_chunk,
     prune_time_seqs,
     purge_chunk,
+    rebuild_text_index,
 )
 from bridge.store.postgres_search import (
     COUNT_SPANS,
@@ -842,6 +843,14 @@ class PostgresWriter(PostgresReader):
         if events:
             with self._connection("purge") as conn:
                 prune_time_seqs(conn)
+                sizes = rebuild_text_index(conn, stopping)
+            if sizes is not None:
+                logger.info(
+                    "%s: text index rebuilt, %.1f → %.1f MB",
+                    self.display,
+                    sizes[0] / 1e6,
+                    sizes[1] / 1e6,
+                )
         return Purged(events, forgotten)
 
     def heartbeat(self, client_id: str, run_id: str) -> None:

@@ -317,31 +317,11 @@ def fast_event(topic: str, text: str) -> Event | None:
         raw = _decode_json(text)
     except (msgspec.DecodeError, RecursionError, UnicodeEncodeError):  # lone surrogates
         return None
-    event = checked_event(topic, raw)
-    if event is None:
-        return None
-    # msgspec refuses NaN, Infinity and numbers beyond a double, so `unstorable` can find
-    # something only with a \u escape (NUL) or with more containers than MAX_DEPTH.
-    escaped = "\\u" in text and may_hold_unstorable(text)
-    if (escaped or text.count("{") + text.count("[") > MAX_DEPTH) and unstorable(
-        raw, strings=escaped
-    ) is not None:
-        return None
-    return event
-
-
-def checked_event(topic: str | None, raw: Any) -> Event | None:
-    """`fast_event`'s checks of the fields of decoded JSON `raw`, and the event they make;
-    None where the model must decide. The caller answers for what `unstorable` finds (NaN,
-    depth, NUL). `topic` None: the event's own `topic` field, which must be there (as in
-    `POST /publish`, where the sidecar validates decoded items the same way)."""
-    if type(raw) is not dict:
-        return None
-    if topic is None:
-        topic = raw.get("topic")
-        if type(topic) is not str:
-            return None
-    if not _EVENT_FIELDS.issuperset(raw) or not raw.keys() >= _REQUIRED_FIELDS:
+    if (
+        type(raw) is not dict
+        or not _EVENT_FIELDS.issuperset(raw)
+        or not raw.keys() >= _REQUIRED_FIELDS
+    ):
         return None
     event_id, stamp, source, payload = (
         raw["event_id"],
@@ -364,6 +344,13 @@ def checked_event(topic: str | None, raw: Any) -> Event | None:
         or type(stamp) is not str
         or not _PLAIN_TIMESTAMP.fullmatch(stamp)
     ):
+        return None
+    # msgspec refuses NaN, Infinity and numbers beyond a double, so `unstorable` can find
+    # something only with a \u escape (NUL) or with more containers than MAX_DEPTH.
+    escaped = "\\u" in text and may_hold_unstorable(text)
+    if (escaped or text.count("{") + text.count("[") > MAX_DEPTH) and unstorable(
+        raw, strings=escaped
+    ) is not None:
         return None
     try:
         moment = datetime.fromisoformat(stamp)

@@ -43,11 +43,17 @@ from bridge.store import (
     open_reader,
     open_writer,
     parse_store_url,
+    postgres_retention,
     sqlite_retention,
 )
 from bridge.store.export import export_pages
 from bridge.store.policy import SQLITE_PACE, chunks
-from bridge.store.postgres_retention import FENCE_SHARED, PURGE_LOCK, purge_chunk
+from bridge.store.postgres_retention import (
+    FENCE_SHARED,
+    PURGE_LOCK,
+    purge_chunk,
+    rebuild_text_index,
+)
 from bridge.store.sqlite import WAL_LIMIT_BYTES
 from logagg.options import as_environment
 from logagg.settings import UpSettings
@@ -273,12 +279,12 @@ def test_retention_expired_events_gone_from_every_read(url: StoreUrl) -> None:
 
 def test_retention_purge_deletes_and_counts(url: StoreUrl) -> None:
     """The purge deletes what expired, keeps each key, and counts both with the rows."""
-    store = writer(url, "1s")
+    store = writer(url, "1s", "b=forever")  # "fresh" outlives a slow purge
     reader = open_reader(url)
     try:
         store.record([made("a", str(i)) for i in range(2000)], [])
         time.sleep(1.2)
-        store.record([made("a", "fresh")], [])
+        store.record([made("b", "fresh")], [])
         purged = store.purge(NEVER)
         assert purged.events == 2000
         stats = reader.stats()
@@ -534,6 +540,94 @@ def test_retention_postgres_one_purger_at_a_time(pg_url: str) -> None:
             assert purged.events == 0
         assert store.purge(NEVER).events == 10
     finally:
+        store.close()
+
+
+def text_index(conn: psycopg.Connection[Any]) -> tuple[int, list[str]]:
+    """The text index's file number, and the names of the events table's invalid indexes."""
+    (number,) = conn.execute(
+        "SELECT relfilenode FROM pg_class WHERE oid = 'events_tsv'::regclass"
+    ).fetchone() or (0,)
+    invalid = conn.execute(
+        "SELECT indexrelid::regclass::text FROM pg_index"
+        " WHERE indrelid = 'events'::regclass AND NOT indisvalid"
+    ).fetchall()
+    return int(number), [name for (name,) in invalid]
+
+
+def test_retention_postgres_text_index_rebuilt_after_a_turnover(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the purge has deleted as many events as the table holds (and REBUILD_AFTER),
+    the GIN text index is rebuilt, concurrently; what a rebuild cut short left (an invalid
+    copy) is dropped first; searches find what is kept; no rebuild again until the next
+    turnover."""
+    monkeypatch.setattr(postgres_retention, "REBUILD_AFTER", 1000)
+    url = postgres(pg_url)
+    store = writer(url, "1s", "b=forever")
+    reader = open_reader(url)
+    try:
+        with psycopg.connect(url.conninfo, autocommit=True) as conn:
+            conn.execute(f"SET search_path = {url.schema}")
+            store.record([made("a", f"old{i}") for i in range(3000)], [])
+            # A rebuild killed midway leaves its copy, invalid: a failed CREATE INDEX
+            # CONCURRENTLY leaves one just as well.
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                conn.execute("CREATE UNIQUE INDEX CONCURRENTLY events_tsv_ccnew ON events (topic)")
+            before, invalid = text_index(conn)
+            assert invalid == ["events_tsv_ccnew"]
+            time.sleep(1.2)
+            store.record([made("b", "fresh")], [])
+            assert store.purge(NEVER).events == 3000
+            after, invalid = text_index(conn)
+            assert after != before
+            assert invalid == []
+            assert keys(reader.search(ask(("q", "fresh")))) == {("b", "fresh")}
+            assert keys(reader.search(ask(("q", "old7")))) == set()
+            store.record([made("a", f"new{i}") for i in range(10)], [])
+            time.sleep(1.2)
+            assert store.purge(NEVER).events == 10
+            assert text_index(conn)[0] == after  # 10 deleted since: not due
+    finally:
+        reader.close()
+        store.close()
+
+
+def test_retention_postgres_text_index_rebuild_stops_when_told(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild waits for the transactions using the table; stopping cancels it at once,
+    the index stays as it was and searches go on, and the next rebuild completes and leaves
+    no invalid copy behind."""
+    monkeypatch.setattr(postgres_retention, "REBUILD_AFTER", 100)
+    url = postgres(pg_url)
+    store = writer(url, "1s", "b=forever")
+    reader = open_reader(url)
+    try:
+        store.record([made("a", str(i)) for i in range(200)], [])
+        store.record([made("b", "kept")], [])
+        with (
+            psycopg.connect(url.conninfo, autocommit=True) as conn,
+            psycopg.connect(url.conninfo) as old,
+        ):
+            for c in (conn, old):
+                c.execute(f"SET search_path = {url.schema}")
+            with conn.transaction():
+                assert purge_chunk(conn, "a", 10**12, 1000) == 200  # due now, not rebuilt
+            number = text_index(conn)[0]
+            old.execute("SELECT count(*) FROM events").fetchone()  # holds the table open
+            began = time.monotonic()
+            assert rebuild_text_index(conn, lambda: time.monotonic() > began + 1) is None
+            assert time.monotonic() - began < 5
+            assert keys(reader.search(ask(("q", "kept")))) == {("b", "kept")}
+            old.rollback()
+            assert rebuild_text_index(conn, NEVER) is not None
+            rebuilt, invalid = text_index(conn)
+            assert rebuilt != number
+            assert invalid == []
+            assert keys(reader.search(ask(("q", "kept")))) == {("b", "kept")}
+    finally:
+        reader.close()
         store.close()
 
 

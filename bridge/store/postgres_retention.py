@@ -17,18 +17,33 @@ lock, so a batch runs wholly before a chunk (the chunk's DELETE, a statement aft
 lock, sees its rows) or wholly after it (its statement, started after the fence was
 granted, sees the kept keys)
 (`test_retention_postgres_copy_during_purge_is_duplicate`). Both locks are two-int4
-advisory locks (`objsubid` 2), which the readers' watermark does not count (it reads the
-bigint ones, `objsubid` 1), keyed by the schema so that stores in other schemas never
-wait on each other. A chunk waiting for the fence holds new batches back (PostgreSQL
-queues a lock request behind a conflicting waiter) for as long as the batches in flight
-and the chunk take: chunks are small for that.
+advisory locks (`objsubid` 2), which the events' watermark does not count (it reads the
+bigint ones, `objsubid` 1) nor the rejections' (it reads only keys below the newest
+rejected seq; these are `(class << 32) | hash`, far above), keyed by the schema so that
+stores in other schemas never wait on each other. A chunk waiting for the fence holds new
+batches back (PostgreSQL queues a lock request behind a conflicting waiter) for as long
+as the batches in flight and the chunk take: chunks are small for that.
+
+The text index is rebuilt now and then (`rebuild_text_index`). Under retention the heap
+and the B-trees stay flat once autovacuum has been by, but the GIN index on `tsv` does not
+give back what deleted rows held: at 1,000 events/s with a 30 s retention `events_tsv`
+grew 6 → 20 MB in five minutes while the rows held, the heap and the other indexes stayed
+level (BENCHMARKS.md, "Retention"); its entries are mostly tokens no later event repeats
+(ids, numbers). Each time the purge has deleted as many events as the table holds (and at
+least `REBUILD_AFTER`), the index is rebuilt with `REINDEX … CONCURRENTLY`, which lets
+writers and readers go on: every event pays a share of one rebuild, and the index stays
+within about twice what its rows need.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from bridge.retention import key_hash
 
@@ -41,6 +56,7 @@ CREATE TABLE IF NOT EXISTS retention_counts (name text PRIMARY KEY, count bigint
 # between batches (shared) and purge chunks (exclusive).
 PURGE_LOCK = 0x6C6F6762
 FENCE_LOCK = 0x6C6F6763
+REBUILD_LOCK = 0x6C6F6764
 FENCE_SHARED = f"SELECT pg_advisory_xact_lock_shared({FENCE_LOCK}, hashtext(current_schema()))"
 
 # The first seq received at or after a time, by bisection over seq in one statement: each
@@ -120,6 +136,112 @@ def forget_chunk(conn: psycopg.Connection[Any], horizon_s: float, limit: int) ->
     n = conn.execute(_FORGET_CHUNK, (horizon_s, limit)).rowcount
     count(conn, "keys_forgotten", n)
     return n
+
+
+# The text index: rebuilt once the purge has deleted as many events as the table holds, and
+# at least this many, since the last rebuild (whose `events_expired` count meta keeps).
+REBUILD_AFTER = 50_000
+REBUILT_AT = "text_index_rebuilt_at"
+TEXT_INDEX = "events_tsv"
+
+_REBUILD_DUE = f"""
+SELECT c.expired,
+       c.expired - coalesce((SELECT value::bigint FROM meta WHERE key = '{REBUILT_AT}'), 0)
+           >= greatest((SELECT reltuples::bigint FROM pg_class WHERE oid = 'events'::regclass),
+                       %s)
+FROM (SELECT coalesce(sum(count), 0)::bigint AS expired FROM retention_counts
+      WHERE name = 'events_expired') AS c
+WHERE EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('{TEXT_INDEX}')
+              AND indisvalid)
+"""
+
+# What a rebuild cut short leaves behind: its copy, invalid (REINDEX CONCURRENTLY names
+# it `<index>_ccnew`, and the old one `<index>_ccold` once swapped).
+_LEFT_BEHIND = f"""
+SELECT i.indexrelid::regclass::text FROM pg_index i
+WHERE i.indrelid = 'events'::regclass AND NOT i.indisvalid
+  AND i.indexrelid::regclass::text ~ '^{TEXT_INDEX}_cc(new|old)[0-9]*$'
+"""
+
+
+def rebuild_text_index(
+    conn: psycopg.Connection[Any], stopping: Callable[[], bool]
+) -> tuple[int, int] | None:
+    """Rebuild the text index if it is due (see the module's docstring), on an autocommit
+    connection, unless another bridge is rebuilding it; its size in bytes before and after,
+    or None. Runs without the session's statement and lock timeouts (a rebuild waits for
+    the reads in flight and takes as long as the index's size); `stopping()` cancels it,
+    and the invalid copy it leaves is dropped by the next one."""
+    row = conn.execute(_REBUILD_DUE, (REBUILD_AFTER,)).fetchone()
+    if row is None or not row[1] or stopping():
+        return None
+    expired = int(row[0])
+    lock = (REBUILD_LOCK,)
+    (got,) = conn.execute(
+        "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))", lock
+    ).fetchone() or (False,)
+    if not got:
+        return None
+    timeouts = conn.execute(
+        "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')"
+    ).fetchone()
+    assert timeouts is not None
+    conn.execute(
+        "SELECT set_config('statement_timeout', '0', false), set_config('lock_timeout', '0', false)"
+    )
+    try:
+        for (name,) in conn.execute(_LEFT_BEHIND).fetchall():
+            conn.execute(
+                sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name))
+            )
+        before = _size(conn)
+        try:
+            with _cancelled_when(conn, stopping):
+                conn.execute(
+                    sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(TEXT_INDEX))
+                )
+        except psycopg.errors.QueryCanceled:
+            if stopping():
+                return None
+            raise
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (%s, %s)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (REBUILT_AT, str(expired)),
+        )
+        return before, _size(conn)
+    finally:
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false),"
+            " set_config('lock_timeout', %s, false)",
+            timeouts,
+        )
+        conn.execute("SELECT pg_advisory_unlock(%s, hashtext(current_schema()))", lock)
+
+
+def _size(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT pg_relation_size(%s::regclass)", (TEXT_INDEX,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+@contextmanager
+def _cancelled_when(conn: psycopg.Connection[Any], stopping: Callable[[], bool]) -> Iterator[None]:
+    """Cancel `conn`'s statement in progress as soon as `stopping()` (checked every 0.1 s)."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.1):
+            if stopping():
+                conn.cancel_safe()
+                return
+
+    watcher = threading.Thread(target=watch, name="logagg-rebuild-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
 
 
 def prune_time_seqs(conn: psycopg.Connection[Any]) -> None:

@@ -250,6 +250,9 @@ def table(report: dict[str, Any]) -> str:
             lines.append(
                 f"  live tail through the watermark, {n} bridge(s) at {_n(tail['rate'])}/s:"
                 f" p50 {t['p50_ms']} ms, p99 {t['p99_ms']} ms, max {t['max_ms']} ms;"
+                f" publish to the bridge's transaction p50 {t['to_transaction_p50_ms']} ms,"
+                f" p99 {t['to_transaction_p99_ms']} ms; thence visible at all"
+                f" p50 {t['to_visible_p50_ms']} ms, p99 {t['to_visible_p99_ms']} ms;"
                 f" held by the watermark p50 {t['watermark_p50_ms']} ms,"
                 f" p99 {t['watermark_p99_ms']} ms"
             )

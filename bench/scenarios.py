@@ -474,29 +474,52 @@ def live_tail(cfg: BenchConfig) -> dict[str, Any]:
     watermark), every millisecond, and takes for each new row now minus the `sent_at`
     the publisher put in its payload. Beside it a raw reader (`seq > after`, no
     watermark) notes when each row is first visible at all: the watermark's own cost is
-    the difference, per row. Against 1 bridge, same rate, same readers."""
+    the difference, per row. The row's `received_at` (the server's clock when its batch's
+    transaction began) splits the rest: publish to the bridge's transaction, then the
+    batch's statements and commit. Against 1 bridge, same rate, same readers."""
     if cfg.store is None:
         raise BenchError("the live tail needs --store postgresql://…")
     spec = cfg.spec(max(1, round(cfg.rate * cfg.duration)), seed=102)
     result: dict[str, Any] = {"rate": cfg.rate, "duration_s": cfg.duration}
     for n in (1, TAIL_BRIDGES):
-        seen, visible = _tail(cfg, spec, n)
-        ordered = sorted(latency for _, latency, _ in seen)
+        tail = _tail(cfg, spec, n)
+        ordered = sorted(latency for _, latency, _ in tail.seen)
         if len(ordered) != spec.distinct:
             raise BenchError(f"live tail: the reader saw {len(ordered)} rows of {spec.distinct}")
-        held = sorted(at - visible[seq] for seq, _, at in seen if seq in visible)
+        visible = tail.visible
+        if missed := len({seq for seq, _, _ in tail.seen} - visible.keys()):
+            raise BenchError(f"live tail: the raw reader missed {missed} rows")
+        held = sorted(at - visible[seq] for seq, _, at in tail.seen)
+        began = tail.began
+        to_begin = sorted(began[seq][1] - began[seq][0] for seq, _, _ in tail.seen)
+        committed = sorted(at - began[seq][1] for seq, at in visible.items() if seq in began)
         result[f"bridges_{n}"] = {
             "p50_ms": _percentile(ordered, 0.50),
             "p99_ms": _percentile(ordered, 0.99),
             "max_ms": round(ordered[-1] * 1000, 2),
+            "to_transaction_p50_ms": _percentile(to_begin, 0.50),
+            "to_transaction_p99_ms": _percentile(to_begin, 0.99),
+            "to_visible_p50_ms": _percentile(committed, 0.50),
+            "to_visible_p99_ms": _percentile(committed, 0.99),
             "watermark_p50_ms": _percentile(held, 0.50),
             "watermark_p99_ms": _percentile(held, 0.99),
         }
     return result
 
 
-# What a tail reader saw: (seq, now - sent_at, when), `when` on time.monotonic().
+# What a tail reader saw: (seq, now - sent_at, when), `when` on time.time().
 Seen = list[tuple[int, float, float]]
+# How far back the raw reader looks for a row committed after one with a higher seq.
+RAW_WINDOW = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """What the two readers saw, and each row's (sent_at, received_at) from the store."""
+
+    seen: Seen
+    visible: dict[int, float]
+    began: dict[int, tuple[float, float]]
 
 
 def _follow(reader: StoreReader, seen: Seen, stop: threading.Event) -> None:
@@ -504,8 +527,8 @@ def _follow(reader: StoreReader, seen: Seen, stop: threading.Event) -> None:
     last = 0
     while not stop.is_set():
         rows = reader.events(topic=None, after=last, limit=1000)
-        now, at = time.time(), time.monotonic()
-        seen.extend((e.seq, now - float(e.payload["sent_at"]), at) for e in rows)
+        now = time.time()
+        seen.extend((e.seq, now - float(e.payload["sent_at"]), now) for e in rows)
         if rows:
             last = rows[-1].seq
         time.sleep(LATENCY_POLL_S)
@@ -513,24 +536,61 @@ def _follow(reader: StoreReader, seen: Seen, stop: threading.Event) -> None:
 
 def _follow_raw(url: str, visible: dict[int, float], stop: threading.Event) -> None:
     """When each seq is first visible to a plain read, with no watermark: every row
-    committed (the rows of any seq, in any order)."""
+    committed (the rows of any seq, in any order). Each poll asks only for what it has
+    not seen: seqs above the highest seen, and the holes up to RAW_WINDOW below it (a
+    batch still committing, or a seq no row kept, as a duplicate's). Re-reading the whole
+    window every millisecond cost the bench and the server more than the bridge it
+    measured (BENCHMARKS.md, "Where a live tail's milliseconds go")."""
+    top, holes = 0, set[int]()
+    with _connect(url) as conn:
+        # The table grows unanalysed under the tail: the planner guesses a third of it
+        # above `top` and scans it all (17 ms a poll at 20,000 rows) instead of the index.
+        conn.execute("SET enable_seqscan = off")
+        while not stop.is_set():
+            with contextlib.suppress(psycopg.errors.UndefinedTable):
+                seqs = [
+                    seq
+                    for (seq,) in conn.execute(
+                        "SELECT seq FROM events WHERE seq > %s OR seq = ANY(%s)",
+                        (top, list(holes)),
+                    )
+                ]
+                at = time.time()
+                for seq in seqs:
+                    visible.setdefault(seq, at)
+                if seqs and max(seqs) > top:
+                    newest = max(seqs)
+                    holes.update(range(max(top, newest - RAW_WINDOW) + 1, newest + 1))
+                    holes = {seq for seq in holes if seq > newest - RAW_WINDOW}
+                    top = newest
+                holes.difference_update(seqs)
+            time.sleep(LATENCY_POLL_S)
+
+
+@contextlib.contextmanager
+def _connect(url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A plain autocommit connection to the PostgreSQL store `url`, in its schema: no pool,
+    no watermark."""
     pg = parse_store_url(url)
     assert isinstance(pg, PostgresUrl)
     with psycopg.connect(pg.conninfo, autocommit=True) as conn:
         if pg.schema is not None:
             conn.execute("SELECT set_config('search_path', %s, false)", (pg.schema,))
-        while not stop.is_set():
-            with contextlib.suppress(psycopg.errors.UndefinedTable):
-                rows = conn.execute(
-                    "SELECT seq FROM events WHERE seq > %s", (max(visible, default=0) - 2_000,)
-                ).fetchall()
-                at = time.monotonic()
-                for (seq,) in rows:
-                    visible.setdefault(seq, at)
-            time.sleep(LATENCY_POLL_S)
+        yield conn
 
 
-def _tail(cfg: BenchConfig, spec: StreamSpec, n: int) -> tuple[Seen, dict[int, float]]:
+def _began(url: str) -> dict[int, tuple[float, float]]:
+    """Each row's `sent_at` and `received_at`: the server's `now()` in the transaction that
+    stored it, so when its bridge began that transaction (one host, one clock)."""
+    with _connect(url) as conn:
+        rows = conn.execute(
+            "SELECT seq, (payload->>'sent_at')::float8, extract(epoch FROM received_at)::float8"
+            " FROM events"
+        )
+        return {seq: (sent, began) for seq, sent, began in rows}
+
+
+def _tail(cfg: BenchConfig, spec: StreamSpec, n: int) -> Tail:
     """`n` bridges at `cfg.rate`, followed by the two readers: what each saw."""
     work = cfg.work / f"tail-{n}"
     client_ids, topic_filter = _bridge_ids(n)
@@ -570,7 +630,8 @@ def _tail(cfg: BenchConfig, spec: StreamSpec, n: int) -> tuple[Seen, dict[int, f
             stop.set()
             for thread in threads:
                 thread.join(10)
-    return seen, visible
+        began = _began(url)
+    return Tail(seen, visible, began)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

@@ -19,6 +19,7 @@ import pytest
 from bench import chart_read
 from bench.broker_queue import measure
 from bench.profile import summarise
+from bench.scenarios import BenchConfig, live_tail
 from bench.stream import StreamSpec, drafts
 from tests.helpers import logagg_cli
 
@@ -100,6 +101,18 @@ def test_bench_drain_with_two_bridges_on_postgresql(pg_url: str, tmp_path: Path)
     assert run["received"] == drain["messages"]
     assert len(run["bridges_cpu_s_per_1000"]) == 2
     assert "2 bridges (postgresql)" in done.stdout
+
+
+def test_live_tail_splits_each_rows_latency_and_sees_every_row(pg_url: str, tmp_path: Path) -> None:
+    """The live tail on PostgreSQL: both readers see every row (the raw one asks only for
+    what it has not seen, holes included), and each row's latency is split at its
+    transaction's start."""
+    result = live_tail(BenchConfig(tmp_path, store=pg_url, rate=300.0, duration=2.0))
+    for n in (1, 3):
+        tail = result[f"bridges_{n}"]
+        assert 0 <= tail["to_transaction_p50_ms"] <= tail["p50_ms"] + 1
+        assert tail["to_visible_p50_ms"] >= 0
+        assert tail["watermark_p50_ms"] >= 0
 
 
 # slow: a benchmark run with a backlog; the fast set keeps a drain benchmark

@@ -26,8 +26,8 @@ counters sorted by name (see `BatchTally`).
 Concurrent writers: `seq` comes from an identity column, drawn in insert order, but
 transactions commit in any order, so a row can become visible after one with a higher
 `seq`; a tail that had read up to the newest visible `seq` would skip it for good. No lock
-orders the commits. Instead every read stops at a watermark (`_WATERMARK`), below which
-no unfinished transaction can still commit a row:
+orders the commits. Instead every read stops at a watermark (`_watermark_sql`), below
+which no unfinished transaction can still commit a row:
 
 1. A batch first reads the sequence's newest value `v` and takes a *shared*
    transaction-level advisory lock keyed `v` (bigint), then inserts: its seqs are all
@@ -47,8 +47,17 @@ no unfinished transaction can still commit a row:
 A reader's lag is the longest batch transaction in flight (measured at load 27 on 2 cores,
 3 bridges at 1,000 events/s: 4 ms at the median, 130 ms at p99; BENCHMARKS.md, "live
 tail"); a session stopped inside a transaction holds readers back, never
-writers, until the server ends it after `hold_s`. `rejected` is not covered: its pages can
-miss a late rejection with several bridges (they are a diagnostic, bounded and trimmed).
+writers, until the server ends it after `hold_s`.
+
+`rejected` has a sequence and a watermark of its own, the same way: a batch with refusals
+first takes a shared advisory lock keyed by the newest rejected seq, as two int4 keys
+(`objsubid` 2: the events' watermark, which reads bigint keys, never counts it, though one
+transaction may hold both), and a read of `rejected` stops at its watermark, read from
+those keys and the sessions writing `rejected` (`test_watermark.py`). Its pages by `after`
+(`/rejected`, `logagg rejected export`) miss no rejection but those the trim to
+KEEP_REJECTED deleted first. Rejections drawing seqs of `events` instead would have cost a
+migration and gaps in the trim's count; one lock per batch with refusals costs nothing
+a writer waits on, and a read of `rejected` one watermark query, as any read.
 
 No session may hold the others for long: every session gets
 `idle_in_transaction_session_timeout` = `hold_s` (the server ends a session idle inside a
@@ -72,7 +81,7 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -257,32 +266,50 @@ SELECT extract(epoch FROM clock_timestamp() - started_at)::float8 AS uptime FROM
 WHERE seen_at > clock_timestamp() - make_interval(secs => %s)
 """
 
-# The newest seq handed out so far (0 before the first): every seq drawn from now on is
-# above it. Read live, outside any transaction's snapshot.
-_NEWEST_SEQ = (
-    "coalesce(pg_sequence_last_value(pg_get_serial_sequence('events', 'seq')::regclass), 0)"
-)
-# Bigint advisory locks show in pg_locks as (classid, objid) = (high, low 32 bits).
+
+def _newest_seq(table: str) -> str:
+    """The newest seq of `table` handed out so far (0 before the first): every seq drawn
+    from now on is above it. Read live, outside any transaction's snapshot."""
+    return (
+        f"coalesce(pg_sequence_last_value(pg_get_serial_sequence('{table}', 'seq')::regclass), 0)"
+    )
+
+
+_NEWEST_SEQ = _newest_seq("events")
+# A writer's lock on the rejections' seqs (see `record_sql`): a two-int4 advisory lock,
+# the newest rejected seq split in its high and low 32 bits, read once.
+_REJECTING = f"""SELECT pg_advisory_xact_lock_shared((v >> 32)::int4, v::bit(32)::int4)
+    FROM (SELECT {_newest_seq("rejected")} AS v OFFSET 0) AS newest"""
+# Advisory locks show in pg_locks as (classid, objid): a bigint's high and low 32 bits, or
+# the two int4 keys (as oids: unsigned), which `_REJECTING` makes the same bits.
 _LOCK_KEY = "((held.classid::bigint << 32) | held.objid::bigint)"
 
-# The watermark (see "Concurrent writers" above): the newest seq handed out, or below the
-# lowest seq an unfinished writer may still commit; and which sequence (its oid). The
-# sequence is read first (a subquery fenced by OFFSET 0), the locks after it (a subquery
-# that depends on it).
-_WATERMARK = f"""
+
+def _watermark_sql(table: str, objsubid: int) -> str:
+    """The watermark of `table` (see "Concurrent writers" above), whose writers lock their
+    keys in advisory locks of `objsubid` (1: bigint, 2: two int4): the newest seq handed
+    out, or below the lowest seq an unfinished writer may still commit; and which sequence
+    (its oid). The sequence is read first (a subquery fenced by OFFSET 0), the locks after
+    it (a subquery that depends on it). Only keys below the newest seq count: the purge's
+    two-int4 locks (`postgres_retention`, class 0x6C6F676x) are far above any seq."""
+    return f"""
 SELECT sequence.id, least(newest, (
     SELECT min({_LOCK_KEY}) FROM pg_locks AS held
     JOIN pg_locks AS writing ON writing.pid = held.pid AND writing.database = held.database
-    WHERE held.locktype = 'advisory' AND held.objsubid = 1 AND held.granted
+    WHERE held.locktype = 'advisory' AND held.objsubid = {objsubid} AND held.granted
         AND held.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-        AND writing.locktype = 'relation' AND writing.relation = 'events'::regclass
+        AND writing.locktype = 'relation' AND writing.relation = '{table}'::regclass
         AND writing.mode = 'RowExclusiveLock' AND {_LOCK_KEY} < newest
 )) FROM (
-    SELECT {_NEWEST_SEQ} AS newest,
-        pg_get_serial_sequence('events', 'seq')::regclass::oid::bigint AS id
+    SELECT {_newest_seq(table)} AS newest,
+        pg_get_serial_sequence('{table}', 'seq')::regclass::oid::bigint AS id
     OFFSET 0
 ) AS sequence
 """
+
+
+# Each table read by seq, and its watermark's query.
+_WATERMARKS = {"events": _watermark_sql("events", 1), "rejected": _watermark_sql("rejected", 2)}
 
 
 def record_sql(slot: int, *, events: bool, refused: bool, late: bool = False) -> str:
@@ -296,7 +323,9 @@ def record_sql(slot: int, *, events: bool, refused: bool, late: bool = False) ->
     counters, whose duplicates are the batch's copies of a topic less its new events.
     With late ones among the events: how many of those were new, added to the writer's
     own `late:slot` row of `retention_counts` (no row shared by all writers).
-    With refusals: the rejected rows, their counters, and the trim to KEEP_REJECTED."""
+    With refusals: a shared advisory lock keyed by the newest rejected seq (as the events'
+    lock, in two int4 keys: readers of either table tell them apart), the rejected rows,
+    their counters, and the trim to KEEP_REJECTED."""
     ctes: list[str] = []
     if events:
         ctes += [
@@ -333,11 +362,12 @@ def record_sql(slot: int, *, events: bool, refused: bool, late: bool = False) ->
 )""")
     if refused:
         ctes += [
+            f"rejecting AS MATERIALIZED ({_REJECTING})",
             """kept AS (
     INSERT INTO rejected (mqtt_topic, code, reason, body)
-    SELECT * FROM unnest(
+    SELECT t, c, r, b FROM rejecting, unnest(
         %(mqtt_topic)s::text[], %(code)s::text[], %(reason)s::text[], %(body)s::text[]
-    )
+    ) AS batch (t, c, r, b)
     RETURNING seq
 )""",
             f"""coded AS (
@@ -361,7 +391,8 @@ def _one_line(exc: BaseException) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A read transaction and its watermark: it reads events with seq up to `upto` only."""
+    """A read transaction and its watermark: it reads rows (of the table it was opened
+    for: events, or rejected) with seq up to `upto` only."""
 
     conn: psycopg.Connection[Any]
     upto: int
@@ -392,8 +423,8 @@ class PostgresReader(SqlReader):
 
     def __init__(self, url: PostgresUrl, options: StoreOptions) -> None:
         self.display = url.display
-        # The highest watermark read so far, and the oid of the sequence it is of.
-        self._highest: tuple[int | None, int] = (None, 0)
+        # Per table, the highest watermark read so far, and the oid of the sequence it is of.
+        self._highest: dict[str, tuple[int | None, int]] = {}
         self._highest_lock = threading.Lock()
         self._alive_s = options.alive_s
         self._hold_ms = max(1, round(options.hold_s * 1000))
@@ -465,13 +496,14 @@ class PostgresReader(SqlReader):
         return f"no pooled connection free within {self._timeout:g}s"
 
     @contextmanager
-    def _read(self) -> Iterator[Snapshot]:
+    def _read(self, table: str = "events") -> Iterator[Snapshot]:
         """One snapshot for all the statements of a read, which cannot write, each
-        statement cut off at the query timeout, and the watermark it reads up to, taken
-        before the snapshot (so every writer below it has finished before the snapshot)."""
+        statement cut off at the query timeout, and the watermark of `table` it reads up
+        to, taken before the snapshot (so every writer below it has finished before the
+        snapshot)."""
         with self._connection("read") as conn:
             try:
-                upto = self._watermark(conn)
+                upto = self._watermark(conn, table)
                 with conn.transaction():
                     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     # The time index is in seq order on disk, so at the default cost of 4 the
@@ -530,18 +562,22 @@ class PostgresReader(SqlReader):
             return None
         return row[0].astimezone(UTC), row[1].astimezone(UTC)
 
-    def _watermark(self, conn: psycopg.Connection[Any]) -> int:
-        """This read's watermark, never below one this reader used before on the same
-        store. A watermark can come out lower than an earlier one (a writer that read the
-        sequence before that earlier reader, and locked after it, holds a key below it);
-        the earlier one stays true, since what was finished stays finished, and a reader
-        that moved back could skip what a stream already passed."""
-        sequence, upto = conn.execute(_WATERMARK).fetchone() or (None, 0)
+    def _watermark(self, conn: psycopg.Connection[Any], table: str) -> int:
+        """This read's watermark of `table`, never below one this reader used before on
+        the same store. A watermark can come out lower than an earlier one (a writer that
+        read the sequence before that earlier reader, and locked after it, holds a key
+        below it); the earlier one stays true, since what was finished stays finished, and
+        a reader that moved back could skip what a stream already passed."""
+        sequence, upto = conn.execute(_WATERMARKS[table]).fetchone() or (None, 0)
         with self._highest_lock:
-            if self._highest[0] == sequence:
-                upto = max(upto, self._highest[1])
-            self._highest = (sequence, upto)
+            before, highest = self._highest.get(table, (None, 0))
+            if before == sequence:
+                upto = max(upto, highest)
+            self._highest[table] = (sequence, upto)
         return int(upto)
+
+    def _read_rejected(self) -> AbstractContextManager[Snapshot]:
+        return self._read("rejected")
 
     def _horizon(self, conn: Connection) -> int | None:
         assert isinstance(conn, Snapshot)

@@ -17,11 +17,12 @@ lock, so a batch runs wholly before a chunk (the chunk's DELETE, a statement aft
 lock, sees its rows) or wholly after it (its statement, started after the fence was
 granted, sees the kept keys)
 (`test_retention_postgres_copy_during_purge_is_duplicate`). Both locks are two-int4
-advisory locks (`objsubid` 2), which the readers' watermark does not count (it reads the
-bigint ones, `objsubid` 1), keyed by the schema so that stores in other schemas never
-wait on each other. A chunk waiting for the fence holds new batches back (PostgreSQL
-queues a lock request behind a conflicting waiter) for as long as the batches in flight
-and the chunk take: chunks are small for that.
+advisory locks (`objsubid` 2), which the events' watermark does not count (it reads the
+bigint ones, `objsubid` 1) nor the rejections' (it reads only keys below the newest
+rejected seq; these are `(class << 32) | hash`, far above), keyed by the schema so that
+stores in other schemas never wait on each other. A chunk waiting for the fence holds new
+batches back (PostgreSQL queues a lock request behind a conflicting waiter) for as long
+as the batches in flight and the chunk take: chunks are small for that.
 
 The text index is rebuilt now and then (`rebuild_text_index`). Under retention the heap
 and the B-trees stay flat once autovacuum has been by, but the GIN index on `tsv` does not

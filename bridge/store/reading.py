@@ -99,6 +99,11 @@ class SqlReader(ABC):
         rows can become visible out of seq order (several writers)."""
         return None
 
+    def _read_rejected(self) -> AbstractContextManager[Connection]:
+        """A read of `rejected`, whose `_horizon` is that table's watermark (its seqs are
+        its own)."""
+        return self._read()
+
     @abstractmethod
     def _floor(self, conn: Connection, since: float) -> int:
         """The first seq received at or after Unix time `since` (one past the newest when
@@ -242,7 +247,7 @@ class SqlReader(ABC):
         return int(newest) if upto is None else min(int(newest), upto)
 
     def rejected(self, *, after: int, limit: int, newest: bool = False) -> list[StoredRejection]:
-        with self._read() as conn:
+        with self._read_rejected() as conn:
             rows = read_page(
                 conn,
                 self._MARK,
@@ -250,6 +255,7 @@ class SqlReader(ABC):
                 after=after,
                 limit=limit,
                 newest=newest,
+                upto=self._horizon(conn),
             )
         return [self._rejection(row) for row in rows]
 

@@ -455,8 +455,9 @@ class SQLiteWriter(SQLiteReader):
                 try:
                     # Copies of expired events whose keys are kept are duplicates: not stored.
                     gone = expired_copies(conn, events) if self._keys and events else set()
-                    outcome, stored = self._record(conn, events, refused, received_at, gone)
-                    if self._policy_now.finite and stored:
+                    outcome, rows, inserted = self._record(conn, events, refused, received_at, gone)
+                    if self._policy_now.finite and inserted:
+                        stored = [e for e in rows if (e.topic, e.event_id) in inserted]
                         count(conn, "late", late(stored, self._policy_now, now))
                     conn.execute("COMMIT")
                 except BaseException:
@@ -476,9 +477,11 @@ class SQLiteWriter(SQLiteReader):
         refused: Sequence[Refused],
         received_at: str,
         gone: set[int],
-    ) -> tuple[BatchOutcome, list[Event]]:
-        """What the batch did, and the events it stored; `gone` are the keys of expired
-        events, whose copies are duplicates."""
+    ) -> tuple[BatchOutcome, list[Event], set[EventKey]]:
+        """What the batch did, the events it tried to store and the keys of those it stored
+        (the events stored are made only where retention needs them: a list per batch is
+        writer time under the GIL); `gone` are the keys of expired events, whose copies are
+        duplicates."""
         rows = first_copies(events)
         if gone:
             rows = [e for e in rows if key_hash(e.topic, e.event_id) not in gone]
@@ -536,7 +539,7 @@ class SQLiteWriter(SQLiteReader):
                 "DELETE FROM rejected WHERE seq <= (SELECT max(seq) FROM rejected) - ?",
                 (KEEP_REJECTED,),
             )
-        return counts.outcome, [e for e in rows if (e.topic, e.event_id) in inserted]
+        return counts.outcome, rows, inserted
 
     def purge(self, stopping: Callable[[], bool]) -> Purged:
         """On its own connection (made on first use), one pass at a time."""

@@ -53,8 +53,8 @@ class RssSampler:
         while not self._done.wait(SAMPLE_EVERY_S):
             try:
                 self.samples.append(rss_mb(self._pid))
-            except (FileNotFoundError, ProcessLookupError):
-                return
+            except (FileNotFoundError, ProcessLookupError, KeyError):
+                return  # gone, or exited and not yet reaped (a zombie has no VmRSS)
 
     def stop(self) -> dict[str, float]:
         """The tenth sample (the export under way), middle, last and peak sample, the

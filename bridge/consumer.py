@@ -18,7 +18,6 @@ import gc
 import logging
 import math
 import signal
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -56,11 +55,6 @@ logger = logging.getLogger("logagg.bridge")
 CONNECT_TIMEOUT_S = 10.0
 # Allocations between collections of the youngest generation (Python's default: 700).
 GC_FIRST_GENERATION = 7000
-# How long a thread waiting for the GIL lets the holder run before asking for it (Python's
-# default: 5 ms). The writer gives the GIL up for every SQLite step (each row of the FTS
-# insert, each row RETURNING) and must win it back from the event loop, which parses in
-# pure Python meanwhile: at 5 ms a turn, the writer stalled until the loop went idle.
-GIL_SWITCH_INTERVAL_S = 0.0001
 
 
 def duplicate_log(per_s: int) -> RateLimitedLog:
@@ -419,7 +413,6 @@ async def run_bridge(settings: BridgeSettings) -> None:
     # makes no reference cycles, so those walks found nothing (~10% of parsing, measured).
     gc.freeze()
     gc.set_threshold(GC_FIRST_GENERATION)
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     purging = asyncio.create_task(purge_loop(store, stop))
     try:
         bridge = Bridge(settings, store)

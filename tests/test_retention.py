@@ -320,9 +320,9 @@ def test_retention_sqlite_batches_and_purge_take_turns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On SQLite a writer committing back to back and a purge of 20,000 expired events
-    take turns: the writer commits between the purge's steps, at least 4 one-event batches
-    per step as it has half the time (back to back, SQLite's busy handler let in 2), and
-    the purge finishes."""
+    take turns: the writer commits between the purge's steps, at least 3 one-event batches
+    per step as it has half the time (back to back, SQLite's busy handler let in 2; 4 to 8
+    here, 3.7 on a slower machine under load), and the purge finishes."""
     store = writer(parse_store_url(f"sqlite:///{tmp_path / 'store.db'}"), "1s")
     steps = 0
     step = sqlite_retention._purge_chunk  # noqa: SLF001 - to count the purge's steps
@@ -347,7 +347,7 @@ def test_retention_sqlite_batches_and_purge_take_turns(
         purging.join(10)
         assert purged == [20_000]
         assert steps >= 10
-        assert batches >= 4 * steps
+        assert batches >= 3 * steps
     finally:
         store.close()
 

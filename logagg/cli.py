@@ -37,6 +37,9 @@ LogFormat = Annotated[
     logs.LogFormat,
     typer.Option(envvar="LOGAGG_LOG_FORMAT", help="text or json (one object a line)"),
 ]
+# The publishing commands' (`publish`, `replay`) own flags.
+Progress = Annotated[bool, typer.Option(help="Progress bar on a terminal")]
+JsonSummary = Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object")]
 
 
 @app.command()
@@ -93,10 +96,8 @@ def api(config: ApiSettings, log_level: LogLevel = "info", log_format: LogFormat
 )
 def publish(
     config: PublisherSettings,
-    progress: Annotated[bool, typer.Option(help="Progress bar on a terminal")] = True,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the summary as one JSON object")
-    ] = False,
+    progress: Progress = True,
+    json_output: JsonSummary = False,
     log_level: LogLevel = "warning",
     log_format: LogFormat = "text",
 ) -> None:
@@ -437,10 +438,8 @@ def export_command(
 def replay(
     config: ReplaySettings,
     file: Annotated[str, typer.Argument(help="An export (NDJSON), or - for stdin")],
-    progress: Annotated[bool, typer.Option(help="Progress bar on a terminal")] = True,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the summary as one JSON object")
-    ] = False,
+    progress: Progress = True,
+    json_output: JsonSummary = False,
     log_level: LogLevel = "warning",
     log_format: LogFormat = "text",
 ) -> None:

@@ -9,8 +9,12 @@ after them; the counters are raised to match, as if the bridge had stored them.
 
 `prefill_corpus` fills either store with `bench.corpus`'s realistic events instead (the
 search benchmarks of issue 11) through `StoreWriter.record`, the bridge's own write, so
-the search indexes (FTS rows, `ts` and `minute_seqs` in SQLite, `tsv` in PostgreSQL) are
-written exactly as in production: a raw INSERT would leave events that searches miss.
+the search indexes (`ts` and `minute_seqs` in SQLite, `tsv` in PostgreSQL) are written
+exactly as in production: a raw INSERT would leave events that searches miss.
+
+Both wait for SQLite's text index (its own file, built by a thread of the writer behind the
+events: `bridge.store.sqlite_text`) to hold every event before they return, so that a
+scenario measures the store, not the index catching up.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import psycopg
@@ -27,7 +32,15 @@ import psycopg
 from bench.corpus import Corpus, Row
 from bench.stream import TOPICS
 from bridge.event import Event
-from bridge.store import Durability, PostgresUrl, StoreOptions, open_writer, parse_store_url
+from bridge.store import (
+    Durability,
+    PostgresUrl,
+    StoreOptions,
+    StoreWriter,
+    open_writer,
+    parse_store_url,
+)
+from bridge.store.sqlite import SQLiteWriter
 
 _ID_SPACE = 16**12  # the stream's run ids are 12 hex digits
 _COUNT_TOPIC = (
@@ -35,6 +48,8 @@ _COUNT_TOPIC = (
     " VALUES (?, ?, 0) ON CONFLICT (topic) DO UPDATE SET"
     " unique_processed = topic_stats.unique_processed + excluded.unique_processed"
 )
+# How fast SQLite's text index is at least built (events/s), for the wait's timeout.
+_INDEXED_PER_S = 2_000
 # Events per `record` (one transaction) in `prefill_corpus`: large, as a bridge catching up
 # writes, so the fill goes at the store's pace rather than the commits'.
 CORPUS_BATCH = 5_000
@@ -75,6 +90,15 @@ def prefill(path: Path, count: int, *, payload_bytes: int) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
     finally:
         conn.close()
+    with closing(open_writer(parse_store_url(f"sqlite:///{path.resolve()}"))) as store:
+        text_indexed(store, count)
+
+
+def text_indexed(store: StoreWriter, count: int) -> None:
+    """Wait until a SQLite store's text index holds its `count` events (PostgreSQL's is
+    written with them)."""
+    if isinstance(store, SQLiteWriter) and not store.text_indexed(60 + count / _INDEXED_PER_S):
+        raise RuntimeError(f"the text index of {store.path} did not catch up with the events")
 
 
 def _throwaway(conn: sqlite3.Connection) -> None:
@@ -113,6 +137,7 @@ def prefill_corpus(
             done += len(chunk)
             if progress is not None:
                 progress(done, time.monotonic() - started)
+        text_indexed(store, done)
     finally:
         store.close()
     if isinstance(target, PostgresUrl):

@@ -22,6 +22,7 @@ import psycopg
 
 from bench.procs import BenchError
 from bridge.store import PostgresUrl, parse_store_url
+from bridge.store.sqlite_text import text_path
 
 # What the database's other client backends are doing: "state" or "state wait_type:wait_event".
 _BACKENDS = """
@@ -179,13 +180,14 @@ class StoreWatch:
         return None if row is None else _epoch(row[0])
 
     def size_bytes(self) -> dict[str, int]:
-        """What the store takes on disk. SQLite: the database file and its WAL; PostgreSQL:
-        `pg_total_relation_size` (heap, indexes, TOAST) of each table of the store's schema."""
+        """What the store takes on disk. SQLite: the database file and its WAL, and the text
+        index's file and WAL; PostgreSQL: `pg_total_relation_size` (heap, indexes, TOAST) of
+        each table of the store's schema."""
         if self._pg is None:
-            wal = self.path.with_name(self.path.name + "-wal")
+            files = {"db": self.path, "text": text_path(self.path)}
+            files |= {f"{name}_wal": Path(f"{path}-wal") for name, path in files.items()}
             return {
-                "db": self.path.stat().st_size,
-                "wal": wal.stat().st_size if wal.exists() else 0,
+                name: path.stat().st_size if path.exists() else 0 for name, path in files.items()
             }
         return self.tables_bytes()
 

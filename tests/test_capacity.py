@@ -24,8 +24,10 @@ from api import ApiSettings
 from api.models import StatsReport
 from bridge.capacity import Space
 from bridge.settings import BridgeSettings
-from bridge.store import StoreFull, open_reader, open_writer, parse_store_url
+from bridge.store import StoreFull, StoreOptions, open_reader, open_writer, parse_store_url
 from bridge.store.space import POSTGRES_MEASURE_BYTES, POSTGRES_USED_BYTES, sqlite_used_bytes
+from bridge.store.sqlite import SQLiteWriter
+from bridge.store.sqlite_text import text_path
 from logagg.views import summary
 from supervise.mosquitto import Mosquitto
 from tests.helpers import (
@@ -121,9 +123,14 @@ def sidecar_on(broker: Mosquitto, url: str) -> Iterator[httpx.Client]:
         yield client
 
 
-def sqlite_used(path: Path) -> int:
+def file_used(path: Path) -> int:
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
         return sqlite_used_bytes(conn)
+
+
+def sqlite_used(path: Path) -> int:
+    """The bridge's measure: the store's file and its text index's."""
+    return file_used(path) + (file_used(text_path(path)) if text_path(path).exists() else 0)
 
 
 def say_full_everywhere(client: httpx.Client, reason: str, cap: int) -> None:
@@ -376,20 +383,24 @@ def test_postgres_cap_sees_room_retention_made(
 
 
 def test_sqlite_measure_counts_freed_pages_as_room(tmp_path: Path) -> None:
-    """Rows deleted free their pages at once in the measure, though the file keeps its size."""
+    """Rows deleted free their pages at once in the measure, though the file keeps its size;
+    the text index's file counts too."""
     path = tmp_path / "logagg.db"
-    store = open_writer(parse_store_url(f"sqlite:///{path}"))
+    store = SQLiteWriter(path, StoreOptions())
     try:
         empty = store.used_bytes()
         store.record(random_events(2000, seed=7), [])
+        assert store.text_indexed(timeout=10)
         grown = store.used_bytes()
         assert grown > empty + 200_000
-        assert grown == sqlite_used(path)
+        events_bytes = file_used(path)
+        assert grown == sqlite_used(path) > events_bytes
         with closing(sqlite3.connect(path, isolation_level=None)) as conn:
             conn.execute("DELETE FROM events")
+        with closing(sqlite3.connect(text_path(path), isolation_level=None)) as conn:
             conn.execute("INSERT INTO events_fts (events_fts) VALUES ('delete-all')")
         assert store.used_bytes() < empty + (grown - empty) // 4
-        assert path.stat().st_size + Path(f"{path}-wal").stat().st_size >= grown
+        assert path.stat().st_size + Path(f"{path}-wal").stat().st_size >= events_bytes
     finally:
         store.close()
 

@@ -23,6 +23,7 @@ from bridge.query.text import FTS_GAP
 from bridge.store import Durability, StoreOptions
 from bridge.store.base import payload_json
 from bridge.store.sqlite import SQLiteWriter
+from bridge.store.sqlite_text import text_path
 from tests.helpers import examples
 
 scalars = st.one_of(
@@ -105,7 +106,7 @@ def test_events_come_back_from_the_store_as_they_went_in(tmp_path: Path) -> None
     finally:
         writer.close()
     assert [repr(e.payload) for e in back] == [repr(p) for p in stored]
-    with sqlite3.connect(tmp_path / "s.db") as conn:
+    with sqlite3.connect(text_path(tmp_path / "s.db")) as conn:
         for e in back:
             text = document_text(searchable(e.event_id, e.source, e.payload))
             assert text == fts_text(document(searchable(e.event_id, e.source, e.payload)))

@@ -54,7 +54,8 @@ from bridge.store.postgres_retention import (
     purge_chunk,
     rebuild_text_index,
 )
-from bridge.store.sqlite import WAL_LIMIT_BYTES
+from bridge.store.space import WAL_LIMIT_BYTES
+from bridge.store.sqlite_text import text_path
 from logagg.options import as_environment
 from logagg.settings import UpSettings
 from logagg.views import server_sent_events
@@ -314,6 +315,25 @@ def test_retention_purge_rests_as_long_as_each_step_took() -> None:
     assert chunks(step, NEVER, SQLITE_PACE, rests.append) is not None
     assert len(rests) == 4
     assert all(rest >= step_s for rest, step_s in zip(rests, took, strict=False))
+
+
+def test_retention_sqlite_purge_takes_deleted_events_out_of_the_text_index(
+    tmp_path: Path,
+) -> None:
+    """The purge hands the text of what it deleted to the index's thread, which forgets it:
+    the index holds only the event kept."""
+    path = tmp_path / "store.db"
+    store = writer(parse_store_url(f"sqlite:///{path}"), "1s", "b=forever")
+    try:
+        store.record([made("a", str(i)) for i in range(3000)], [])
+        time.sleep(1.2)
+        store.record([made("b", "fresh")], [])
+        assert store.purge(NEVER).events == 3000
+    finally:
+        store.close()
+    with closing(sqlite3.connect(text_path(path))) as conn:
+        hits = conn.execute("SELECT rowid FROM events_fts WHERE events_fts MATCH 'hello'")
+        assert len(hits.fetchall()) == 1
 
 
 def test_retention_sqlite_batches_and_purge_take_turns(

@@ -19,7 +19,8 @@ from bridge.retention import RetentionPolicy
 # 3: search (issue 11): each event's time as a number, indexes for time ranges and text.
 # 4: retention (issue 12): expired events' keys, retention counters, the policy in `meta`.
 # 5: concurrent PostgreSQL writers: counters per writer slot, no commit lock.
-SCHEMA_VERSION = 5
+# 6: SQLite's text index in a file of its own, behind the events (`sqlite_text`).
+SCHEMA_VERSION = 6
 # The rejected table keeps the newest rows, each cut to a bounded size: topic, reason and
 # body together at most KEEP_ROW_BYTES of UTF-8 (a 60 KB topic would otherwise be kept
 # whole, twice with its reason), so the table holds at most KEEP_REJECTED rows of

@@ -36,6 +36,10 @@ from bridge.store.base import SpaceReport
 from bridge.store.reading import Connection
 
 SPACE_KEY = "space:"
+# SQLite's WAL size after a checkpoint resets it (both files: the events' and the text
+# index's): without a limit it keeps its high-water mark (a purge under readers grew it
+# 4 -> 25 MiB, for good); 4 MiB is one autocheckpoint.
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
 # PostgreSQL's measure is taken again once this many bytes of messages were committed
 # since the last one (or a second has passed): see `bridge.capacity`.
 POSTGRES_MEASURE_BYTES = 1024 * 1024

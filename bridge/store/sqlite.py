@@ -49,7 +49,7 @@ from bridge.store.options import StoreOptions
 from bridge.store.policy import declare_policy, late
 from bridge.store.reading import Connection, SqlReader, first_recent
 from bridge.store.search_sql import micros
-from bridge.store.space import put_report, sqlite_used_bytes
+from bridge.store.space import WAL_LIMIT_BYTES, put_report, sqlite_used_bytes
 from bridge.store.sqlite_retention import (
     RETENTION_SCHEMA,
     Turns,
@@ -60,13 +60,13 @@ from bridge.store.sqlite_retention import (
 from bridge.store.sqlite_retention import purge as purge_expired
 from bridge.store.sqlite_search import (
     SEARCH_SCHEMA,
-    Indexed,
     bounded_rows,
     histogram,
-    index_events,
+    note_minutes,
     search_rows,
     time_span,
 )
+from bridge.store.sqlite_text import TextIndexer, await_index
 
 logger = logging.getLogger("logagg.bridge.store")
 # The schema that can be searched; a store below it is still being upgraded.
@@ -76,14 +76,14 @@ _INDEXED_THROUGH = "indexed_through"
 
 # Rows per multi-row INSERT: 7 parameters each stays far below SQLite's variable limit.
 _CHUNK = 500
-# The WAL's size after a checkpoint resets it: without a limit it keeps its high-water
-# mark (a purge under readers grew it 4 -> 25 MiB, for good); 4 MiB is one autocheckpoint.
-WAL_LIMIT_BYTES = 4 * 1024 * 1024
 # The upgrade to schema 3 indexes old events in transactions of about this long, so that
 # it never holds the store for much longer at a time; and logs its progress every 5%.
 _UPGRADE_STEP_S = 0.05
 _UPGRADE_FIRST_STEP = 1000  # events in the first transaction; then adapted to the time
 _UPGRADE_REPORT_SHARE = 0.05
+# How long a purge pass waits for the text index to reach the events it would delete (past
+# that it deletes what is indexed, and the next pass the rest).
+_PURGE_INDEX_WAIT_S = 5.0
 # A read checks its deadline every this many SQLite VM instructions (about a millisecond).
 _TIMEOUT_CHECK_STEPS = 10_000
 
@@ -208,10 +208,11 @@ class SQLiteReader(SqlReader):
         self._timeout_s = options.query_timeout_s
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self, *, text: bool = False) -> Iterator[sqlite3.Connection]:
         """A short-lived read-only connection in one read transaction: every query of a call
         sees the same snapshot (so /stats never straddles a commit), and in WAL mode readers
-        never block the writer. The call is interrupted past the query timeout."""
+        never block the writer. The call is interrupted past the query timeout. With `text`,
+        the text index is attached once it holds every event stored at the start."""
         if not self.path.exists():
             raise StoreUnavailable(f"{self.path} does not exist yet: the bridge creates it")
         try:
@@ -224,6 +225,8 @@ class SQLiteReader(SqlReader):
         conn.set_progress_handler(lambda: time.monotonic() > deadline, _TIMEOUT_CHECK_STEPS)
         with closing(conn):
             try:
+                if text:
+                    await_index(conn, self.path)
                 conn.execute("BEGIN")
                 yield conn
                 conn.execute("COMMIT")
@@ -278,7 +281,7 @@ class SQLiteReader(SqlReader):
         return "topic IN (SELECT value FROM json_each(?))", json.dumps(topics)
 
     def search(self, query: Query, *, max_bytes: int | None = None) -> list[StoredEvent]:
-        with self._read() as conn:
+        with self._read(text=query.text is not None) as conn:
             _require_search(conn)
             rows = search_rows(
                 conn,
@@ -291,7 +294,7 @@ class SQLiteReader(SqlReader):
         return [self._event(row) for row in rows]
 
     def export_page(self, query: Query, *, max_bytes: int) -> list[tuple[int, str]]:
-        with self._read() as conn:
+        with self._read(text=query.text is not None) as conn:
             _require_search(conn)
             rows: list[tuple[int, str]] = bounded_rows(
                 conn, query, _EXPORT_COLUMNS, max_bytes, self._retained(conn)
@@ -299,12 +302,12 @@ class SQLiteReader(SqlReader):
         return rows
 
     def histogram(self, query: Query, interval_s: int) -> list[Bucket]:
-        with self._read() as conn:
+        with self._read(text=query.text is not None) as conn:
             _require_search(conn)
             return histogram(conn, query, interval_s, self._retained(conn))
 
     def time_span(self, query: Query) -> tuple[datetime, datetime] | None:
-        with self._read() as conn:
+        with self._read(text=query.text is not None) as conn:
             _require_search(conn)
             return time_span(conn, query, self._retained(conn))
 
@@ -330,6 +333,8 @@ class SQLiteWriter(SQLiteReader):
             self._policy_now = declare_policy(conn, "?", options.retention, self.path)
             # Whether `record` must look for expired copies: false until a key is kept.
             self._keys = has_keys(conn)
+            (store_id,) = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+            self._text = TextIndexer(self.path, store_id)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         self._connection = conn
@@ -340,8 +345,9 @@ class SQLiteWriter(SQLiteReader):
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Create the schema, or upgrade it: an older store gains the search columns and
-        tables at once, then its events are indexed by `_index_old_events` before the
-        store says schema 3 (until then search says it is not ready)."""
+        tables at once, then its events are stamped by `_stamp_old_events` before the
+        store says schema 3 (until then search says it is not ready); a text index kept
+        in the store (schema 3-5) is dropped, and built again in its own file."""
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in _SCHEMA.split(";"):
@@ -352,6 +358,17 @@ class SQLiteWriter(SQLiteReader):
                 conn.execute("ALTER TABLE events ADD COLUMN ts INTEGER")
             for statement in (SEARCH_SCHEMA + RETENTION_SCHEMA).split(";"):
                 conn.execute(statement)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value)"
+                " VALUES ('store_id', lower(hex(randomblob(16))))"
+            )
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events_fts'").fetchone():
+                logger.info(
+                    "upgrading %s: its text index moves to a file of its own, built again from"
+                    " the events while the bridge runs (text search says when it is ready)",
+                    self.path,
+                )
+                conn.execute("DROP TABLE events_fts")
             (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
             upgrading = found < SEARCH_SCHEMA_VERSION and last > 0
             if upgrading:
@@ -367,20 +384,20 @@ class SQLiteWriter(SQLiteReader):
             conn.execute("ROLLBACK")
             raise
         if upgrading:
-            self._index_old_events(conn, last)
+            self._stamp_old_events(conn, last)
 
-    def _index_old_events(self, conn: sqlite3.Connection, last: int) -> None:
-        """Index the events up to seq `last` stored before schema 3, oldest first, in
-        short transactions that each record how far they got (an interrupted upgrade
-        resumes there), then say schema 3. Runs before the bridge consumes: its log says
-        how long that takes."""
+    def _stamp_old_events(self, conn: sqlite3.Connection, last: int) -> None:
+        """Give the events up to seq `last` stored before schema 3 their `ts` and place in
+        `minute_seqs`, oldest first, in short transactions that each record how far they
+        got (an interrupted upgrade resumes there), then say schema 3. Runs before the
+        bridge consumes: its log says how long that takes."""
         (done,) = conn.execute(
             "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?", (_INDEXED_THROUGH,)
         ).fetchone()
         started, total, step, reported = time.monotonic(), last - done, _UPGRADE_FIRST_STEP, 0.0
         longest = 0.0
         logger.info(
-            "upgrading %s to schema %d: indexing up to %d stored events for search; the bridge"
+            "upgrading %s to schema %d: stamping up to %d stored events for search; the bridge"
             " consumes once this is done",
             self.path,
             SCHEMA_VERSION,
@@ -391,18 +408,15 @@ class SQLiteWriter(SQLiteReader):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 rows = conn.execute(
-                    "SELECT seq, event_id, source, payload, timestamp FROM events"
-                    " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                    "SELECT seq, timestamp FROM events WHERE seq > ? AND seq <= ?"
+                    " ORDER BY seq LIMIT ?",
                     (done, last, step),
                 ).fetchall()
-                stored: list[Indexed] = [
-                    (seq, eid, source, json.loads(payload), micros(datetime.fromisoformat(at)))
-                    for seq, eid, source, payload, at in rows
-                ]
+                stamped = [(seq, micros(datetime.fromisoformat(at))) for seq, at in rows]
                 conn.executemany(
-                    "UPDATE events SET ts = ? WHERE seq = ?", [(e[4], e[0]) for e in stored]
+                    "UPDATE events SET ts = ? WHERE seq = ?", [(ts, seq) for seq, ts in stamped]
                 )
-                index_events(conn, stored)
+                note_minutes(conn, stamped)
                 done = rows[-1][0] if rows else last
                 conn.execute(
                     "UPDATE meta SET value = ? WHERE key = ?", (str(done), _INDEXED_THROUGH)
@@ -419,7 +433,7 @@ class SQLiteWriter(SQLiteReader):
             if share >= reported + _UPGRADE_REPORT_SHARE or done >= last:
                 reported = share
                 logger.info(
-                    "upgrading %s: %.0f%% indexed (%.0f s)",
+                    "upgrading %s: %.0f%% stamped (%.0f s)",
                     self.path,
                     100 * share,
                     time.monotonic() - started,
@@ -431,7 +445,7 @@ class SQLiteWriter(SQLiteReader):
             )
         took = time.monotonic() - started
         logger.info(
-            "upgraded %s to schema %d: %d events indexed in %.1f s (%.0f events/s; the"
+            "upgraded %s to schema %d: %d events stamped in %.1f s (%.0f events/s; the"
             " store held at most %.0f ms at a time)",
             self.path,
             SCHEMA_VERSION,
@@ -468,6 +482,7 @@ class SQLiteWriter(SQLiteReader):
                     raise
         except sqlite3.Error as exc:
             raise _write_error(self.path, exc) from exc
+        self._text.wake()
         return outcome
 
     @staticmethod
@@ -508,10 +523,10 @@ class SQLiteWriter(SQLiteReader):
             )
             new = {(topic, event_id): seq for seq, topic, event_id in cur.fetchall()}
             inserted.update(new)
-            index_events(
+            note_minutes(
                 conn,
                 [
-                    (new[key], e.event_id, e.source, e.payload, ts)
+                    (new[key], ts)
                     for e, ts in zip(chunk, stamps, strict=True)
                     if (key := (e.topic, e.event_id)) in new
                 ],
@@ -562,7 +577,14 @@ class SQLiteWriter(SQLiteReader):
                     return Purged()
                 # Before the first key is committed, so no batch after it misses the check.
                 self._keys = True
-                return purge_expired(conn, floors, policy, time.time(), stopping, self._turn)
+                # Only what the text index holds, so that it can forget what is deleted: it
+                # is milliseconds behind the newest event, unless the bridge just started.
+                self._text.caught_up(max(floors.values(), default=1) - 1, _PURGE_INDEX_WAIT_S)
+                indexed = self._text.through + 1
+                floors = {topic: min(floor, indexed) for topic, floor in floors.items()}
+                return purge_expired(
+                    conn, floors, policy, time.time(), stopping, self._turn, self._text.forget
+                )
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"cannot purge {self.path}: {exc}") from exc
 
@@ -587,7 +609,7 @@ class SQLiteWriter(SQLiteReader):
 
     def used_bytes(self) -> int:
         try:
-            return sqlite_used_bytes(self._connection)
+            return sqlite_used_bytes(self._connection) + self._text.used_bytes()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot measure {self.path}: {exc}") from exc
 
@@ -601,8 +623,15 @@ class SQLiteWriter(SQLiteReader):
         except sqlite3.Error as exc:
             raise _write_error(self.path, exc) from exc
 
+    def text_indexed(self, timeout: float) -> bool:
+        """Wait until every event stored now is in the text index; whether it was within
+        `timeout` (a bench's prefill waits, rather than measure the indexing)."""
+        (newest,) = self._connection.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        return self._text.caught_up(newest, timeout)
+
     def close(self) -> None:
         with self._purging:
             if self._purger is not None:
                 self._purger.close()
+        self._text.close()
         self._connection.close()

@@ -3,9 +3,9 @@
 The purge runs on its own connection, beside the writer's, and takes turns with it: each
 write transaction is sized to take about `policy.SQLITE_PACE`, so a batch waits at most
 about that long, and the purge rests after each (`policy.chunks`). One transaction deletes a
-chunk of one topic's expired events (their search index entries with them), keeps
-their keys in `expired_keys` and counts both in `retention_counts`: a crash leaves
-either all of a chunk done or none of it.
+chunk of one topic's expired events, keeps their keys in `expired_keys` and counts both
+in `retention_counts`: a crash leaves either all of a chunk done or none of it. Their
+text index entries are forgotten after, by the index's own thread (`sqlite_text`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ from bridge.retention import RetentionPolicy, key_hash
 from bridge.store.base import Purged
 from bridge.store.policy import SQLITE_PACE, chunks
 from bridge.store.sqlite_search import index_text
+from bridge.store.sqlite_text import Indexed
+
+# Takes the text index entries of deleted events out (`TextIndexer.forget`).
+Forget = Callable[[Sequence[Indexed]], None]
 
 RETENTION_SCHEMA = """
 -- The keys of deleted events, for the dedup horizon: the key is the rowid (8 bytes).
@@ -99,9 +103,11 @@ def _purge_chunk(
     floor: int,
     limit: int,
     now: float,
+    forget: Forget,
 ) -> int:
     """Delete up to `limit` of `topic`'s events below seq `floor`, oldest first, in one
-    transaction with their index entries, their keys and the counters; how many.
+    transaction with their keys and the counters, then have the text index forget them;
+    how many.
 
     The rows are read and their index text made before the write lock is taken: only the
     purge deletes events, so what it read is still there when its turn comes."""
@@ -121,9 +127,6 @@ def _purge_chunk(
     seqs = json.dumps([seq for seq, _ in texts])
     keys = [(key_hash(topic, eid), now) for _, eid, _, _ in rows]
     with turn, _immediate(conn):
-        conn.executemany(
-            "INSERT INTO events_fts (events_fts, rowid, body) VALUES ('delete', ?, ?)", texts
-        )
         conn.execute("DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))", (seqs,))
         made = conn.executemany(
             "INSERT INTO expired_keys (key, expired_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
@@ -131,6 +134,7 @@ def _purge_chunk(
         ).rowcount
         count(conn, "events_expired", len(rows))
         count(conn, "keys_made", max(made, 0))
+    forget(texts)
     return len(rows)
 
 
@@ -153,6 +157,7 @@ def purge(
     now: float,
     stopping: Callable[[], bool],
     turn: Turns,
+    forget: Forget,
 ) -> Purged:
     """Delete each topic's events below its floor, then forget the keys past the horizon
     and the time index's minutes with no event left. Each write transaction is taken
@@ -160,7 +165,7 @@ def purge(
     once, not on SQLite's busy handler, which sleeps up to 100 ms between its tries."""
     events = 0
     for topic, floor in floors.items():
-        step = partial(_purge_chunk, conn, turn, topic, floor, now=now)
+        step = partial(_purge_chunk, conn, turn, topic, floor, now=now, forget=forget)
         events += chunks(step, stopping, SQLITE_PACE) or 0
     forgotten = 0
     if policy.horizon_s is not None:

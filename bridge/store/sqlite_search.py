@@ -3,8 +3,9 @@
 Every page is read in seq order through an access path that already yields seqs in
 order, so `LIMIT` stops early and a cursor seeks instead of skipping (page 1,000 costs
 what page 1 does):
-- with `q`: the FTS5 table `events_fts` (rowid = seq) drives, in rowid order; each hit
-  is joined to its event for the other filters;
+- with `q`: the FTS5 table `text.events_fts` (rowid = seq; attached from its own file,
+  `bridge.store.sqlite_text`) drives, in rowid order; each hit is joined to its event for
+  the other filters;
 - else with topics: `(topic, seq)` per topic, merged (a UNION ALL of per-topic pages);
 - else: the events table by seq.
 A time range narrows the seqs read first: `minute_seqs` holds, per minute of `timestamp`,
@@ -46,9 +47,6 @@ from bridge.store.search_sql import (
 
 SEARCH_SCHEMA = """
 CREATE INDEX IF NOT EXISTS events_topic_ts ON events (topic, ts);
--- Contentless (the text is not kept: the event is), no column sizes (nothing ranks).
-CREATE VIRTUAL TABLE IF NOT EXISTS events_fts
-    USING fts5 (body, content = '', columnsize = 0, tokenize = 'ascii');
 CREATE TABLE IF NOT EXISTS minute_seqs (
     minute INTEGER PRIMARY KEY,
     first_seq INTEGER NOT NULL,
@@ -69,22 +67,9 @@ def index_text(event_id: str, source: str, payload: dict[str, Any]) -> str:
     return document_text(searchable(event_id, source, payload))
 
 
-# What `record` and the upgrade index of a stored event: (seq, event_id, source, payload, ts).
-Indexed = tuple[int, str, str, dict[str, Any], int]
-
-
-def index_events(conn: sqlite3.Connection, stored: Sequence[Indexed]) -> None:
-    """Make stored events searchable, in the caller's transaction (so an event and its
-    index are committed together or not at all)."""
-    conn.executemany(
-        "INSERT INTO events_fts (rowid, body) VALUES (?, ?)",
-        [(seq, index_text(eid, source, payload)) for seq, eid, source, payload, _ in stored],
-    )
-    note_minutes(conn, [(seq, ts) for seq, *_, ts in stored])
-
-
 def note_minutes(conn: sqlite3.Connection, stamped: Sequence[tuple[int, int]]) -> None:
-    """Widen `minute_seqs` to cover these (seq, ts) pairs."""
+    """Widen `minute_seqs` to cover these (seq, ts) pairs, in the caller's transaction (so
+    an event and its place in the time index are committed together or not at all)."""
     spans: dict[int, tuple[int, int]] = {}
     for seq, ts in stamped:
         minute = ts // MINUTE_US
@@ -159,7 +144,8 @@ def _select(
         order = f" ORDER BY f.rowid {direction} LIMIT ?" if page else ""
         return (
             (
-                f"SELECT {columns} FROM events_fts AS f CROSS JOIN events AS e ON e.seq = f.rowid"
+                f"SELECT {columns} FROM text.events_fts AS f CROSS JOIN events AS e"
+                " ON e.seq = f.rowid"
                 f" WHERE {where.sql}{order}"
             ),
             where.params + limit,

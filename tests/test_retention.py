@@ -668,6 +668,39 @@ def test_retention_postgres_text_index_rebuild_stops_when_told(
         store.close()
 
 
+def test_retention_postgres_text_index_rebuilt_once_by_two_bridges(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two bridges that both saw a rebuild due rebuild it once: the second, taking the lock
+    after the first has released it, finds it no longer due."""
+    monkeypatch.setattr(postgres_retention, "REBUILD_AFTER", 100)
+    url = postgres(pg_url)
+    store = writer(url, "1s")
+    try:
+        store.record([made("a", str(i)) for i in range(200)], [])
+        with (
+            psycopg.connect(url.conninfo, autocommit=True) as conn,
+            psycopg.connect(url.conninfo, autocommit=True) as other,
+        ):
+            for c in (conn, other):
+                c.execute(f"SET search_path = {url.schema}")
+            with conn.transaction():
+                assert purge_chunk(conn, "a", 10**12, 1000) == 200  # due now
+            rebuilt: list[int] = []
+
+            def other_rebuilds_first() -> bool:
+                # Asked once the rebuild is seen due, before the lock is tried.
+                if not rebuilt:
+                    assert rebuild_text_index(other, NEVER) is not None
+                    rebuilt.append(text_index(conn)[0])
+                return False
+
+            assert rebuild_text_index(conn, other_rebuilds_first) is None
+            assert text_index(conn)[0] == rebuilt[0]
+    finally:
+        store.close()
+
+
 def test_retention_postgres_copy_during_purge_is_duplicate(pg_url: str) -> None:
     """A copy arriving while a purge chunk deletes its event waits for the chunk (the fence),
     then counts as a duplicate: without the fence it waits on the deleted row and, once

@@ -168,14 +168,12 @@ def rebuild_text_index(
     conn: psycopg.Connection[Any], stopping: Callable[[], bool]
 ) -> tuple[int, int] | None:
     """Rebuild the text index if it is due (see the module's docstring), on an autocommit
-    connection, unless another bridge is rebuilding it; its size in bytes before and after,
-    or None. Runs without the session's statement and lock timeouts (a rebuild waits for
-    the reads in flight and takes as long as the index's size); `stopping()` cancels it,
-    and the invalid copy it leaves is dropped by the next one."""
-    row = conn.execute(_REBUILD_DUE, (REBUILD_AFTER,)).fetchone()
-    if row is None or not row[1] or stopping():
+    connection, unless another bridge is rebuilding it or has just rebuilt it; its size in
+    bytes before and after, or None. Runs without the session's statement and lock timeouts
+    (a rebuild waits for the reads in flight and takes as long as the index's size);
+    `stopping()` cancels it, and the invalid copy it leaves is dropped by the next one."""
+    if _due(conn) is None or stopping():
         return None
-    expired = int(row[0])
     lock = (REBUILD_LOCK,)
     (got,) = conn.execute(
         "SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))", lock
@@ -190,6 +188,10 @@ def rebuild_text_index(
         "SELECT set_config('statement_timeout', '0', false), set_config('lock_timeout', '0', false)"
     )
     try:
+        # Again under the lock: another bridge that saw it due may have rebuilt it since.
+        expired = _due(conn)
+        if expired is None:
+            return None
         for (name,) in conn.execute(_LEFT_BEHIND).fetchall():
             conn.execute(
                 sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name))
@@ -217,6 +219,12 @@ def rebuild_text_index(
             timeouts,
         )
         conn.execute("SELECT pg_advisory_unlock(%s, hashtext(current_schema()))", lock)
+
+
+def _due(conn: psycopg.Connection[Any]) -> int | None:
+    """The purge's `events_expired` count when a rebuild is due, else None."""
+    row = conn.execute(_REBUILD_DUE, (REBUILD_AFTER,)).fetchone()
+    return int(row[0]) if row is not None and row[1] else None
 
 
 def _size(conn: psycopg.Connection[Any]) -> int:

@@ -398,23 +398,6 @@ def test_retention_sqlite_wal_shrinks_back_after_a_purge(tmp_path: Path) -> None
         store.close()
 
 
-def test_sqlite_wal_is_checkpointed_beside_the_commits(tmp_path: Path) -> None:
-    """No commit of the bridge checkpoints (`wal_autocheckpoint=0`): the checkpointer's
-    thread does, so the WAL is reset and stays within `WAL_LIMIT_BYTES` under 20 MB of
-    writes (without that thread it would hold all of them)."""
-    path = tmp_path / "store.db"
-    store = writer(parse_store_url(f"sqlite:///{path}"), "forever")
-    wal = Path(f"{path}-wal")
-    try:
-        for start in range(0, 20_000, 500):
-            batch = [made("a", str(i)) for i in range(start, start + 500)]
-            store.record([e.model_copy(update={"payload": {"pad": "x" * 1000}}) for e in batch], [])
-            time.sleep(0.05)
-            assert wal.stat().st_size <= 2 * WAL_LIMIT_BYTES
-    finally:
-        store.close()
-
-
 # slow: lets the duplicate horizon pass; the purge's counting is in the fast set
 @pytest.mark.slow
 def test_retention_horizon_counts_copies_then_forgets(url: StoreUrl) -> None:

@@ -50,7 +50,6 @@ from bridge.store.policy import declare_policy, late
 from bridge.store.reading import Connection, SqlReader, first_recent
 from bridge.store.search_sql import micros
 from bridge.store.space import WAL_LIMIT_BYTES, put_report, sqlite_used_bytes
-from bridge.store.sqlite_checkpoint import Checkpointer
 from bridge.store.sqlite_retention import (
     RETENTION_SCHEMA,
     Turns,
@@ -330,14 +329,12 @@ class SQLiteWriter(SQLiteReader):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={options.durability.sqlite_synchronous}")
             conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's work
             self._migrate(conn)
             self._policy_now = declare_policy(conn, "?", options.retention, self.path)
             # Whether `record` must look for expired copies: false until a key is kept.
             self._keys = has_keys(conn)
             (store_id,) = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
             self._text = TextIndexer(self.path, store_id)
-            self._checkpoints = Checkpointer(self.path)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
         self._connection = conn
@@ -571,7 +568,6 @@ class SQLiteWriter(SQLiteReader):
                     # each transaction whole: its commits need not wait for the disk.
                     self._purger.execute("PRAGMA synchronous=NORMAL")
                     self._purger.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
-                    self._purger.execute("PRAGMA wal_autocheckpoint=0")
                 conn = self._purger
                 with self._reading(conn):
                     policy = self._policy(conn)
@@ -638,5 +634,4 @@ class SQLiteWriter(SQLiteReader):
             if self._purger is not None:
                 self._purger.close()
         self._text.close()
-        self._checkpoints.close()
         self._connection.close()

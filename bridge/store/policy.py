@@ -27,10 +27,13 @@ class Pace:
     rest: float
 
 
-# PostgreSQL: the bridge only sends DELETEs, the server's row locks let batches through.
+# PostgreSQL: 50 ms chunks back to back. Each holds the fence exclusively, so a batch that
+# arrives meanwhile waits for the whole chunk: the stream's tail during a purge
+# (BENCHMARKS.md, "Retention at work"); a rest after each chunk shortened the wait but
+# slowed the purge ~10x, below the ingest rate.
 POSTGRES_PACE = Pace(step_s=0.05, first=500, rest=0.0)
-# SQLite: one write lock, and the purge's Python (FTS5's delete text) shares the bridge's
-# GIL: 5 ms steps, each followed by a rest as long, so live batches wait at most one short
+# SQLite: one write lock, and the purge's Python (the text its index forgets) shares the
+# bridge's GIL: 5 ms steps, each followed by a rest as long, so live batches wait at most one short
 # step and get at least half the time; the purge goes at about half its unhindered rate.
 SQLITE_PACE = Pace(step_s=0.005, first=100, rest=1.0)
 

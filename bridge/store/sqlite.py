@@ -71,8 +71,9 @@ from bridge.store.sqlite_text import TextIndexer, await_index
 logger = logging.getLogger("logagg.bridge.store")
 # The schema that can be searched; a store below it is still being upgraded.
 SEARCH_SCHEMA_VERSION = 3
-# In `meta` while upgrading: the last seq indexed.
-_INDEXED_THROUGH = "indexed_through"
+# In `meta` while upgrading to schema 3: the last seq given its `ts` (the key's name is
+# older than the text index's own `indexed_through`, in its own file).
+_STAMPED_THROUGH = "indexed_through"
 
 # Rows per multi-row INSERT: 7 parameters each stays far below SQLite's variable limit.
 _CHUNK = 500
@@ -157,7 +158,7 @@ def _require_search(conn: sqlite3.Connection) -> None:
         return
     row = conn.execute(
         "SELECT CAST(value AS INTEGER), (SELECT max(seq) FROM events) FROM meta WHERE key = ?",
-        (_INDEXED_THROUGH,),
+        (_STAMPED_THROUGH,),
     ).fetchone()
     progress = f" ({100 * row[0] // max(row[1], 1)}% done)" if row else ""
     raise StoreUnavailable(
@@ -373,7 +374,7 @@ class SQLiteWriter(SQLiteReader):
             upgrading = found < SEARCH_SCHEMA_VERSION and last > 0
             if upgrading:
                 conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?, '0')", (_INDEXED_THROUGH,)
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?, '0')", (_STAMPED_THROUGH,)
                 )
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
@@ -392,7 +393,7 @@ class SQLiteWriter(SQLiteReader):
         got (an interrupted upgrade resumes there), then say schema 3. Runs before the
         bridge consumes: its log says how long that takes."""
         (done,) = conn.execute(
-            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?", (_INDEXED_THROUGH,)
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?", (_STAMPED_THROUGH,)
         ).fetchone()
         started, total, step, reported = time.monotonic(), last - done, _UPGRADE_FIRST_STEP, 0.0
         longest = 0.0
@@ -419,7 +420,7 @@ class SQLiteWriter(SQLiteReader):
                 note_minutes(conn, stamped)
                 done = rows[-1][0] if rows else last
                 conn.execute(
-                    "UPDATE meta SET value = ? WHERE key = ?", (str(done), _INDEXED_THROUGH)
+                    "UPDATE meta SET value = ? WHERE key = ?", (str(done), _STAMPED_THROUGH)
                 )
                 conn.execute("COMMIT")
             except BaseException:
@@ -439,7 +440,7 @@ class SQLiteWriter(SQLiteReader):
                     time.monotonic() - started,
                 )
         with conn:
-            conn.execute("DELETE FROM meta WHERE key = ?", (_INDEXED_THROUGH,))
+            conn.execute("DELETE FROM meta WHERE key = ?", (_STAMPED_THROUGH,))
             conn.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )

@@ -4,6 +4,7 @@ read still returns, what a re-sent copy counts as, and the counters through a SI
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import sqlite3
@@ -45,6 +46,7 @@ from bridge.store import (
     parse_store_url,
     postgres_retention,
     sqlite_retention,
+    sqlite_text,
 )
 from bridge.store.export import export_pages
 from bridge.store.policy import SQLITE_PACE, chunks
@@ -334,6 +336,54 @@ def test_retention_sqlite_purge_takes_deleted_events_out_of_the_text_index(
     with closing(sqlite3.connect(text_path(path))) as conn:
         hits = conn.execute("SELECT rowid FROM events_fts WHERE events_fts MATCH 'hello'")
         assert len(hits.fetchall()) == 1
+
+
+def test_retention_sqlite_text_index_compacted_after_each_turnover(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under retention the text index stays near the size of one built afresh from the
+    events kept: each time it has forgotten as many events as the store holds, its thread
+    builds a new table beside it and swaps it in (FTS5's own merges, which drop deleted
+    entries only when they reach the oldest segment, are off here). Built in small steps
+    while the purge goes on, the new table holds exactly the events kept: each delete is
+    told only to a table holding its event, and FTS5's integrity check passes."""
+    monkeypatch.setattr(sqlite_text, "QUIET_S", 0.0)
+    monkeypatch.setattr(sqlite_text, "STEP", 50)
+    monkeypatch.setattr(sqlite_text, "COMPACT_AFTER", 1000)
+    caplog.set_level(logging.INFO, logger="logagg.bridge.store")
+    path = tmp_path / "store.db"
+    store = writer(parse_store_url(f"sqlite:///{path}"), "1s")
+    with closing(sqlite3.connect(text_path(path))) as conn:
+        conn.execute("INSERT INTO events_fts (events_fts, rank) VALUES ('automerge', 0)")
+        conn.commit()
+    try:
+        for turn in range(5):  # 2,000 events a turn, each expired and purged by the next
+            store.purge(NEVER)
+            for start in range(turn * 2000, turn * 2000 + 2000, 100):
+                store.record([made("a", f"event-{i}") for i in range(start, start + 100)], [])
+            time.sleep(1.1)
+    finally:
+        store.close()
+
+    def index() -> tuple[int, set[int]]:
+        """The index's bytes and the seqs it finds."""
+        with closing(sqlite3.connect(text_path(path))) as conn:
+            conn.execute("INSERT INTO events_fts (events_fts) VALUES ('integrity-check')")
+            (size,) = conn.execute("SELECT sum(length(block)) FROM events_fts_data").fetchone()
+            hits = conn.execute("SELECT rowid FROM events_fts WHERE events_fts MATCH 'hello'")
+            return int(size), {seq for (seq,) in hits}
+
+    size, found = index()
+    with closing(sqlite3.connect(path)) as conn:
+        seqs = {seq for (seq,) in conn.execute("SELECT seq FROM events")}
+    assert len(seqs) == 2000
+    assert found == seqs
+    compactions = [r for r in caplog.records if r.getMessage().startswith("compacted the text")]
+    assert len(compactions) >= 3
+    text_path(path).unlink()
+    writer(parse_store_url(f"sqlite:///{path}"), "forever").close()  # built afresh
+    fresh, _ = index()
+    assert size <= 1.25 * fresh, (size, fresh)
 
 
 def test_retention_sqlite_batches_and_purge_take_turns(

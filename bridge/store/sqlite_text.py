@@ -20,6 +20,16 @@ purge makes that text before it deletes the events and hands it here once they a
 deleted (`forget`); the purge only deletes what is indexed already. A crash between the
 two leaves those entries behind, matching no event (a search joins each hit to its
 event): they cost space, never a wrong answer.
+
+Space: FTS5 deletes by writing delete markers, and drops a deleted row's entries only when
+a merge reaches its oldest segment, so under retention the file grew with each turnover
+(0.6 -> 5.2 MB over ten, BENCHMARKS.md). Forcing that merge is no way out: on SQLite 3.40
+each all-level merge adds a level, and beside a writer the index passed FTS5's limit and
+read as corrupt. So once the index has forgotten as many events as the store spans (and
+at least `COMPACT_AFTER`), and the purge has been quiet for `QUIET_S` (not in the middle of
+a long backlog), the thread builds a fresh table beside it from the events, a step at a
+time between its indexing steps, and swaps it in (a drop and a rename, one transaction):
+each event is indexed about twice, and the file holds about twice what its events need.
 """
 
 from __future__ import annotations
@@ -29,7 +39,9 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.store.base import StoreUnavailable
@@ -43,7 +55,14 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- Contentless (the text is not kept: the event is), no column sizes (nothing ranks).
 CREATE VIRTUAL TABLE IF NOT EXISTS events_fts
     USING fts5 (body, content = '', columnsize = 0, tokenize = 'ascii');
+-- A compaction cut short (see above).
+DROP TABLE IF EXISTS events_fts_next;
 """
+# The compaction's table, built beside `events_fts` and renamed to it.
+_NEXT = """CREATE VIRTUAL TABLE events_fts_next
+    USING fts5 (body, content = '', columnsize = 0, tokenize = 'ascii')"""
+_INSERT = "INSERT INTO {} (rowid, body) VALUES (?, ?)"
+_DELETE = "INSERT INTO {0} ({0}, rowid, body) VALUES ('delete', ?, ?)"
 # Events indexed per transaction: ~50 ms of work, so `forget` and a stop wait little.
 STEP = 2000
 # The thread wakes after a commit of the bridge, and at least this often; woken, it lets
@@ -60,11 +79,34 @@ _POLL_S = 0.002
 # How long closing the store waits for the index to take in what was committed.
 CLOSE_S = 5.0
 
+# Compaction (see above): due once this many events were forgotten, and as many as the
+# store spans, with no purge for this long.
+COMPACT_AFTER = 10_000
+QUIET_S = 1.0
+# A compaction that meets more deleted events than this gives up (and starts again later).
+_MAX_GAPS = 100_000
+
 # A text index file past saving: built again from the events.
 _BROKEN = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 # (seq, the text it was indexed with): what `forget` is told.
 Indexed = tuple[int, str]
+
+
+@dataclass(slots=True)
+class _Table:
+    """An index table and the events it may hold: from seq `start` on (through `read` while
+    a compaction builds it), but `gaps`, deleted before the compaction read them."""
+
+    name: str
+    start: int = 0
+    read: int | None = None
+    gaps: set[int] = field(default_factory=set)
+
+    def holds(self, seq: int) -> bool:
+        return (
+            self.start <= seq and (self.read is None or seq <= self.read) and seq not in self.gaps
+        )
 
 
 def text_path(path: Path) -> Path:
@@ -94,6 +136,10 @@ class TextIndexer:
         self._measure = sqlite3.connect(self.path, check_same_thread=False, timeout=5.0)
         self._measuring = threading.Lock()
         self._forgotten: list[Indexed] = []
+        self._forgotten_since = 0  # since the last compaction (or this start)
+        self._last_forget = 0.0  # when a purge last handed events to forget (monotonic)
+        self._table = _Table("events_fts")
+        self._next: _Table | None = None  # the compaction under way
         self._pending = threading.Lock()
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -158,9 +204,11 @@ class TextIndexer:
         self._wake.set()
 
     def forget(self, indexed: Sequence[Indexed]) -> None:
-        """Take these deleted events out of the index (each seq at most `through`)."""
+        """Take these deleted events out of the index (each seq at most `through`); called
+        once they are deleted from the store, which a compaction relies on."""
         with self._pending:
             self._forgotten.extend(indexed)
+            self._last_forget = time.monotonic()
         self._wake.set()
 
     def used_bytes(self) -> int:
@@ -171,7 +219,7 @@ class TextIndexer:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                while self._step():
+                while self._step() or self._compact():
                     if self._stop.is_set():
                         return
             except sqlite3.Error as exc:
@@ -191,41 +239,105 @@ class TextIndexer:
     def _step(self) -> bool:
         """Index the next events, and forget the deleted ones, in one transaction; whether
         there is more to index."""
+        rows = self._events.execute(
+            "SELECT seq, event_id, source, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (self.through, STEP),
+        ).fetchall()
         with self._pending:
             forgotten, self._forgotten = self._forgotten, []
-        try:
-            rows = self._events.execute(
-                "SELECT seq, event_id, source, payload FROM events WHERE seq > ?"
-                " ORDER BY seq LIMIT ?",
-                (self.through, STEP),
-            ).fetchall()
-            if not rows and not forgotten:
+        if not rows and not forgotten:
+            return False
+        with self._writing(forgotten):
+            self._index.executemany(_INSERT.format(self._table.name), _texts(rows))
+            if rows:
+                self._index.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'indexed_through'", (rows[-1][0],)
+                )
+            self._forget(forgotten)
+        if rows:
+            self.through = rows[-1][0]
+        return len(rows) == STEP
+
+    def _compact(self) -> bool:
+        """One step of the compaction (see above), started when due; whether there is more."""
+        if self._next is None:
+            oldest = self._compaction_due()
+            if oldest is None:
                 return False
-            texts = [(seq, index_text(eid, src, json.loads(p))) for seq, eid, src, p in rows]
-            conn = self._index
+            self._index.execute(_NEXT)
+            self._next, self._forgotten_since = _Table("events_fts_next", oldest, oldest - 1), 0
+        new = self._next
+        assert new.read is not None
+        rows = self._events.execute(
+            "SELECT seq, event_id, source, payload FROM events WHERE seq > ? AND seq <= ?"
+            " ORDER BY seq LIMIT ?",
+            (new.read, self.through, STEP),
+        ).fetchall()
+        # Seqs the step passes over were deleted before it read them: not in the new table.
+        last = rows[-1][0] if len(rows) == STEP else self.through
+        if len(new.gaps) + (last - new.read - len(rows)) > _MAX_GAPS:
+            self._index.execute("DROP TABLE events_fts_next")
+            self._next = None
+            return False
+        read = _Table(new.name, new.start, last, new.gaps | set(range(new.read + 1, last + 1)))
+        read.gaps -= {row[0] for row in rows}
+        with self._pending:
+            forgotten, self._forgotten = self._forgotten, []
+        done = last == self.through
+        with self._writing(forgotten):
+            self._index.executemany(_INSERT.format(new.name), _texts(rows))
+            self._next = read
+            self._forget(forgotten)
+            if done:
+                self._index.execute("DROP TABLE events_fts")
+                self._index.execute("ALTER TABLE events_fts_next RENAME TO events_fts")
+        if not done:
+            return True
+        # What the new table can hold: events from its start on, but its gaps, and all after.
+        self._table, self._next = _Table("events_fts", read.start, None, read.gaps), None
+        logger.info("compacted the text index %s", self.path)
+        return False
+
+    def _compaction_due(self) -> int | None:
+        """The oldest event's seq when a compaction is due (see above), else None."""
+        with self._pending:
+            quiet = time.monotonic() - self._last_forget >= QUIET_S
+        if self._forgotten_since < COMPACT_AFTER or not quiet:
+            return None
+        (low, high) = self._events.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+        if low is None or self._forgotten_since < high - low + 1:
+            return None
+        return int(low)
+
+    def _forget(self, forgotten: list[Indexed]) -> None:
+        """Take deleted events out of each table that holds them (in the caller's
+        transaction): a contentless table must not be told to delete what it lacks."""
+        for table in (self._table, self._next):
+            if table is not None:
+                held = [f for f in forgotten if table.holds(f[0])]
+                self._index.executemany(_DELETE.format(table.name), held)
+
+    @contextmanager
+    def _writing(self, forgotten: list[Indexed]) -> Iterator[None]:
+        """A write transaction of the index; what the purge handed to forget in it is
+        handed back if it fails (and the tables' state put back)."""
+        conn = self._index
+        table, new = self._table, self._next
+        try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(
-                    "INSERT INTO events_fts (events_fts, rowid, body) VALUES ('delete', ?, ?)",
-                    forgotten,
-                )
-                conn.executemany("INSERT INTO events_fts (rowid, body) VALUES (?, ?)", texts)
-                if rows:
-                    conn.execute(
-                        "UPDATE meta SET value = ? WHERE key = 'indexed_through'", (rows[-1][0],)
-                    )
+                yield
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
         except BaseException:
+            self._table, self._next = table, new
             with self._pending:
                 self._forgotten[:0] = forgotten
             raise
-        if rows:
-            self.through = rows[-1][0]
-        return len(rows) == STEP
+        self._forgotten_since += len(forgotten)
 
     def _rebuild(self, exc: sqlite3.Error) -> None:
         """The file broke under us: start it again from the first event. What the purge
@@ -233,6 +345,7 @@ class TextIndexer:
         logger.error("the text index %s is broken (%s): building it again", self.path, exc)
         with self._pending:
             self._forgotten = []
+        self._table, self._next = _Table("events_fts"), None
         self._index.close()
         with self._measuring:
             self._measure.close()
@@ -262,6 +375,11 @@ class TextIndexer:
             self._thread.join()
         for conn in (self._index, self._events, self._measure):
             conn.close()
+
+
+def _texts(rows: list[tuple[int, str, str, str]]) -> list[Indexed]:
+    """What the index holds for these events (seq, event_id, source, payload JSON)."""
+    return [(seq, index_text(eid, src, json.loads(p))) for seq, eid, src, p in rows]
 
 
 def await_index(conn: sqlite3.Connection, path: Path) -> None:

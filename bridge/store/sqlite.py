@@ -569,6 +569,9 @@ class SQLiteWriter(SQLiteReader):
                     # each transaction whole: its commits need not wait for the disk.
                     self._purger.execute("PRAGMA synchronous=NORMAL")
                     self._purger.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+                    # Its commits never checkpoint (inside the write turn, a checkpoint held
+                    # the batches for its copy and fsync): each step checkpoints after it.
+                    self._purger.execute("PRAGMA wal_autocheckpoint=0")
                 conn = self._purger
                 with self._reading(conn):
                     policy = self._policy(conn)

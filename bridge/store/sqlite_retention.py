@@ -5,7 +5,8 @@ write transaction is sized to take about `policy.SQLITE_PACE`, so a batch waits 
 about that long, and the purge rests after each (`policy.chunks`). One transaction deletes a
 chunk of one topic's expired events, keeps their keys in `expired_keys` and counts both
 in `retention_counts`: a crash leaves either all of a chunk done or none of it. Their
-text index entries are forgotten after, by the index's own thread (`sqlite_text`).
+text index entries are forgotten after, by the index's own thread (`sqlite_text`). Its
+commits never checkpoint the WAL: each step checkpoints after it, outside the turn.
 """
 
 from __future__ import annotations
@@ -134,6 +135,9 @@ def _purge_chunk(
         ).rowcount
         count(conn, "events_expired", len(rows))
         count(conn, "keys_made", max(made, 0))
+    # Outside the turn: batches commit while the WAL is copied back (PASSIVE waits for no
+    # writer), where a checkpoint in the step's commit made them wait for it.
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
     forget(texts)
     return len(rows)
 

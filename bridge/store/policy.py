@@ -31,9 +31,9 @@ class Pace:
 # that arrives meanwhile waits for the rest of it: 10 ms chunks, each followed by a rest as
 # long, so that batches wait at most one short chunk and get the fence at least half the
 # time. Against 50 ms chunks back to back, on 1 M expired events under a 1,000/s stream:
-# the stream's p50 21 against 80 ms, its p99 73-83 against 148-208 ms, and the purge
-# 7,700-8,000 events/s against 35,000-46,000, still eight times the stream (BENCHMARKS.md,
-# "The PostgreSQL purge, paced"). Two transactions a chunk (the keys, a barrier, then the
+# the stream's p50 21 against 80 ms, its p99 73-83 against 148-524 ms, and the purge
+# 7,700-8,000 events/s against 34,000-46,000, still eight times the stream (BENCHMARKS.md,
+# "Retention at work on a quiet machine"). Two transactions a chunk (the keys, a barrier, then the
 # deletion without the fence) were tried and were slower on both counts.
 POSTGRES_PACE = Pace(step_s=0.01, first=100, rest=1.0)
 # SQLite: one write lock, and the purge's Python (the text its index forgets) shares the

@@ -22,8 +22,7 @@ from bridge.event import Event
 from bridge.retention import RetentionPolicy, key_hash
 from bridge.store.base import Purged
 from bridge.store.policy import SQLITE_PACE, chunks
-from bridge.store.sqlite_search import index_text
-from bridge.store.sqlite_text import Indexed
+from bridge.store.sqlite_text import Indexed, index_texts
 
 # Takes the text index entries of deleted events out (`TextIndexer.forget`).
 Forget = Callable[[Sequence[Indexed]], None]
@@ -124,7 +123,7 @@ def _purge_chunk(
     if not rows:
         return 0
     # A contentless FTS5 table forgets a row only when told the text it indexed.
-    texts = [(seq, index_text(eid, src, json.loads(p))) for seq, eid, src, p in rows]
+    texts = index_texts(rows)
     seqs = json.dumps([seq for seq, _ in texts])
     keys = [(key_hash(topic, eid), now) for _, eid, _, _ in rows]
     with turn, _immediate(conn):

@@ -50,17 +50,16 @@ from bridge.store.sqlite_search import index_text
 
 logger = logging.getLogger("logagg.bridge.store")
 
-TEXT_SCHEMA = """
+# Contentless (the text is not kept: the event is), no column sizes (nothing ranks).
+_FTS5 = "USING fts5 (body, content = '', columnsize = 0, tokenize = 'ascii')"
+TEXT_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- Contentless (the text is not kept: the event is), no column sizes (nothing ranks).
-CREATE VIRTUAL TABLE IF NOT EXISTS events_fts
-    USING fts5 (body, content = '', columnsize = 0, tokenize = 'ascii');
+CREATE VIRTUAL TABLE IF NOT EXISTS events_fts {_FTS5};
 -- A compaction cut short (see above).
 DROP TABLE IF EXISTS events_fts_next;
 """
 # The compaction's table, built beside `events_fts` and renamed to it.
-_NEXT = """CREATE VIRTUAL TABLE events_fts_next
-    USING fts5 (body, content = '', columnsize = 0, tokenize = 'ascii')"""
+_NEXT = f"CREATE VIRTUAL TABLE events_fts_next {_FTS5}"
 _INSERT = "INSERT INTO {} (rowid, body) VALUES (?, ?)"
 _DELETE = "INSERT INTO {0} ({0}, rowid, body) VALUES ('delete', ?, ?)"
 # Events indexed per transaction: ~50 ms of work, so `forget` and a stop wait little.
@@ -85,6 +84,9 @@ COMPACT_AFTER = 10_000
 QUIET_S = 1.0
 # A compaction that meets more deleted events than this gives up (and starts again later).
 _MAX_GAPS = 100_000
+
+# SQLite's largest rowid: no upper bound on the events read.
+_LAST_SEQ = 2**63 - 1
 
 # A text index file past saving: built again from the events.
 _BROKEN = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
@@ -239,16 +241,12 @@ class TextIndexer:
     def _step(self) -> bool:
         """Index the next events, and forget the deleted ones, in one transaction; whether
         there is more to index."""
-        rows = self._events.execute(
-            "SELECT seq, event_id, source, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-            (self.through, STEP),
-        ).fetchall()
-        with self._pending:
-            forgotten, self._forgotten = self._forgotten, []
+        rows = self._events_after(self.through)
+        forgotten = self._take_forgotten()
         if not rows and not forgotten:
             return False
         with self._writing(forgotten):
-            self._index.executemany(_INSERT.format(self._table.name), _texts(rows))
+            self._index.executemany(_INSERT.format(self._table.name), index_texts(rows))
             if rows:
                 self._index.execute(
                     "UPDATE meta SET value = ? WHERE key = 'indexed_through'", (rows[-1][0],)
@@ -268,11 +266,7 @@ class TextIndexer:
             self._next, self._forgotten_since = _Table("events_fts_next", oldest, oldest - 1), 0
         new = self._next
         assert new.read is not None
-        rows = self._events.execute(
-            "SELECT seq, event_id, source, payload FROM events WHERE seq > ? AND seq <= ?"
-            " ORDER BY seq LIMIT ?",
-            (new.read, self.through, STEP),
-        ).fetchall()
+        rows = self._events_after(new.read, self.through)
         # Seqs the step passes over were deleted before it read them: not in the new table.
         last = rows[-1][0] if len(rows) == STEP else self.through
         if len(new.gaps) + (last - new.read - len(rows)) > _MAX_GAPS:
@@ -281,11 +275,10 @@ class TextIndexer:
             return False
         read = _Table(new.name, new.start, last, new.gaps | set(range(new.read + 1, last + 1)))
         read.gaps -= {row[0] for row in rows}
-        with self._pending:
-            forgotten, self._forgotten = self._forgotten, []
+        forgotten = self._take_forgotten()
         done = last == self.through
         with self._writing(forgotten):
-            self._index.executemany(_INSERT.format(new.name), _texts(rows))
+            self._index.executemany(_INSERT.format(new.name), index_texts(rows))
             self._next = read
             self._forget(forgotten)
             if done:
@@ -297,6 +290,21 @@ class TextIndexer:
         self._table, self._next = _Table("events_fts", read.start, None, read.gaps), None
         logger.info("compacted the text index %s", self.path)
         return False
+
+    def _events_after(self, seq: int, upto: int = _LAST_SEQ) -> list[tuple[int, str, str, str]]:
+        """The next `STEP` events after `seq`, up to seq `upto`, oldest first."""
+        rows: list[tuple[int, str, str, str]] = self._events.execute(
+            "SELECT seq, event_id, source, payload FROM events WHERE seq > ? AND seq <= ?"
+            " ORDER BY seq LIMIT ?",
+            (seq, upto, STEP),
+        ).fetchall()
+        return rows
+
+    def _take_forgotten(self) -> list[Indexed]:
+        """What the purge handed to forget since last taken."""
+        with self._pending:
+            forgotten, self._forgotten = self._forgotten, []
+        return forgotten
 
     def _compaction_due(self) -> int | None:
         """The oldest event's seq when a compaction is due (see above), else None."""
@@ -377,7 +385,7 @@ class TextIndexer:
             conn.close()
 
 
-def _texts(rows: list[tuple[int, str, str, str]]) -> list[Indexed]:
+def index_texts(rows: list[tuple[int, str, str, str]]) -> list[Indexed]:
     """What the index holds for these events (seq, event_id, source, payload JSON)."""
     return [(seq, index_text(eid, src, json.loads(p))) for seq, eid, src, p in rows]
 

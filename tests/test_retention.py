@@ -745,9 +745,10 @@ def test_retention_postgres_text_index_rebuilt_once_by_two_bridges(
 
 
 def test_retention_postgres_copy_during_purge_is_duplicate(pg_url: str) -> None:
-    """A copy arriving while a purge chunk deletes its event waits for the chunk (the fence),
-    then counts as a duplicate: without the fence it waits on the deleted row and, once
-    the chunk commits, is stored again."""
+    """A copy arriving while a purge chunk deletes its event waits on the deleted row; once
+    the chunk commits, its statement inserts it (its snapshot is older than the kept key),
+    and the check after it finds the key, rolls back and runs the batch again behind the
+    fence: a duplicate. Without that check it would be stored again."""
     url = postgres(pg_url)
     store = writer(url, "1h")
     reader = open_reader(url)
@@ -781,6 +782,29 @@ def test_retention_postgres_copy_during_purge_is_duplicate(pg_url: str) -> None:
         assert stats.retention.events_expired == 1
     finally:
         reader.close()
+        store.close()
+
+
+def test_retention_postgres_batch_does_not_wait_for_a_chunk(pg_url: str) -> None:
+    """A batch with no copy of an event being purged takes no lock a purge chunk holds: it
+    commits while a chunk's transaction is open. The control: the fence, which a batch
+    that raced a chunk takes to run again, is held by that chunk."""
+    url = postgres(pg_url)
+    store = writer(url, "1h")
+    try:
+        store.record([made("a", "1")], [])
+        with psycopg.connect(url.conninfo) as purger:
+            purger.execute(f"SET search_path = {url.schema}")
+            assert purge_chunk(purger, "a", 2**62, 100) == 1
+            started = time.monotonic()
+            assert store.record([made("b", "1"), made("a", "2")], []).stored == 2
+            assert time.monotonic() - started < 2
+            with psycopg.connect(url.conninfo, autocommit=True) as retry:
+                retry.execute(f"SET search_path = {url.schema}")
+                retry.execute("SET lock_timeout = '200ms'")
+                with pytest.raises(psycopg.errors.LockNotAvailable):
+                    retry.execute(FENCE_SHARED)
+    finally:
         store.close()
 
 

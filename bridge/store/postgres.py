@@ -8,8 +8,9 @@ unavailable.
 
 A batch is one statement (see `record_sql`) and one round trip: the events as one JSON
 text (`json_to_recordset`), the counters, the rejections. Without events it runs outside
-a transaction block, its own transaction; with events it follows the purge fence's
-shared lock in one transaction, a round trip per statement (`postgres_retention`).
+a transaction block, its own transaction; with events it is followed, in its
+transaction, by a check against the purge, a round trip per statement
+(`postgres_retention.record_events`).
 `INSERT … ON CONFLICT DO NOTHING` arbitrates on the unique index, where a concurrent
 insert of the same key waits for the other transaction and then yields no row (or the row,
 if the other rolled back); counters are `x = x + n` upserts, which lock the row and add to
@@ -123,13 +124,13 @@ from bridge.store.postgres_backfill import (
     create_index,
 )
 from bridge.store.postgres_retention import (
-    FENCE_SHARED,
     FLOOR,
     RETENTION_SCHEMA,
     forget_chunk,
     prune_time_seqs,
     purge_chunk,
     rebuild_text_index,
+    record_events,
 )
 from bridge.store.postgres_search import (
     COUNT_SPANS,
@@ -738,18 +739,15 @@ class PostgresWriter(PostgresReader):
         statement, params = self.batch(events, refused)
         with self._connection("write") as conn:
             if "events" in params:
-                # Behind the purge fence, in a statement of its own (see
-                # `postgres_retention`): the batch's statement takes its snapshot once the
-                # fence is held, and no watermark lock is held while waiting for a chunk.
-                # Not pipelined: the server arms `idle_in_transaction_session_timeout`
-                # only after a Sync, so a bridge stopped between pipelined statements
-                # would hold its locks, and the readers' watermark, for as long as it is
-                # stopped (`test_bridge_stopped_mid_stream_holds_neither_writers_nor_readers`).
-                with conn.transaction():
-                    conn.execute(FENCE_SHARED)
-                    rows = conn.execute(statement, params)
+                # Checked against the purge after it, in a statement of its own (see
+                # `postgres_retention`). Not pipelined: the server arms
+                # `idle_in_transaction_session_timeout` only after a Sync, so a bridge
+                # stopped between pipelined statements would hold its locks, and the
+                # readers' watermark, for as long as it is stopped
+                # (`test_bridge_stopped_mid_stream_holds_neither_writers_nor_readers`).
+                rows = record_events(conn, statement, params)
             else:
-                rows = conn.execute(statement, params)
+                rows = conn.execute(statement, params).fetchall()
             inserted = {(topic, event_id) for topic, event_id in rows}
         return tally(events, refused, inserted).outcome
 

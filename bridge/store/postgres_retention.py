@@ -10,19 +10,21 @@ A batch's INSERT skips copies whose key is kept (`NOT EXISTS`, in its one statem
 Writers commit concurrently, so that check alone has a race: a copy whose INSERT starts
 while a chunk is deleting its very event waits on the deleted row and, once the chunk
 commits, inserts under a snapshot that cannot see the new key (a statement keeps the
-snapshot it started with, whatever it waits for). The fence closes it: every batch with
-events first takes the fence shared, in a statement of its own in the batch's transaction
-(writers never wait on each other), a purge chunk takes it exclusive after the purge
-lock, so a batch runs wholly before a chunk (the chunk's DELETE, a statement after the
-lock, sees its rows) or wholly after it (its statement, started after the fence was
-granted, sees the kept keys)
-(`test_retention_postgres_copy_during_purge_is_duplicate`). Both locks are two-int4
+snapshot it started with, whatever it waits for). So a batch looks again after its
+statement, in one of its own (`record_events`): a new snapshot, taken once every chunk the
+statement waited for (or ran into, deleted) had committed, shows whether a key it inserted
+is now kept. If one is, the batch rolls back and runs again behind the fence, an advisory
+lock that such a retry takes shared and every purge chunk exclusive (after the purge
+lock): the retry runs wholly after a chunk (its statement, started after the fence was
+granted, sees the kept keys) or wholly before it (the chunk's DELETE sees its rows)
+(`test_retention_postgres_copy_during_purge_is_duplicate`). Batches take no lock a chunk
+holds unless they raced one: when every batch took the fence, each waited for the chunk
+in progress, and the purge's chunks had to be short and rested (BENCHMARKS.md,
+"Retention at work on a quiet machine"). Both locks are two-int4
 advisory locks (`objsubid` 2), which the events' watermark does not count (it reads the
 bigint ones, `objsubid` 1) nor the rejections' (it reads only keys below the newest
 rejected seq; these are `(class << 32) | hash`, far above), keyed by the schema so that
-stores in other schemas never wait on each other. A chunk waiting for the fence holds new
-batches back (PostgreSQL queues a lock request behind a conflicting waiter) for as long
-as the batches in flight and the chunk take: chunks are small for that.
+stores in other schemas never wait on each other.
 
 The text index is rebuilt now and then (`rebuild_text_index`). Under retention the heap
 and the B-trees stay flat once autovacuum has been by, but the GIN index on `tsv` does not
@@ -100,6 +102,28 @@ DELETE FROM expired_keys WHERE key IN (
     ORDER BY expired_at LIMIT %s
 )
 """
+
+
+# Whether a purge chunk kept any of these keys since the batch's statement took its snapshot.
+_RACED = "SELECT EXISTS (SELECT 1 FROM expired_keys WHERE key = ANY(%s::bigint[]))"
+
+
+def record_events(
+    conn: psycopg.Connection[Any], statement: str, params: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """Run a batch's statement with events (`postgres.record_sql`): the `(topic, event_id)`
+    it inserted. Checked against the purge after it, and run again behind the fence if a
+    chunk deleted one of their events meanwhile (see the module's docstring)."""
+    with conn.transaction():
+        rows = conn.execute(statement, params).fetchall()
+        keys = [key_hash(topic, event_id) for topic, event_id in rows]
+        raced = keys and conn.execute(_RACED, (keys,)).fetchone()
+        if not (raced and raced[0]):
+            return rows
+        raise psycopg.Rollback
+    with conn.transaction():
+        conn.execute(FENCE_SHARED)
+        return conn.execute(statement, params).fetchall()
 
 
 def count(conn: psycopg.Connection[Any], name: str, n: int) -> None:

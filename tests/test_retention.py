@@ -808,6 +808,36 @@ def test_retention_postgres_batch_does_not_wait_for_a_chunk(pg_url: str) -> None
         store.close()
 
 
+def test_retention_postgres_purge_keeps_the_key_plans_current(pg_url: str) -> None:
+    """A session's cached plan for a key probe, made on the empty `expired_keys`, scans the
+    whole table (the control); the purge that fills the table analyzes it as it grows, so
+    the plan is made again and probes the index, and the planner's size of the table stays
+    within twice the real one (the server here may run without autovacuum)."""
+    url = postgres(pg_url)
+    store = writer(url, "1s")
+    probe = "EXPLAIN EXECUTE probe(1)"
+    size = (
+        "SELECT relpages, pg_relation_size(oid) / current_setting('block_size')::bigint"
+        " FROM pg_class WHERE oid = 'expired_keys'::regclass"
+    )
+    try:
+        with psycopg.connect(url.conninfo, autocommit=True) as session:
+            session.execute(f"SET search_path = {url.schema}")
+            session.execute("VACUUM ANALYZE expired_keys")
+            session.execute("SET plan_cache_mode = force_generic_plan")
+            session.execute("PREPARE probe (bigint) AS SELECT 1 FROM expired_keys WHERE key = $1")
+            assert "Seq Scan" in str(session.execute(probe).fetchall())
+            store.record([made("a", str(i)) for i in range(20_000)], [])
+            time.sleep(1.2)
+            assert store.purge(NEVER).events == 20_000
+            assert "Index" in str(session.execute(probe).fetchall())
+            known, real = session.execute(size).fetchone() or (0, 0)
+            assert real > 16
+            assert real <= 2 * known
+    finally:
+        store.close()
+
+
 def test_retention_postgres_purge_locks_leave_the_watermark_moving(pg_url: str) -> None:
     """The purge lock and the fence are two-int4 advisory locks, which the readers' watermark
     does not count: held by sessions that also write `events` (a purge chunk's, a batch's

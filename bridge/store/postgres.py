@@ -126,6 +126,7 @@ from bridge.store.postgres_backfill import (
 from bridge.store.postgres_retention import (
     FLOOR,
     RETENTION_SCHEMA,
+    analyze_if_grown,
     forget_chunk,
     prune_time_seqs,
     purge_chunk,
@@ -819,8 +820,11 @@ class PostgresWriter(PostgresReader):
         for topic, floor in floors.items():
 
             def chunk(limit: int, topic: str = topic, floor: int = floor) -> int | None:
-                with self._connection("purge") as conn, conn.transaction():
-                    return purge_chunk(conn, topic, floor, limit)
+                with self._connection("purge") as conn:
+                    with conn.transaction():
+                        done = purge_chunk(conn, topic, floor, limit)
+                    analyze_if_grown(conn)
+                    return done
 
             done = chunks(chunk, stopping)
             if done is None:

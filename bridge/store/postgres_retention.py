@@ -126,6 +126,29 @@ def record_events(
         return conn.execute(statement, params).fetchall()
 
 
+# The planner's size of `expired_keys` (`relpages`, set by ANALYZE and VACUUM) against its
+# real size. A session caches a generic plan for each prepared statement, made with the
+# table's size at the time, until the table's statistics change: a batch's key probe
+# planned while the table was empty scans the whole table for each event once it holds a
+# million keys (a batch of 275 events took 309 ms, its plan expecting 4,255 keys against
+# 347,755; BENCHMARKS.md). The purge, which fills the table, analyzes it each time it has
+# doubled, and so replaces every session's plans; autovacuum may be off or behind.
+_GROWN = """
+SELECT pg_relation_size(oid) / current_setting('block_size')::bigint > 2 * greatest(relpages, 1)
+FROM pg_class WHERE oid = 'expired_keys'::regclass
+"""
+
+
+def analyze_if_grown(conn: psycopg.Connection[Any]) -> bool:
+    """ANALYZE `expired_keys` if it has grown to twice what the planner knows of it (on an
+    autocommit connection; skipped while autovacuum holds it); whether it did."""
+    row = conn.execute(_GROWN).fetchone()
+    if not (row and row[0]):
+        return False
+    conn.execute("ANALYZE (SKIP_LOCKED) expired_keys")
+    return True
+
+
 def count(conn: psycopg.Connection[Any], name: str, n: int) -> None:
     """Add `n` to a retention counter, in the caller's transaction."""
     if n:

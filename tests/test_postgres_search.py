@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import timedelta
 
+import psycopg
 import pytest
 
 from bridge.query import Query, QueryError, parse_query, reference_page
@@ -83,6 +84,34 @@ def test_a_v2_store_is_upgraded_by_one_of_the_bridges_opening_it(
     finally:
         for writer in writers:
             writer.close()
+
+
+def text_index_options(url: str) -> list[str] | None:
+    base, schema = url.split("?schema=")
+    with psycopg.connect(base, options=f"-csearch_path={schema}", autocommit=True) as conn:
+        row = conn.execute("SELECT reloptions FROM pg_class WHERE oid = 'events_tsv'::regclass")
+        return (row.fetchone() or (None,))[0]
+
+
+def test_the_text_index_pending_list_is_small(pg_url: str) -> None:
+    """A new store's text index is made with a 256 kB pending list (GIN's default, 4 MB,
+    stalls the insert that merges it); a store whose index has the default gets the limit,
+    its pending entries merged, when a bridge opens it; every event is found by its words
+    throughout."""
+    url = postgres(pg_url)
+    events = random_events(60, seed=6)
+    small = ["gin_pending_list_limit=256"]
+    with closing(open_writer(url)) as store:
+        assert text_index_options(pg_url) == small
+        store.record(events[:30], [])
+        pg_execute(pg_url, "ALTER INDEX events_tsv RESET (gin_pending_list_limit)")
+        store.record(events[30:], [])  # into the pending list
+    assert text_index_options(pg_url) is None
+    with closing(open_writer(url)) as store:
+        assert text_index_options(pg_url) == small
+        for event in events:
+            found = store.search(query(("q", f'"{event.event_id}"')))
+            assert event.event_id in {e.event_id for e in found}
 
 
 def test_text_queries_wait_for_the_backfill(pg_url: str) -> None:

@@ -122,6 +122,7 @@ from bridge.store.postgres_backfill import (
     TIME_INDEXES,
     Backfill,
     create_index,
+    limit_pending_list,
 )
 from bridge.store.postgres_retention import (
     FLOOR,
@@ -673,6 +674,7 @@ class PostgresWriter(PostgresReader):
             if self._migrate():
                 self.backfill = Backfill(self._conninfo, self._schema, self.display)
             with self._connection("write") as conn:
+                limit_pending_list(conn)
                 self._policy_now = declare_policy(conn, "%s", options.retention, self.display)
         except BaseException:
             self._pool.close()

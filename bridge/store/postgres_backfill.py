@@ -49,7 +49,19 @@ TIME_INDEXES = {
     "events_topic_time": "(topic, timestamp) INCLUDE (seq)",
     "events_time": "(timestamp) INCLUDE (seq)",
 }
-TEXT_INDEXES = {"events_tsv": "USING gin (tsv)"}
+# GIN's fast update queues each insert's entries in a pending list, which the insert that
+# takes it past `gin_pending_list_limit` merges into the index. At the default 4 MB, at
+# 1,000 events/s, that stalled a batch 200-300 ms every few seconds, most of the stream's
+# p99; without the list (fastupdate off) every insert writes its own entries, and bulk
+# ingest ran at 0.67x; a 256 kB list merges in steps a batch barely notices, at 0.89x
+# (BENCHMARKS.md, "Retention at work on a quiet machine").
+PENDING_LIST_KB = 256
+TEXT_INDEXES = {"events_tsv": f"USING gin (tsv) WITH (gin_pending_list_limit = {PENDING_LIST_KB})"}
+_PENDING_LIST_DEFAULT = f"""
+SELECT c.relname FROM pg_class AS c JOIN pg_index AS i ON i.indexrelid = c.oid
+WHERE c.oid = to_regclass('events_tsv') AND i.indisvalid
+  AND NOT coalesce(c.reloptions @> '{{gin_pending_list_limit={PENDING_LIST_KB}}}', false)
+"""
 
 _READ_CHUNK = """
 SELECT seq, timestamp, event_id, source, payload FROM events
@@ -79,6 +91,20 @@ def create_index(conn: psycopg.Connection[Any], name: str, how: str, *, concurre
             mode, sql.Identifier(name), sql.SQL(how)
         )
     )
+
+
+def limit_pending_list(conn: psycopg.Connection[Any]) -> bool:
+    """In a store whose text index was made with GIN's default pending list (before the
+    limit above), set the limit and merge the list (an index option: no schema change, and
+    the lock it takes lets writers and readers go on); whether it did."""
+    row = conn.execute(_PENDING_LIST_DEFAULT).fetchone()
+    if row is None:
+        return False
+    name = sql.Identifier(row[0])
+    limit = sql.Literal(PENDING_LIST_KB)
+    conn.execute(sql.SQL("ALTER INDEX {} SET (gin_pending_list_limit = {})").format(name, limit))
+    conn.execute("SELECT gin_clean_pending_list(%s::regclass)", (row[0],))
+    return True
 
 
 class Backfill:

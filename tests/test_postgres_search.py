@@ -89,8 +89,10 @@ def test_a_v2_store_is_upgraded_by_one_of_the_bridges_opening_it(
 def text_index_options(url: str) -> list[str] | None:
     base, schema = url.split("?schema=")
     with psycopg.connect(base, options=f"-csearch_path={schema}", autocommit=True) as conn:
-        row = conn.execute("SELECT reloptions FROM pg_class WHERE oid = 'events_tsv'::regclass")
-        return (row.fetchone() or (None,))[0]
+        query = "SELECT reloptions FROM pg_class WHERE oid = 'events_tsv'::regclass"
+        row = conn.execute(query).fetchone()
+        options: list[str] | None = row[0] if row else None
+        return options
 
 
 def test_the_text_index_pending_list_is_small(pg_url: str) -> None:

@@ -27,14 +27,13 @@ class Pace:
     rest: float
 
 
-# PostgreSQL: each chunk holds the fence the batches take (`postgres_retention`), so a batch
-# that arrives meanwhile waits for the rest of it: 10 ms chunks, each followed by a rest as
-# long, so that batches wait at most one short chunk and get the fence at least half the
-# time. Against 50 ms chunks back to back, on 1 M expired events under a 1,000/s stream:
-# the stream's p50 21 against 80 ms, its p99 73-83 against 148-524 ms, and the purge
-# 7,700-8,000 events/s against 34,000-46,000, still eight times the stream (BENCHMARKS.md,
-# "Retention at work on a quiet machine"). Two transactions a chunk (the keys, a barrier, then the
-# deletion without the fence) were tried and were slower on both counts.
+# PostgreSQL: batches no longer wait for a chunk (`postgres_retention`), but a chunk still
+# takes a backend's CPU and writes WAL that the batches' commits flush: 10 ms chunks, each
+# followed by a rest as long, so the purge has at most half of what it shares. On 1 M
+# expired events under a 1,000/s stream the purge ran at 9,000-16,000 events/s, ten times
+# the stream, the stream's p99 at its no-purge level (BENCHMARKS.md, "PostgreSQL: batches
+# past the purge"). When every batch took the fence, these rests were what let batches
+# through (50 ms chunks back to back: p99 148-524 ms).
 POSTGRES_PACE = Pace(step_s=0.01, first=100, rest=1.0)
 # SQLite: one write lock, and the purge's Python (the text its index forgets) shares the
 # bridge's GIL: 5 ms steps, each followed by a rest as long, so live batches wait at most one

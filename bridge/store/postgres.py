@@ -118,6 +118,7 @@ from bridge.store.policy import chunks, declare_policy, overdue
 from bridge.store.postgres_backfill import (
     BACKFILL_PROGRESS,
     PENDING_KEY,
+    PENDING_LIST_KB,
     TEXT_INDEXES,
     TIME_INDEXES,
     Backfill,
@@ -674,7 +675,12 @@ class PostgresWriter(PostgresReader):
             if self._migrate():
                 self.backfill = Backfill(self._conninfo, self._schema, self.display)
             with self._connection("write") as conn:
-                limit_pending_list(conn)
+                if limit_pending_list(conn):
+                    logger.info(
+                        "%s: text index pending list limited to %d kB",
+                        self.display,
+                        PENDING_LIST_KB,
+                    )
                 self._policy_now = declare_policy(conn, "%s", options.retention, self.display)
         except BaseException:
             self._pool.close()

@@ -54,7 +54,7 @@ TIME_INDEXES = {
 # 1,000 events/s, that stalled a batch 200-300 ms every few seconds, most of the stream's
 # p99; without the list (fastupdate off) every insert writes its own entries, and bulk
 # ingest ran at 0.67x; a 256 kB list merges in steps a batch barely notices, at 0.89x
-# (BENCHMARKS.md, "Retention at work on a quiet machine").
+# (BENCHMARKS.md, "PostgreSQL: batches past the purge").
 PENDING_LIST_KB = 256
 TEXT_INDEXES = {"events_tsv": f"USING gin (tsv) WITH (gin_pending_list_limit = {PENDING_LIST_KB})"}
 _PENDING_LIST_DEFAULT = f"""

@@ -20,7 +20,7 @@ granted, sees the kept keys) or wholly before it (the chunk's DELETE sees its ro
 (`test_retention_postgres_copy_during_purge_is_duplicate`). Batches take no lock a chunk
 holds unless they raced one: when every batch took the fence, each waited for the chunk
 in progress, and the purge's chunks had to be short and rested (BENCHMARKS.md,
-"Retention at work on a quiet machine"). Both locks are two-int4
+"PostgreSQL: batches past the purge"). Both locks are two-int4
 advisory locks (`objsubid` 2), which the events' watermark does not count (it reads the
 bigint ones, `objsubid` 1) nor the rejections' (it reads only keys below the newest
 rejected seq; these are `(class << 32) | hash`, far above), keyed by the schema so that
@@ -131,22 +131,21 @@ def record_events(
 # table's size at the time, until the table's statistics change: a batch's key probe
 # planned while the table was empty scans the whole table for each event once it holds a
 # million keys (a batch of 275 events took 309 ms, its plan expecting 4,255 keys against
-# 347,755; BENCHMARKS.md). The purge, which fills the table, analyzes it each time it has
-# doubled, and so replaces every session's plans; autovacuum may be off or behind.
+# 347,755; BENCHMARKS.md, "PostgreSQL: batches past the purge"). The purge, which fills the
+# table, analyzes it each time it has doubled, and so replaces every session's plans;
+# autovacuum may be off or behind.
 _GROWN = """
 SELECT pg_relation_size(oid) / current_setting('block_size')::bigint > 2 * greatest(relpages, 1)
 FROM pg_class WHERE oid = 'expired_keys'::regclass
 """
 
 
-def analyze_if_grown(conn: psycopg.Connection[Any]) -> bool:
+def analyze_if_grown(conn: psycopg.Connection[Any]) -> None:
     """ANALYZE `expired_keys` if it has grown to twice what the planner knows of it (on an
-    autocommit connection; skipped while autovacuum holds it); whether it did."""
+    autocommit connection; skipped while autovacuum holds it)."""
     row = conn.execute(_GROWN).fetchone()
-    if not (row and row[0]):
-        return False
-    conn.execute("ANALYZE (SKIP_LOCKED) expired_keys")
-    return True
+    if row and row[0]:
+        conn.execute("ANALYZE (SKIP_LOCKED) expired_keys")
 
 
 def count(conn: psycopg.Connection[Any], name: str, n: int) -> None:

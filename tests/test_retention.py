@@ -798,7 +798,7 @@ def test_retention_postgres_batch_does_not_wait_for_a_chunk(pg_url: str) -> None
             assert purge_chunk(purger, "a", 2**62, 100) == 1
             started = time.monotonic()
             assert store.record([made("b", "1"), made("a", "2")], []).stored == 2
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < 5  # the old path waited for lock_timeout, 10 s
             with psycopg.connect(url.conninfo, autocommit=True) as retry:
                 retry.execute(f"SET search_path = {url.schema}")
                 retry.execute("SET lock_timeout = '200ms'")

@@ -479,9 +479,14 @@ def postgres(url: str) -> PostgresUrl:
     return parsed
 
 
-def pg_execute(url: str, query: str) -> None:
-    """Run one statement in the test schema of a postgresql://…?schema=NAME URL, behind the
-    store's back."""
+def pg_connect(url: str, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A session in the test schema of a postgresql://…?schema=NAME URL, behind the store's
+    back."""
     base, schema = url.split("?schema=")
-    with psycopg.connect(base, options=f"-csearch_path={schema}", autocommit=True) as conn:
+    return psycopg.connect(base, options=f"-csearch_path={schema}", autocommit=autocommit)
+
+
+def pg_execute(url: str, query: str) -> None:
+    """Run one statement in the test schema, behind the store's back."""
+    with pg_connect(url) as conn:
         conn.execute(query.encode())

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import timedelta
 
-import psycopg
 import pytest
 
 from bridge.query import Query, QueryError, parse_query, reference_page
@@ -23,7 +22,7 @@ from bridge.store import (
     postgres_backfill,
 )
 from bridge.store.postgres import PostgresWriter
-from tests.helpers import NOW, START, pg_execute, postgres, random_events
+from tests.helpers import NOW, START, pg_connect, pg_execute, postgres, random_events
 
 
 def query(*params: tuple[str, str]) -> Query:
@@ -87,8 +86,7 @@ def test_a_v2_store_is_upgraded_by_one_of_the_bridges_opening_it(
 
 
 def text_index_options(url: str) -> list[str] | None:
-    base, schema = url.split("?schema=")
-    with psycopg.connect(base, options=f"-csearch_path={schema}", autocommit=True) as conn:
+    with pg_connect(url) as conn:
         query = "SELECT reloptions FROM pg_class WHERE oid = 'events_tsv'::regclass"
         row = conn.execute(query).fetchone()
         options: list[str] | None = row[0] if row else None

@@ -38,7 +38,7 @@ from bridge.store.postgres import PostgresReader, PostgresWriter
 from bridge.store.reading import first_recent
 from bridge.store.sqlite import SQLiteReader, SQLiteWriter
 from supervise.mosquitto import free_port
-from tests.helpers import pg_execute, postgres
+from tests.helpers import pg_connect, pg_execute, postgres
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -544,8 +544,7 @@ def test_postgres_lock_held_outside_logagg_is_waited_for_boundedly(pg_url: str) 
     the lock twice `hold_s`, then fails as unavailable, saying why (the bridge retries)."""
     with closing(open_writer(postgres(pg_url), StoreOptions(hold_s=0.5))) as store:
         store.record([event("t", "1")], [])
-        base, schema = pg_url.split("?schema=")
-        with psycopg.connect(base, options=f"-csearch_path={schema}") as blocker:
+        with pg_connect(pg_url, autocommit=False) as blocker:
             blocker.execute("UPDATE topic_stats SET unique_processed = unique_processed")
             began = time.monotonic()
             with pytest.raises(StoreUnavailable, match="lock timeout"):

@@ -933,7 +933,7 @@ def test_retention_counters_survive_sigkill_mid_purge(
     """Killed (SIGKILL) in the middle of purging a large expired backlog, the bridge
     leaves counters that agree with the rows; restarted, it finishes the purge."""
     url = parse_store_url(bridge_store)
-    total = 60_000
+    total = 20_000
     _prefill(url, total)
     time.sleep(1.1)
     bridge = bridge_factory(store=bridge_store, retention="1s", wait=False)

@@ -479,11 +479,13 @@ def postgres(url: str) -> PostgresUrl:
     return parsed
 
 
-def pg_connect(url: str, autocommit: bool = True) -> psycopg.Connection[Any]:
+def pg_connect(url: str | PostgresUrl, autocommit: bool = True) -> psycopg.Connection[Any]:
     """A session in the test schema of a postgresql://…?schema=NAME URL, behind the store's
     back."""
-    base, schema = url.split("?schema=")
-    return psycopg.connect(base, options=f"-csearch_path={schema}", autocommit=autocommit)
+    target = postgres(url) if isinstance(url, str) else url
+    assert target.schema is not None, "a test store has a schema of its own"
+    options = f"-csearch_path={target.schema}"
+    return psycopg.connect(target.conninfo, options=options, autocommit=autocommit)
 
 
 def pg_execute(url: str, query: str) -> None:

@@ -37,7 +37,7 @@ from tests.helpers import (
     assert_exactly_once,
     key,
     open_dashboard,
-    postgres,
+    pg_connect,
     publish_raw,
     random_events,
     samples,
@@ -266,9 +266,7 @@ def test_full_disk_stops_acking_says_why_and_resumes_when_space_is_freed(
 
 
 def pg_used(url: str) -> int:
-    target = postgres(url)
-    with psycopg.connect(target.conninfo) as conn:
-        conn.execute("SELECT set_config('search_path', %s, false)", (target.schema,))
+    with pg_connect(url) as conn:
         (used,) = conn.execute(POSTGRES_USED_BYTES).fetchone() or (0,)
     return int(used)
 

@@ -67,6 +67,7 @@ from tests.helpers import (
     event,
     logagg_cli,
     nowhere,
+    pg_connect,
     postgres,
     publish_raw,
     samples,
@@ -143,8 +144,7 @@ def everything_read(reader: StoreReader) -> dict[str, set[tuple[str, str]]]:
 def row_count(url: StoreUrl) -> int:
     """Rows in the events table, expired or not: what the purge has left."""
     if isinstance(url, PostgresUrl):
-        with psycopg.connect(url.conninfo) as conn:
-            conn.execute(f"SET search_path = {url.schema}")
+        with pg_connect(url, autocommit=False) as conn:
             row = conn.execute("SELECT count(*) FROM events").fetchone()
             return int(row[0]) if row else 0
     with closing(sqlite3.connect(url.path)) as conn:
@@ -584,8 +584,7 @@ def test_retention_upgrade_from_schema_3(url: StoreUrl) -> None:
         " DELETE FROM meta WHERE key = 'retention_policy'"
     )
     if isinstance(url, PostgresUrl):
-        with psycopg.connect(url.conninfo, autocommit=True) as conn:
-            conn.execute(f"SET search_path = {url.schema}")
+        with pg_connect(url) as conn:
             conn.execute(drop)
     else:
         with closing(sqlite3.connect(url.path)) as conn:
@@ -610,8 +609,7 @@ def test_retention_postgres_one_purger_at_a_time(pg_url: str) -> None:
     try:
         store.record([made("a", str(i)) for i in range(10)], [])
         time.sleep(1.2)
-        with psycopg.connect(url.conninfo) as other:
-            other.execute(f"SET search_path = {url.schema}")
+        with pg_connect(url, autocommit=False) as other:
             other.execute(
                 "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (PURGE_LOCK,)
             )
@@ -647,8 +645,7 @@ def test_retention_postgres_text_index_rebuilt_after_a_turnover(
     store = writer(url, "1s", "b=forever")
     reader = open_reader(url)
     try:
-        with psycopg.connect(url.conninfo, autocommit=True) as conn:
-            conn.execute(f"SET search_path = {url.schema}")
+        with pg_connect(url) as conn:
             store.record([made("a", f"old{i}") for i in range(3000)], [])
             # A rebuild killed midway leaves its copy, invalid: a failed CREATE INDEX
             # CONCURRENTLY leaves one just as well.
@@ -687,11 +684,9 @@ def test_retention_postgres_text_index_rebuild_stops_when_told(
         store.record([made("a", str(i)) for i in range(200)], [])
         store.record([made("b", "kept")], [])
         with (
-            psycopg.connect(url.conninfo, autocommit=True) as conn,
-            psycopg.connect(url.conninfo) as old,
+            pg_connect(url) as conn,
+            pg_connect(url, autocommit=False) as old,
         ):
-            for c in (conn, old):
-                c.execute(f"SET search_path = {url.schema}")
             with conn.transaction():
                 assert purge_chunk(conn, "a", 10**12, 1000) == 200  # due now, not rebuilt
             number = text_index(conn)[0]
@@ -722,11 +717,9 @@ def test_retention_postgres_text_index_rebuilt_once_by_two_bridges(
     try:
         store.record([made("a", str(i)) for i in range(200)], [])
         with (
-            psycopg.connect(url.conninfo, autocommit=True) as conn,
-            psycopg.connect(url.conninfo, autocommit=True) as other,
+            pg_connect(url) as conn,
+            pg_connect(url) as other,
         ):
-            for c in (conn, other):
-                c.execute(f"SET search_path = {url.schema}")
             with conn.transaction():
                 assert purge_chunk(conn, "a", 10**12, 1000) == 200  # due now
             rebuilt: list[int] = []
@@ -755,8 +748,7 @@ def test_retention_postgres_copy_during_purge_is_duplicate(pg_url: str) -> None:
     try:
         store.record([made("a", "1")], [])
         outcome: list[object] = []
-        with psycopg.connect(url.conninfo) as purger:
-            purger.execute(f"SET search_path = {url.schema}")
+        with pg_connect(url, autocommit=False) as purger:
             assert purge_chunk(purger, "a", 2**62, 100) == 1
             copy = threading.Thread(
                 target=lambda: outcome.append(store.record([made("a", "1")], []))
@@ -793,14 +785,12 @@ def test_retention_postgres_batch_does_not_wait_for_a_chunk(pg_url: str) -> None
     store = writer(url, "1h")
     try:
         store.record([made("a", "1")], [])
-        with psycopg.connect(url.conninfo) as purger:
-            purger.execute(f"SET search_path = {url.schema}")
+        with pg_connect(url, autocommit=False) as purger:
             assert purge_chunk(purger, "a", 2**62, 100) == 1
             started = time.monotonic()
             assert store.record([made("b", "1"), made("a", "2")], []).stored == 2
             assert time.monotonic() - started < 5  # the old path waited for lock_timeout, 10 s
-            with psycopg.connect(url.conninfo, autocommit=True) as retry:
-                retry.execute(f"SET search_path = {url.schema}")
+            with pg_connect(url) as retry:
                 retry.execute("SET lock_timeout = '200ms'")
                 with pytest.raises(psycopg.errors.LockNotAvailable):
                     retry.execute(FENCE_SHARED)
@@ -821,8 +811,7 @@ def test_retention_postgres_purge_keeps_the_key_plans_current(pg_url: str) -> No
         " FROM pg_class WHERE oid = 'expired_keys'::regclass"
     )
     try:
-        with psycopg.connect(url.conninfo, autocommit=True) as session:
-            session.execute(f"SET search_path = {url.schema}")
+        with pg_connect(url) as session:
             session.execute("VACUUM ANALYZE expired_keys")
             session.execute("SET plan_cache_mode = force_generic_plan")
             session.execute("PREPARE probe (bigint) AS SELECT 1 FROM expired_keys WHERE key = $1")
@@ -849,9 +838,8 @@ def test_retention_postgres_purge_locks_leave_the_watermark_moving(pg_url: str) 
     sessions: list[psycopg.Connection[tuple[object, ...]]] = []
 
     def holding(*statements: str) -> None:
-        conn = psycopg.connect(url.conninfo)
+        conn = pg_connect(url, autocommit=False)
         sessions.append(conn)
-        conn.execute(f"SET search_path = {url.schema}")
         conn.execute("LOCK TABLE events IN ROW EXCLUSIVE MODE")  # opens the transaction
         for statement in statements:
             conn.execute(statement)
